@@ -1,0 +1,392 @@
+//! The life of a request, in named phases, each in one place:
+//!
+//! 1. [`Gateway::handle`] **admit**: reject oversized or malformed requests
+//!    (414 / 431 / 400, JSON).
+//! 2. **route**: an `[[invalidate]]` match goes to [`Gateway::invalidate`],
+//!    a `[[rule]]` match to [`Gateway::cached`], anything else is passed
+//!    through by [`Gateway::pass`].
+//! 3. **key** ([`Gateway::cache_key`]): render the logical key and the
+//!    credential scope field; an unusable key bypasses the cache.
+//! 4. **lookup**: one store call; a fresh decodable entry is a hit and is
+//!    answered by [`Gateway::serve_hit`] without contacting the backend.
+//! 5. **forward** ([`crate::proxy::Forwarder`]): the backend gets the request
+//!    (HEAD as GET, so the answer can fill the GET entry).
+//! 6. **fill** ([`Gateway::fill`]): a storable response is stored under the
+//!    guard read at lookup, then answered; a larger or unknown-length body
+//!    streams through and is stored only if it ends complete and small.
+//! 7. **purge** (in [`Gateway::invalidate`]): after the backend answered a
+//!    write, rendered keys and patterns are purged before the client gets
+//!    the answer, so it reads its own write.
+//!
+//! A store failure anywhere is "no cache" for this request (fail open).
+
+mod fill;
+mod scope;
+mod status;
+
+pub use scope::{scope_field, ANONYMOUS, PUBLIC};
+pub use status::Outcome;
+
+use crate::config::{Config, StoreKind, When};
+use crate::proxy::{self, Body, ClientInfo, Forwarder};
+use crate::rules::{CacheRule, RequestView};
+use crate::store::entry::{now_ms, Entry};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::{FillGuard, Store, StoreError};
+use crate::BoxError;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a request needs: config, store, backend client.
+pub struct Gateway {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    forwarder: Forwarder,
+}
+
+/// Where a cacheable request's entry lives.
+struct CacheKey {
+    key: String,
+    field: String,
+}
+
+impl Gateway {
+    /// Builds the store and the backend client. Never fails because Redis
+    /// is down (fail open); fails only on a store URL fred cannot use.
+    pub async fn new(config: Arc<Config>) -> Result<Gateway, BoxError> {
+        let tombstone_ttl = Duration::from_secs(60).max(config.backend.timeout * 2);
+        let store: Arc<dyn Store> = match (&config.store, &config.redis) {
+            (StoreKind::Redis, Some(redis)) => {
+                RedisStore::connect(
+                    redis,
+                    &config.cache.key_prefix,
+                    config.cache.store_timeout,
+                    tombstone_ttl,
+                    Duration::from_secs(2),
+                    config.cache.scope_secret.as_deref(),
+                )
+                .await?
+            }
+            _ => Arc::new(MemoryStore::new(
+                config.memory.max_entries,
+                config.memory.max_bytes,
+                tombstone_ttl,
+                config.cache.scope_secret.as_deref(),
+            )),
+        };
+        Ok(Gateway {
+            forwarder: Forwarder::new(&config.backend),
+            config,
+            store,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Phase 1 and 2: admit and route.
+    pub async fn handle(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        if let Some(rejected) = self.admit(&req) {
+            return rejected;
+        }
+        let rules = &self.config.rules;
+        let path = req.uri().path();
+        if rules.match_invalidate(req.method(), path).next().is_some() {
+            return self.invalidate(req, from).await;
+        }
+        if let Some(m) = rules.match_cache(req.method(), path) {
+            let rule = m.rule;
+            let key = self.cache_key(&req, rule, &m.captures);
+            return self.cached(req, from, rule, key).await;
+        }
+        self.pass(req, from).await
+    }
+
+    /// Phase 1: limits on the request head.
+    fn admit(&self, req: &Request<Body>) -> Option<Response<Body>> {
+        let limits = &self.config.server;
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > limits.max_uri_bytes {
+            return Some(proxy::json_error(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                &format!("the request URI is longer than {} bytes", limits.max_uri_bytes),
+            ));
+        }
+        let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if header_bytes > limits.max_header_bytes || req.headers().len() > limits.max_headers {
+            return Some(proxy::json_error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request_header_fields_too_large",
+                &format!(
+                    "request headers exceed {} bytes or {} fields",
+                    limits.max_header_bytes, limits.max_headers
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Requests no rule covers go straight through.
+    async fn pass(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        match self.forwarder.forward(req, from).await {
+            Ok(resp) => resp,
+            Err(e) => e.to_response(),
+        }
+    }
+
+    /// Phase 3: the logical key and scope field, or why there is none.
+    fn cache_key(
+        &self,
+        req: &Request<Body>,
+        rule: &CacheRule,
+        captures: &regex::Captures<'_>,
+    ) -> Result<CacheKey, &'static str> {
+        let view = request_view(req);
+        let Some(key) = self.config.rules.render_key(&rule.key, &view, captures) else {
+            tracing::debug!(rule = %rule.name, "key renders empty or too long; bypassing the cache");
+            return Err("key");
+        };
+        let secret = self.store.scope_secret();
+        let field = scope_field(rule.scope, req.headers(), &self.config.cache.credential_headers, secret.as_deref())
+            .ok_or("scope-secret")?;
+        Ok(CacheKey { key, field })
+    }
+
+    /// Phases 4 to 6 for a request a rule covers.
+    async fn cached(
+        &self,
+        req: Request<Body>,
+        from: ClientInfo,
+        rule: &CacheRule,
+        key: Result<CacheKey, &'static str>,
+    ) -> Response<Body> {
+        let key = match key {
+            Ok(k) => k,
+            Err(detail) => return self.forward_bypass(req, from, detail).await,
+        };
+        let is_head = req.method() == Method::HEAD;
+        let lookup = match self.store.lookup(&key.key, &key.field).await {
+            Ok(l) => l,
+            Err(e) => return self.forward_bypass(req, from, store_detail(&e)).await,
+        };
+        let now = now_ms();
+        let mut guard = lookup.guard;
+        if let Some(raw) = lookup.entry {
+            match Entry::decode(&raw) {
+                Some(entry) if entry.is_fresh(now) => return serve_hit(entry, now, is_head),
+                // Expired or not ours: a miss; the fill needs a guard that
+                // covers the record as it is now.
+                _ => match self.store.fill_guard(&key.key).await {
+                    Ok(g) => guard = g,
+                    Err(e) => return self.forward_bypass(req, from, store_detail(&e)).await,
+                },
+            }
+        }
+        self.fill(req, from, rule, key, guard, is_head).await
+    }
+
+    async fn forward_bypass(&self, req: Request<Body>, from: ClientInfo, detail: &'static str) -> Response<Body> {
+        let mut resp = self.pass(req, from).await;
+        Outcome::Bypass { detail }.apply(resp.headers_mut());
+        resp
+    }
+
+    /// Phases 5 and 6: forward a miss, store what may be stored, answer.
+    async fn fill(
+        &self,
+        mut req: Request<Body>,
+        from: ClientInfo,
+        rule: &CacheRule,
+        key: CacheKey,
+        guard: FillGuard,
+        is_head: bool,
+    ) -> Response<Body> {
+        if is_head {
+            // Fetch the GET answer so it can fill the entry HEAD shares.
+            *req.method_mut() = Method::GET;
+        }
+        let resp = match self.forwarder.forward(req, from).await {
+            Ok(r) => r,
+            Err(e) => {
+                let mut resp = e.to_response();
+                Outcome::Miss { stored: false, detail: Some("backend") }.apply(resp.headers_mut());
+                return resp;
+            }
+        };
+        if let Some(reason) = fill::unstorable_reason(&resp, &rule.statuses) {
+            return finish_miss(resp, false, Some(reason), is_head);
+        }
+        let limit = rule.max_body_bytes;
+        match fill::content_length(resp.headers()) {
+            Some(len) if len as usize <= limit => self.fill_buffered(resp, rule, key, guard, is_head, len as usize).await,
+            Some(_) => finish_miss(resp, false, Some("too-large"), is_head),
+            None => self.fill_streamed(resp, rule, key, guard, is_head),
+        }
+    }
+
+    /// A body of known, small length: read it whole, store it, then answer,
+    /// so the next request already finds it.
+    async fn fill_buffered(
+        &self,
+        resp: Response<Body>,
+        rule: &CacheRule,
+        key: CacheKey,
+        guard: FillGuard,
+        is_head: bool,
+        len: usize,
+    ) -> Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len)).await;
+        let chunks = match collected {
+            Ok(Ok(chunks)) => chunks,
+            Ok(Err((chunks, err))) => {
+                tracing::debug!(key = %key.key, error = %err, "backend body failed; nothing stored");
+                return Response::from_parts(parts, fill::aborted_body(chunks, err));
+            }
+            Err(_) => {
+                return Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
+            }
+        };
+        let body = fill::concat(&chunks);
+        let encoded = Entry::encode(parts.status, &parts.headers, &body, now_ms(), rule.ttl);
+        let stored = match self.store.fill(&key.key, &key.field, encoded, rule.ttl, guard).await {
+            Ok(true) => (true, None),
+            Ok(false) => (false, Some("superseded")),
+            Err(e) => (false, Some(store_detail(&e))),
+        };
+        finish_miss(Response::from_parts(parts, proxy::full(body)), stored.0, stored.1, is_head)
+    }
+
+    /// A body of unknown length streams to the client; a copy is stored in
+    /// the background if it ends complete and within the limit.
+    fn fill_streamed(
+        &self,
+        resp: Response<Body>,
+        rule: &CacheRule,
+        key: CacheKey,
+        guard: FillGuard,
+        is_head: bool,
+    ) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        let store = self.store.clone();
+        let (status, headers, ttl) = (parts.status, parts.headers.clone(), rule.ttl);
+        let tee = fill::TeeBody::new(body, rule.max_body_bytes, move |chunks| {
+            let body = fill::concat(&chunks);
+            let encoded = Entry::encode(status, &headers, &body, now_ms(), ttl);
+            tokio::spawn(async move {
+                if let Err(e) = store.fill(&key.key, &key.field, encoded, ttl, guard).await {
+                    tracing::debug!(key = %key.key, error = %e, "background fill failed");
+                }
+            });
+        });
+        Outcome::Miss { stored: false, detail: Some("streamed") }.apply(&mut parts.headers);
+        let body = if is_head { proxy::empty() } else { tee.boxed() };
+        Response::from_parts(parts, body)
+    }
+
+    /// Phase 7: forward a write, purge what it invalidates, then answer.
+    async fn invalidate(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        // Render keys and patterns before the request (and its headers) is
+        // handed to the forwarder.
+        let view = request_view(&req);
+        let mut purges = Vec::new();
+        for m in self.config.rules.match_invalidate(req.method(), req.uri().path()) {
+            let keys: Vec<String> = m
+                .rule
+                .keys
+                .iter()
+                .filter_map(|t| self.config.rules.render_key(t, &view, &m.captures))
+                .collect();
+            let patterns: Vec<String> = m
+                .rule
+                .patterns
+                .iter()
+                .filter_map(|t| self.config.rules.render_key(t, &view, &m.captures))
+                .collect();
+            purges.push((m.rule.when, m.rule.name.clone(), keys, patterns));
+        }
+        let result = self.forwarder.forward(req, from).await;
+        let status = result.as_ref().ok().map(|r| r.status());
+        for (when, name, keys, patterns) in purges {
+            let due = match when {
+                When::Always => true,
+                When::Success => status.is_some_and(|s| s.is_success()),
+            };
+            if due {
+                self.purge(&name, &keys, &patterns).await;
+            }
+        }
+        match result {
+            Ok(resp) => resp,
+            Err(e) => e.to_response(),
+        }
+    }
+
+    async fn purge(&self, rule: &str, keys: &[String], patterns: &[String]) {
+        if !keys.is_empty() {
+            if let Err(e) = self.store.purge_keys(keys).await {
+                tracing::warn!(rule, ?keys, error = %e, "purging keys failed");
+            }
+        }
+        for pattern in patterns {
+            if let Err(e) = self.store.purge_pattern(pattern).await {
+                tracing::warn!(rule, pattern, error = %e, "purging pattern failed");
+            }
+        }
+    }
+}
+
+fn request_view(req: &Request<Body>) -> RequestView<'_> {
+    RequestView {
+        method: req.method(),
+        host: req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or(""),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    }
+}
+
+fn store_detail(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Unavailable => "store-unavailable",
+        StoreError::Timeout => "store-timeout",
+        StoreError::Backend(_) => "store-error",
+    }
+}
+
+/// Phase 4's answer: the stored response, with `Age` and cache headers.
+fn serve_hit(entry: Entry, now: u64, is_head: bool) -> Response<Body> {
+    let mut resp = Response::new(if is_head { proxy::empty() } else { proxy::full(entry.body.clone()) });
+    *resp.status_mut() = entry.status;
+    let upstream_age: u64 = entry
+        .headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let ttl = entry.ttl_left_secs(now);
+    let age = upstream_age + entry.age_secs(now);
+    *resp.headers_mut() = entry.headers;
+    resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+    Outcome::Hit { ttl }.apply(resp.headers_mut());
+    resp
+}
+
+fn finish_miss(resp: Response<Body>, stored: bool, detail: Option<&'static str>, is_head: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    Outcome::Miss { stored, detail }.apply(&mut parts.headers);
+    Response::from_parts(parts, if is_head { proxy::empty() } else { body })
+}

@@ -1,0 +1,71 @@
+//! Credential scopes: which callers may share a cached response.
+//!
+//! A request's scope is a keyed hash (HMAC-SHA256) of its credential headers,
+//! so Redis never holds a raw token and one caller's entry is served only to
+//! a request with the same credentials. Requests without credentials share
+//! the `anon` scope; `scope = "public"` rules share `public`.
+
+use crate::config::Scope;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderName};
+use sha2::Sha256;
+
+pub const ANONYMOUS: &str = "anon";
+pub const PUBLIC: &str = "public";
+
+/// The store field for a request under a rule's scope; `None` when the
+/// secret is not known yet (the request then bypasses the cache).
+pub fn scope_field(scope: Scope, headers: &HeaderMap, credential_headers: &[HeaderName], secret: Option<&[u8]>) -> Option<String> {
+    if scope == Scope::Public {
+        return Some(PUBLIC.to_string());
+    }
+    let mut present = credential_headers
+        .iter()
+        .filter(|name| headers.contains_key(*name))
+        .peekable();
+    if present.peek().is_none() {
+        return Some(ANONYMOUS.to_string());
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret?).ok()?;
+    for name in present {
+        for value in headers.get_all(name) {
+            mac.update(name.as_str().as_bytes());
+            mac.update(b"\0");
+            mac.update(value.as_bytes());
+            mac.update(b"\n");
+        }
+    }
+    let digest = mac.finalize().into_bytes();
+    Some(hex::encode(&digest[..16]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn scopes_differ_by_credential_and_never_hold_the_secret() {
+        let creds = [http::header::AUTHORIZATION, http::header::COOKIE];
+        let a = scope_field(Scope::Credential, &h(&[("authorization", "Bearer a")]), &creds, Some(b"k")).unwrap();
+        let b = scope_field(Scope::Credential, &h(&[("authorization", "Bearer b")]), &creds, Some(b"k")).unwrap();
+        let a_cookie = scope_field(Scope::Credential, &h(&[("cookie", "Bearer a")]), &creds, Some(b"k")).unwrap();
+        let anon = scope_field(Scope::Credential, &h(&[]), &creds, Some(b"k")).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, a_cookie);
+        assert_eq!(anon, ANONYMOUS);
+        assert!(!a.contains("Bearer"));
+        assert_eq!(a.len(), 32);
+        let other_key = scope_field(Scope::Credential, &h(&[("authorization", "Bearer a")]), &creds, Some(b"j")).unwrap();
+        assert_ne!(a, other_key);
+        assert_eq!(scope_field(Scope::Public, &h(&[("authorization", "x")]), &creds, None).unwrap(), PUBLIC);
+        assert!(scope_field(Scope::Credential, &h(&[("authorization", "x")]), &creds, None).is_none());
+    }
+}

@@ -1,0 +1,45 @@
+//! The `Cache-Status` (RFC 9211) and `X-Cache` headers a rule's responses carry.
+
+use http::{HeaderMap, HeaderValue};
+
+/// What happened to a request that went through a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Served from the cache; `ttl` seconds of freshness left.
+    Hit { ttl: u64 },
+    /// Looked up, not found, forwarded; `stored` says whether it was kept,
+    /// `detail` why not.
+    Miss { stored: bool, detail: Option<&'static str> },
+    /// Not looked up (store down, key unusable); forwarded uncached.
+    Bypass { detail: &'static str },
+}
+
+impl Outcome {
+    pub fn x_cache(&self) -> &'static str {
+        match self {
+            Outcome::Hit { .. } => "HIT",
+            Outcome::Miss { .. } => "MISS",
+            Outcome::Bypass { .. } => "BYPASS",
+        }
+    }
+
+    pub fn cache_status(&self) -> String {
+        match self {
+            Outcome::Hit { ttl } => format!("cachegate; hit; ttl={ttl}"),
+            Outcome::Miss { stored: true, .. } => "cachegate; fwd=miss; stored".to_string(),
+            Outcome::Miss { stored: false, detail } => match detail {
+                Some(d) => format!("cachegate; fwd=miss; detail={d}"),
+                None => "cachegate; fwd=miss".to_string(),
+            },
+            Outcome::Bypass { detail } => format!("cachegate; fwd=bypass; detail={detail}"),
+        }
+    }
+
+    /// Sets both headers, replacing any the backend sent.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Ok(v) = HeaderValue::from_str(&self.cache_status()) {
+            headers.insert("cache-status", v);
+        }
+        headers.insert("x-cache", HeaderValue::from_static(self.x_cache()));
+    }
+}

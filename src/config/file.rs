@@ -1,0 +1,106 @@
+//! The raw shape of `proxy.toml`, as serde reads it, with spans kept for the
+//! values that are validated after parsing. Unknown keys are errors so that
+//! a typo never silently falls back to a default.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub edition: Option<Spanned<String>>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub backend: RawBackend,
+    #[serde(default)]
+    pub store: RawStore,
+    pub redis: Option<RawRedis>,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+    #[serde(default)]
+    pub invalidate: Vec<RawInvalidate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub max_uri_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub url: Option<Spanned<String>>,
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub pool_idle_per_host: Option<usize>,
+    pub pool_idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<Spanned<String>>,
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub memory: RawMemory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMemory {
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: Option<Spanned<String>>,
+    pub db: Option<Spanned<i64>>,
+    pub default_ttl: Option<Spanned<i64>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub pool_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub max_body_bytes: Option<usize>,
+    pub credential_headers: Option<Vec<String>>,
+    pub scope_secret: Option<String>,
+    pub max_key_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub methods: Option<Spanned<Vec<String>>>,
+    pub path: Spanned<String>,
+    pub key: Spanned<String>,
+    pub ttl: Option<Spanned<i64>>,
+    pub statuses: Option<Spanned<Vec<u16>>>,
+    pub scope: Option<Spanned<String>>,
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvalidate {
+    pub name: Spanned<String>,
+    pub methods: Option<Spanned<Vec<String>>>,
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub patterns: Vec<Spanned<String>>,
+    pub when: Option<Spanned<String>>,
+}

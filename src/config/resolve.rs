@@ -1,0 +1,530 @@
+//! Turns the raw file into a resolved [`Config`]: defaults, environment
+//! overrides, command-line overrides and validation, in that order of
+//! precedence (flag > environment > file > built-in default).
+
+use super::error::ConfigError;
+use super::file::{RawConfig, RawInvalidate, RawRule};
+use crate::rules::{RuleError, RuleSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The product edition; it gates admin features and picks the default Redis DB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Edition {
+    Community,
+    Business,
+    Enterprise,
+}
+
+impl Edition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Edition::Community => "community",
+            Edition::Business => "business",
+            Edition::Enterprise => "enterprise",
+        }
+    }
+
+    /// Each edition keeps its data in its own Redis DB by default, as the
+    /// reference deployment does.
+    pub fn default_db(self) -> u8 {
+        match self {
+            Edition::Community => 0,
+            Edition::Business => 1,
+            Edition::Enterprise => 2,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Edition> {
+        match s {
+            "community" => Some(Edition::Community),
+            "business" => Some(Edition::Business),
+            "enterprise" => Some(Edition::Enterprise),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Redis,
+    Memory,
+}
+
+/// Who may share a cached response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Entries are kept apart per credential (Authorization / Cookie).
+    Credential,
+    /// One entry serves every caller.
+    Public,
+}
+
+/// When an invalidation rule purges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Only after a 2xx answer.
+    Success,
+    /// After any answer, a failed or timed-out backend included.
+    Always,
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub header_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// The backend's base URL (scheme, authority and an optional path prefix).
+    pub url: http::Uri,
+    pub connect_timeout: Duration,
+    /// How long the whole response head may take.
+    pub timeout: Duration,
+    pub pool_idle_per_host: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The connection URL without the database part; see `db`.
+    pub url: String,
+    pub db: u8,
+    pub password: Option<String>,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemoryConfig {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub default_ttl: Duration,
+    pub key_prefix: String,
+    pub max_body_bytes: usize,
+    pub max_key_bytes: usize,
+    /// Lower-case names of the request headers that identify a caller.
+    pub credential_headers: Vec<http::HeaderName>,
+    pub scope_secret: Option<String>,
+    pub store_timeout: Duration,
+}
+
+/// A `[[rule]]` as written, with the spans rule compilation reports errors at.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub methods_span: Range<usize>,
+    pub path: String,
+    pub path_span: Range<usize>,
+    pub key: String,
+    pub key_span: Range<usize>,
+    pub ttl: Option<Duration>,
+    pub statuses: Vec<u16>,
+    pub scope: Scope,
+    pub max_body_bytes: Option<usize>,
+}
+
+/// An `[[invalidate]]` rule as written.
+#[derive(Debug, Clone)]
+pub struct InvalidateConfig {
+    pub name: String,
+    pub methods: Vec<String>,
+    pub methods_span: Range<usize>,
+    pub path: String,
+    pub path_span: Range<usize>,
+    pub keys: Vec<(String, Range<usize>)>,
+    pub patterns: Vec<(String, Range<usize>)>,
+    pub when: When,
+}
+
+/// The whole resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from (a file name, or `<inline>`).
+    pub source: String,
+    pub edition: Edition,
+    pub server: ServerConfig,
+    pub backend: BackendConfig,
+    pub store: StoreKind,
+    pub redis: Option<RedisConfig>,
+    pub memory: MemoryConfig,
+    pub cache: CacheConfig,
+    pub rules: Arc<RuleSet>,
+}
+
+pub fn process_env() -> impl Fn(&str) -> Option<String> {
+    |name| std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub(super) fn resolve(
+    raw: RawConfig,
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, msg: String| ConfigError::at(file, text, span, msg);
+    let general = |msg: String| ConfigError::general(file, msg);
+
+    let edition = match &raw.edition {
+        None => Edition::Community,
+        Some(e) => Edition::parse(e.get_ref()).ok_or_else(|| {
+            at(
+                e.span(),
+                format!(
+                    "unknown edition {:?}; expected community, business or enterprise",
+                    e.get_ref()
+                ),
+            )
+        })?,
+    };
+
+    // [server]
+    let listen_src = pick(
+        overrides.listen.clone(),
+        "--listen",
+        env("CACHEGATE_LISTEN"),
+        "CACHEGATE_LISTEN",
+        raw.server.listen.as_ref(),
+    );
+    let listen = match listen_src {
+        None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        Some(src) => src.parse(|s| s.parse::<SocketAddr>().ok(), "a socket address such as 0.0.0.0:8080", &at, &general)?,
+    };
+    let server = ServerConfig {
+        listen,
+        max_uri_bytes: raw.server.max_uri_bytes.unwrap_or(8 * 1024),
+        max_header_bytes: raw.server.max_header_bytes.unwrap_or(32 * 1024),
+        max_headers: raw.server.max_headers.unwrap_or(100),
+        header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms.unwrap_or(10_000)),
+    };
+
+    // [backend]
+    let backend_src = pick(
+        overrides.backend.clone(),
+        "--backend",
+        env("CACHEGATE_BACKEND"),
+        "CACHEGATE_BACKEND",
+        raw.backend.url.as_ref(),
+    );
+    let backend_url = match backend_src {
+        None => "http://127.0.0.1:8000".parse::<http::Uri>().map_err(|e| general(e.to_string()))?,
+        Some(src) => src.parse(parse_backend_url, "an http:// URL such as http://127.0.0.1:8000", &at, &general)?,
+    };
+    let backend = BackendConfig {
+        url: backend_url,
+        connect_timeout: Duration::from_millis(raw.backend.connect_timeout_ms.unwrap_or(1000)),
+        timeout: Duration::from_millis(raw.backend.timeout_ms.unwrap_or(30_000)),
+        pool_idle_per_host: raw.backend.pool_idle_per_host.unwrap_or(256),
+        pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(90_000)),
+    };
+
+    // [redis] and the environment variables of the reference deployment.
+    let raw_redis = raw.redis.unwrap_or_default();
+    let redis_url = resolve_redis_url(&raw_redis, env, overrides, &at, &general)?;
+    let default_ttl = match env("CACHE_TTL") {
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|t| *t > 0)
+            .ok_or_else(|| general(format!("environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}")))?,
+        None => match &raw_redis.default_ttl {
+            Some(t) => positive(t, "default_ttl", &at)?,
+            None => 300,
+        },
+    };
+
+    let store = match &raw.store.kind {
+        Some(k) => match k.get_ref().as_str() {
+            "redis" => StoreKind::Redis,
+            "memory" => StoreKind::Memory,
+            other => return Err(at(k.span(), format!("unknown store kind {other:?}; expected redis or memory"))),
+        },
+        // Redis when one is configured anywhere, else the embedded store.
+        None if redis_url.is_some() => StoreKind::Redis,
+        None => StoreKind::Memory,
+    };
+
+    let redis = match store {
+        StoreKind::Memory => None,
+        StoreKind::Redis => {
+            let (url, url_db) = match redis_url {
+                Some(u) => u,
+                None => ("redis://127.0.0.1:6379".to_string(), None),
+            };
+            let db = match env("REDIS_DB") {
+                Some(v) => Some(v.parse::<u8>().map_err(|_| {
+                    general(format!("environment variable REDIS_DB: expected a database number 0-255, got {v:?}"))
+                })?),
+                None => match &raw_redis.db {
+                    Some(d) => Some(u8::try_from(*d.get_ref()).map_err(|_| at(d.span(), "db must be a database number 0-255".into()))?),
+                    None => url_db,
+                },
+            };
+            Some(RedisConfig {
+                url,
+                db: db.unwrap_or(edition.default_db()),
+                password: env("REDIS_PASSWORD"),
+                pool_size: raw_redis.pool_size.unwrap_or(4).max(1),
+            })
+        }
+    };
+
+    let key_prefix = raw_redis.key_prefix.map(|p| p.into_inner()).unwrap_or_default();
+    let mut credential_headers = Vec::new();
+    for name in raw
+        .cache
+        .credential_headers
+        .unwrap_or_else(|| vec!["authorization".into(), "cookie".into()])
+    {
+        let h = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| general(format!("[cache] credential_headers: {name:?} is not a header name")))?;
+        credential_headers.push(h);
+    }
+    let cache = CacheConfig {
+        default_ttl: Duration::from_secs(default_ttl),
+        key_prefix,
+        max_body_bytes: raw.cache.max_body_bytes.unwrap_or(1024 * 1024),
+        max_key_bytes: raw.cache.max_key_bytes.unwrap_or(1024),
+        credential_headers,
+        scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
+        store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
+    };
+    let memory = MemoryConfig {
+        max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
+        max_bytes: raw.store.memory.max_bytes.unwrap_or(256 * 1024 * 1024),
+    };
+
+    let mut rules = Vec::new();
+    for r in raw.rule {
+        rules.push(rule_config(r, &at)?);
+    }
+    let mut invalidations = Vec::new();
+    for i in raw.invalidate {
+        invalidations.push(invalidate_config(i, &at)?);
+    }
+    let rules = RuleSet::compile(&rules, &invalidations, &cache)
+        .map_err(|RuleError { span, message }| at(span, message))?;
+
+    Ok(Config {
+        source: file.to_string(),
+        edition,
+        server,
+        backend,
+        store,
+        redis,
+        memory,
+        cache,
+        rules: Arc::new(rules),
+    })
+}
+
+/// A value with where it came from, for error messages.
+enum Source<'a> {
+    Flag(String, &'static str),
+    Env(String, &'static str),
+    File(&'a Spanned<String>),
+}
+
+impl Source<'_> {
+    fn parse<T>(
+        &self,
+        f: impl Fn(&str) -> Option<T>,
+        expected: &str,
+        at: &dyn Fn(Range<usize>, String) -> ConfigError,
+        general: &dyn Fn(String) -> ConfigError,
+    ) -> Result<T, ConfigError> {
+        match self {
+            Source::Flag(v, name) => f(v).ok_or_else(|| general(format!("{name}: expected {expected}, got {v:?}"))),
+            Source::Env(v, name) => f(v).ok_or_else(|| general(format!("environment variable {name}: expected {expected}, got {v:?}"))),
+            Source::File(s) => f(s.get_ref()).ok_or_else(|| at(s.span(), format!("expected {expected}, got {:?}", s.get_ref()))),
+        }
+    }
+}
+
+fn pick<'a>(
+    flag: Option<String>,
+    flag_name: &'static str,
+    env: Option<String>,
+    env_name: &'static str,
+    file: Option<&'a Spanned<String>>,
+) -> Option<Source<'a>> {
+    flag.map(|v| Source::Flag(v, flag_name))
+        .or_else(|| env.map(|v| Source::Env(v, env_name)))
+        .or_else(|| file.map(Source::File))
+}
+
+fn parse_backend_url(s: &str) -> Option<http::Uri> {
+    let uri: http::Uri = s.parse().ok()?;
+    (uri.scheme_str() == Some("http") && uri.authority().is_some() && uri.query().is_none()).then_some(uri)
+}
+
+/// The Redis URL from flag, `REDIS_URL`, `REDIS_HOST`/`REDIS_PORT` or the
+/// file, split into the URL without its database path and that database.
+fn resolve_redis_url(
+    raw: &super::file::RawRedis,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: &Overrides,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+    general: &dyn Fn(String) -> ConfigError,
+) -> Result<Option<(String, Option<u8>)>, ConfigError> {
+    let host_port = match (env("REDIS_HOST"), env("REDIS_PORT")) {
+        (None, None) => None,
+        (host, port) => Some(format!(
+            "redis://{}:{}",
+            host.unwrap_or_else(|| "127.0.0.1".into()),
+            port.unwrap_or_else(|| "6379".into())
+        )),
+    };
+    let src = pick(
+        overrides.redis_url.clone(),
+        "--redis-url",
+        env("REDIS_URL").or(host_port),
+        "REDIS_URL (or REDIS_HOST/REDIS_PORT)",
+        raw.url.as_ref(),
+    );
+    match src {
+        None => Ok(None),
+        Some(src) => src
+            .parse(split_redis_url, "a redis:// or rediss:// URL", at, general)
+            .map(Some),
+    }
+}
+
+/// Splits `redis://h:p/3` into (`redis://h:p`, Some(3)).
+fn split_redis_url(s: &str) -> Option<(String, Option<u8>)> {
+    let rest = s.strip_prefix("redis://").or_else(|| s.strip_prefix("rediss://"))?;
+    let scheme_len = s.len() - rest.len();
+    match rest.find('/') {
+        None => (!rest.is_empty()).then(|| (s.to_string(), None)),
+        Some(i) => {
+            let (authority, path) = rest.split_at(i);
+            let db = path.trim_start_matches('/');
+            let db = if db.is_empty() { None } else { Some(db.parse::<u8>().ok()?) };
+            (!authority.is_empty()).then(|| (format!("{}{}", &s[..scheme_len], authority), db))
+        }
+    }
+}
+
+fn positive(v: &Spanned<i64>, what: &str, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> Result<u64, ConfigError> {
+    u64::try_from(*v.get_ref())
+        .ok()
+        .filter(|t| *t > 0)
+        .ok_or_else(|| at(v.span(), format!("{what} must be a positive number of seconds")))
+}
+
+fn methods(
+    m: Option<Spanned<Vec<String>>>,
+    default: &[&str],
+    fallback_span: Range<usize>,
+) -> (Vec<String>, Range<usize>) {
+    match m {
+        Some(m) => {
+            let span = m.span();
+            (m.into_inner().into_iter().map(|s| s.to_ascii_uppercase()).collect(), span)
+        }
+        None => (default.iter().map(|s| s.to_string()).collect(), fallback_span),
+    }
+}
+
+fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> Result<RuleConfig, ConfigError> {
+    let (methods, methods_span) = methods(r.methods, &["GET", "HEAD"], r.name.span());
+    let ttl = match &r.ttl {
+        Some(t) => Some(Duration::from_secs(positive(t, "ttl", at)?)),
+        None => None,
+    };
+    let statuses = match r.statuses {
+        Some(s) => {
+            let span = s.span();
+            let v = s.into_inner();
+            if v.is_empty() || v.iter().any(|c| !(100..=599).contains(c)) {
+                return Err(at(span, "statuses must list HTTP status codes (100-599)".into()));
+            }
+            if v.iter().any(|c| *c >= 500) {
+                return Err(at(span, "5xx answers are never cached; remove them from statuses".into()));
+            }
+            v
+        }
+        None => vec![200],
+    };
+    let scope = match &r.scope {
+        None => Scope::Credential,
+        Some(s) => match s.get_ref().as_str() {
+            "credential" => Scope::Credential,
+            "public" => Scope::Public,
+            other => return Err(at(s.span(), format!("unknown scope {other:?}; expected credential or public"))),
+        },
+    };
+    Ok(RuleConfig {
+        name: r.name.into_inner(),
+        methods,
+        methods_span,
+        path: r.path.get_ref().clone(),
+        path_span: r.path.span(),
+        key: r.key.get_ref().clone(),
+        key_span: r.key.span(),
+        ttl,
+        statuses,
+        scope,
+        max_body_bytes: r.max_body_bytes,
+    })
+}
+
+fn invalidate_config(
+    i: RawInvalidate,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<InvalidateConfig, ConfigError> {
+    let (methods, methods_span) = methods(i.methods, &["POST", "PUT", "PATCH", "DELETE"], i.name.span());
+    let when = match &i.when {
+        None => When::Success,
+        Some(w) => match w.get_ref().as_str() {
+            "success" => When::Success,
+            "always" => When::Always,
+            other => return Err(at(w.span(), format!("unknown when {other:?}; expected success or always"))),
+        },
+    };
+    let spanned = |v: Vec<Spanned<String>>| v.into_iter().map(|s| (s.get_ref().clone(), s.span())).collect();
+    Ok(InvalidateConfig {
+        name: i.name.into_inner(),
+        methods,
+        methods_span,
+        path: i.path.get_ref().clone(),
+        path_span: i.path.span(),
+        keys: spanned(i.keys),
+        patterns: spanned(i.patterns),
+        when,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_url_splits_database() {
+        assert_eq!(split_redis_url("redis://h:1/3"), Some(("redis://h:1".into(), Some(3))));
+        assert_eq!(split_redis_url("rediss://u:p@h:1"), Some(("rediss://u:p@h:1".into(), None)));
+        assert_eq!(split_redis_url("redis://h:1/"), Some(("redis://h:1".into(), None)));
+        assert_eq!(split_redis_url("http://h"), None);
+        assert_eq!(split_redis_url("redis://h/x"), None);
+    }
+}

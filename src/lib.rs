@@ -1,0 +1,16 @@
+//! cachegate: a transparent HTTP caching reverse proxy backed by Redis.
+//!
+//! The binary (`src/main.rs`) is only a command line; everything it runs lives
+//! here so that integration tests can start the same server in-process.
+//! `ARCHITECTURE.md` describes how the modules fit together.
+
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod store;
+
+/// The error type for start-up paths (never used on the request path).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

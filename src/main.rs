@@ -1,0 +1,172 @@
+//! The `cachegate` command line. Everything it runs lives in the library.
+
+use cachegate::config::{Config, Overrides};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cachegate", version, about = "A transparent HTTP caching reverse proxy backed by Redis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax (default: $RUST_LOG, else "info").
+    #[arg(long, global = true)]
+    log: Option<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// The proxy.toml to use.
+    #[arg(long, short, default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Listen address (overrides CACHEGATE_LISTEN and [server] listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Backend URL (overrides CACHEGATE_BACKEND and [backend] url).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Redis URL (overrides REDIS_URL and [redis] url).
+    #[arg(long)]
+    redis_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default when no command is given).
+    Serve(ServeArgs),
+    /// Validate a config and print the compiled rules; exit 2 on errors.
+    Check(ServeArgs),
+    /// Run a sample task API with cachegate in front of it.
+    Demo(cachegate::demo::DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.log.as_deref());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cachegate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Check(args)) => check(args),
+        Some(Command::Demo(args)) => runtime.block_on(async {
+            match cachegate::demo::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cachegate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+    }
+}
+
+fn overrides(args: &ServeArgs) -> Overrides {
+    Overrides {
+        listen: args.listen.clone(),
+        backend: args.backend.clone(),
+        redis_url: args.redis_url.clone(),
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(&args.config, &overrides(args)).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn check(args: ServeArgs) -> ExitCode {
+    match load(&args) {
+        Err(code) => code,
+        Ok(config) => {
+            println!("{}: ok", config.source);
+            println!("edition {}; listen {}; backend {}", config.edition.as_str(), config.server.listen, config.backend.url);
+            match &config.redis {
+                Some(r) => println!("store redis {} db {}; key prefix {:?}", redact(&r.url), r.db, config.cache.key_prefix),
+                None => println!(
+                    "store memory ({} entries, {} bytes)",
+                    config.memory.max_entries, config.memory.max_bytes
+                ),
+            }
+            print!("{}", config.rules);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Hides the password in a URL printed to the terminal.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let running = match cachegate::server::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cachegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stopper.send(true);
+    });
+    let _ = tokio::time::timeout(Duration::MAX, running.wait()).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_logging(format: LogFormat, filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

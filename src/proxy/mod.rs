@@ -1,0 +1,211 @@
+//! Forwarding to the backend: a pooled HTTP/1 client, hop-by-hop header
+//! removal (RFC 9110 §7.6.1), `X-Forwarded-*`, the response-head timeout,
+//! and the JSON error answers for an unreachable or slow backend.
+
+use crate::config::BackendConfig;
+use crate::BoxError;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The body type used throughout: streamed, boxed, errors boxed.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body from bytes in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A JSON error answer: `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": code, "message": message }).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The backend could not be reached (refused, reset, connect timeout).
+    Unreachable(String),
+    /// No response head within the backend timeout.
+    Timeout,
+}
+
+impl ForwardError {
+    /// The answer a client gets: 502 or 504 with a JSON body.
+    pub fn to_response(&self) -> Response<Body> {
+        match self {
+            ForwardError::Unreachable(why) => json_error(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                &format!("the backend could not be reached: {why}"),
+            ),
+            ForwardError::Timeout => json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the backend did not answer in time",
+            ),
+        }
+    }
+}
+
+/// The pooled client to the one backend.
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    base: Uri,
+    timeout: Duration,
+}
+
+/// Where a request came from, for `X-Forwarded-*`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+impl Forwarder {
+    pub fn new(cfg: &BackendConfig) -> Forwarder {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.pool_idle_per_host)
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .build(connector);
+        Forwarder {
+            client,
+            base: cfg.url.clone(),
+            timeout: cfg.timeout,
+        }
+    }
+
+    /// The backend URI for a request path and query.
+    fn target(&self, uri: &Uri) -> Result<Uri, ForwardError> {
+        let base_path = self.base.path().trim_end_matches('/');
+        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut builder = Uri::builder();
+        if let Some(s) = self.base.scheme() {
+            builder = builder.scheme(s.clone());
+        }
+        if let Some(a) = self.base.authority() {
+            builder = builder.authority(a.clone());
+        }
+        builder
+            .path_and_query(format!("{base_path}{path_and_query}"))
+            .build()
+            .map_err(|e| ForwardError::Unreachable(format!("bad target URI: {e}")))
+    }
+
+    /// Forwards a request (its body streamed) and returns the response head
+    /// with its body still streaming, hop-by-hop headers removed.
+    pub async fn forward(&self, req: Request<Body>, from: ClientInfo) -> Result<Response<Body>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = self.target(&parts.uri)?;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        add_forwarded(&mut parts.headers, from);
+        let req = Request::from_parts(parts, body);
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(ForwardError::Timeout),
+            Ok(Err(e)) => return Err(ForwardError::Unreachable(describe(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
+    }
+}
+
+fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
+    let ip = from.addr.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    // Always our own value: a client-sent one must not reach the backend.
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

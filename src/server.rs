@@ -1,0 +1,132 @@
+//! The listener: accepts connections, serves HTTP/1.1 with hyper, hands each
+//! request to the [`Gateway`], and shuts down gracefully.
+
+use crate::cache::Gateway;
+use crate::config::Config;
+use crate::proxy::{self, ClientInfo};
+use crate::BoxError;
+use http_body_util::BodyExt;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running proxy: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (up to `grace`).
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+
+    /// Waits until the server stops (it runs until shut down).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A handle that stops the server when sent `true`.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Binds the configured address and starts serving.
+pub async fn start(config: Config) -> Result<Running, BoxError> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    start_on(config, listener).await
+}
+
+/// Starts serving on an already bound listener (tests bind port 0).
+pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, BoxError> {
+    let config = Arc::new(config);
+    let gateway = Arc::new(Gateway::new(config.clone()).await?);
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, gateway.clone(), stopped));
+    tracing::info!(%addr, store = gateway.store().kind(), edition = config.edition.as_str(), "cachegate listening");
+    Ok(Running {
+        addr,
+        gateway,
+        stop,
+        task,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+    let server = &gateway.config().server;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true)
+        // hyper's own hard limits, a little above ours so that ours answer
+        // with a JSON body first.
+        .max_buf_size((server.max_header_bytes + server.max_uri_bytes + 4096).max(8192))
+        .max_headers(server.max_headers + 1);
+    let builder = Arc::new(builder);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let mut stop_conn = stopped.clone();
+        connections.spawn(async move {
+            let from = ClientInfo { addr: peer };
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let gateway = gateway.clone();
+                async move {
+                    let req = req.map(|b| b.map_err(BoxError::from).boxed());
+                    Ok::<_, Infallible>(gateway.handle(req, from).await)
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = stop_conn.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// A JSON 404, for routes the proxy answers itself.
+pub fn not_found() -> hyper::Response<proxy::Body> {
+    proxy::json_error(http::StatusCode::NOT_FOUND, "not_found", "no such route")
+}

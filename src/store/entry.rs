@@ -1,0 +1,171 @@
+//! The stored form of a cached response: a compact binary record that a hit
+//! decodes without parsing JSON and without copying the body.
+//!
+//! Layout (all integers big-endian):
+//! ```text
+//! "CG" version:u8 status:u16 stored_at_ms:u64 ttl_ms:u64
+//! header_count:u16 { name_len:u16 name value_len:u32 value }*
+//! body (the rest)
+//! ```
+//! Anything that does not decode (a foreign value, a truncated one, another
+//! version) is treated as a miss and overwritten by the next fill.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 2] = b"CG";
+const VERSION: u8 = 1;
+const FIXED_LEN: usize = 2 + 1 + 2 + 8 + 8 + 2;
+
+/// A decoded entry; `body` shares the buffer it was decoded from.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub status: StatusCode,
+    /// When the response was stored, in milliseconds since the Unix epoch.
+    pub stored_at_ms: u64,
+    /// How long it is fresh after `stored_at_ms`.
+    pub ttl: Duration,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Entry {
+    /// Encodes status, headers and body into one buffer.
+    pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8], stored_at_ms: u64, ttl: Duration) -> Bytes {
+        let headers_len: usize = headers.iter().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
+        let mut buf = BytesMut::with_capacity(FIXED_LEN + headers_len + body.len());
+        buf.put_slice(MAGIC);
+        buf.put_u8(VERSION);
+        buf.put_u16(status.as_u16());
+        buf.put_u64(stored_at_ms);
+        buf.put_u64(ttl.as_millis().min(u64::MAX as u128) as u64);
+        let count = headers.len().min(u16::MAX as usize);
+        buf.put_u16(count as u16);
+        for (name, value) in headers.iter().take(count) {
+            buf.put_u16(name.as_str().len() as u16);
+            buf.put_slice(name.as_str().as_bytes());
+            buf.put_u32(value.len() as u32);
+            buf.put_slice(value.as_bytes());
+        }
+        buf.put_slice(body);
+        buf.freeze()
+    }
+
+    /// Decodes an entry; `None` for anything that is not a valid entry.
+    pub fn decode(buf: &Bytes) -> Option<Entry> {
+        let mut r = Reader { buf, pos: 0 };
+        if r.take(2)? != MAGIC || r.u8()? != VERSION {
+            return None;
+        }
+        let status = StatusCode::from_u16(r.u16()?).ok()?;
+        let stored_at_ms = r.u64()?;
+        let ttl = Duration::from_millis(r.u64()?);
+        let count = r.u16()? as usize;
+        let mut headers = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let name_len = r.u16()? as usize;
+            let name = HeaderName::from_bytes(r.take(name_len)?).ok()?;
+            let value_len = r.u32()? as usize;
+            let start = r.pos;
+            r.take(value_len)?;
+            let value = HeaderValue::from_maybe_shared(buf.slice(start..start + value_len)).ok()?;
+            headers.append(name, value);
+        }
+        let body = buf.slice(r.pos..);
+        Some(Entry {
+            status,
+            stored_at_ms,
+            ttl,
+            headers,
+            body,
+        })
+    }
+
+    /// Seconds since the entry was stored.
+    pub fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000
+    }
+
+    /// Whether the entry is still fresh at `now_ms`.
+    pub fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.stored_at_ms.saturating_add(self.ttl.as_millis() as u64)
+    }
+
+    /// Whole seconds of freshness left at `now_ms`.
+    pub fn ttl_left_secs(&self, now_ms: u64) -> u64 {
+        self.stored_at_ms
+            .saturating_add(self.ttl.as_millis() as u64)
+            .saturating_sub(now_ms)
+            / 1000
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let buf = Entry::encode(StatusCode::OK, &h, b"{\"id\":1}", 1000, Duration::from_secs(300));
+        let e = Entry::decode(&buf).unwrap();
+        assert_eq!(e.status, StatusCode::OK);
+        assert_eq!(e.stored_at_ms, 1000);
+        assert_eq!(e.ttl, Duration::from_secs(300));
+        assert_eq!(e.headers, h);
+        assert_eq!(&e.body[..], b"{\"id\":1}");
+        assert!(e.is_fresh(1000 + 299_999) && !e.is_fresh(1000 + 300_000));
+    }
+
+    #[test]
+    fn garbage_and_truncation_do_not_decode() {
+        let buf = Entry::encode(StatusCode::OK, &HeaderMap::new(), b"x", 0, Duration::ZERO);
+        assert!(Entry::decode(&Bytes::from_static(b"{\"id\":1}")).is_none());
+        assert!(Entry::decode(&Bytes::from_static(b"")).is_none());
+        for cut in 0..FIXED_LEN {
+            assert!(Entry::decode(&buf.slice(..cut)).is_none());
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-long", HeaderValue::from_static("value"));
+        let buf = Entry::encode(StatusCode::OK, &h, b"", 0, Duration::ZERO);
+        assert!(Entry::decode(&buf.slice(..buf.len() - 2)).is_none());
+    }
+}

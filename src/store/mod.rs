@@ -1,0 +1,109 @@
+//! Where cached entries live: one [`Store`] trait, with a Redis
+//! implementation ([`redis::RedisStore`]) and an embedded in-process one
+//! ([`memory::MemoryStore`]).
+//!
+//! # Data model (the same in both stores)
+//!
+//! A *logical key* (`task:123`, as rules render it and operators see it) is
+//! one hash-like record holding a *field* per credential scope (and, later,
+//! per variant). Purging the logical key removes every scope at once.
+//! Besides its entry fields, a record may hold a generation counter
+//! ([`GEN_FIELD`]); a purge deletes every entry field and bumps the
+//! generation, leaving a short-lived tombstone. A global *purge epoch* is
+//! bumped by every pattern purge.
+//!
+//! A fill (storing a response fetched after a miss) carries the
+//! [`FillGuard`] read at lookup time and stores only if neither the key's
+//! generation nor the epoch moved in between, atomically. So a body fetched
+//! before a purge that covers it is never stored.
+
+pub mod entry;
+pub mod glob;
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::fmt;
+use std::time::Duration;
+
+/// The record field holding the generation counter.
+pub const GEN_FIELD: &str = "__gen";
+/// The record field marking a record as written by cachegate.
+pub const MARK_FIELD: &str = "__cg";
+
+/// The result of a lookup.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    /// The encoded entry stored under the field, if any.
+    pub entry: Option<Bytes>,
+    /// What a fill after this lookup must present to store.
+    pub guard: FillGuard,
+}
+
+/// The generation of a key and the purge epoch as a lookup saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FillGuard {
+    pub generation: u64,
+    pub epoch: u64,
+}
+
+/// Why a store call did not succeed. None of these reach a client: the
+/// request path treats every one as "no cache" (fail open).
+#[derive(Debug)]
+pub enum StoreError {
+    /// Not connected; the proxy forwards uncached until it is back.
+    Unavailable,
+    /// The call took longer than the store timeout.
+    Timeout,
+    /// The store answered with an error.
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable => f.write_str("store unavailable"),
+            StoreError::Timeout => f.write_str("store timeout"),
+            StoreError::Backend(e) => write!(f, "store error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A cache store. Keys passed in are logical keys; a store adds its own
+/// prefix. Implementations must never block the runtime.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `redis` or `memory`.
+    fn kind(&self) -> &'static str;
+
+    /// Whether the store is reachable right now (cheap; no I/O).
+    fn is_up(&self) -> bool;
+
+    /// The secret that keys credential-scope hashes. Shared by every
+    /// instance on the same Redis, so they share scopes; `None` until known.
+    fn scope_secret(&self) -> Option<Bytes>;
+
+    /// Reads `field` of `key`; on a miss, also the guard a fill must present.
+    async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup>;
+
+    /// The guard a fill must present to replace what `key` holds now (used
+    /// when a lookup found an expired or undecodable entry).
+    async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard>;
+
+    /// Stores `value` under `field` of `key` unless a purge covering the key
+    /// happened since `guard` was read. The record lives at least `ttl`.
+    /// Returns whether it stored.
+    async fn fill(&self, key: &str, field: &str, value: Bytes, ttl: Duration, guard: FillGuard) -> StoreResult<bool>;
+
+    /// Purges logical keys (every field); returns how many held entries.
+    async fn purge_keys(&self, keys: &[String]) -> StoreResult<u64>;
+
+    /// Purges every logical key matching a Redis glob pattern, in batches
+    /// that never block the store for long; returns how many were removed.
+    async fn purge_pattern(&self, pattern: &str) -> StoreResult<u64>;
+}

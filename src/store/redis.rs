@@ -1,0 +1,329 @@
+//! The Redis store, on fred: a pool of connections that reconnect with
+//! backoff, `redis://` and `rediss://`, AUTH with a password or ACL user.
+//!
+//! Layout (with `P` the configured key prefix):
+//! - `P<logical key>`: a hash; one field per scope holding an encoded
+//!   [`Entry`](super::entry::Entry), plus `__cg` (marks it as ours) and
+//!   `__gen` (the purge generation). Its TTL is the longest entry TTL.
+//! - `P__cg:epoch`: the purge epoch, bumped by every pattern purge.
+//! - `P__cg:secret`: the random secret keying credential-scope hashes,
+//!   created once by whichever instance connects first.
+//!
+//! Every call is bounded by the store timeout and refused at once while the
+//! pool is disconnected, so an outage costs the request path nothing.
+
+use super::{FillGuard, Lookup, Store, StoreError, StoreResult, GEN_FIELD};
+use crate::config::RedisConfig;
+use crate::rules::{glob_escape, INTERNAL_PREFIX};
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Value;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Stores `value` under `field` only if the key's generation and the purge
+/// epoch are what the fill's lookup saw. A foreign value under the key
+/// (another type) is replaced.
+const FILL_LUA: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+local g = tonumber(redis.call('HGET', KEYS[1], '__gen') or '0') or 0
+if g ~= tonumber(ARGV[4]) then return 0 end
+local e = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if e ~= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '__cg', '1')
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"#;
+
+/// Removes every entry of a key and leaves a tombstone with the next
+/// generation, so fills that started before this purge will not store.
+/// Returns 1 when the key held an entry.
+const PURGE_LUA: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+local had = 0
+local g = 0
+if t == 'hash' then
+  g = tonumber(redis.call('HGET', KEYS[1], '__gen') or '0') or 0
+  local meta = redis.call('HEXISTS', KEYS[1], '__gen') + redis.call('HEXISTS', KEYS[1], '__cg')
+  if redis.call('HLEN', KEYS[1]) > meta then had = 1 end
+  redis.call('DEL', KEYS[1])
+elseif t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+  had = 1
+end
+redis.call('HSET', KEYS[1], '__gen', g + 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return had
+"#;
+
+/// Keys per SCAN page and per UNLINK batch: small enough that no single
+/// command holds Redis for long.
+const SCAN_BATCH: u32 = 1000;
+
+pub struct RedisStore {
+    pool: Pool,
+    prefix: String,
+    epoch_key: String,
+    timeout: Duration,
+    tombstone_ttl: Duration,
+    fill_script: Script,
+    purge_script: Script,
+    secret: Arc<OnceLock<Bytes>>,
+    /// Whether the last call found Redis up; flips are logged once each.
+    up: AtomicBool,
+}
+
+impl RedisStore {
+    /// Creates the pool and starts connecting in the background. Never fails
+    /// because Redis is down: it waits up to `connect_wait` for a first
+    /// connection, then serves uncached until Redis is reachable.
+    pub async fn connect(
+        cfg: &RedisConfig,
+        prefix: &str,
+        timeout: Duration,
+        tombstone_ttl: Duration,
+        connect_wait: Duration,
+        configured_secret: Option<&str>,
+    ) -> Result<Arc<RedisStore>, crate::BoxError> {
+        let mut config = Config::from_url(&cfg.url)?;
+        config.database = Some(cfg.db);
+        if let Some(p) = &cfg.password {
+            config.password = Some(p.clone());
+        }
+        // Run the reconnect policy for the first connection too: start-up
+        // must not fail because Redis is down.
+        config.fail_fast = false;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(1);
+                c.internal_command_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 2;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build_pool(cfg.pool_size)?;
+        pool.connect_pool();
+        let _ = tokio::time::timeout(connect_wait, pool.wait_for_connect()).await;
+
+        let secret = Arc::new(OnceLock::new());
+        if let Some(s) = configured_secret {
+            let _ = secret.set(Bytes::copy_from_slice(s.as_bytes()));
+        }
+        let store = Arc::new(RedisStore {
+            pool,
+            prefix: prefix.to_string(),
+            epoch_key: format!("{prefix}{INTERNAL_PREFIX}epoch"),
+            timeout,
+            tombstone_ttl,
+            fill_script: Script::from_lua(FILL_LUA),
+            purge_script: Script::from_lua(PURGE_LUA),
+            secret,
+            up: AtomicBool::new(true),
+        });
+        store.is_up_logged();
+        if store.secret.get().is_none() {
+            tokio::spawn(fetch_shared_secret(store.clone()));
+        }
+        Ok(store)
+    }
+
+    fn key(&self, logical: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + logical.len());
+        k.push_str(&self.prefix);
+        k.push_str(logical);
+        k
+    }
+
+    /// A connected client, or `Unavailable`; logs outage start and end once.
+    fn client(&self) -> StoreResult<&Client> {
+        let client = self.pool.next_connected();
+        if self.is_up_logged() {
+            Ok(client)
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    fn is_up_logged(&self) -> bool {
+        let now = self.pool.next_connected().is_connected();
+        if self.up.swap(now, Ordering::Relaxed) != now {
+            if now {
+                tracing::info!(target: "cachegate::store", "redis is reachable again; caching resumes");
+            } else {
+                tracing::warn!(target: "cachegate::store", "redis is unreachable; forwarding uncached until it is back");
+            }
+        }
+        now
+    }
+
+    async fn bounded<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Runs a script by SHA, loading it first when Redis does not know it.
+    async fn run_script(&self, client: &Client, script: &Script, keys: Vec<String>, args: Vec<Value>) -> Result<i64, Error> {
+        match script.evalsha::<i64, _, _, _>(client, keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") || e.to_string().contains("NOSCRIPT") => {
+                script.load(client).await?;
+                script.evalsha(client, keys, args).await
+            }
+            other => other,
+        }
+    }
+
+    /// The fred pool, for callers that need raw access (admin, tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+async fn fetch_shared_secret(store: Arc<RedisStore>) {
+    let key = format!("{}{INTERNAL_PREFIX}secret", store.prefix);
+    loop {
+        if let Ok(client) = store.client() {
+            let candidate = hex::encode(rand::random::<[u8; 32]>());
+            let result: Result<Option<Bytes>, Error> = async {
+                let _: Value = client.set(&key, candidate, None, Some(SetOptions::NX), false).await?;
+                client.get(&key).await
+            }
+            .await;
+            if let Ok(Some(secret)) = result {
+                let _ = store.secret.set(secret);
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn to_u64(v: Option<Bytes>) -> u64 {
+    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()).unwrap_or(0)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_up(&self) -> bool {
+        self.is_up_logged()
+    }
+
+    fn scope_secret(&self) -> Option<Bytes> {
+        self.secret.get().cloned()
+    }
+
+    async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
+        let client = self.client()?;
+        let key = self.key(key);
+        let got: Result<Vec<Option<Bytes>>, StoreError> =
+            self.bounded(client.hmget(&key, vec![field, GEN_FIELD])).await;
+        let (entry, generation) = match got {
+            Ok(mut v) if v.len() == 2 => {
+                let generation = v.pop().flatten();
+                (v.pop().flatten(), to_u64(generation))
+            }
+            // A foreign value under the key (WRONGTYPE): a miss that the
+            // fill will overwrite.
+            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => (None, 0),
+            Err(e) => return Err(e),
+            Ok(_) => return Err(StoreError::Backend("unexpected HMGET reply".into())),
+        };
+        if entry.is_some() {
+            return Ok(Lookup {
+                entry,
+                guard: FillGuard::default(),
+            });
+        }
+        let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
+        Ok(Lookup {
+            entry: None,
+            guard: FillGuard {
+                generation,
+                epoch: to_u64(epoch),
+            },
+        })
+    }
+
+    async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
+        let client = self.client()?;
+        let generation: Result<Option<Bytes>, StoreError> = self.bounded(client.hget(self.key(key), GEN_FIELD)).await;
+        let generation = match generation {
+            Ok(g) => to_u64(g),
+            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => 0,
+            Err(e) => return Err(e),
+        };
+        let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
+        Ok(FillGuard {
+            generation,
+            epoch: to_u64(epoch),
+        })
+    }
+
+    async fn fill(&self, key: &str, field: &str, value: Bytes, ttl: Duration, guard: FillGuard) -> StoreResult<bool> {
+        let client = self.client()?;
+        let keys = vec![self.key(key), self.epoch_key.clone()];
+        let args: Vec<Value> = vec![
+            field.into(),
+            value.into(),
+            (ttl.as_millis().max(1) as i64).into(),
+            (guard.generation as i64).into(),
+            (guard.epoch as i64).into(),
+        ];
+        let stored = self
+            .bounded(self.run_script(client, &self.fill_script, keys, args))
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn purge_keys(&self, keys: &[String]) -> StoreResult<u64> {
+        let client = self.client()?;
+        let ttl = self.tombstone_ttl.as_millis() as i64;
+        let mut purged = 0;
+        // One script call per key: each key may live in its own cluster slot.
+        let calls = keys.iter().map(|k| {
+            self.bounded(self.run_script(client, &self.purge_script, vec![self.key(k)], vec![ttl.into()]))
+        });
+        for result in futures_util::future::join_all(calls).await {
+            purged += result? as u64;
+        }
+        Ok(purged)
+    }
+
+    async fn purge_pattern(&self, pattern: &str) -> StoreResult<u64> {
+        let client = self.client()?;
+        // Bump the epoch first: a fill that looked up before this point will
+        // not store, even for a key this scan never sees.
+        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        let full = format!("{}{}", glob_escape(&self.prefix), pattern);
+        let internal = format!("{}{INTERNAL_PREFIX}", self.prefix);
+        let mut cursor = String::from("0");
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (String, Vec<String>) = self
+                .bounded(client.scan_page(cursor.clone(), full.clone(), Some(SCAN_BATCH), None))
+                .await?;
+            let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
+            if !keys.is_empty() {
+                let n: i64 = self.bounded(client.unlink(keys)).await?;
+                removed += n as u64;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
+    }
+}
