@@ -4,9 +4,11 @@
 //! here so that integration tests can start the same server in-process.
 //! `ARCHITECTURE.md` describes how the modules fit together.
 
+pub mod admin;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod server;

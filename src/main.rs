@@ -45,6 +45,16 @@ enum Command {
     Check(ServeArgs),
     /// Run a sample task API with cachegate in front of it.
     Demo(cachegate::demo::DemoArgs),
+    /// Print a new random admin token and the line to paste into proxy.toml.
+    #[command(alias = "hash-token")]
+    Token {
+        /// Hash this token instead of making a new one.
+        #[arg(long)]
+        hash: Option<String>,
+        /// The token's name in proxy.toml.
+        #[arg(long, default_value = "ops")]
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,6 +77,19 @@ fn main() -> ExitCode {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Token { hash, name }) => {
+            let (token, sha) = match hash {
+                Some(t) => (t.clone(), hex::encode(cachegate::admin::hash_token(&t))),
+                None => cachegate::admin::new_token(),
+            };
+            println!("token: {token}");
+            println!("# paste into proxy.toml (the token itself is not stored there):");
+            println!("[[admin.tokens]]");
+            println!("name = {name:?}");
+            println!("sha256 = \"{sha}\"");
+            println!("scopes = [\"read\", \"purge\", \"inspect\"]");
+            ExitCode::SUCCESS
+        }
         Some(Command::Demo(args)) => runtime.block_on(async {
             match cachegate::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 /// A running proxy: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `[admin] listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -43,7 +45,16 @@ impl Running {
     }
 }
 
-/// Binds the configured address and starts serving.
+/// What a listener serves.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The proxy (and the admin routes, unless they have their own listener).
+    Main,
+    /// Only the admin routes, `/metrics` and health.
+    Admin,
+}
+
+/// Binds the configured addresses and starts serving.
 pub async fn start(config: Config) -> Result<Running, BoxError> {
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -51,23 +62,44 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     start_on(config, listener).await
 }
 
-/// Starts serving on an already bound listener (tests bind port 0).
+/// Starts serving on an already bound listener (tests bind port 0); the
+/// admin listener, if configured, is bound here.
 pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, BoxError> {
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?,
+        ),
+        None => None,
+    };
     let config = Arc::new(config);
     let gateway = Arc::new(Gateway::new(config.clone()).await?);
     let addr = listener.local_addr()?;
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, gateway.clone(), stopped));
-    tracing::info!(%addr, store = gateway.store().kind(), edition = config.edition.as_str(), "cachegate listening");
+    let main = tokio::spawn(accept_loop(listener, gateway.clone(), stopped.clone(), Role::Main));
+    let admin = admin_listener.map(|l| tokio::spawn(accept_loop(l, gateway.clone(), stopped, Role::Admin)));
+    let task = tokio::spawn(async move {
+        let _ = main.await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+    });
+    tracing::info!(%addr, ?admin_addr, store = gateway.store().kind(), edition = config.edition.as_str(), "cachegate listening");
     Ok(Running {
         addr,
+        admin_addr,
         gateway,
         stop,
         task,
     })
 }
 
-async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>, role: Role) {
     let server = &gateway.config().server;
     let mut builder = http1::Builder::new();
     builder
@@ -102,7 +134,14 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
                 let gateway = gateway.clone();
                 async move {
                     let req = req.map(|b| b.map_err(BoxError::from).boxed());
-                    Ok::<_, Infallible>(gateway.handle(req, from).await)
+                    let resp = match role {
+                        Role::Main => gateway.handle(req, from).await,
+                        Role::Admin if crate::admin::owns(&gateway, req.uri().path()) => {
+                            crate::admin::handle(&gateway, req).await
+                        }
+                        Role::Admin => not_found(),
+                    };
+                    Ok::<_, Infallible>(resp)
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);

@@ -28,23 +28,25 @@ pub use scope::{scope_field, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
 use crate::config::{Config, StoreKind, When};
-use crate::proxy::{self, Body, ClientInfo, Forwarder};
+use crate::metrics::Metrics;
+use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
-use crate::store::{FillGuard, Store, StoreError};
+use crate::store::{FillGuard, Store, StoreError, StoreResult};
 use crate::BoxError;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Everything a request needs: config, store, backend client.
 pub struct Gateway {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     forwarder: Forwarder,
+    metrics: Arc<Metrics>,
 }
 
 /// Where a cacheable request's entry lives.
@@ -77,11 +79,19 @@ impl Gateway {
                 config.cache.scope_secret.as_deref(),
             )),
         };
+        let rule_names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
+        let metrics = Arc::new(Metrics::new(&rule_names));
+        crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
         Ok(Gateway {
             forwarder: Forwarder::new(&config.backend),
             config,
             store,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -92,13 +102,17 @@ impl Gateway {
         &self.config
     }
 
-    /// Phase 1 and 2: admit and route.
+    /// Phase 1 and 2: admit and route. The admin routes are answered here
+    /// unless they have a listener of their own.
     pub async fn handle(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
         if let Some(rejected) = self.admit(&req) {
             return rejected;
         }
-        let rules = &self.config.rules;
         let path = req.uri().path();
+        if self.config.admin.listen.is_none() && crate::admin::owns(self, path) {
+            return crate::admin::handle(self, req).await;
+        }
+        let rules = &self.config.rules;
         if rules.match_invalidate(req.method(), path).next().is_some() {
             return self.invalidate(req, from).await;
         }
@@ -137,7 +151,7 @@ impl Gateway {
 
     /// Requests no rule covers go straight through.
     async fn pass(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
-        match self.forwarder.forward(req, from).await {
+        match self.forward(req, from).await {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
         }
@@ -161,7 +175,8 @@ impl Gateway {
         Ok(CacheKey { key, field })
     }
 
-    /// Phases 4 to 6 for a request a rule covers.
+    /// Phases 4 to 6 for a request a rule covers; the outcome is set on the
+    /// response's headers and counted here, once.
     async fn cached(
         &self,
         req: Request<Body>,
@@ -169,14 +184,27 @@ impl Gateway {
         rule: &CacheRule,
         key: Result<CacheKey, &'static str>,
     ) -> Response<Body> {
+        let (mut resp, outcome) = self.lookup_or_fill(req, from, rule, key).await;
+        outcome.apply(resp.headers_mut());
+        self.metrics.record(rule.index, &outcome);
+        resp
+    }
+
+    async fn lookup_or_fill(
+        &self,
+        req: Request<Body>,
+        from: ClientInfo,
+        rule: &CacheRule,
+        key: Result<CacheKey, &'static str>,
+    ) -> (Response<Body>, Outcome) {
         let key = match key {
             Ok(k) => k,
-            Err(detail) => return self.forward_bypass(req, from, detail).await,
+            Err(detail) => return (self.pass(req, from).await, Outcome::Bypass { detail }),
         };
         let is_head = req.method() == Method::HEAD;
-        let lookup = match self.store.lookup(&key.key, &key.field).await {
+        let lookup = match self.timed("lookup", self.store.lookup(&key.key, &key.field)).await {
             Ok(l) => l,
-            Err(e) => return self.forward_bypass(req, from, store_detail(&e)).await,
+            Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
         };
         let now = now_ms();
         let mut guard = lookup.guard;
@@ -185,19 +213,29 @@ impl Gateway {
                 Some(entry) if entry.is_fresh(now) => return serve_hit(entry, now, is_head),
                 // Expired or not ours: a miss; the fill needs a guard that
                 // covers the record as it is now.
-                _ => match self.store.fill_guard(&key.key).await {
+                _ => match self.timed("fill_guard", self.store.fill_guard(&key.key)).await {
                     Ok(g) => guard = g,
-                    Err(e) => return self.forward_bypass(req, from, store_detail(&e)).await,
+                    Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
                 },
             }
         }
         self.fill(req, from, rule, key, guard, is_head).await
     }
 
-    async fn forward_bypass(&self, req: Request<Body>, from: ClientInfo, detail: &'static str) -> Response<Body> {
-        let mut resp = self.pass(req, from).await;
-        Outcome::Bypass { detail }.apply(resp.headers_mut());
-        resp
+    /// Runs a store call, recording its latency and any error.
+    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.store_call(op, started.elapsed(), &result);
+        result
+    }
+
+    /// Forwards to the backend, recording the time to the response head.
+    async fn forward(&self, req: Request<Body>, from: ClientInfo) -> Result<Response<Body>, ForwardError> {
+        let started = Instant::now();
+        let result = self.forwarder.forward(req, from).await;
+        self.metrics.backend_latency(started.elapsed());
+        result
     }
 
     /// Phases 5 and 6: forward a miss, store what may be stored, answer.
@@ -209,26 +247,22 @@ impl Gateway {
         key: CacheKey,
         guard: FillGuard,
         is_head: bool,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Outcome) {
         if is_head {
             // Fetch the GET answer so it can fill the entry HEAD shares.
             *req.method_mut() = Method::GET;
         }
-        let resp = match self.forwarder.forward(req, from).await {
+        let resp = match self.forward(req, from).await {
             Ok(r) => r,
-            Err(e) => {
-                let mut resp = e.to_response();
-                Outcome::Miss { stored: false, detail: Some("backend") }.apply(resp.headers_mut());
-                return resp;
-            }
+            Err(e) => return (e.to_response(), miss(false, Some("backend"))),
         };
         if let Some(reason) = fill::unstorable_reason(&resp, &rule.statuses) {
-            return finish_miss(resp, false, Some(reason), is_head);
+            return (strip_body(resp, is_head), miss(false, Some(reason)));
         }
         let limit = rule.max_body_bytes;
         match fill::content_length(resp.headers()) {
             Some(len) if len as usize <= limit => self.fill_buffered(resp, rule, key, guard, is_head, len as usize).await,
-            Some(_) => finish_miss(resp, false, Some("too-large"), is_head),
+            Some(_) => (strip_body(resp, is_head), miss(false, Some("too-large"))),
             None => self.fill_streamed(resp, rule, key, guard, is_head),
         }
     }
@@ -243,27 +277,37 @@ impl Gateway {
         guard: FillGuard,
         is_head: bool,
         len: usize,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Outcome) {
         let (parts, body) = resp.into_parts();
         let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len)).await;
         let chunks = match collected {
             Ok(Ok(chunks)) => chunks,
             Ok(Err((chunks, err))) => {
                 tracing::debug!(key = %key.key, error = %err, "backend body failed; nothing stored");
-                return Response::from_parts(parts, fill::aborted_body(chunks, err));
+                let resp = Response::from_parts(parts, fill::aborted_body(chunks, err));
+                return (resp, miss(false, Some("backend")));
             }
             Err(_) => {
-                return Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
+                let resp = Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
+                return (resp, miss(false, Some("backend")));
             }
         };
         let body = fill::concat(&chunks);
         let encoded = Entry::encode(parts.status, &parts.headers, &body, now_ms(), rule.ttl);
-        let stored = match self.store.fill(&key.key, &key.field, encoded, rule.ttl, guard).await {
-            Ok(true) => (true, None),
-            Ok(false) => (false, Some("superseded")),
-            Err(e) => (false, Some(store_detail(&e))),
+        let size = encoded.len();
+        let outcome = match self
+            .timed("fill", self.store.fill(&key.key, &key.field, encoded, rule.ttl, guard))
+            .await
+        {
+            Ok(true) => {
+                self.metrics.stored(size);
+                miss(true, None)
+            }
+            Ok(false) => miss(false, Some("superseded")),
+            Err(e) => miss(false, Some(store_detail(&e))),
         };
-        finish_miss(Response::from_parts(parts, proxy::full(body)), stored.0, stored.1, is_head)
+        let body = if is_head { proxy::empty() } else { proxy::full(body) };
+        (Response::from_parts(parts, body), outcome)
     }
 
     /// A body of unknown length streams to the client; a copy is stored in
@@ -275,22 +319,34 @@ impl Gateway {
         key: CacheKey,
         guard: FillGuard,
         is_head: bool,
-    ) -> Response<Body> {
-        let (mut parts, body) = resp.into_parts();
+    ) -> (Response<Body>, Outcome) {
+        let (parts, body) = resp.into_parts();
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         let (status, headers, ttl) = (parts.status, parts.headers.clone(), rule.ttl);
         let tee = fill::TeeBody::new(body, rule.max_body_bytes, move |chunks| {
             let body = fill::concat(&chunks);
             let encoded = Entry::encode(status, &headers, &body, now_ms(), ttl);
+            let size = encoded.len();
             tokio::spawn(async move {
-                if let Err(e) = store.fill(&key.key, &key.field, encoded, ttl, guard).await {
-                    tracing::debug!(key = %key.key, error = %e, "background fill failed");
+                match store.fill(&key.key, &key.field, encoded, ttl, guard).await {
+                    Ok(true) => metrics.stored(size),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(key = %key.key, error = %e, "background fill failed"),
                 }
             });
         });
-        Outcome::Miss { stored: false, detail: Some("streamed") }.apply(&mut parts.headers);
-        let body = if is_head { proxy::empty() } else { tee.boxed() };
-        Response::from_parts(parts, body)
+        // HEAD was fetched as GET: the body must still be read to the end
+        // to be stored, so drain it in the background.
+        let body = if is_head {
+            tokio::spawn(async move {
+                let _ = tee.collect().await;
+            });
+            proxy::empty()
+        } else {
+            tee.boxed()
+        };
+        (Response::from_parts(parts, body), miss(false, Some("streamed")))
     }
 
     /// Phase 7: forward a write, purge what it invalidates, then answer.
@@ -314,7 +370,7 @@ impl Gateway {
                 .collect();
             purges.push((m.rule.when, m.rule.name.clone(), keys, patterns));
         }
-        let result = self.forwarder.forward(req, from).await;
+        let result = self.forward(req, from).await;
         let status = result.as_ref().ok().map(|r| r.status());
         for (when, name, keys, patterns) in purges {
             let due = match when {
@@ -333,13 +389,15 @@ impl Gateway {
 
     async fn purge(&self, rule: &str, keys: &[String], patterns: &[String]) {
         if !keys.is_empty() {
-            if let Err(e) = self.store.purge_keys(keys).await {
-                tracing::warn!(rule, ?keys, error = %e, "purging keys failed");
+            match self.timed("purge_keys", self.store.purge_keys(keys)).await {
+                Ok(n) => self.metrics.purged("key", n),
+                Err(e) => tracing::warn!(rule, ?keys, error = %e, "purging keys failed"),
             }
         }
         for pattern in patterns {
-            if let Err(e) = self.store.purge_pattern(pattern).await {
-                tracing::warn!(rule, pattern, error = %e, "purging pattern failed");
+            match self.timed("purge_pattern", self.store.purge_pattern(pattern)).await {
+                Ok(n) => self.metrics.purged("pattern", n),
+                Err(e) => tracing::warn!(rule, pattern, error = %e, "purging pattern failed"),
             }
         }
     }
@@ -368,8 +426,8 @@ fn store_detail(e: &StoreError) -> &'static str {
     }
 }
 
-/// Phase 4's answer: the stored response, with `Age` and cache headers.
-fn serve_hit(entry: Entry, now: u64, is_head: bool) -> Response<Body> {
+/// Phase 4's answer: the stored response, with `Age`.
+fn serve_hit(entry: Entry, now: u64, is_head: bool) -> (Response<Body>, Outcome) {
     let mut resp = Response::new(if is_head { proxy::empty() } else { proxy::full(entry.body.clone()) });
     *resp.status_mut() = entry.status;
     let upstream_age: u64 = entry
@@ -381,12 +439,18 @@ fn serve_hit(entry: Entry, now: u64, is_head: bool) -> Response<Body> {
     let age = upstream_age + entry.age_secs(now);
     *resp.headers_mut() = entry.headers;
     resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
-    Outcome::Hit { ttl }.apply(resp.headers_mut());
-    resp
+    (resp, Outcome::Hit { ttl })
 }
 
-fn finish_miss(resp: Response<Body>, stored: bool, detail: Option<&'static str>, is_head: bool) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    Outcome::Miss { stored, detail }.apply(&mut parts.headers);
-    Response::from_parts(parts, if is_head { proxy::empty() } else { body })
+fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {
+    Outcome::Miss { stored, detail }
+}
+
+/// A HEAD answer carries the GET answer's head without its body.
+fn strip_body(resp: Response<Body>, is_head: bool) -> Response<Body> {
+    if !is_head {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, proxy::empty())
 }

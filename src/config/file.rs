@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,
@@ -103,4 +105,23 @@ pub struct RawInvalidate {
     #[serde(default)]
     pub patterns: Vec<Spanned<String>>,
     pub when: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub prefix: Option<Spanned<String>>,
+    pub listen: Option<Spanned<String>>,
+    pub metrics_require_token: Option<bool>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: Spanned<String>,
+    pub sha256: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
+    pub scopes: Spanned<Vec<String>>,
 }

@@ -11,7 +11,7 @@ mod resolve;
 
 pub use error::ConfigError;
 pub use resolve::{
-    BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig, Overrides,
+    AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig, Overrides,
     RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, When,
 };
 

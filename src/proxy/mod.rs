@@ -28,14 +28,18 @@ pub fn empty() -> Body {
     full(Bytes::new())
 }
 
-/// A JSON error answer: `{"error": code, "message": message}`.
-pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": code, "message": message }).to_string();
-    let mut resp = Response::new(full(body));
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// A JSON error answer: `{"error": code, "message": message}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": code, "message": message }))
 }
 
 /// Why forwarding failed.

@@ -6,7 +6,7 @@
 
 mod template;
 
-pub use template::{glob_escape, RequestView, Template};
+pub use template::{glob_escape, query_param, RequestView, Template};
 
 use crate::config::{CacheConfig, InvalidateConfig, RuleConfig, Scope, When};
 use http::Method;
@@ -25,6 +25,8 @@ pub struct RuleError {
 /// A compiled `[[rule]]`.
 #[derive(Debug)]
 pub struct CacheRule {
+    /// Position in the rule set (metrics are kept per index).
+    pub index: usize,
     pub name: String,
     pub methods: Vec<Method>,
     pub path: Regex,
@@ -82,6 +84,7 @@ impl RuleSet {
                 return Err(err(&r.key_span, format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself")));
             }
             set.cache.push(CacheRule {
+                index: set.cache.len(),
                 name: r.name.clone(),
                 methods,
                 path,

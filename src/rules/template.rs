@@ -153,7 +153,7 @@ fn placeholder(name: &str, regex: &Regex, src: &str) -> Result<Part, String> {
 }
 
 /// The first value of a query parameter, percent-decoded (`+` as space).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = k.replace('+', " ");

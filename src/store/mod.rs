@@ -74,6 +74,30 @@ impl std::error::Error for StoreError {}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One logical key's record, as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Entry fields (scope, and later variant) with their encoded entries;
+    /// the internal `__gen` / `__cg` fields are left out.
+    pub fields: Vec<(String, Bytes)>,
+    /// Time left before the record expires, if it expires.
+    pub ttl: Option<Duration>,
+}
+
+/// What the store's server says about itself, for the admin `stats` route.
+/// The memory store describes the cachegate process.
+#[derive(Debug, Clone, Default)]
+pub struct StoreInfo {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub connected_clients: u64,
+    pub used_memory: u64,
+    pub peak_memory: u64,
+    pub total_system_memory: u64,
+    /// Keys in the store (Redis: the DB's key count).
+    pub total_keys: u64,
+}
+
 /// A cache store. Keys passed in are logical keys; a store adds its own
 /// prefix. Implementations must never block the runtime.
 #[async_trait]
@@ -106,4 +130,24 @@ pub trait Store: Send + Sync + 'static {
     /// Purges every logical key matching a Redis glob pattern, in batches
     /// that never block the store for long; returns how many were removed.
     async fn purge_pattern(&self, pattern: &str) -> StoreResult<u64>;
+
+    /// Logical keys of records cachegate wrote that match `pattern` (tombstones
+    /// and internal keys left out): how many matched, and up to `limit` of them.
+    async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)>;
+
+    /// One record, or `None` when the key holds no entry.
+    async fn record(&self, key: &str) -> StoreResult<Option<Record>>;
+
+    /// Removes the records cachegate wrote (matching `pattern`, or all), and
+    /// nothing else; returns how many. Bumps the purge epoch first.
+    async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64>;
+
+    /// Adds to named counters shared by every instance on the store.
+    async fn add_counters(&self, deltas: &[(String, i64)]) -> StoreResult<()>;
+
+    /// Every shared counter.
+    async fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    /// Server and memory figures.
+    async fn info(&self) -> StoreResult<StoreInfo>;
 }

@@ -12,12 +12,13 @@
 //! Every call is bounded by the store timeout and refused at once while the
 //! pool is disconnected, so an outage costs the request path nothing.
 
-use super::{FillGuard, Lookup, Store, StoreError, StoreResult, GEN_FIELD};
+use super::{FillGuard, Lookup, Record, Store, StoreError, StoreInfo, StoreResult, GEN_FIELD, MARK_FIELD};
 use crate::config::RedisConfig;
 use crate::rules::{glob_escape, INTERNAL_PREFIX};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::*;
+use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 use fred::types::Value;
 use std::future::Future;
@@ -181,6 +182,42 @@ impl RedisStore {
         }
     }
 
+    fn internal_prefix(&self) -> String {
+        format!("{}{INTERNAL_PREFIX}", self.prefix)
+    }
+
+    /// One SCAN page of the Redis keys of cachegate's records matching
+    /// `full` (an already prefixed pattern): the next cursor and the keys.
+    /// Tombstones, foreign keys and internal keys are left out.
+    async fn record_page(&self, client: &Client, cursor: String, full: &str) -> StoreResult<(String, Vec<String>)> {
+        let (next, keys): (String, Vec<String>) = self
+            .bounded(client.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), Some(ScanType::Hash)))
+            .await?;
+        let internal = self.internal_prefix();
+        let candidates: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
+        if candidates.is_empty() {
+            return Ok((next, candidates));
+        }
+        let pipeline = client.pipeline();
+        for k in &candidates {
+            let _: () = pipeline
+                .hexists(k, MARK_FIELD)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        let marks: Vec<bool> = self.bounded(pipeline.all()).await?;
+        let ours = candidates
+            .into_iter()
+            .zip(marks)
+            .filter_map(|(k, ours)| ours.then_some(k))
+            .collect();
+        Ok((next, ours))
+    }
+
+    fn logical<'a>(&self, redis_key: &'a str) -> &'a str {
+        redis_key.strip_prefix(self.prefix.as_str()).unwrap_or(redis_key)
+    }
+
     /// The fred pool, for callers that need raw access (admin, tests).
     pub fn pool(&self) -> &Pool {
         &self.pool
@@ -325,5 +362,109 @@ impl Store for RedisStore {
             cursor = next;
         }
         Ok(removed)
+    }
+
+    async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
+        let client = self.client()?;
+        let full = format!("{}{}", glob_escape(&self.prefix), pattern);
+        let (mut total, mut keys, mut cursor) = (0u64, Vec::new(), String::from("0"));
+        loop {
+            let (next, page) = self.record_page(client, cursor, &full).await?;
+            total += page.len() as u64;
+            let room = limit.saturating_sub(keys.len());
+            keys.extend(page.iter().take(room).map(|k| self.logical(k).to_string()));
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        Ok((total, keys))
+    }
+
+    async fn record(&self, key: &str) -> StoreResult<Option<Record>> {
+        let client = self.client()?;
+        let key = self.key(key);
+        let got: Result<Vec<(String, Bytes)>, StoreError> = self.bounded(client.hgetall(&key)).await;
+        let fields = match got {
+            Ok(f) => f,
+            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let fields: Vec<(String, Bytes)> = fields
+            .into_iter()
+            .filter(|(f, _)| f != GEN_FIELD && f != MARK_FIELD)
+            .collect();
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let pttl: i64 = self.bounded(client.pttl(&key)).await?;
+        Ok(Some(Record {
+            fields,
+            ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+        }))
+    }
+
+    async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64> {
+        let client = self.client()?;
+        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        let full = format!("{}{}", glob_escape(&self.prefix), pattern.unwrap_or("*"));
+        let (mut removed, mut cursor) = (0u64, String::from("0"));
+        loop {
+            let (next, page) = self.record_page(client, cursor, &full).await?;
+            if !page.is_empty() {
+                let n: i64 = self.bounded(client.unlink(page)).await?;
+                removed += n as u64;
+            }
+            if next == "0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(removed)
+    }
+
+    async fn add_counters(&self, deltas: &[(String, i64)]) -> StoreResult<()> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        let key = format!("{}stats", self.internal_prefix());
+        let pipeline = client.pipeline();
+        for (name, delta) in deltas {
+            let _: () = pipeline
+                .hincrby(&key, name.as_str(), *delta)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        let _: Vec<i64> = self.bounded(pipeline.all()).await?;
+        Ok(())
+    }
+
+    async fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+        let client = self.client()?;
+        let key = format!("{}stats", self.internal_prefix());
+        self.bounded(client.hgetall(&key)).await
+    }
+
+    async fn info(&self) -> StoreResult<StoreInfo> {
+        let client = self.client()?;
+        let text: String = self.bounded(client.info(None)).await?;
+        let total_keys: u64 = self.bounded(client.dbsize()).await?;
+        let field = |name: &str| -> Option<&str> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(StoreInfo {
+            version: field("redis_version").unwrap_or("").to_string(),
+            uptime_seconds: num("uptime_in_seconds"),
+            connected_clients: num("connected_clients"),
+            used_memory: num("used_memory"),
+            peak_memory: num("used_memory_peak"),
+            total_system_memory: num("total_system_memory"),
+            total_keys,
+        })
     }
 }
