@@ -1,0 +1,356 @@
+//! The admin route handlers. Each returns JSON in the reference shape.
+
+use crate::cache::Gateway;
+use crate::config::Edition;
+use crate::metrics::{HitMiss, Metrics};
+use crate::proxy::{self, Body};
+use crate::rules::query_param;
+use crate::store::entry::{now_ms, Entry};
+use crate::store::StoreError;
+use base64::Engine;
+use http::{Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Map, Value};
+
+/// Longest pattern accepted (a longer one is 400).
+const MAX_PATTERN_BYTES: usize = 1024;
+/// Longest key accepted in `/key/{key}`.
+const MAX_KEY_BYTES: usize = 1024;
+const DEFAULT_LIMIT: u64 = 100;
+const MAX_LIMIT: u64 = 10_000;
+
+fn store_failed(e: StoreError) -> Response<Body> {
+    proxy::json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        &format!("the cache store did not answer: {e}"),
+    )
+}
+
+fn bad_param(param: &str, message: &str) -> Response<Body> {
+    proxy::json(
+        StatusCode::BAD_REQUEST,
+        &json!({"error": "invalid_parameter", "parameter": param, "message": message}),
+    )
+}
+
+fn features(edition: Edition) -> Value {
+    json!({
+        "health": true,
+        "basic_stats": true,
+        "stats": edition >= Edition::Business,
+        "clear": edition >= Edition::Business,
+        "delete_key": edition >= Edition::Business,
+        "keys": edition >= Edition::Enterprise,
+        "key": edition >= Edition::Enterprise,
+    })
+}
+
+pub async fn health(gw: &Gateway) -> Response<Body> {
+    let config = gw.config();
+    let up = gw.store().is_up();
+    proxy::json(
+        StatusCode::OK,
+        &json!({
+            "status": if up { "healthy" } else { "degraded" },
+            "store": gw.store().kind(),
+            "store_up": up,
+            "edition": config.edition.as_str(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
+            "features": features(config.edition),
+        }),
+    )
+}
+
+/// Fleet-wide figures when the store answers, else this instance's.
+async fn figures(gw: &Gateway) -> (HitMiss, Vec<(String, HitMiss)>, bool) {
+    gw.metrics().flush(gw.store().as_ref()).await;
+    match gw.store().counters().await {
+        Ok(c) => {
+            let (all, rules) = Metrics::fleet(&c);
+            (all, rules, true)
+        }
+        Err(_) => {
+            let (all, rules) = gw.metrics().local();
+            (all, rules, false)
+        }
+    }
+}
+
+pub async fn basic_stats(gw: &Gateway) -> Response<Body> {
+    let (all, _, fleet) = figures(gw).await;
+    let entries = gw.store().info().await.map(|i| i.total_keys).ok();
+    proxy::json(
+        StatusCode::OK,
+        &json!({
+            "hits": all.hits,
+            "misses": all.misses,
+            "hit_rate": all.hit_rate,
+            "entries": entries,
+            "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
+            "scope": if fleet { "fleet" } else { "instance" },
+        }),
+    )
+}
+
+pub async fn stats(gw: &Gateway) -> Response<Body> {
+    let info = match gw.store().info().await {
+        Ok(i) => i,
+        Err(e) => return store_failed(e),
+    };
+    let (all, rules, _) = figures(gw).await;
+    let (local, local_rules) = gw.metrics().local();
+    let mut per_rule = Map::new();
+    for (name, hm) in rules {
+        per_rule.insert(name, json!(hm));
+    }
+    let mut local_per_rule = Map::new();
+    for (name, hm) in local_rules {
+        local_per_rule.insert(name, json!(hm));
+    }
+    proxy::json(
+        StatusCode::OK,
+        &json!({
+            "status": "enabled",
+            "store": gw.store().kind(),
+            "server": {
+                "version": info.version,
+                "uptime_seconds": info.uptime_seconds,
+                "connected_clients": info.connected_clients,
+            },
+            "memory": {
+                "used_memory": human_bytes(info.used_memory),
+                "peak_memory": human_bytes(info.peak_memory),
+                "total_system_memory": human_bytes(info.total_system_memory),
+                "used_memory_bytes": info.used_memory,
+                "peak_memory_bytes": info.peak_memory,
+                "total_system_memory_bytes": info.total_system_memory,
+            },
+            "stats": {
+                "total_keys": info.total_keys,
+                "hits": all.hits,
+                "misses": all.misses,
+                "hit_rate": all.hit_rate,
+                "rules": per_rule,
+                "instance": {
+                    "hits": local.hits,
+                    "misses": local.misses,
+                    "hit_rate": local.hit_rate,
+                    "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
+                    "rules": local_per_rule,
+                },
+            },
+        }),
+    )
+}
+
+/// A pattern query parameter: absent, or at most 1 KiB.
+fn pattern_param(query: Option<&str>) -> Result<Option<String>, Response<Body>> {
+    match query_param(query, "pattern") {
+        None => Ok(None),
+        Some(p) if p.is_empty() => Err(bad_param("pattern", "pattern must not be empty")),
+        Some(p) if p.len() > MAX_PATTERN_BYTES => Err(bad_param("pattern", "pattern is longer than 1024 bytes")),
+        Some(p) => Ok(Some(p)),
+    }
+}
+
+pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
+    let pattern = match pattern_param(query) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    match gw.store().clear(pattern.as_deref()).await {
+        Ok(deleted) => {
+            gw.metrics().purged("clear", deleted);
+            proxy::json(
+                StatusCode::OK,
+                &json!({"status": "cleared", "pattern": pattern, "deleted": deleted}),
+            )
+        }
+        Err(e) => store_failed(e),
+    }
+}
+
+pub async fn keys(gw: &Gateway, query: Option<&str>) -> Response<Body> {
+    let pattern = match pattern_param(query) {
+        Ok(p) => p.unwrap_or_else(|| "*".to_string()),
+        Err(resp) => return resp,
+    };
+    let limit = match query_param(query, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.trim().parse::<u64>() {
+            Ok(n) if n > 0 => n.min(MAX_LIMIT),
+            _ => return bad_param("limit", "limit must be a positive integer"),
+        },
+    };
+    match gw.store().scan_keys(&pattern, limit as usize).await {
+        Ok((total, keys)) => proxy::json(
+            StatusCode::OK,
+            &json!({"pattern": pattern, "total_found": total, "limit": limit, "keys": keys}),
+        ),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// The logical key from the encoded path segment; `Err` is a 400.
+fn decode_key(raw: &str) -> Result<String, Response<Body>> {
+    let key = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| bad_param("key", "the key is not valid percent-encoded UTF-8"))?
+        .into_owned();
+    if key.is_empty() {
+        return Err(bad_param("key", "the key must not be empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(bad_param("key", "the key is longer than 1024 bytes"));
+    }
+    Ok(key)
+}
+
+pub async fn delete_key(gw: &Gateway, raw: &str) -> Response<Body> {
+    let key = match decode_key(raw) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
+    match gw.store().purge_keys(std::slice::from_ref(&key)).await {
+        Ok(n) => {
+            gw.metrics().purged("key", n);
+            proxy::json(StatusCode::OK, &json!({"status": "deleted", "key": key, "deleted": n}))
+        }
+        Err(e) => store_failed(e),
+    }
+}
+
+pub async fn get_key(gw: &Gateway, raw: &str) -> Response<Body> {
+    let key = match decode_key(raw) {
+        Ok(k) => k,
+        Err(resp) => return resp,
+    };
+    let record = match gw.store().record(&key).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return proxy::json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "message": "no cached entry under this key", "key": key}),
+            )
+        }
+        Err(e) => return store_failed(e),
+    };
+    let scopes = record.fields.len();
+    let newest = record
+        .fields
+        .iter()
+        .filter_map(|(_, raw)| Entry::decode(raw))
+        .max_by_key(|e| e.stored_at_ms);
+    let Some(entry) = newest else {
+        return proxy::json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "message": "the key holds no readable entry", "key": key}),
+        );
+    };
+    let now = now_ms();
+    let (value, encoding) = body_value(&entry.body);
+    let mut headers = Map::new();
+    for (name, v) in &entry.headers {
+        headers.insert(name.as_str().to_string(), json!(String::from_utf8_lossy(v.as_bytes())));
+    }
+    let mut out = json!({
+        "key": key,
+        "value": value,
+        "ttl": entry.ttl_left_secs(now),
+        "type": type_name(&value, encoding.is_some()),
+        "status": entry.status.as_u16(),
+        "headers": headers,
+        "stored_at": entry.stored_at_ms / 1000,
+        "age": entry.age_secs(now),
+        "fresh": entry.is_fresh(now),
+        "record_ttl": record.ttl.map(|t| t.as_secs()),
+        "scopes": scopes,
+        "size": entry.body.len(),
+    });
+    if let (Some(enc), Some(obj)) = (encoding, out.as_object_mut()) {
+        obj.insert("encoding".into(), json!(enc));
+    }
+    proxy::json(StatusCode::OK, &out)
+}
+
+/// The body as JSON when it is JSON, else a string, else base64.
+fn body_value(body: &[u8]) -> (Value, Option<&'static str>) {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return (v, None);
+    }
+    match std::str::from_utf8(body) {
+        Ok(s) => (Value::String(s.to_string()), None),
+        Err(_) => (
+            Value::String(base64::engine::general_purpose::STANDARD.encode(body)),
+            Some("base64"),
+        ),
+    }
+}
+
+/// The reference's Python-style type name of a value.
+fn type_name(v: &Value, binary: bool) -> &'static str {
+    match v {
+        _ if binary => "bytes",
+        Value::Object(_) => "dict",
+        Value::Array(_) => "list",
+        Value::String(_) => "str",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "int",
+        Value::Number(_) => "float",
+        Value::Bool(_) => "bool",
+        Value::Null => "NoneType",
+    }
+}
+
+pub fn metrics(gw: &Gateway) -> Response<Body> {
+    gw.metrics().set_store_up(gw.store().is_up());
+    let mut resp = Response::new(proxy::full(gw.metrics().encode()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}
+
+/// `2.5MB`, `5MB`, `16GB`: the reference's human-readable sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let rounded = (value * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 {
+        format!("{}{}", rounded as u64, UNITS[unit])
+    } else {
+        format!("{rounded:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes_match_the_reference() {
+        assert_eq!(human_bytes(2_621_440), "2.5MB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5MB");
+        assert_eq!(human_bytes(16 * 1024 * 1024 * 1024), "16GB");
+        assert_eq!(human_bytes(512), "512B");
+    }
+
+    #[test]
+    fn python_type_names() {
+        assert_eq!(type_name(&json!({"a": 1}), false), "dict");
+        assert_eq!(type_name(&json!([1]), false), "list");
+        assert_eq!(type_name(&json!("s"), false), "str");
+        assert_eq!(type_name(&json!(1), false), "int");
+        assert_eq!(type_name(&json!(1.5), false), "float");
+        assert_eq!(type_name(&json!(true), false), "bool");
+        assert_eq!(type_name(&Value::Null, false), "NoneType");
+        assert_eq!(body_value(&[0xff, 0x00]).1, Some("base64"));
+    }
+}

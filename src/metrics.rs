@@ -1,0 +1,343 @@
+//! What cachegate counts: the Prometheus registry behind `/metrics`, and the
+//! hit/miss figures behind the admin `stats` route, which are summed over
+//! every instance sharing the store (each instance adds its deltas to a
+//! shared hash in batches, never one extra round trip per request).
+
+use crate::cache::Outcome;
+use crate::store::{Store, StoreError};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CacheStatus {
+    hit,
+    miss,
+    stale,
+    bypass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    rule: String,
+    cache_status: CacheStatus,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PurgeLabels {
+    kind: &'static str,
+}
+
+/// Per-rule counters, resolved once so the request path never hashes labels.
+struct RuleCounters {
+    name: String,
+    by_status: [Counter; 4],
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// Not yet added to the shared figures.
+    pending_hits: AtomicU64,
+    pending_misses: AtomicU64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    rules: Vec<RuleCounters>,
+    backend_latency: Histogram,
+    store_latency: Family<OpLabels, Histogram>,
+    store_errors: Family<ErrorLabels, Counter>,
+    purges: Family<PurgeLabels, Counter>,
+    purged_keys: Counter,
+    stored_bytes: Counter,
+    store_up: Gauge,
+    pub started: Instant,
+}
+
+/// Hit and miss figures of one instance or of the fleet.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct HitMiss {
+    pub hits: u64,
+    pub misses: u64,
+    /// Percent, one decimal.
+    pub hit_rate: f64,
+}
+
+impl HitMiss {
+    pub fn new(hits: u64, misses: u64) -> HitMiss {
+        let total = hits + misses;
+        let hit_rate = if total == 0 {
+            0.0
+        } else {
+            (hits as f64 * 1000.0 / total as f64).round() / 10.0
+        };
+        HitMiss { hits, misses, hit_rate }
+    }
+}
+
+const SHARED_HITS: &str = "hits";
+const SHARED_MISSES: &str = "misses";
+
+impl Metrics {
+    pub fn new(rule_names: &[String]) -> Metrics {
+        let mut registry = Registry::with_prefix("cachegate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests through a cache rule, by rule and cache status",
+            requests.clone(),
+        );
+        let rules = rule_names
+            .iter()
+            .map(|name| {
+                let counter = |cache_status| {
+                    requests
+                        .get_or_create(&RequestLabels {
+                            rule: name.clone(),
+                            cache_status,
+                        })
+                        .clone()
+                };
+                RuleCounters {
+                    name: name.clone(),
+                    by_status: [
+                        counter(CacheStatus::hit),
+                        counter(CacheStatus::miss),
+                        counter(CacheStatus::stale),
+                        counter(CacheStatus::bypass),
+                    ],
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                    pending_hits: AtomicU64::new(0),
+                    pending_misses: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let backend_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "backend_duration_seconds",
+            "Time to the backend's response head",
+            backend_latency.clone(),
+        );
+        let store_latency =
+            Family::<OpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 14)));
+        registry.register(
+            "store_duration_seconds",
+            "Store call latency by operation",
+            store_latency.clone(),
+        );
+        let store_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("store_errors", "Store calls that failed, by kind", store_errors.clone());
+        let purges = Family::<PurgeLabels, Counter>::default();
+        registry.register("purges", "Purge operations, by kind", purges.clone());
+        let purged_keys = Counter::default();
+        registry.register("purged_keys", "Keys removed by purges", purged_keys.clone());
+        let stored_bytes = Counter::default();
+        registry.register("stored_bytes", "Bytes of entries written to the store", stored_bytes.clone());
+        let store_up = Gauge::default();
+        registry.register("store_up", "1 while the store is reachable", store_up.clone());
+        Metrics {
+            registry,
+            rules,
+            backend_latency,
+            store_latency,
+            store_errors,
+            purges,
+            purged_keys,
+            stored_bytes,
+            store_up,
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts a request through rule `rule` (its index in the rule set).
+    pub fn record(&self, rule: usize, outcome: &Outcome) {
+        let Some(r) = self.rules.get(rule) else { return };
+        let (status, hit) = match outcome {
+            Outcome::Hit { .. } => (0, Some(true)),
+            Outcome::Miss { .. } => (1, Some(false)),
+            Outcome::Bypass { .. } => (3, None),
+        };
+        r.by_status[status].inc();
+        match hit {
+            Some(true) => {
+                r.hits.fetch_add(1, Ordering::Relaxed);
+                r.pending_hits.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(false) => {
+                r.misses.fetch_add(1, Ordering::Relaxed);
+                r.pending_misses.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+    }
+
+    pub fn backend_latency(&self, took: Duration) {
+        self.backend_latency.observe(took.as_secs_f64());
+    }
+
+    /// Records a store call's latency and, if it failed, its error kind.
+    pub fn store_call<T>(&self, op: &'static str, took: Duration, result: &Result<T, StoreError>) {
+        self.store_latency.get_or_create(&OpLabels { op }).observe(took.as_secs_f64());
+        if let Err(e) = result {
+            let kind = match e {
+                StoreError::Unavailable => "unavailable",
+                StoreError::Timeout => "timeout",
+                StoreError::Backend(_) => "error",
+            };
+            self.store_errors.get_or_create(&ErrorLabels { kind }).inc();
+        }
+    }
+
+    pub fn purged(&self, kind: &'static str, keys: u64) {
+        self.purges.get_or_create(&PurgeLabels { kind }).inc();
+        self.purged_keys.inc_by(keys);
+    }
+
+    pub fn stored(&self, bytes: usize) {
+        self.stored_bytes.inc_by(bytes as u64);
+    }
+
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(up as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// This instance's own figures: overall and per rule.
+    pub fn local(&self) -> (HitMiss, Vec<(String, HitMiss)>) {
+        let mut total = (0, 0);
+        let per_rule = self
+            .rules
+            .iter()
+            .map(|r| {
+                let (h, m) = (r.hits.load(Ordering::Relaxed), r.misses.load(Ordering::Relaxed));
+                total.0 += h;
+                total.1 += m;
+                (r.name.clone(), HitMiss::new(h, m))
+            })
+            .collect();
+        (HitMiss::new(total.0, total.1), per_rule)
+    }
+
+    /// Adds this instance's pending deltas to the shared figures; on failure
+    /// they stay pending for the next flush.
+    pub async fn flush(&self, store: &dyn Store) {
+        let mut deltas = Vec::new();
+        let mut taken = Vec::new();
+        let (mut hits, mut misses) = (0i64, 0i64);
+        for r in &self.rules {
+            let h = r.pending_hits.swap(0, Ordering::Relaxed);
+            let m = r.pending_misses.swap(0, Ordering::Relaxed);
+            taken.push((h, m));
+            if h > 0 {
+                deltas.push((format!("rule:{}:hits", r.name), h as i64));
+            }
+            if m > 0 {
+                deltas.push((format!("rule:{}:misses", r.name), m as i64));
+            }
+            hits += h as i64;
+            misses += m as i64;
+        }
+        if deltas.is_empty() {
+            return;
+        }
+        deltas.push((SHARED_HITS.to_string(), hits));
+        deltas.push((SHARED_MISSES.to_string(), misses));
+        if store.add_counters(&deltas).await.is_err() {
+            for (r, (h, m)) in self.rules.iter().zip(taken) {
+                r.pending_hits.fetch_add(h, Ordering::Relaxed);
+                r.pending_misses.fetch_add(m, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The fleet's figures from the shared counters: overall and per rule.
+    pub fn fleet(counters: &[(String, i64)]) -> (HitMiss, Vec<(String, HitMiss)>) {
+        let get = |name: &str| {
+            counters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| (*v).max(0) as u64)
+        };
+        let mut rules: Vec<String> = counters
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("rule:")?.rsplit_once(':').map(|(r, _)| r.to_string()))
+            .collect();
+        rules.sort();
+        rules.dedup();
+        let per_rule = rules
+            .into_iter()
+            .map(|r| {
+                let hm = HitMiss::new(get(&format!("rule:{r}:hits")), get(&format!("rule:{r}:misses")));
+                (r, hm)
+            })
+            .collect();
+        (HitMiss::new(get(SHARED_HITS), get(SHARED_MISSES)), per_rule)
+    }
+}
+
+/// Flushes pending figures every `every` until the metrics are dropped.
+pub fn spawn_flusher(metrics: Arc<Metrics>, store: Arc<dyn Store>, every: Duration) {
+    let weak = Arc::downgrade(&metrics);
+    drop(metrics);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(metrics) = weak.upgrade() else { return };
+            metrics.set_store_up(store.is_up());
+            metrics.flush(store.as_ref()).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_rate_is_a_percentage() {
+        assert_eq!(HitMiss::new(1200, 300).hit_rate, 80.0);
+        assert_eq!(HitMiss::new(0, 0).hit_rate, 0.0);
+        assert_eq!(HitMiss::new(1, 2).hit_rate, 33.3);
+    }
+
+    #[test]
+    fn fleet_figures_come_from_shared_counters() {
+        let c = vec![
+            ("hits".to_string(), 3),
+            ("misses".to_string(), 1),
+            ("rule:task:hits".to_string(), 3),
+            ("rule:task:misses".to_string(), 1),
+        ];
+        let (all, rules) = Metrics::fleet(&c);
+        assert_eq!((all.hits, all.misses), (3, 1));
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].0, "task");
+        assert_eq!(rules[0].1.hit_rate, 75.0);
+    }
+}
