@@ -10,12 +10,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// Why a response is not stored, as `Cache-Status` `detail=` names it; `None`
-/// means storable as far as status and headers go.
-pub fn unstorable_reason(resp: &Response<Body>, statuses: &[u16]) -> Option<&'static str> {
+/// means storable as far as headers go (the status is the rule's call).
+pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
     let headers = resp.headers();
-    if !statuses.contains(&resp.status().as_u16()) {
-        return Some("status");
-    }
     if headers.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
     }

@@ -113,7 +113,7 @@ impl Gateway {
             return crate::admin::handle(self, req).await;
         }
         let rules = &self.config.rules;
-        if rules.match_invalidate(req.method(), path).next().is_some() {
+        if is_unsafe(req.method()) || rules.match_invalidate(req.method(), path).next().is_some() {
             return self.invalidate(req, from).await;
         }
         if let Some(m) = rules.match_cache(req.method(), path) {
@@ -256,14 +256,17 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
         };
-        if let Some(reason) = fill::unstorable_reason(&resp, &rule.statuses) {
+        let Some(ttl) = rule.ttl_for(resp.status().as_u16()) else {
+            return (strip_body(resp, is_head), miss(false, Some("status")));
+        };
+        if let Some(reason) = fill::unstorable_reason(&resp) {
             return (strip_body(resp, is_head), miss(false, Some(reason)));
         }
         let limit = rule.max_body_bytes;
         match fill::content_length(resp.headers()) {
-            Some(len) if len as usize <= limit => self.fill_buffered(resp, rule, key, guard, is_head, len as usize).await,
+            Some(len) if len as usize <= limit => self.fill_buffered(resp, ttl, key, guard, is_head, len as usize).await,
             Some(_) => (strip_body(resp, is_head), miss(false, Some("too-large"))),
-            None => self.fill_streamed(resp, rule, key, guard, is_head),
+            None => self.fill_streamed(resp, ttl, limit, key, guard, is_head),
         }
     }
 
@@ -272,7 +275,7 @@ impl Gateway {
     async fn fill_buffered(
         &self,
         resp: Response<Body>,
-        rule: &CacheRule,
+        ttl: Duration,
         key: CacheKey,
         guard: FillGuard,
         is_head: bool,
@@ -293,10 +296,10 @@ impl Gateway {
             }
         };
         let body = fill::concat(&chunks);
-        let encoded = Entry::encode(parts.status, &parts.headers, &body, now_ms(), rule.ttl);
+        let encoded = Entry::encode(parts.status, &parts.headers, &body, now_ms(), ttl);
         let size = encoded.len();
         let outcome = match self
-            .timed("fill", self.store.fill(&key.key, &key.field, encoded, rule.ttl, guard))
+            .timed("fill", self.store.fill(&key.key, &key.field, encoded, ttl, guard))
             .await
         {
             Ok(true) => {
@@ -315,7 +318,8 @@ impl Gateway {
     fn fill_streamed(
         &self,
         resp: Response<Body>,
-        rule: &CacheRule,
+        ttl: Duration,
+        limit: usize,
         key: CacheKey,
         guard: FillGuard,
         is_head: bool,
@@ -323,8 +327,8 @@ impl Gateway {
         let (parts, body) = resp.into_parts();
         let store = self.store.clone();
         let metrics = self.metrics.clone();
-        let (status, headers, ttl) = (parts.status, parts.headers.clone(), rule.ttl);
-        let tee = fill::TeeBody::new(body, rule.max_body_bytes, move |chunks| {
+        let (status, headers) = (parts.status, parts.headers.clone());
+        let tee = fill::TeeBody::new(body, limit, move |chunks| {
             let body = fill::concat(&chunks);
             let encoded = Entry::encode(status, &headers, &body, now_ms(), ttl);
             let size = encoded.len();
@@ -350,54 +354,87 @@ impl Gateway {
     }
 
     /// Phase 7: forward a write, purge what it invalidates, then answer.
+    ///
+    /// Besides the `[[invalidate]]` rules, an unsafe method that gets a
+    /// non-error answer purges its own target URI under any rule that would
+    /// cache it, and the same-host `Location` / `Content-Location` URIs
+    /// (RFC 9111 §4.4).
     async fn invalidate(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
-        // Render keys and patterns before the request (and its headers) is
-        // handed to the forwarder.
+        let rules = &self.config.rules;
+        // Render before the request (and its headers) goes to the forwarder.
         let view = request_view(&req);
-        let mut purges = Vec::new();
-        for m in self.config.rules.match_invalidate(req.method(), req.uri().path()) {
-            let keys: Vec<String> = m
-                .rule
-                .keys
-                .iter()
-                .filter_map(|t| self.config.rules.render_key(t, &view, &m.captures))
-                .collect();
-            let patterns: Vec<String> = m
-                .rule
-                .patterns
-                .iter()
-                .filter_map(|t| self.config.rules.render_key(t, &view, &m.captures))
-                .collect();
-            purges.push((m.rule.when, m.rule.name.clone(), keys, patterns));
+        let mut due_keys: Vec<(When, String)> = Vec::new();
+        let mut due_patterns: Vec<(When, String)> = Vec::new();
+        for m in rules.match_invalidate(req.method(), req.uri().path()) {
+            let render = |t| rules.render_key(t, &view, &m.captures);
+            due_keys.extend(m.rule.keys.iter().filter_map(render).map(|k| (m.rule.when, k)));
+            due_patterns.extend(m.rule.patterns.iter().filter_map(render).map(|p| (m.rule.when, p)));
         }
+        let own_keys = self.keys_for_uri(req.uri().path(), req.uri().query(), &view);
+        let host = view.host.to_string();
+        let headers = req.headers().clone();
+
         let result = self.forward(req, from).await;
         let status = result.as_ref().ok().map(|r| r.status());
-        for (when, name, keys, patterns) in purges {
-            let due = match when {
-                When::Always => true,
-                When::Success => status.is_some_and(|s| s.is_success()),
-            };
-            if due {
-                self.purge(&name, &keys, &patterns).await;
+        let success = status.is_some_and(|s| s.is_success());
+        let non_error = status.is_some_and(|s| s.as_u16() < 400);
+        let applies = |when: When| when == When::Always || success;
+        let mut keys: Vec<String> = due_keys.into_iter().filter(|(w, _)| applies(*w)).map(|(_, k)| k).collect();
+        let patterns: Vec<String> = due_patterns
+            .into_iter()
+            .filter(|(w, _)| applies(*w))
+            .map(|(_, p)| p)
+            .collect();
+        if non_error {
+            keys.extend(own_keys);
+            if let Ok(resp) = &result {
+                for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(uri) = resp.headers().get(name).and_then(|v| same_host_uri(v, &host)) {
+                        let view = RequestView {
+                            method: &Method::GET,
+                            host: &host,
+                            path: uri.path(),
+                            query: uri.query(),
+                            headers: &headers,
+                        };
+                        keys.extend(self.keys_for_uri(uri.path(), uri.query(), &view));
+                    }
+                }
             }
         }
+        keys.sort();
+        keys.dedup();
+        self.purge(&keys, &patterns).await;
         match result {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
         }
     }
 
-    async fn purge(&self, rule: &str, keys: &[String], patterns: &[String]) {
+    /// The key a GET of this URI would be cached under, if a rule caches it.
+    fn keys_for_uri(&self, path: &str, query: Option<&str>, view: &RequestView<'_>) -> Option<String> {
+        let m = self.config.rules.match_cache(&Method::GET, path)?;
+        let view = RequestView {
+            method: &Method::GET,
+            host: view.host,
+            path,
+            query,
+            headers: view.headers,
+        };
+        self.config.rules.render_key(&m.rule.key, &view, &m.captures)
+    }
+
+    async fn purge(&self, keys: &[String], patterns: &[String]) {
         if !keys.is_empty() {
             match self.timed("purge_keys", self.store.purge_keys(keys)).await {
                 Ok(n) => self.metrics.purged("key", n),
-                Err(e) => tracing::warn!(rule, ?keys, error = %e, "purging keys failed"),
+                Err(e) => tracing::warn!(?keys, error = %e, "purging keys failed"),
             }
         }
         for pattern in patterns {
             match self.timed("purge_pattern", self.store.purge_pattern(pattern)).await {
                 Ok(n) => self.metrics.purged("pattern", n),
-                Err(e) => tracing::warn!(rule, pattern, error = %e, "purging pattern failed"),
+                Err(e) => tracing::warn!(pattern, error = %e, "purging pattern failed"),
             }
         }
     }
@@ -415,6 +452,25 @@ fn request_view(req: &Request<Body>) -> RequestView<'_> {
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
+    }
+}
+
+/// Methods that may change the resource (RFC 9110 §9.2.1).
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+/// The path and query of a `Location`-like header when it points at the
+/// same host (relative, or absolute with the request's host); never another.
+fn same_host_uri(value: &HeaderValue, host: &str) -> Option<http::Uri> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    match uri.authority() {
+        None if uri.path().starts_with('/') => Some(uri),
+        Some(a) if a.as_str().eq_ignore_ascii_case(host) => {
+            let pq = uri.path_and_query()?.as_str().parse().ok()?;
+            Some(pq)
+        }
+        _ => None,
     }
 }
 

@@ -92,6 +92,7 @@ pub struct RawRule {
     pub statuses: Option<Spanned<Vec<u16>>>,
     pub scope: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
+    pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
 }
 
 #[derive(Debug, Deserialize)]

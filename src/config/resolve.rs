@@ -139,6 +139,8 @@ pub struct RuleConfig {
     pub key_span: Range<usize>,
     pub ttl: Option<Duration>,
     pub statuses: Vec<u16>,
+    /// Per-status TTLs (negative caching, e.g. 404 for 30 s).
+    pub ttl_by_status: Vec<(u16, Duration)>,
     pub scope: Scope,
     pub max_body_bytes: Option<usize>,
 }
@@ -576,6 +578,24 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         }
         None => vec![200],
     };
+    let mut ttl_by_status = Vec::new();
+    if let Some(map) = &r.ttl_by_status {
+        for (status, ttl) in map.get_ref() {
+            let code = status
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| at(map.span(), format!("ttl_by_status: {status:?} is not an HTTP status code")))?;
+            if code >= 500 {
+                return Err(at(map.span(), format!("ttl_by_status: {code}: 5xx answers are never cached")));
+            }
+            let secs = u64::try_from(*ttl)
+                .ok()
+                .filter(|t| *t > 0)
+                .ok_or_else(|| at(map.span(), format!("ttl_by_status: {status:?} needs a positive number of seconds")))?;
+            ttl_by_status.push((code, Duration::from_secs(secs)));
+        }
+    }
     let scope = match &r.scope {
         None => Scope::Credential,
         Some(s) => match s.get_ref().as_str() {
@@ -594,6 +614,7 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         key_span: r.key.span(),
         ttl,
         statuses,
+        ttl_by_status,
         scope,
         max_body_bytes: r.max_body_bytes,
     })

@@ -33,8 +33,23 @@ pub struct CacheRule {
     pub key: Template,
     pub ttl: Duration,
     pub statuses: Vec<u16>,
+    /// Per-status TTLs that override `ttl` (negative caching).
+    pub ttl_by_status: Vec<(u16, Duration)>,
     pub scope: Scope,
     pub max_body_bytes: usize,
+}
+
+impl CacheRule {
+    /// How long an answer with this status is kept; `None`: not stored.
+    pub fn ttl_for(&self, status: u16) -> Option<Duration> {
+        if status >= 500 {
+            return None;
+        }
+        if let Some((_, ttl)) = self.ttl_by_status.iter().find(|(s, _)| *s == status) {
+            return Some(*ttl);
+        }
+        self.statuses.contains(&status).then_some(self.ttl)
+    }
 }
 
 /// A compiled `[[invalidate]]`.
@@ -91,6 +106,7 @@ impl RuleSet {
                 key,
                 ttl: r.ttl.unwrap_or(cache.default_ttl),
                 statuses: r.statuses.clone(),
+                ttl_by_status: r.ttl_by_status.clone(),
                 scope: r.scope,
                 max_body_bytes: r.max_body_bytes.unwrap_or(cache.max_body_bytes),
             });
