@@ -169,7 +169,7 @@ impl Metrics {
     pub fn record(&self, rule: usize, outcome: &Outcome) {
         let Some(r) = self.rules.get(rule) else { return };
         let (status, hit) = match outcome {
-            Outcome::Hit { .. } => (0, Some(true)),
+            Outcome::Hit { .. } | Outcome::Collapsed { .. } => (0, Some(true)),
             Outcome::Miss { .. } => (1, Some(false)),
             Outcome::Bypass { .. } => (3, None),
         };

@@ -20,6 +20,7 @@
 //!
 //! A store failure anywhere is "no cache" for this request (fail open).
 
+mod coalesce;
 mod fill;
 mod scope;
 mod status;
@@ -29,6 +30,7 @@ pub use status::Outcome;
 
 use crate::config::{Config, StoreKind, When};
 use crate::metrics::Metrics;
+use coalesce::{Inflight, Leader, Role};
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry};
@@ -47,6 +49,7 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
+    inflight: Inflight,
 }
 
 /// Where a cacheable request's entry lives.
@@ -87,6 +90,7 @@ impl Gateway {
             config,
             store,
             metrics,
+            inflight: Inflight::default(),
         })
     }
 
@@ -219,7 +223,17 @@ impl Gateway {
                 },
             }
         }
-        self.fill(req, from, rule, key, guard, is_head).await
+        match self.inflight.join(&key.key, &key.field) {
+            Role::Leader(leader) => self.fill(req, from, rule, key, guard, is_head, Some(leader)).await,
+            Role::Follower(follower) => match follower.wait(self.config.cache.coalesce_timeout).await {
+                Some(entry) => {
+                    let ttl = entry.ttl_left_secs(now_ms());
+                    let (resp, _) = serve_hit(Entry::clone(&entry), now_ms(), is_head);
+                    (resp, Outcome::Collapsed { ttl })
+                }
+                None => self.fill(req, from, rule, key, guard, is_head, None).await,
+            },
+        }
     }
 
     /// Runs a store call, recording its latency and any error.
@@ -239,6 +253,8 @@ impl Gateway {
     }
 
     /// Phases 5 and 6: forward a miss, store what may be stored, answer.
+    /// A `leader` shares a stored entry with the requests waiting on it.
+    #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
         mut req: Request<Body>,
@@ -247,6 +263,7 @@ impl Gateway {
         key: CacheKey,
         guard: FillGuard,
         is_head: bool,
+        leader: Option<Leader<'_>>,
     ) -> (Response<Body>, Outcome) {
         if is_head {
             // Fetch the GET answer so it can fill the entry HEAD shares.
@@ -264,7 +281,10 @@ impl Gateway {
         }
         let limit = rule.max_body_bytes;
         match fill::content_length(resp.headers()) {
-            Some(len) if len as usize <= limit => self.fill_buffered(resp, ttl, key, guard, is_head, len as usize).await,
+            Some(len) if len as usize <= limit => {
+                let filled = self.fill_buffered(resp, ttl, key, guard, len as usize, leader).await;
+                (strip_body(filled.0, is_head), filled.1)
+            }
             Some(_) => (strip_body(resp, is_head), miss(false, Some("too-large"))),
             None => self.fill_streamed(resp, ttl, limit, key, guard, is_head),
         }
@@ -278,8 +298,8 @@ impl Gateway {
         ttl: Duration,
         key: CacheKey,
         guard: FillGuard,
-        is_head: bool,
         len: usize,
+        leader: Option<Leader<'_>>,
     ) -> (Response<Body>, Outcome) {
         let (parts, body) = resp.into_parts();
         let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len)).await;
@@ -296,21 +316,35 @@ impl Gateway {
             }
         };
         let body = fill::concat(&chunks);
-        let encoded = Entry::encode(parts.status, &parts.headers, &body, now_ms(), ttl);
+        let stored_at = now_ms();
+        let encoded = Entry::encode(parts.status, &parts.headers, &body, stored_at, ttl);
         let size = encoded.len();
-        let outcome = match self
+        if let Some(leader) = &leader {
+            leader.close();
+        }
+        let stored = self
             .timed("fill", self.store.fill(&key.key, &key.field, encoded, ttl, guard))
-            .await
-        {
+            .await;
+        // Only a stored entry is shared: one the guard refused may predate a
+        // write that a waiting request must see.
+        let outcome = match stored {
             Ok(true) => {
                 self.metrics.stored(size);
+                if let Some(leader) = leader {
+                    leader.finish(Some(Arc::new(Entry {
+                        status: parts.status,
+                        stored_at_ms: stored_at,
+                        ttl,
+                        headers: parts.headers.clone(),
+                        body: body.clone(),
+                    })));
+                }
                 miss(true, None)
             }
             Ok(false) => miss(false, Some("superseded")),
             Err(e) => miss(false, Some(store_detail(&e))),
         };
-        let body = if is_head { proxy::empty() } else { proxy::full(body) };
-        (Response::from_parts(parts, body), outcome)
+        (Response::from_parts(parts, proxy::full(body)), outcome)
     }
 
     /// A body of unknown length streams to the client; a copy is stored in

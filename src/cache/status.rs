@@ -7,6 +7,8 @@ use http::{HeaderMap, HeaderValue};
 pub enum Outcome {
     /// Served from the cache; `ttl` seconds of freshness left.
     Hit { ttl: u64 },
+    /// Served from another request's concurrent fill (coalesced).
+    Collapsed { ttl: u64 },
     /// Looked up, not found, forwarded; `stored` says whether it was kept,
     /// `detail` why not.
     Miss { stored: bool, detail: Option<&'static str> },
@@ -17,7 +19,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn x_cache(&self) -> &'static str {
         match self {
-            Outcome::Hit { .. } => "HIT",
+            Outcome::Hit { .. } | Outcome::Collapsed { .. } => "HIT",
             Outcome::Miss { .. } => "MISS",
             Outcome::Bypass { .. } => "BYPASS",
         }
@@ -26,6 +28,7 @@ impl Outcome {
     pub fn cache_status(&self) -> String {
         match self {
             Outcome::Hit { ttl } => format!("cachegate; hit; ttl={ttl}"),
+            Outcome::Collapsed { ttl } => format!("cachegate; hit; ttl={ttl}; detail=collapsed"),
             Outcome::Miss { stored: true, .. } => "cachegate; fwd=miss; stored".to_string(),
             Outcome::Miss { stored: false, detail } => match detail {
                 Some(d) => format!("cachegate; fwd=miss; detail={d}"),

@@ -79,6 +79,7 @@ pub struct RawCache {
     pub credential_headers: Option<Vec<String>>,
     pub scope_secret: Option<String>,
     pub max_key_bytes: Option<usize>,
+    pub coalesce_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

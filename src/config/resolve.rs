@@ -125,6 +125,8 @@ pub struct CacheConfig {
     pub credential_headers: Vec<http::HeaderName>,
     pub scope_secret: Option<String>,
     pub store_timeout: Duration,
+    /// How long a miss waits for a concurrent fill of the same entry.
+    pub coalesce_timeout: Duration,
 }
 
 /// A `[[rule]]` as written, with the spans rule compilation reports errors at.
@@ -351,6 +353,7 @@ pub(super) fn resolve(
         credential_headers,
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
+        coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),

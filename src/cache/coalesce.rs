@@ -1,0 +1,144 @@
+//! Request coalescing within one instance: concurrent misses for the same
+//! key and scope make one backend request; the others wait (bounded) for
+//! its answer and are served from it. If the answer turns out not to be
+//! storable, or the wait times out, a waiter forwards on its own.
+
+use crate::store::entry::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What a fill ended with: the stored entry, or nothing to share.
+#[derive(Clone)]
+enum State {
+    Pending,
+    Done(Option<Arc<Entry>>),
+}
+
+/// The fills in flight, by key and scope field.
+#[derive(Default)]
+pub struct Inflight {
+    fills: Mutex<HashMap<String, watch::Receiver<State>>>,
+}
+
+/// The first miss for a key: it fetches, and tells the others on finish
+/// (or, if dropped unfinished, that there is nothing to share).
+pub struct Leader<'a> {
+    inflight: &'a Inflight,
+    id: String,
+    tx: watch::Sender<State>,
+}
+
+/// A later miss: it waits for the leader.
+pub struct Follower {
+    rx: watch::Receiver<State>,
+}
+
+pub enum Role<'a> {
+    Leader(Leader<'a>),
+    Follower(Follower),
+}
+
+impl Inflight {
+    pub fn join(&self, key: &str, field: &str) -> Role<'_> {
+        let id = format!("{key}\0{field}");
+        let mut fills = match self.fills.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(rx) = fills.get(&id) {
+            return Role::Follower(Follower { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(State::Pending);
+        fills.insert(id.clone(), rx);
+        Role::Leader(Leader { inflight: self, id, tx })
+    }
+
+    fn remove(&self, id: &str) {
+        let mut fills = match self.fills.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        fills.remove(id);
+    }
+}
+
+impl Leader<'_> {
+    /// Takes no more followers. Called before the fill is stored: a request
+    /// that starts after a write's purge then never waits for a body that
+    /// the purge did not cover (it looks up and fetches itself).
+    pub fn close(&self) {
+        self.inflight.remove(&self.id);
+    }
+
+    /// Shares the fill's result with every follower (`None`: nothing to
+    /// share; they forward on their own).
+    pub fn finish(self, entry: Option<Arc<Entry>>) {
+        self.close();
+        let _ = self.tx.send(State::Done(entry));
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if matches!(*self.tx.borrow(), State::Pending) {
+            self.inflight.remove(&self.id);
+            let _ = self.tx.send(State::Done(None));
+        }
+    }
+}
+
+impl Follower {
+    /// The leader's entry, or `None` (nothing shareable, or `timeout`).
+    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Entry>> {
+        let done = tokio::time::timeout(timeout, self.rx.wait_for(|s| matches!(s, State::Done(_)))).await;
+        match done {
+            Ok(Ok(state)) => match &*state {
+                State::Done(entry) => entry.clone(),
+                State::Pending => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, StatusCode};
+
+    fn entry() -> Arc<Entry> {
+        Arc::new(Entry {
+            status: StatusCode::OK,
+            stored_at_ms: 0,
+            ttl: Duration::from_secs(1),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"x"),
+        })
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_entry() {
+        let inflight = Inflight::default();
+        let Role::Leader(leader) = inflight.join("k", "f") else { panic!("first is leader") };
+        let Role::Follower(f1) = inflight.join("k", "f") else { panic!("second follows") };
+        assert!(matches!(inflight.join("k", "other"), Role::Leader(_)));
+        let waiter = tokio::spawn(f1.wait(Duration::from_secs(5)));
+        leader.finish(Some(entry()));
+        assert_eq!(&waiter.await.unwrap().unwrap().body[..], b"x");
+        assert!(matches!(inflight.join("k", "f"), Role::Leader(_)), "finished fills leave the map");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_followers_and_timeouts_bound_the_wait() {
+        let inflight = Inflight::default();
+        let leader = inflight.join("k", "f");
+        let Role::Follower(f) = inflight.join("k", "f") else { panic!() };
+        drop(leader);
+        assert!(f.wait(Duration::from_secs(5)).await.is_none());
+        let _leader = inflight.join("k2", "f");
+        let Role::Follower(f) = inflight.join("k2", "f") else { panic!() };
+        assert!(f.wait(Duration::from_millis(20)).await.is_none());
+    }
+}
