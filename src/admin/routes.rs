@@ -145,12 +145,15 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
     )
 }
 
+/// A bad parameter: its name and what is wrong; answered with 400.
+type BadParam = (&'static str, &'static str);
+
 /// A pattern query parameter: absent, or at most 1 KiB.
-fn pattern_param(query: Option<&str>) -> Result<Option<String>, Response<Body>> {
+fn pattern_param(query: Option<&str>) -> Result<Option<String>, BadParam> {
     match query_param(query, "pattern") {
         None => Ok(None),
-        Some(p) if p.is_empty() => Err(bad_param("pattern", "pattern must not be empty")),
-        Some(p) if p.len() > MAX_PATTERN_BYTES => Err(bad_param("pattern", "pattern is longer than 1024 bytes")),
+        Some(p) if p.is_empty() => Err(("pattern", "pattern must not be empty")),
+        Some(p) if p.len() > MAX_PATTERN_BYTES => Err(("pattern", "pattern is longer than 1024 bytes")),
         Some(p) => Ok(Some(p)),
     }
 }
@@ -158,7 +161,7 @@ fn pattern_param(query: Option<&str>) -> Result<Option<String>, Response<Body>> 
 pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
     let pattern = match pattern_param(query) {
         Ok(p) => p,
-        Err(resp) => return resp,
+        Err((param, msg)) => return bad_param(param, msg),
     };
     match gw.store().clear(pattern.as_deref()).await {
         Ok(deleted) => {
@@ -175,7 +178,7 @@ pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
 pub async fn keys(gw: &Gateway, query: Option<&str>) -> Response<Body> {
     let pattern = match pattern_param(query) {
         Ok(p) => p.unwrap_or_else(|| "*".to_string()),
-        Err(resp) => return resp,
+        Err((param, msg)) => return bad_param(param, msg),
     };
     let limit = match query_param(query, "limit") {
         None => DEFAULT_LIMIT,
@@ -194,16 +197,16 @@ pub async fn keys(gw: &Gateway, query: Option<&str>) -> Response<Body> {
 }
 
 /// The logical key from the encoded path segment; `Err` is a 400.
-fn decode_key(raw: &str) -> Result<String, Response<Body>> {
+fn decode_key(raw: &str) -> Result<String, BadParam> {
     let key = percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| bad_param("key", "the key is not valid percent-encoded UTF-8"))?
+        .map_err(|_| ("key", "the key is not valid percent-encoded UTF-8"))?
         .into_owned();
     if key.is_empty() {
-        return Err(bad_param("key", "the key must not be empty"));
+        return Err(("key", "the key must not be empty"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(bad_param("key", "the key is longer than 1024 bytes"));
+        return Err(("key", "the key is longer than 1024 bytes"));
     }
     Ok(key)
 }
@@ -211,7 +214,7 @@ fn decode_key(raw: &str) -> Result<String, Response<Body>> {
 pub async fn delete_key(gw: &Gateway, raw: &str) -> Response<Body> {
     let key = match decode_key(raw) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err((param, msg)) => return bad_param(param, msg),
     };
     match gw.store().purge_keys(std::slice::from_ref(&key)).await {
         Ok(n) => {
@@ -225,7 +228,7 @@ pub async fn delete_key(gw: &Gateway, raw: &str) -> Response<Body> {
 pub async fn get_key(gw: &Gateway, raw: &str) -> Response<Body> {
     let key = match decode_key(raw) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err((param, msg)) => return bad_param(param, msg),
     };
     let record = match gw.store().record(&key).await {
         Ok(Some(r)) => r,

@@ -33,7 +33,7 @@ pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
 /// (case-insensitive, ignoring `=value` parts).
 pub fn has_directive(headers: &HeaderMap, name: header::HeaderName, directives: &[&str]) -> bool {
     headers.get_all(name).iter().any(|v| {
-        v.to_str().map_or(false, |s| {
+        v.to_str().is_ok_and(|s| {
             s.split(',').any(|d| {
                 let d = d.split('=').next().unwrap_or("").trim();
                 directives.iter().any(|want| d.eq_ignore_ascii_case(want))

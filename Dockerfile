@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+#
+# cachegate: a caching reverse proxy in front of the unchanged task API.
+#   docker build -t cachegate .
+#   docker run --rm -p 8080:8080 -e REDIS_URL=redis://redis:6379 \
+#       -e CACHEGATE_BACKEND=http://backend:8000 cachegate
+
+# ---- build ------------------------------------------------------------------
+FROM rust:1-bookworm AS builder
+WORKDIR /src
+
+# Dependencies first, against a dummy crate, so that this (slow) layer is
+# reused for as long as Cargo.toml and Cargo.lock do not change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+# The real sources. COPY keeps the files' timestamps, which may be older than
+# the dummy build's: touch them so cargo rebuilds the crate itself.
+COPY src ./src
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked \
+    && cp target/release/cachegate /usr/local/bin/cachegate
+
+# ---- runtime ----------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 cachegate \
+    && useradd --system --uid 10001 --gid cachegate --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin cachegate
+
+COPY --from=builder /usr/local/bin/cachegate /usr/local/bin/cachegate
+# The documented default config; docker-compose.yml mounts the project's
+# proxy.toml over it (read-only).
+COPY proxy.toml /etc/cachegate/proxy.toml
+
+USER cachegate:cachegate
+EXPOSE 8080
+ENTRYPOINT ["cachegate"]
+CMD ["--config", "/etc/cachegate/proxy.toml"]
