@@ -171,6 +171,8 @@ impl Metrics {
         let (status, hit) = match outcome {
             Outcome::Hit { .. } | Outcome::Collapsed { .. } => (0, Some(true)),
             Outcome::Miss { .. } => (1, Some(false)),
+            Outcome::Stale { .. } => (2, Some(true)),
+            Outcome::Revalidated { .. } => (1, Some(false)),
             Outcome::Bypass { .. } => (3, None),
         };
         r.by_status[status].inc();

@@ -112,7 +112,7 @@ mod tests {
         Arc::new(Entry {
             status: StatusCode::OK,
             stored_at_ms: 0,
-            ttl: Duration::from_secs(1),
+            lifetime: crate::store::entry::Lifetime::fixed(Duration::from_secs(1)),
             headers: HeaderMap::new(),
             body: bytes::Bytes::from_static(b"x"),
         })

@@ -22,6 +22,7 @@
 
 mod coalesce;
 mod fill;
+mod freshness;
 mod scope;
 mod status;
 
@@ -33,7 +34,8 @@ use crate::metrics::Metrics;
 use coalesce::{Inflight, Leader, Role};
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
-use crate::store::entry::{now_ms, Entry};
+use crate::store::entry::{now_ms, Entry, Lifetime};
+use freshness::RequestDirectives;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{FillGuard, Store, StoreError, StoreResult};
@@ -108,10 +110,14 @@ impl Gateway {
 
     /// Phase 1 and 2: admit and route. The admin routes are answered here
     /// unless they have a listener of their own.
-    pub async fn handle(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+    pub async fn handle(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
         if let Some(rejected) = self.admit(&req) {
             return rejected;
         }
+        // Hop-by-hop headers (and any a client names in Connection) never
+        // reach the backend, so they must not reach a key either: drop them
+        // before anything reads the request.
+        proxy::strip_hop_by_hop(req.headers_mut());
         let path = req.uri().path();
         if self.config.admin.listen.is_none() && crate::admin::owns(self, path) {
             return crate::admin::handle(self, req).await;
@@ -182,7 +188,7 @@ impl Gateway {
     /// Phases 4 to 6 for a request a rule covers; the outcome is set on the
     /// response's headers and counted here, once.
     async fn cached(
-        &self,
+        self: &Arc<Self>,
         req: Request<Body>,
         from: ClientInfo,
         rule: &CacheRule,
@@ -195,7 +201,7 @@ impl Gateway {
     }
 
     async fn lookup_or_fill(
-        &self,
+        self: &Arc<Self>,
         req: Request<Body>,
         from: ClientInfo,
         rule: &CacheRule,
@@ -205,35 +211,86 @@ impl Gateway {
             Ok(k) => k,
             Err(detail) => return (self.pass(req, from).await, Outcome::Bypass { detail }),
         };
-        let is_head = req.method() == Method::HEAD;
+        let asks = RequestDirectives::parse(req.headers());
         let lookup = match self.timed("lookup", self.store.lookup(&key.key, &key.field)).await {
             Ok(l) => l,
             Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
         };
         let now = now_ms();
         let mut guard = lookup.guard;
+        let mut stale = None;
         if let Some(raw) = lookup.entry {
             match Entry::decode(&raw) {
-                Some(entry) if entry.is_fresh(now) => return serve_hit(entry, now, is_head),
-                // Expired or not ours: a miss; the fill needs a guard that
-                // covers the record as it is now.
-                _ => match self.timed("fill_guard", self.store.fill_guard(&key.key)).await {
-                    Ok(g) => guard = g,
-                    Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
-                },
+                Some(entry) if entry.is_fresh(now) && !asks.revalidate => {
+                    let ttl = entry.ttl_left_secs(now);
+                    return (answer(req.headers(), entry, now, req.method() == Method::HEAD), Outcome::Hit { ttl });
+                }
+                Some(entry) if !asks.revalidate && entry.within_stale_while_revalidate(now) => {
+                    self.refresh_in_background(&req, from, rule, &key);
+                    let resp = answer(req.headers(), entry, now, req.method() == Method::HEAD);
+                    return (resp, Outcome::Stale { detail: "revalidating" });
+                }
+                // Stale (kept for validation or stale-if-error), or not ours.
+                decoded => stale = decoded,
             }
+            // The lookup found a record: read the guard that covers it now.
+            guard = match self.timed("fill_guard", self.store.fill_guard(&key.key)).await {
+                Ok(g) => g,
+                Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
+            };
         }
         match self.inflight.join(&key.key, &key.field) {
-            Role::Leader(leader) => self.fill(req, from, rule, key, guard, is_head, Some(leader)).await,
+            Role::Leader(leader) => self.fill(req, from, rule, key, guard, stale, Some(leader)).await,
             Role::Follower(follower) => match follower.wait(self.config.cache.coalesce_timeout).await {
                 Some(entry) => {
-                    let ttl = entry.ttl_left_secs(now_ms());
-                    let (resp, _) = serve_hit(Entry::clone(&entry), now_ms(), is_head);
+                    let now = now_ms();
+                    let ttl = entry.ttl_left_secs(now);
+                    let resp = answer(req.headers(), Entry::clone(&entry), now, req.method() == Method::HEAD);
                     (resp, Outcome::Collapsed { ttl })
                 }
-                None => self.fill(req, from, rule, key, guard, is_head, None).await,
+                None => self.fill(req, from, rule, key, guard, stale, None).await,
             },
         }
+    }
+
+    /// Within stale-while-revalidate: one background request (coalesced with
+    /// any fill already in flight) refreshes the entry.
+    fn refresh_in_background(self: &Arc<Self>, req: &Request<Body>, from: ClientInfo, rule: &CacheRule, key: &CacheKey) {
+        let mut refresh = Request::new(proxy::empty());
+        *refresh.method_mut() = Method::GET;
+        *refresh.uri_mut() = req.uri().clone();
+        *refresh.headers_mut() = req.headers().clone();
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::CONTENT_LENGTH] {
+            refresh.headers_mut().remove(name);
+        }
+        let gateway = self.clone();
+        let rule_index = rule.index;
+        let key = CacheKey {
+            key: key.key.clone(),
+            field: key.field.clone(),
+        };
+        tokio::spawn(async move {
+            let Some(rule) = gateway.config.rules.cache.get(rule_index) else { return };
+            let Role::Leader(leader) = gateway.inflight.join(&key.key, &key.field) else {
+                return; // someone is already fetching it
+            };
+            // Re-read: the entry may have been refreshed or purged meanwhile.
+            let Ok(lookup) = gateway.store.lookup(&key.key, &key.field).await else { return };
+            let stale = lookup.entry.as_ref().and_then(Entry::decode);
+            if stale.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
+                return;
+            }
+            let guard = match stale {
+                None => lookup.guard,
+                Some(_) => match gateway.store.fill_guard(&key.key).await {
+                    Ok(g) => g,
+                    Err(_) => return,
+                },
+            };
+            let (resp, _) = gateway.fill(refresh, from, rule, key, guard, stale, Some(leader)).await;
+            // Drain the body: a streamed fill stores only once it is read.
+            let _ = resp.into_body().collect().await;
+        });
     }
 
     /// Runs a store call, recording its latency and any error.
@@ -252,8 +309,10 @@ impl Gateway {
         result
     }
 
-    /// Phases 5 and 6: forward a miss, store what may be stored, answer.
-    /// A `leader` shares a stored entry with the requests waiting on it.
+    /// Phases 5 and 6: forward a miss (conditionally, when a stale entry has
+    /// validators), store what may be stored, answer. A `leader` shares a
+    /// stored entry with the requests waiting on it; a `stale` entry is
+    /// served instead of a backend failure within its stale-if-error window.
     #[allow(clippy::too_many_arguments)]
     async fn fill(
         &self,
@@ -262,89 +321,149 @@ impl Gateway {
         rule: &CacheRule,
         key: CacheKey,
         guard: FillGuard,
-        is_head: bool,
+        stale: Option<Entry>,
         leader: Option<Leader<'_>>,
     ) -> (Response<Body>, Outcome) {
+        let is_head = req.method() == Method::HEAD;
+        // The client's own validators are answered here, against what is
+        // stored; the backend gets ours (or none) so its answer can fill.
+        let client = req.headers().clone();
+        req.headers_mut().remove(header::IF_NONE_MATCH);
+        req.headers_mut().remove(header::IF_MODIFIED_SINCE);
         if is_head {
             // Fetch the GET answer so it can fill the entry HEAD shares.
             *req.method_mut() = Method::GET;
         }
-        let resp = match self.forward(req, from).await {
+        let validating = stale.as_ref().is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
+        let result = self.forward(req, from).await;
+
+        let failed = match &result {
+            Err(_) => true,
+            Ok(resp) => resp.status().is_server_error(),
+        };
+        if failed && stale.as_ref().is_some_and(|e| e.within_stale_if_error(now_ms())) {
+            if let Some(entry) = stale {
+                let resp = answer(&client, entry, now_ms(), is_head);
+                return (resp, Outcome::Stale { detail: "backend-error" });
+            }
+        }
+        let resp = match result {
             Ok(r) => r,
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
         };
-        let Some(ttl) = rule.ttl_for(resp.status().as_u16()) else {
-            return (strip_body(resp, is_head), miss(false, Some("status")));
+        if validating && resp.status() == StatusCode::NOT_MODIFIED {
+            if let Some(entry) = stale {
+                return self.refresh_validated(resp, entry, rule, key, guard, &client, is_head, leader).await;
+            }
+        }
+        let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
+            .and_then(|l| fill::unstorable_reason(&resp).map_or(Ok(l), Err))
+        {
+            Ok(l) => l,
+            Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
         };
-        if let Some(reason) = fill::unstorable_reason(&resp) {
-            return (strip_body(resp, is_head), miss(false, Some(reason)));
+        if RequestDirectives::parse(&client).no_store {
+            return (strip_body(resp, is_head), miss(false, Some("request-no-store")));
         }
         let limit = rule.max_body_bytes;
         match fill::content_length(resp.headers()) {
             Some(len) if len as usize <= limit => {
-                let filled = self.fill_buffered(resp, ttl, key, guard, len as usize, leader).await;
-                (strip_body(filled.0, is_head), filled.1)
+                let (parts, body) = resp.into_parts();
+                let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len as usize)).await;
+                let chunks = match collected {
+                    Ok(Ok(chunks)) => chunks,
+                    Ok(Err((chunks, err))) => {
+                        tracing::debug!(key = %key.key, error = %err, "backend body failed; nothing stored");
+                        let resp = Response::from_parts(parts, fill::aborted_body(chunks, err));
+                        return (strip_body(resp, is_head), miss(false, Some("backend")));
+                    }
+                    Err(_) => {
+                        let resp = Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
+                        return (strip_body(resp, is_head), miss(false, Some("backend")));
+                    }
+                };
+                let entry = Entry {
+                    status: parts.status,
+                    stored_at_ms: now_ms(),
+                    lifetime,
+                    headers: parts.headers,
+                    body: fill::concat(&chunks),
+                };
+                let stored = self.store_entry(&key, &entry, guard, leader).await;
+                (answer_fetched(&client, entry, is_head), stored)
             }
             Some(_) => (strip_body(resp, is_head), miss(false, Some("too-large"))),
-            None => self.fill_streamed(resp, ttl, limit, key, guard, is_head),
+            None => self.fill_streamed(resp, lifetime, limit, key, guard, is_head),
         }
     }
 
-    /// A body of known, small length: read it whole, store it, then answer,
-    /// so the next request already finds it.
-    async fn fill_buffered(
-        &self,
-        resp: Response<Body>,
-        ttl: Duration,
-        key: CacheKey,
-        guard: FillGuard,
-        len: usize,
-        leader: Option<Leader<'_>>,
-    ) -> (Response<Body>, Outcome) {
-        let (parts, body) = resp.into_parts();
-        let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len)).await;
-        let chunks = match collected {
-            Ok(Ok(chunks)) => chunks,
-            Ok(Err((chunks, err))) => {
-                tracing::debug!(key = %key.key, error = %err, "backend body failed; nothing stored");
-                let resp = Response::from_parts(parts, fill::aborted_body(chunks, err));
-                return (resp, miss(false, Some("backend")));
-            }
-            Err(_) => {
-                let resp = Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
-                return (resp, miss(false, Some("backend")));
-            }
-        };
-        let body = fill::concat(&chunks);
-        let stored_at = now_ms();
-        let encoded = Entry::encode(parts.status, &parts.headers, &body, stored_at, ttl);
+    /// Stores a complete entry under the guard; a leader shares it with its
+    /// followers only if it was stored (one the guard refused may predate a
+    /// write that a waiting request must see).
+    async fn store_entry(&self, key: &CacheKey, entry: &Entry, guard: FillGuard, leader: Option<Leader<'_>>) -> Outcome {
+        let encoded = Entry::encode(entry.status, &entry.headers, &entry.body, entry.stored_at_ms, &entry.lifetime);
         let size = encoded.len();
         if let Some(leader) = &leader {
+            // Take no more followers before storing (see coalesce.rs).
             leader.close();
         }
         let stored = self
-            .timed("fill", self.store.fill(&key.key, &key.field, encoded, ttl, guard))
+            .timed(
+                "fill",
+                self.store.fill(&key.key, &key.field, encoded, entry.lifetime.retain(), guard),
+            )
             .await;
-        // Only a stored entry is shared: one the guard refused may predate a
-        // write that a waiting request must see.
-        let outcome = match stored {
+        match stored {
             Ok(true) => {
                 self.metrics.stored(size);
                 if let Some(leader) = leader {
-                    leader.finish(Some(Arc::new(Entry {
-                        status: parts.status,
-                        stored_at_ms: stored_at,
-                        ttl,
-                        headers: parts.headers.clone(),
-                        body: body.clone(),
-                    })));
+                    leader.finish(Some(Arc::new(entry.clone())));
                 }
                 miss(true, None)
             }
             Ok(false) => miss(false, Some("superseded")),
             Err(e) => miss(false, Some(store_detail(&e))),
+        }
+    }
+
+    /// A 304 to our conditional request: the stored body is still good;
+    /// refresh its headers and lifetime and store it again (RFC 9111 §4.3.4).
+    #[allow(clippy::too_many_arguments)]
+    async fn refresh_validated(
+        &self,
+        not_modified: Response<Body>,
+        stale: Entry,
+        rule: &CacheRule,
+        key: CacheKey,
+        guard: FillGuard,
+        client: &http::HeaderMap,
+        is_head: bool,
+        leader: Option<Leader<'_>>,
+    ) -> (Response<Body>, Outcome) {
+        let mut headers = stale.headers;
+        for (name, value) in not_modified.headers() {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let entry = Entry {
+            status: stale.status,
+            stored_at_ms: now_ms(),
+            lifetime: stale.lifetime,
+            headers,
+            body: stale.body,
         };
-        (Response::from_parts(parts, proxy::full(body)), outcome)
+        let entry = match freshness::lifetime(rule, entry.status.as_u16(), &entry.headers) {
+            Ok(lifetime) => Entry { lifetime, ..entry },
+            // No longer storable (e.g. now no-store): answer, keep nothing.
+            Err(reason) => return (answer(client, entry, now_ms(), is_head), miss(false, Some(reason))),
+        };
+        let stored = self.store_entry(&key, &entry, guard, leader).await;
+        let outcome = match stored {
+            Outcome::Miss { stored, .. } => Outcome::Revalidated { stored },
+            other => other,
+        };
+        (answer(client, entry, now_ms(), is_head), outcome)
     }
 
     /// A body of unknown length streams to the client; a copy is stored in
@@ -352,7 +471,7 @@ impl Gateway {
     fn fill_streamed(
         &self,
         resp: Response<Body>,
-        ttl: Duration,
+        lifetime: Lifetime,
         limit: usize,
         key: CacheKey,
         guard: FillGuard,
@@ -364,10 +483,10 @@ impl Gateway {
         let (status, headers) = (parts.status, parts.headers.clone());
         let tee = fill::TeeBody::new(body, limit, move |chunks| {
             let body = fill::concat(&chunks);
-            let encoded = Entry::encode(status, &headers, &body, now_ms(), ttl);
+            let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
             let size = encoded.len();
             tokio::spawn(async move {
-                match store.fill(&key.key, &key.field, encoded, ttl, guard).await {
+                match store.fill(&key.key, &key.field, encoded, lifetime.retain(), guard).await {
                     Ok(true) => metrics.stored(size),
                     Ok(false) => {}
                     Err(e) => tracing::debug!(key = %key.key, error = %e, "background fill failed"),
@@ -516,20 +635,55 @@ fn store_detail(e: &StoreError) -> &'static str {
     }
 }
 
-/// Phase 4's answer: the stored response, with `Age`.
-fn serve_hit(entry: Entry, now: u64, is_head: bool) -> (Response<Body>, Outcome) {
-    let mut resp = Response::new(if is_head { proxy::empty() } else { proxy::full(entry.body.clone()) });
+/// Answers from an entry: the stored response with `Age`, or 304 when the
+/// client's conditional request is satisfied by its validators.
+fn answer(request: &http::HeaderMap, entry: Entry, now: u64, is_head: bool) -> Response<Body> {
+    let age = freshness::age(&entry.headers) + entry.age_secs(now);
+    answer_with_age(request, entry, Some(age), is_head)
+}
+
+/// Answers with an entry just fetched: the backend's own headers (no `Age`
+/// added), or 304 for a satisfied conditional request.
+fn answer_fetched(request: &http::HeaderMap, entry: Entry, is_head: bool) -> Response<Body> {
+    answer_with_age(request, entry, None, is_head)
+}
+
+fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is_head: bool) -> Response<Body> {
+    if entry.status == StatusCode::OK && freshness::not_modified(request, &entry.headers) {
+        let mut resp = Response::new(proxy::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in freshness::NOT_MODIFIED_HEADERS {
+            for value in entry.headers.get_all(&name) {
+                resp.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        if let Some(age) = age {
+            resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+        }
+        return resp;
+    }
+    let mut resp = Response::new(if is_head { proxy::empty() } else { proxy::full(entry.body) });
     *resp.status_mut() = entry.status;
-    let upstream_age: u64 = entry
-        .headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-        .unwrap_or(0);
-    let ttl = entry.ttl_left_secs(now);
-    let age = upstream_age + entry.age_secs(now);
     *resp.headers_mut() = entry.headers;
-    resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
-    (resp, Outcome::Hit { ttl })
+    if let Some(age) = age {
+        resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+    }
+    resp
+}
+
+/// Puts our validators for a stale entry on a request to the backend;
+/// returns whether there were any.
+fn add_validators(request: &mut http::HeaderMap, stored: &http::HeaderMap) -> bool {
+    let mut added = false;
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        added = true;
+    }
+    added
 }
 
 fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {

@@ -12,6 +12,11 @@ pub enum Outcome {
     /// Looked up, not found, forwarded; `stored` says whether it was kept,
     /// `detail` why not.
     Miss { stored: bool, detail: Option<&'static str> },
+    /// A stale entry was served: while it is refreshed in the background
+    /// (`revalidating`) or because the backend failed (`backend-error`).
+    Stale { detail: &'static str },
+    /// A stale entry was validated with the backend (304) and served.
+    Revalidated { stored: bool },
     /// Not looked up (store down, key unusable); forwarded uncached.
     Bypass { detail: &'static str },
 }
@@ -21,6 +26,8 @@ impl Outcome {
         match self {
             Outcome::Hit { .. } | Outcome::Collapsed { .. } => "HIT",
             Outcome::Miss { .. } => "MISS",
+            Outcome::Stale { .. } => "STALE",
+            Outcome::Revalidated { .. } => "REVALIDATED",
             Outcome::Bypass { .. } => "BYPASS",
         }
     }
@@ -34,6 +41,9 @@ impl Outcome {
                 Some(d) => format!("cachegate; fwd=miss; detail={d}"),
                 None => "cachegate; fwd=miss".to_string(),
             },
+            Outcome::Stale { detail } => format!("cachegate; hit; fwd=stale; detail={detail}"),
+            Outcome::Revalidated { stored: true } => "cachegate; fwd=stale; fwd-status=304; stored".to_string(),
+            Outcome::Revalidated { stored: false } => "cachegate; fwd=stale; fwd-status=304".to_string(),
             Outcome::Bypass { detail } => format!("cachegate; fwd=bypass; detail={detail}"),
         }
     }

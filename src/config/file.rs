@@ -89,11 +89,23 @@ pub struct RawRule {
     pub methods: Option<Spanned<Vec<String>>>,
     pub path: Spanned<String>,
     pub key: Spanned<String>,
-    pub ttl: Option<Spanned<i64>>,
+    pub ttl: Option<Spanned<RawTtl>>,
+    pub max_ttl: Option<Spanned<i64>>,
+    pub default_ttl: Option<Spanned<i64>>,
+    pub stale_while_revalidate: Option<Spanned<i64>>,
+    pub stale_if_error: Option<Spanned<i64>>,
     pub statuses: Option<Spanned<Vec<u16>>>,
     pub scope: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
     pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
+}
+
+/// `ttl = 300` or `ttl = "origin"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTtl {
+    Seconds(i64),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]

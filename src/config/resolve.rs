@@ -3,7 +3,7 @@
 //! precedence (flag > environment > file > built-in default).
 
 use super::error::ConfigError;
-use super::file::{RawConfig, RawInvalidate, RawRule};
+use super::file::{RawConfig, RawInvalidate, RawRule, RawTtl};
 use crate::rules::{RuleError, RuleSet};
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -129,6 +129,15 @@ pub struct CacheConfig {
     pub coalesce_timeout: Duration,
 }
 
+/// Where a rule's freshness comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlMode {
+    /// The operator's fixed TTL, whatever the backend says about freshness.
+    Fixed(Duration),
+    /// The backend's `s-maxage` / `max-age` / `Expires`.
+    Origin,
+}
+
 /// A `[[rule]]` as written, with the spans rule compilation reports errors at.
 #[derive(Debug, Clone)]
 pub struct RuleConfig {
@@ -139,7 +148,15 @@ pub struct RuleConfig {
     pub path_span: Range<usize>,
     pub key: String,
     pub key_span: Range<usize>,
-    pub ttl: Option<Duration>,
+    /// `None`: the `[redis] default_ttl`.
+    pub ttl: Option<TtlMode>,
+    /// Cap on an origin-given lifetime.
+    pub max_ttl: Option<Duration>,
+    /// With `ttl = "origin"`: the lifetime when the origin gives none
+    /// (otherwise such answers are not stored).
+    pub default_ttl: Option<Duration>,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
     pub statuses: Vec<u16>,
     /// Per-status TTLs (negative caching, e.g. 404 for 30 s).
     pub ttl_by_status: Vec<(u16, Duration)>,
@@ -564,9 +581,38 @@ fn methods(
 fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> Result<RuleConfig, ConfigError> {
     let (methods, methods_span) = methods(r.methods, &["GET", "HEAD"], r.name.span());
     let ttl = match &r.ttl {
-        Some(t) => Some(Duration::from_secs(positive(t, "ttl", at)?)),
         None => None,
+        Some(t) => Some(match t.get_ref() {
+            RawTtl::Word(w) if w == "origin" => TtlMode::Origin,
+            RawTtl::Word(w) => {
+                return Err(at(t.span(), format!("ttl must be seconds or \"origin\", got {w:?}")));
+            }
+            RawTtl::Seconds(n) => TtlMode::Fixed(Duration::from_secs(
+                u64::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| at(t.span(), "ttl must be a positive number of seconds or \"origin\"".into()))?,
+            )),
+        }),
     };
+    let secs = |v: &Option<Spanned<i64>>, what: &str| -> Result<Option<Duration>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(v) => Ok(Some(Duration::from_secs(positive(v, what, at)?))),
+        }
+    };
+    let window = |v: &Option<Spanned<i64>>, what: &str| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(Duration::ZERO),
+            Some(v) => u64::try_from(*v.get_ref())
+                .map(Duration::from_secs)
+                .map_err(|_| at(v.span(), format!("{what} must be zero or a positive number of seconds"))),
+        }
+    };
+    let max_ttl = secs(&r.max_ttl, "max_ttl")?;
+    let default_ttl = secs(&r.default_ttl, "default_ttl")?;
+    let stale_while_revalidate = window(&r.stale_while_revalidate, "stale_while_revalidate")?;
+    let stale_if_error = window(&r.stale_if_error, "stale_if_error")?;
     let statuses = match r.statuses {
         Some(s) => {
             let span = s.span();
@@ -616,6 +662,10 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         key: r.key.get_ref().clone(),
         key_span: r.key.span(),
         ttl,
+        max_ttl,
+        default_ttl,
+        stale_while_revalidate,
+        stale_if_error,
         statuses,
         ttl_by_status,
         scope,

@@ -8,7 +8,7 @@ mod template;
 
 pub use template::{glob_escape, query_param, RequestView, Template};
 
-use crate::config::{CacheConfig, InvalidateConfig, RuleConfig, Scope, When};
+use crate::config::{CacheConfig, InvalidateConfig, RuleConfig, Scope, TtlMode, When};
 use http::Method;
 use regex::{Captures, Regex};
 use std::fmt;
@@ -31,7 +31,12 @@ pub struct CacheRule {
     pub methods: Vec<Method>,
     pub path: Regex,
     pub key: Template,
-    pub ttl: Duration,
+    pub ttl: TtlMode,
+    pub max_ttl: Option<Duration>,
+    /// With `TtlMode::Origin`, the lifetime when the origin gives none.
+    pub default_ttl: Option<Duration>,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
     pub statuses: Vec<u16>,
     /// Per-status TTLs that override `ttl` (negative caching).
     pub ttl_by_status: Vec<(u16, Duration)>,
@@ -40,13 +45,14 @@ pub struct CacheRule {
 }
 
 impl CacheRule {
-    /// How long an answer with this status is kept; `None`: not stored.
-    pub fn ttl_for(&self, status: u16) -> Option<Duration> {
+    /// The rule's own TTL for an answer with this status: `Some(Fixed)` or
+    /// `Some(Origin)` when the status is stored, `None` when it is not.
+    pub fn ttl_for(&self, status: u16) -> Option<TtlMode> {
         if status >= 500 {
             return None;
         }
         if let Some((_, ttl)) = self.ttl_by_status.iter().find(|(s, _)| *s == status) {
-            return Some(*ttl);
+            return Some(TtlMode::Fixed(*ttl));
         }
         self.statuses.contains(&status).then_some(self.ttl)
     }
@@ -104,7 +110,11 @@ impl RuleSet {
                 methods,
                 path,
                 key,
-                ttl: r.ttl.unwrap_or(cache.default_ttl),
+                ttl: r.ttl.unwrap_or(TtlMode::Fixed(cache.default_ttl)),
+                max_ttl: r.max_ttl,
+                default_ttl: r.default_ttl,
+                stale_while_revalidate: r.stale_while_revalidate,
+                stale_if_error: r.stale_if_error,
                 statuses: r.statuses.clone(),
                 ttl_by_status: r.ttl_by_status.clone(),
                 scope: r.scope,
@@ -205,12 +215,15 @@ impl fmt::Display for RuleSet {
             let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
             writeln!(
                 f,
-                "rule {:?}: {} {} -> key {:?} ttl {}s statuses {:?} scope {} max_body {} B",
+                "rule {:?}: {} {} -> key {:?} ttl {} statuses {:?} scope {} max_body {} B",
                 r.name,
                 methods.join(","),
                 r.path.as_str(),
                 r.key.source(),
-                r.ttl.as_secs(),
+                match r.ttl {
+                    TtlMode::Fixed(t) => format!("{}s", t.as_secs()),
+                    TtlMode::Origin => "origin".to_string(),
+                },
                 r.statuses,
                 match r.scope {
                     Scope::Credential => "credential",
