@@ -9,11 +9,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A stored entry shared with followers, and the store field it went to
+/// (a follower whose request selects another `Vary` variant must not use it).
+pub struct Shared {
+    pub entry: Entry,
+    pub field: String,
+}
+
 /// What a fill ended with: the stored entry, or nothing to share.
 #[derive(Clone)]
 enum State {
     Pending,
-    Done(Option<Arc<Entry>>),
+    Done(Option<Arc<Shared>>),
 }
 
 /// The fills in flight, by key and scope field.
@@ -74,7 +81,7 @@ impl Leader<'_> {
 
     /// Shares the fill's result with every follower (`None`: nothing to
     /// share; they forward on their own).
-    pub fn finish(self, entry: Option<Arc<Entry>>) {
+    pub fn finish(self, entry: Option<Arc<Shared>>) {
         self.close();
         let _ = self.tx.send(State::Done(entry));
     }
@@ -91,7 +98,7 @@ impl Drop for Leader<'_> {
 
 impl Follower {
     /// The leader's entry, or `None` (nothing shareable, or `timeout`).
-    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Entry>> {
+    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Shared>> {
         let done = tokio::time::timeout(timeout, self.rx.wait_for(|s| matches!(s, State::Done(_)))).await;
         match done {
             Ok(Ok(state)) => match &*state {
@@ -108,13 +115,16 @@ mod tests {
     use super::*;
     use http::{HeaderMap, StatusCode};
 
-    fn entry() -> Arc<Entry> {
-        Arc::new(Entry {
-            status: StatusCode::OK,
-            stored_at_ms: 0,
-            lifetime: crate::store::entry::Lifetime::fixed(Duration::from_secs(1)),
-            headers: HeaderMap::new(),
-            body: bytes::Bytes::from_static(b"x"),
+    fn entry() -> Arc<Shared> {
+        Arc::new(Shared {
+            entry: Entry {
+                status: StatusCode::OK,
+                stored_at_ms: 0,
+                lifetime: crate::store::entry::Lifetime::fixed(Duration::from_secs(1)),
+                headers: HeaderMap::new(),
+                body: bytes::Bytes::from_static(b"x"),
+            },
+            field: "f".into(),
         })
     }
 
@@ -126,7 +136,7 @@ mod tests {
         assert!(matches!(inflight.join("k", "other"), Role::Leader(_)));
         let waiter = tokio::spawn(f1.wait(Duration::from_secs(5)));
         leader.finish(Some(entry()));
-        assert_eq!(&waiter.await.unwrap().unwrap().body[..], b"x");
+        assert_eq!(&waiter.await.unwrap().unwrap().entry.body[..], b"x");
         assert!(matches!(inflight.join("k", "f"), Role::Leader(_)), "finished fills leave the map");
     }
 

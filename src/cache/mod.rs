@@ -23,6 +23,7 @@
 mod coalesce;
 mod fill;
 mod freshness;
+mod vary;
 mod scope;
 mod status;
 
@@ -31,7 +32,7 @@ pub use status::Outcome;
 
 use crate::config::{Config, StoreKind, When};
 use crate::metrics::Metrics;
-use coalesce::{Inflight, Leader, Role};
+use coalesce::{Inflight, Leader, Role, Shared};
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry, Lifetime};
@@ -54,10 +55,19 @@ pub struct Gateway {
     inflight: Inflight,
 }
 
-/// Where a cacheable request's entry lives.
+/// Where a cacheable request's entry lives: the logical key and the
+/// credential scope's field.
 struct CacheKey {
     key: String,
     field: String,
+}
+
+/// What phase 4 found.
+struct Found {
+    entry: Option<Entry>,
+    /// The field the entry lives in (the scope's, or a `Vary` variant's).
+    field: String,
+    guard: FillGuard,
 }
 
 impl Gateway {
@@ -212,45 +222,70 @@ impl Gateway {
             Err(detail) => return (self.pass(req, from).await, Outcome::Bypass { detail }),
         };
         let asks = RequestDirectives::parse(req.headers());
-        let lookup = match self.timed("lookup", self.store.lookup(&key.key, &key.field)).await {
-            Ok(l) => l,
+        let found = match self.read(&key, req.headers()).await {
+            Ok(f) => f,
             Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
         };
         let now = now_ms();
-        let mut guard = lookup.guard;
-        let mut stale = None;
-        if let Some(raw) = lookup.entry {
-            match Entry::decode(&raw) {
-                Some(entry) if entry.is_fresh(now) && !asks.revalidate => {
-                    let ttl = entry.ttl_left_secs(now);
-                    return (answer(req.headers(), entry, now, req.method() == Method::HEAD), Outcome::Hit { ttl });
-                }
-                Some(entry) if !asks.revalidate && entry.within_stale_while_revalidate(now) => {
-                    self.refresh_in_background(&req, from, rule, &key);
-                    let resp = answer(req.headers(), entry, now, req.method() == Method::HEAD);
-                    return (resp, Outcome::Stale { detail: "revalidating" });
-                }
-                // Stale (kept for validation or stale-if-error), or not ours.
-                decoded => stale = decoded,
+        let is_head = req.method() == Method::HEAD;
+        let stale = match found.entry {
+            Some(entry) if entry.is_fresh(now) && !asks.revalidate => {
+                let ttl = entry.ttl_left_secs(now);
+                return (answer(req.headers(), entry, now, is_head), Outcome::Hit { ttl });
             }
-            // The lookup found a record: read the guard that covers it now.
-            guard = match self.timed("fill_guard", self.store.fill_guard(&key.key)).await {
-                Ok(g) => g,
-                Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
-            };
-        }
-        match self.inflight.join(&key.key, &key.field) {
-            Role::Leader(leader) => self.fill(req, from, rule, key, guard, stale, Some(leader)).await,
+            Some(entry) if !asks.revalidate && entry.within_stale_while_revalidate(now) => {
+                self.refresh_in_background(&req, from, rule, &key);
+                return (answer(req.headers(), entry, now, is_head), Outcome::Stale { detail: "revalidating" });
+            }
+            // Stale: kept for validation or stale-if-error.
+            other => other,
+        };
+        match self.inflight.join(&key.key, &found.field) {
+            Role::Leader(leader) => self.fill(req, from, rule, key, found.guard, stale, Some(leader)).await,
             Role::Follower(follower) => match follower.wait(self.config.cache.coalesce_timeout).await {
-                Some(entry) => {
+                // The leader's answer, if it is the variant this request selects.
+                Some(shared) if shared.field == field_for(&key.field, &shared.entry.headers, req.headers()) => {
                     let now = now_ms();
-                    let ttl = entry.ttl_left_secs(now);
-                    let resp = answer(req.headers(), Entry::clone(&entry), now, req.method() == Method::HEAD);
+                    let ttl = shared.entry.ttl_left_secs(now);
+                    let resp = answer(req.headers(), shared.entry.clone(), now, is_head);
                     (resp, Outcome::Collapsed { ttl })
                 }
-                None => self.fill(req, from, rule, key, guard, stale, None).await,
+                _ => self.fill(req, from, rule, key, found.guard, stale, None).await,
             },
         }
+    }
+
+    /// Phase 4's store reads: the scope's field, and the `Vary` variant it
+    /// points to if it holds a marker. Returns the decoded entry (fresh or
+    /// not), the field it lives in, and the guard a fill must present.
+    async fn read(&self, key: &CacheKey, request: &http::HeaderMap) -> StoreResult<Found> {
+        let lookup = self.timed("lookup", self.store.lookup(&key.key, &key.field)).await?;
+        let Some(raw) = lookup.entry else {
+            return Ok(Found {
+                entry: None,
+                field: key.field.clone(),
+                guard: lookup.guard,
+            });
+        };
+        let (entry, field) = match vary::parse_marker(&raw) {
+            None => (Entry::decode(&raw), key.field.clone()),
+            Some(names) => {
+                let field = vary::variant_field(&key.field, &names, request);
+                let variant = self.timed("lookup", self.store.lookup(&key.key, &field)).await?;
+                (variant.entry.as_ref().and_then(Entry::decode), field)
+            }
+        };
+        if entry.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
+            return Ok(Found {
+                entry,
+                field,
+                guard: FillGuard::default(),
+            });
+        }
+        // The record exists but gives no fresh entry: a fill will follow and
+        // needs the guard covering the record as it is now.
+        let guard = self.timed("fill_guard", self.store.fill_guard(&key.key)).await?;
+        Ok(Found { entry, field, guard })
     }
 
     /// Within stale-while-revalidate: one background request (coalesced with
@@ -275,19 +310,13 @@ impl Gateway {
                 return; // someone is already fetching it
             };
             // Re-read: the entry may have been refreshed or purged meanwhile.
-            let Ok(lookup) = gateway.store.lookup(&key.key, &key.field).await else { return };
-            let stale = lookup.entry.as_ref().and_then(Entry::decode);
-            if stale.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
+            let Ok(found) = gateway.read(&key, refresh.headers()).await else { return };
+            if found.entry.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
                 return;
             }
-            let guard = match stale {
-                None => lookup.guard,
-                Some(_) => match gateway.store.fill_guard(&key.key).await {
-                    Ok(g) => g,
-                    Err(_) => return,
-                },
-            };
-            let (resp, _) = gateway.fill(refresh, from, rule, key, guard, stale, Some(leader)).await;
+            let (resp, _) = gateway
+                .fill(refresh, from, rule, key, found.guard, found.entry, Some(leader))
+                .await;
             // Drain the body: a streamed fill stores only once it is read.
             let _ = resp.into_body().collect().await;
         });
@@ -389,35 +418,55 @@ impl Gateway {
                     headers: parts.headers,
                     body: fill::concat(&chunks),
                 };
-                let stored = self.store_entry(&key, &entry, guard, leader).await;
+                let stored = self.store_entry(&key, &entry, &client, guard, leader).await;
                 (answer_fetched(&client, entry, is_head), stored)
             }
             Some(_) => (strip_body(resp, is_head), miss(false, Some("too-large"))),
-            None => self.fill_streamed(resp, lifetime, limit, key, guard, is_head),
+            None => {
+                let field = field_for(&key.field, resp.headers(), &client);
+                self.fill_streamed(resp, lifetime, limit, key, field, guard, is_head)
+            }
         }
     }
 
     /// Stores a complete entry under the guard; a leader shares it with its
     /// followers only if it was stored (one the guard refused may predate a
     /// write that a waiting request must see).
-    async fn store_entry(&self, key: &CacheKey, entry: &Entry, guard: FillGuard, leader: Option<Leader<'_>>) -> Outcome {
+    async fn store_entry(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        request: &http::HeaderMap,
+        guard: FillGuard,
+        leader: Option<Leader<'_>>,
+    ) -> Outcome {
         let encoded = Entry::encode(entry.status, &entry.headers, &entry.body, entry.stored_at_ms, &entry.lifetime);
         let size = encoded.len();
         if let Some(leader) = &leader {
             // Take no more followers before storing (see coalesce.rs).
             leader.close();
         }
-        let stored = self
-            .timed(
-                "fill",
-                self.store.fill(&key.key, &key.field, encoded, entry.lifetime.retain(), guard),
-            )
+        let retain = entry.lifetime.retain();
+        let names = vary::names(&entry.headers);
+        let field = field_for(&key.field, &entry.headers, request);
+        let mut stored = self
+            .timed("fill", self.store.fill(&key.key, &field, encoded, retain, guard))
             .await;
+        if !names.is_empty() && matches!(stored, Ok(true)) {
+            // Point the scope's field at the variants.
+            let marker = vary::marker(&names);
+            stored = self
+                .timed("fill", self.store.fill(&key.key, &key.field, marker, retain, guard))
+                .await;
+        }
         match stored {
             Ok(true) => {
                 self.metrics.stored(size);
                 if let Some(leader) = leader {
-                    leader.finish(Some(Arc::new(entry.clone())));
+                    leader.finish(Some(Arc::new(Shared {
+                        entry: entry.clone(),
+                        field,
+                    })));
                 }
                 miss(true, None)
             }
@@ -458,7 +507,7 @@ impl Gateway {
             // No longer storable (e.g. now no-store): answer, keep nothing.
             Err(reason) => return (answer(client, entry, now_ms(), is_head), miss(false, Some(reason))),
         };
-        let stored = self.store_entry(&key, &entry, guard, leader).await;
+        let stored = self.store_entry(&key, &entry, client, guard, leader).await;
         let outcome = match stored {
             Outcome::Miss { stored, .. } => Outcome::Revalidated { stored },
             other => other,
@@ -468,12 +517,14 @@ impl Gateway {
 
     /// A body of unknown length streams to the client; a copy is stored in
     /// the background if it ends complete and within the limit.
+    #[allow(clippy::too_many_arguments)]
     fn fill_streamed(
         &self,
         resp: Response<Body>,
         lifetime: Lifetime,
         limit: usize,
         key: CacheKey,
+        field: String,
         guard: FillGuard,
         is_head: bool,
     ) -> (Response<Body>, Outcome) {
@@ -485,8 +536,14 @@ impl Gateway {
             let body = fill::concat(&chunks);
             let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
             let size = encoded.len();
+            let names = vary::names(&headers);
             tokio::spawn(async move {
-                match store.fill(&key.key, &key.field, encoded, lifetime.retain(), guard).await {
+                let retain = lifetime.retain();
+                let mut stored = store.fill(&key.key, &field, encoded, retain, guard).await;
+                if !names.is_empty() && matches!(stored, Ok(true)) {
+                    stored = store.fill(&key.key, &key.field, vary::marker(&names), retain, guard).await;
+                }
+                match stored {
                     Ok(true) => metrics.stored(size),
                     Ok(false) => {}
                     Err(e) => tracing::debug!(key = %key.key, error = %e, "background fill failed"),
@@ -684,6 +741,17 @@ fn add_validators(request: &mut http::HeaderMap, stored: &http::HeaderMap) -> bo
         added = true;
     }
     added
+}
+
+/// The field a response is stored in for a request: the scope's own, or
+/// the variant the request selects when the response has `Vary`.
+fn field_for(scope: &str, response: &http::HeaderMap, request: &http::HeaderMap) -> String {
+    let names = vary::names(response);
+    if names.is_empty() {
+        scope.to_string()
+    } else {
+        vary::variant_field(scope, &names, request)
+    }
 }
 
 fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {
