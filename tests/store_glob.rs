@@ -377,7 +377,7 @@ async fn memory_store_patterns_agree_with_redis_scan() {
         assert_eq!(first, expected.iter().take(5).cloned().collect::<Vec<_>>());
 
         assert_eq!(
-            store.purge_pattern(pattern).await.expect("purge_pattern"),
+            store.purge_pattern(pattern, false).await.expect("purge_pattern"),
             expected.len() as u64,
             "purge_pattern count for {pattern:?}"
         );
@@ -405,6 +405,7 @@ async fn filled(keys: &[String]) -> MemoryStore {
                 Bytes::from(key.clone()),
                 Duration::from_secs(3600),
                 FillGuard::default(),
+                &[],
             )
             .await
             .expect("fill");

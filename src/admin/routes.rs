@@ -158,18 +158,43 @@ fn pattern_param(query: Option<&str>) -> Result<Option<String>, BadParam> {
     }
 }
 
+/// `DELETE clear`: everything cachegate wrote, or `pattern=`, or `tag=`;
+/// with `soft=true` entries are marked stale instead of removed.
 pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
     let pattern = match pattern_param(query) {
         Ok(p) => p,
         Err((param, msg)) => return bad_param(param, msg),
     };
-    match gw.store().clear(pattern.as_deref()).await {
+    let tag = query_param(query, "tag");
+    if tag.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_PATTERN_BYTES) {
+        return bad_param("tag", "tag must be 1 to 1024 bytes");
+    }
+    let soft = match query_param(query, "soft").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => return bad_param("soft", "soft must be true or false"),
+    };
+    let store = gw.store();
+    let (result, kind) = match (&pattern, &tag) {
+        (Some(_), Some(_)) => return bad_param("tag", "give pattern or tag, not both"),
+        (None, Some(t)) => (store.purge_tags(std::slice::from_ref(t), soft).await, "tag"),
+        (Some(p), None) if soft => (store.purge_pattern(p, true).await, "pattern"),
+        (None, None) if soft => (store.purge_pattern("*", true).await, "pattern"),
+        (p, None) => (store.clear(p.as_deref()).await, "clear"),
+    };
+    match result {
         Ok(deleted) => {
-            gw.metrics().purged("clear", deleted);
-            proxy::json(
-                StatusCode::OK,
-                &json!({"status": "cleared", "pattern": pattern, "deleted": deleted}),
-            )
+            gw.metrics().purged(kind, deleted);
+            let mut out = json!({"status": "cleared", "pattern": pattern, "deleted": deleted});
+            if let Some(obj) = out.as_object_mut() {
+                if let Some(t) = tag {
+                    obj.insert("tag".into(), json!(t));
+                }
+                if soft {
+                    obj.insert("soft".into(), json!(true));
+                }
+            }
+            proxy::json(StatusCode::OK, &out)
         }
         Err(e) => store_failed(e),
     }
@@ -216,7 +241,7 @@ pub async fn delete_key(gw: &Gateway, raw: &str) -> Response<Body> {
         Ok(k) => k,
         Err((param, msg)) => return bad_param(param, msg),
     };
-    match gw.store().purge_keys(std::slice::from_ref(&key)).await {
+    match gw.store().purge_keys(std::slice::from_ref(&key), false).await {
         Ok(n) => {
             gw.metrics().purged("key", n);
             proxy::json(StatusCode::OK, &json!({"status": "deleted", "key": key, "deleted": n}))

@@ -56,10 +56,12 @@ pub struct Gateway {
 }
 
 /// Where a cacheable request's entry lives: the logical key and the
-/// credential scope's field.
+/// credential scope's field; and the rule's tags for it.
+#[derive(Clone)]
 struct CacheKey {
     key: String,
     field: String,
+    tags: Vec<String>,
 }
 
 /// What phase 4 found.
@@ -192,7 +194,12 @@ impl Gateway {
         let secret = self.store.scope_secret();
         let field = scope_field(rule.scope, req.headers(), &self.config.cache.credential_headers, secret.as_deref())
             .ok_or("scope-secret")?;
-        Ok(CacheKey { key, field })
+        let tags = rule
+            .tags
+            .iter()
+            .filter_map(|t| self.config.rules.render_key(t, &view, captures))
+            .collect();
+        Ok(CacheKey { key, field, tags })
     }
 
     /// Phases 4 to 6 for a request a rule covers; the outcome is set on the
@@ -241,7 +248,7 @@ impl Gateway {
             other => other,
         };
         match self.inflight.join(&key.key, &found.field) {
-            Role::Leader(leader) => self.fill(req, from, rule, key, found.guard, stale, Some(leader)).await,
+            Role::Leader(leader) => self.lead(req, from, rule, key, found.field, found.guard, stale, leader).await,
             Role::Follower(follower) => match follower.wait(self.config.cache.coalesce_timeout).await {
                 // The leader's answer, if it is the variant this request selects.
                 Some(shared) if shared.field == field_for(&key.field, &shared.entry.headers, req.headers()) => {
@@ -252,6 +259,64 @@ impl Gateway {
                 }
                 _ => self.fill(req, from, rule, key, found.guard, stale, None).await,
             },
+        }
+    }
+
+    /// The first miss in this instance: take the cross-instance fill lock
+    /// and fill; or, if another instance holds it, wait (bounded) for its
+    /// fill and serve that. Local followers get whatever this gets.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead(
+        &self,
+        req: Request<Body>,
+        from: ClientInfo,
+        rule: &CacheRule,
+        key: CacheKey,
+        field: String,
+        guard: FillGuard,
+        stale: Option<Entry>,
+        leader: Leader<'_>,
+    ) -> (Response<Body>, Outcome) {
+        let lock_ttl = self.config.cache.coalesce_timeout.min(self.config.backend.timeout);
+        match self.timed("lock", self.store.try_lock(&key.key, &field, lock_ttl)).await {
+            Ok(Some(token)) => {
+                let (lock_key, lock_field) = (key.key.clone(), field.clone());
+                let result = self.fill(req, from, rule, key, guard, stale, Some(leader)).await;
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    let _ = store.unlock(&lock_key, &lock_field, &token).await;
+                });
+                result
+            }
+            Ok(None) => {
+                let deadline = Instant::now() + self.config.cache.coalesce_timeout;
+                let mut found = Found { entry: stale, field, guard };
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.store.wait_unlocked(&key.key, &found.field, left.min(Duration::from_millis(50))).await;
+                    let Ok(now) = self.read(&key, req.headers()).await else { break };
+                    found = now;
+                    if let Some(entry) = found.entry.take_if(|e| e.is_fresh(now_ms())) {
+                        let now = now_ms();
+                        let ttl = entry.ttl_left_secs(now);
+                        leader.finish(Some(Arc::new(Shared {
+                            entry: entry.clone(),
+                            field: found.field,
+                        })));
+                        return (answer(req.headers(), entry, now, req.method() == Method::HEAD), Outcome::Collapsed { ttl });
+                    }
+                    // The lock is gone and left nothing: fetch ourselves.
+                    if !self.store.is_locked(&key.key, &found.field).await.unwrap_or(false) {
+                        break;
+                    }
+                }
+                self.fill(req, from, rule, key, found.guard, found.entry, Some(leader)).await
+            }
+            // Fail open: without the lock, fill as if alone.
+            Err(_) => self.fill(req, from, rule, key, guard, stale, Some(leader)).await,
         }
     }
 
@@ -300,10 +365,7 @@ impl Gateway {
         }
         let gateway = self.clone();
         let rule_index = rule.index;
-        let key = CacheKey {
-            key: key.key.clone(),
-            field: key.field.clone(),
-        };
+        let key = key.clone();
         tokio::spawn(async move {
             let Some(rule) = gateway.config.rules.cache.get(rule_index) else { return };
             let Role::Leader(leader) = gateway.inflight.join(&key.key, &key.field) else {
@@ -449,14 +511,15 @@ impl Gateway {
         let retain = entry.lifetime.retain();
         let names = vary::names(&entry.headers);
         let field = field_for(&key.field, &entry.headers, request);
+        let tags = entry_tags(&key.tags, &entry.headers);
         let mut stored = self
-            .timed("fill", self.store.fill(&key.key, &field, encoded, retain, guard))
+            .timed("fill", self.store.fill(&key.key, &field, encoded, retain, guard, &tags))
             .await;
         if !names.is_empty() && matches!(stored, Ok(true)) {
             // Point the scope's field at the variants.
             let marker = vary::marker(&names);
             stored = self
-                .timed("fill", self.store.fill(&key.key, &key.field, marker, retain, guard))
+                .timed("fill", self.store.fill(&key.key, &key.field, marker, retain, guard, &[]))
                 .await;
         }
         match stored {
@@ -537,11 +600,13 @@ impl Gateway {
             let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
             let size = encoded.len();
             let names = vary::names(&headers);
+            let tags = entry_tags(&key.tags, &headers);
             tokio::spawn(async move {
                 let retain = lifetime.retain();
-                let mut stored = store.fill(&key.key, &field, encoded, retain, guard).await;
+                let mut stored = store.fill(&key.key, &field, encoded, retain, guard, &tags).await;
                 if !names.is_empty() && matches!(stored, Ok(true)) {
-                    stored = store.fill(&key.key, &key.field, vary::marker(&names), retain, guard).await;
+                    let marker = vary::marker(&names);
+                    stored = store.fill(&key.key, &key.field, marker, retain, guard, &[]).await;
                 }
                 match stored {
                     Ok(true) => metrics.stored(size),
@@ -573,12 +638,19 @@ impl Gateway {
         let rules = &self.config.rules;
         // Render before the request (and its headers) goes to the forwarder.
         let view = request_view(&req);
-        let mut due_keys: Vec<(When, String)> = Vec::new();
-        let mut due_patterns: Vec<(When, String)> = Vec::new();
+        let mut due = Vec::new();
         for m in rules.match_invalidate(req.method(), req.uri().path()) {
             let render = |t| rules.render_key(t, &view, &m.captures);
-            due_keys.extend(m.rule.keys.iter().filter_map(render).map(|k| (m.rule.when, k)));
-            due_patterns.extend(m.rule.patterns.iter().filter_map(render).map(|p| (m.rule.when, p)));
+            let (when, soft) = (m.rule.when, m.rule.soft);
+            due.push((
+                when,
+                Purge {
+                    soft,
+                    keys: m.rule.keys.iter().filter_map(render).collect(),
+                    patterns: m.rule.patterns.iter().filter_map(render).collect(),
+                    tags: m.rule.tags.iter().filter_map(render).collect(),
+                },
+            ));
         }
         let own_keys = self.keys_for_uri(req.uri().path(), req.uri().query(), &view);
         let host = view.host.to_string();
@@ -588,15 +660,9 @@ impl Gateway {
         let status = result.as_ref().ok().map(|r| r.status());
         let success = status.is_some_and(|s| s.is_success());
         let non_error = status.is_some_and(|s| s.as_u16() < 400);
-        let applies = |when: When| when == When::Always || success;
-        let mut keys: Vec<String> = due_keys.into_iter().filter(|(w, _)| applies(*w)).map(|(_, k)| k).collect();
-        let patterns: Vec<String> = due_patterns
-            .into_iter()
-            .filter(|(w, _)| applies(*w))
-            .map(|(_, p)| p)
-            .collect();
+        let mut own = Purge::default();
         if non_error {
-            keys.extend(own_keys);
+            own.keys.extend(own_keys);
             if let Ok(resp) = &result {
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
                     if let Some(uri) = resp.headers().get(name).and_then(|v| same_host_uri(v, &host)) {
@@ -607,14 +673,17 @@ impl Gateway {
                             query: uri.query(),
                             headers: &headers,
                         };
-                        keys.extend(self.keys_for_uri(uri.path(), uri.query(), &view));
+                        own.keys.extend(self.keys_for_uri(uri.path(), uri.query(), &view));
                     }
                 }
             }
         }
-        keys.sort();
-        keys.dedup();
-        self.purge(&keys, &patterns).await;
+        for (when, purge) in due {
+            if when == When::Always || success {
+                self.purge(purge).await;
+            }
+        }
+        self.purge(own).await;
         match result {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
@@ -634,20 +703,38 @@ impl Gateway {
         self.config.rules.render_key(&m.rule.key, &view, &m.captures)
     }
 
-    async fn purge(&self, keys: &[String], patterns: &[String]) {
-        if !keys.is_empty() {
-            match self.timed("purge_keys", self.store.purge_keys(keys)).await {
+    async fn purge(&self, mut purge: Purge) {
+        purge.keys.sort();
+        purge.keys.dedup();
+        let soft = purge.soft;
+        if !purge.keys.is_empty() {
+            match self.timed("purge_keys", self.store.purge_keys(&purge.keys, soft)).await {
                 Ok(n) => self.metrics.purged("key", n),
-                Err(e) => tracing::warn!(?keys, error = %e, "purging keys failed"),
+                Err(e) => tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed"),
             }
         }
-        for pattern in patterns {
-            match self.timed("purge_pattern", self.store.purge_pattern(pattern)).await {
+        for pattern in &purge.patterns {
+            match self.timed("purge_pattern", self.store.purge_pattern(pattern, soft)).await {
                 Ok(n) => self.metrics.purged("pattern", n),
                 Err(e) => tracing::warn!(pattern, error = %e, "purging pattern failed"),
             }
         }
+        if !purge.tags.is_empty() {
+            match self.timed("purge_tags", self.store.purge_tags(&purge.tags, soft)).await {
+                Ok(n) => self.metrics.purged("tag", n),
+                Err(e) => tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed"),
+            }
+        }
     }
+}
+
+/// What one write purges.
+#[derive(Default)]
+struct Purge {
+    soft: bool,
+    keys: Vec<String>,
+    patterns: Vec<String>,
+    tags: Vec<String>,
 }
 
 fn request_view(req: &Request<Body>) -> RequestView<'_> {
@@ -741,6 +828,28 @@ fn add_validators(request: &mut http::HeaderMap, stored: &http::HeaderMap) -> bo
         added = true;
     }
     added
+}
+
+/// An entry's tags: the rule's, and those the backend names in
+/// `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated).
+fn entry_tags(rule_tags: &[String], response: &http::HeaderMap) -> Vec<String> {
+    let mut tags = rule_tags.to_vec();
+    let listed = |name: &str, sep: char| {
+        response
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(move |v| v.split(sep))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 1024)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    tags.extend(listed("surrogate-key", ' '));
+    tags.extend(listed("cache-tag", ','));
+    tags.sort();
+    tags.dedup();
+    tags
 }
 
 /// The field a response is stored in for a request: the scope's own, or

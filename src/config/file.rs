@@ -98,6 +98,8 @@ pub struct RawRule {
     pub scope: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
     pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
 }
 
 /// `ttl = 300` or `ttl = "origin"`.
@@ -118,7 +120,10 @@ pub struct RawInvalidate {
     pub keys: Vec<Spanned<String>>,
     #[serde(default)]
     pub patterns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
     pub when: Option<Spanned<String>>,
+    pub soft: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

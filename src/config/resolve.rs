@@ -162,6 +162,8 @@ pub struct RuleConfig {
     pub ttl_by_status: Vec<(u16, Duration)>,
     pub scope: Scope,
     pub max_body_bytes: Option<usize>,
+    /// Tag templates attached to every entry the rule stores.
+    pub tags: Vec<(String, Range<usize>)>,
 }
 
 /// An `[[invalidate]]` rule as written.
@@ -174,7 +176,10 @@ pub struct InvalidateConfig {
     pub path_span: Range<usize>,
     pub keys: Vec<(String, Range<usize>)>,
     pub patterns: Vec<(String, Range<usize>)>,
+    pub tags: Vec<(String, Range<usize>)>,
     pub when: When,
+    /// Mark entries stale instead of removing them.
+    pub soft: bool,
 }
 
 /// What an admin token may do.
@@ -670,6 +675,7 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         ttl_by_status,
         scope,
         max_body_bytes: r.max_body_bytes,
+        tags: r.tags.iter().map(|t| (t.get_ref().clone(), t.span())).collect(),
     })
 }
 
@@ -695,7 +701,9 @@ fn invalidate_config(
         path_span: i.path.span(),
         keys: spanned(i.keys),
         patterns: spanned(i.patterns),
+        tags: spanned(i.tags),
         when,
+        soft: i.soft.unwrap_or(false),
     })
 }
 

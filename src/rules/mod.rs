@@ -42,6 +42,7 @@ pub struct CacheRule {
     pub ttl_by_status: Vec<(u16, Duration)>,
     pub scope: Scope,
     pub max_body_bytes: usize,
+    pub tags: Vec<Template>,
 }
 
 impl CacheRule {
@@ -67,7 +68,9 @@ pub struct InvalidateRule {
     pub keys: Vec<Template>,
     /// Glob patterns; captured values are escaped when rendered.
     pub patterns: Vec<Template>,
+    pub tags: Vec<Template>,
     pub when: When,
+    pub soft: bool,
 }
 
 /// All rules, in file order.
@@ -101,6 +104,11 @@ impl RuleSet {
             let methods = parse_methods(&r.methods, &r.methods_span, true)?;
             let path = compile_regex(&r.path, &r.path_span)?;
             let key = Template::parse(&r.key, &path, false).map_err(|m| err(&r.key_span, m))?;
+            let tags = r
+                .tags
+                .iter()
+                .map(|(t, span)| Template::parse(t, &path, false).map_err(|m| err(span, m)))
+                .collect::<Result<Vec<_>, _>>()?;
             if r.key.starts_with(INTERNAL_PREFIX) {
                 return Err(err(&r.key_span, format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself")));
             }
@@ -119,6 +127,7 @@ impl RuleSet {
                 ttl_by_status: r.ttl_by_status.clone(),
                 scope: r.scope,
                 max_body_bytes: r.max_body_bytes.unwrap_or(cache.max_body_bytes),
+                tags,
             });
         }
         for i in invalidations {
@@ -134,13 +143,20 @@ impl RuleSet {
                 .iter()
                 .map(|(p, span)| Template::parse(p, &path, true).map_err(|m| err(span, m)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let tags = i
+                .tags
+                .iter()
+                .map(|(t, span)| Template::parse(t, &path, false).map_err(|m| err(span, m)))
+                .collect::<Result<Vec<_>, _>>()?;
             set.invalidate.push(InvalidateRule {
                 name: i.name.clone(),
                 methods,
                 path,
                 keys,
                 patterns,
+                tags,
                 when: i.when,
+                soft: i.soft,
             });
         }
         Ok(set)
@@ -236,14 +252,17 @@ impl fmt::Display for RuleSet {
             let methods: Vec<&str> = i.methods.iter().map(|m| m.as_str()).collect();
             let keys: Vec<&str> = i.keys.iter().map(|t| t.source()).collect();
             let patterns: Vec<&str> = i.patterns.iter().map(|t| t.source()).collect();
+            let tags: Vec<&str> = i.tags.iter().map(|t| t.source()).collect();
             writeln!(
                 f,
-                "invalidate {:?}: {} {} -> keys {:?} patterns {:?} when {}",
+                "invalidate {:?}: {} {} -> keys {:?} patterns {:?} tags {:?}{} when {}",
                 i.name,
                 methods.join(","),
                 i.path.as_str(),
                 keys,
                 patterns,
+                tags,
+                if i.soft { " (soft)" } else { "" },
                 match i.when {
                     When::Success => "success",
                     When::Always => "always",

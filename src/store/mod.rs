@@ -120,16 +120,33 @@ pub trait Store: Send + Sync + 'static {
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard>;
 
     /// Stores `value` under `field` of `key` unless a purge covering the key
-    /// happened since `guard` was read. The record lives at least `ttl`.
-    /// Returns whether it stored.
-    async fn fill(&self, key: &str, field: &str, value: Bytes, ttl: Duration, guard: FillGuard) -> StoreResult<bool>;
+    /// happened since `guard` was read. The record lives at least `ttl`, and
+    /// each of `tags` indexes the key for as long. Returns whether it stored.
+    async fn fill(
+        &self,
+        key: &str,
+        field: &str,
+        value: Bytes,
+        ttl: Duration,
+        guard: FillGuard,
+        tags: &[String],
+    ) -> StoreResult<bool>;
 
     /// Purges logical keys (every field); returns how many held entries.
-    async fn purge_keys(&self, keys: &[String]) -> StoreResult<u64>;
+    /// A `soft` purge keeps the entries but marks them stale (their TTL
+    /// becomes 0), so they are refreshed rather than missed. Either way the
+    /// key's generation moves, so no fill that started before stores.
+    async fn purge_keys(&self, keys: &[String], soft: bool) -> StoreResult<u64>;
 
     /// Purges every logical key matching a Redis glob pattern, in batches
-    /// that never block the store for long; returns how many were removed.
-    async fn purge_pattern(&self, pattern: &str) -> StoreResult<u64>;
+    /// that never block the store for long; returns how many were removed
+    /// (or, `soft`, marked stale). Bumps the purge epoch first.
+    async fn purge_pattern(&self, pattern: &str, soft: bool) -> StoreResult<u64>;
+
+    /// Purges every key a tag indexes (in time proportional to those keys,
+    /// not to the keyspace); returns how many held entries. Bumps the purge
+    /// epoch first: a fill in flight may be about to add its key to the tag.
+    async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64>;
 
     /// Logical keys of records cachegate wrote that match `pattern` (tombstones
     /// and internal keys left out): how many matched, and up to `limit` of them.
@@ -150,4 +167,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Server and memory figures.
     async fn info(&self) -> StoreResult<StoreInfo>;
+
+    /// Takes the cross-instance fill lock for one entry (`SET NX PX` with a
+    /// random token), so that instances sharing the store make one backend
+    /// request between them. `Some(token)` when taken. A store no other
+    /// instance shares has nothing to lock: it always grants.
+    async fn try_lock(&self, _key: &str, _field: &str, _ttl: Duration) -> StoreResult<Option<String>> {
+        Ok(Some(String::new()))
+    }
+
+    /// Releases a lock, only if `token` still owns it; then tells waiting
+    /// instances that the entry was filled (or not: they look it up).
+    async fn unlock(&self, _key: &str, _field: &str, _token: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Whether another instance holds the fill lock for the entry.
+    async fn is_locked(&self, _key: &str, _field: &str) -> StoreResult<bool> {
+        Ok(false)
+    }
+
+    /// Waits up to `timeout` for a notice that a lock on the entry was
+    /// released (a fill finished somewhere). Returns early on the notice;
+    /// callers poll the store too, so a lost notice only costs time.
+    async fn wait_unlocked(&self, _key: &str, _field: &str, timeout: Duration) {
+        tokio::time::sleep(timeout).await
+    }
 }

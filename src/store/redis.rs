@@ -12,12 +12,15 @@
 //! Every call is bounded by the store timeout and refused at once while the
 //! pool is disconnected, so an outage costs the request path nothing.
 
+use super::entry::{now_ms, TTL_OFFSET};
 use super::{FillGuard, Lookup, Record, Store, StoreError, StoreInfo, StoreResult, GEN_FIELD, MARK_FIELD};
 use crate::config::RedisConfig;
 use crate::rules::{glob_escape, INTERNAL_PREFIX};
 use async_trait::async_trait;
 use bytes::Bytes;
+use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use fred::types::Expiration;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 use fred::types::Value;
@@ -28,7 +31,9 @@ use std::time::Duration;
 
 /// Stores `value` under `field` only if the key's generation and the purge
 /// epoch are what the fill's lookup saw. A foreign value under the key
-/// (another type) is replaced.
+/// (another type) is replaced. Each tag index (KEYS[3..], sorted sets scored
+/// by expiry) gets the key; expired members leave it on every add.
+/// ARGV: field, value, ttl_ms, generation, epoch, now_ms, logical key.
 const FILL_LUA: &str = r#"
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
@@ -37,10 +42,45 @@ if g ~= tonumber(ARGV[4]) then return 0 end
 local e = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
 if e ~= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '__cg', '1')
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < tonumber(ARGV[3]) then
+  pttl = tonumber(ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], pttl)
+end
+local now = tonumber(ARGV[6])
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], 'GT', now + pttl, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('PTTL', KEYS[i]) < pttl then redis.call('PEXPIRE', KEYS[i], pttl) end
 end
 return 1
+"#;
+
+/// Marks every entry of a key stale in place (its ttl_ms, at byte offset
+/// ARGV[1], becomes 0) and bumps the generation; Vary markers and the
+/// record's expiry stay. A key with no record gets a tombstone (expiring
+/// after ARGV[2] ms), as a hard purge leaves, so a fill in flight for it
+/// cannot store either. Returns 1 when the key held an entry.
+const SOFT_PURGE_LUA: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' then
+  if t ~= 'none' then redis.call('DEL', KEYS[1]) end
+  redis.call('HSET', KEYS[1], '__gen', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+local off = tonumber(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+local had = 0
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  if f ~= '__gen' and f ~= '__cg' and string.sub(v, 1, 2) == 'CG' and #v > off + 8 then
+    redis.call('HSET', KEYS[1], f, string.sub(v, 1, off) .. string.rep('\0', 8) .. string.sub(v, off + 9))
+    had = 1
+  end
+end
+redis.call('HINCRBY', KEYS[1], '__gen', 1)
+return had
 "#;
 
 /// Removes every entry of a key and leaves a tombstone with the next
@@ -64,6 +104,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return had
 "#;
 
+/// Deletes a lock only if the token still owns it, then announces it.
+/// KEYS[1] lock, ARGV[1] token, ARGV[2] channel, ARGV[3] message.
+const UNLOCK_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"#;
+
 /// Keys per SCAN page and per UNLINK batch: small enough that no single
 /// command holds Redis for long.
 const SCAN_BATCH: u32 = 1000;
@@ -76,6 +127,12 @@ pub struct RedisStore {
     tombstone_ttl: Duration,
     fill_script: Script,
     purge_script: Script,
+    soft_purge_script: Script,
+    unlock_script: Script,
+    /// Receives lock-release notices (pub/sub), for waiters on other
+    /// instances' fills.
+    notices: SubscriberClient,
+    channel: String,
     secret: Arc<OnceLock<Bytes>>,
     /// Whether the last call found Redis up; flips are logged once each.
     up: AtomicBool,
@@ -101,15 +158,32 @@ impl RedisStore {
         // Run the reconnect policy for the first connection too: start-up
         // must not fail because Redis is down.
         config.fail_fast = false;
-        let pool = Builder::from_config(config)
+        let mut builder = Builder::from_config(config);
+        builder
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(1);
                 c.internal_command_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 2;
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
-            .build_pool(cfg.pool_size)?;
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+        let pool = builder.build_pool(cfg.pool_size)?;
         pool.connect_pool();
+        let notices = builder.build_subscriber_client()?;
+        notices.connect();
+        // Re-subscribes after every reconnect.
+        notices.manage_subscriptions();
+        let channel = format!("{prefix}{INTERNAL_PREFIX}unlocked");
+        {
+            let (notices, channel) = (notices.clone(), channel.clone());
+            tokio::spawn(async move {
+                loop {
+                    if notices.wait_for_connect().await.is_ok() && notices.subscribe(channel.as_str()).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
         let _ = tokio::time::timeout(connect_wait, pool.wait_for_connect()).await;
 
         let secret = Arc::new(OnceLock::new());
@@ -124,6 +198,10 @@ impl RedisStore {
             tombstone_ttl,
             fill_script: Script::from_lua(FILL_LUA),
             purge_script: Script::from_lua(PURGE_LUA),
+            soft_purge_script: Script::from_lua(SOFT_PURGE_LUA),
+            unlock_script: Script::from_lua(UNLOCK_LUA),
+            notices,
+            channel,
             secret,
             up: AtomicBool::new(true),
         });
@@ -180,6 +258,14 @@ impl RedisStore {
             }
             other => other,
         }
+    }
+
+    fn lock_key(&self, key: &str, field: &str) -> String {
+        format!("{}{INTERNAL_PREFIX}lock:{field}:{key}", self.prefix)
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}{INTERNAL_PREFIX}tag:{tag}", self.prefix)
     }
 
     fn internal_prefix(&self) -> String {
@@ -308,15 +394,26 @@ impl Store for RedisStore {
         })
     }
 
-    async fn fill(&self, key: &str, field: &str, value: Bytes, ttl: Duration, guard: FillGuard) -> StoreResult<bool> {
+    async fn fill(
+        &self,
+        key: &str,
+        field: &str,
+        value: Bytes,
+        ttl: Duration,
+        guard: FillGuard,
+        tags: &[String],
+    ) -> StoreResult<bool> {
         let client = self.client()?;
-        let keys = vec![self.key(key), self.epoch_key.clone()];
+        let mut keys = vec![self.key(key), self.epoch_key.clone()];
+        keys.extend(tags.iter().map(|t| self.tag_key(t)));
         let args: Vec<Value> = vec![
             field.into(),
             value.into(),
             (ttl.as_millis().max(1) as i64).into(),
             (guard.generation as i64).into(),
             (guard.epoch as i64).into(),
+            (now_ms() as i64).into(),
+            key.into(),
         ];
         let stored = self
             .bounded(self.run_script(client, &self.fill_script, keys, args))
@@ -324,27 +421,34 @@ impl Store for RedisStore {
         Ok(stored == 1)
     }
 
-    async fn purge_keys(&self, keys: &[String]) -> StoreResult<u64> {
+    async fn purge_keys(&self, keys: &[String], soft: bool) -> StoreResult<u64> {
         let client = self.client()?;
-        let ttl = self.tombstone_ttl.as_millis() as i64;
+        let tombstone_ttl = self.tombstone_ttl.as_millis() as i64;
+        let (script, args): (&Script, Vec<Value>) = if soft {
+            (&self.soft_purge_script, vec![(TTL_OFFSET as i64).into(), tombstone_ttl.into()])
+        } else {
+            (&self.purge_script, vec![tombstone_ttl.into()])
+        };
         let mut purged = 0;
         // One script call per key: each key may live in its own cluster slot.
-        let calls = keys.iter().map(|k| {
-            self.bounded(self.run_script(client, &self.purge_script, vec![self.key(k)], vec![ttl.into()]))
-        });
-        for result in futures_util::future::join_all(calls).await {
-            purged += result? as u64;
+        for batch in keys.chunks(SCAN_BATCH as usize) {
+            let calls = batch
+                .iter()
+                .map(|k| self.bounded(self.run_script(client, script, vec![self.key(k)], args.clone())));
+            for result in futures_util::future::join_all(calls).await {
+                purged += result? as u64;
+            }
         }
         Ok(purged)
     }
 
-    async fn purge_pattern(&self, pattern: &str) -> StoreResult<u64> {
+    async fn purge_pattern(&self, pattern: &str, soft: bool) -> StoreResult<u64> {
         let client = self.client()?;
         // Bump the epoch first: a fill that looked up before this point will
         // not store, even for a key this scan never sees.
         let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern);
-        let internal = format!("{}{INTERNAL_PREFIX}", self.prefix);
+        let internal = self.internal_prefix();
         let mut cursor = String::from("0");
         let mut removed = 0u64;
         loop {
@@ -353,8 +457,13 @@ impl Store for RedisStore {
                 .await?;
             let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
             if !keys.is_empty() {
-                let n: i64 = self.bounded(client.unlink(keys)).await?;
-                removed += n as u64;
+                if soft {
+                    let logical: Vec<String> = keys.iter().map(|k| self.logical(k).to_string()).collect();
+                    removed += self.purge_keys(&logical, true).await?;
+                } else {
+                    let n: i64 = self.bounded(client.unlink(keys)).await?;
+                    removed += n as u64;
+                }
             }
             if next == "0" {
                 break;
@@ -362,6 +471,37 @@ impl Store for RedisStore {
             cursor = next;
         }
         Ok(removed)
+    }
+
+    async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
+        let client = self.client()?;
+        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        let now = now_ms() as f64;
+        let mut purged = 0u64;
+        for tag in tags {
+            let tag_key = self.tag_key(tag);
+            let mut offset = 0i64;
+            loop {
+                let page: Vec<String> = self
+                    .bounded(client.zrangebyscore(
+                        &tag_key,
+                        now,
+                        "+inf",
+                        false,
+                        Some((offset, SCAN_BATCH as i64)),
+                    ))
+                    .await?;
+                if page.is_empty() {
+                    break;
+                }
+                offset += page.len() as i64;
+                purged += self.purge_keys(&page, soft).await?;
+            }
+            if !soft {
+                let _: i64 = self.bounded(client.unlink(&tag_key)).await?;
+            }
+        }
+        Ok(purged)
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
@@ -466,5 +606,43 @@ impl Store for RedisStore {
             total_system_memory: num("total_system_memory"),
             total_keys,
         })
+    }
+
+    async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let client = self.client()?;
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        let px = Expiration::PX(ttl.as_millis().max(1) as i64);
+        let set: Option<String> = self
+            .bounded(client.set(self.lock_key(key, field), token.as_str(), Some(px), Some(SetOptions::NX), false))
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    async fn unlock(&self, key: &str, field: &str, token: &str) -> StoreResult<()> {
+        let client = self.client()?;
+        let lock = self.lock_key(key, field);
+        let args: Vec<Value> = vec![token.into(), self.channel.as_str().into(), lock.as_str().into()];
+        self.bounded(self.run_script(client, &self.unlock_script, vec![lock], args))
+            .await
+            .map(|_| ())
+    }
+
+    async fn is_locked(&self, key: &str, field: &str) -> StoreResult<bool> {
+        let client = self.client()?;
+        let n: i64 = self.bounded(client.exists(self.lock_key(key, field))).await?;
+        Ok(n > 0)
+    }
+
+    async fn wait_unlocked(&self, key: &str, field: &str, timeout: Duration) {
+        let lock = self.lock_key(key, field);
+        let mut rx = self.notices.message_rx();
+        let _ = tokio::time::timeout(timeout, async {
+            while let Ok(message) = rx.recv().await {
+                if message.value.as_str().is_some_and(|v| v == lock) {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 }
