@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cachegate", version, about = "A transparent HTTP caching reverse proxy backed by Redis")]
+#[command(
+    name = "cachegate",
+    version,
+    about = "A transparent HTTP caching reverse proxy backed by Redis"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -122,9 +126,19 @@ fn check(args: ServeArgs) -> ExitCode {
         Err(code) => code,
         Ok(config) => {
             println!("{}: ok", config.source);
-            println!("edition {}; listen {}; backend {}", config.edition.as_str(), config.server.listen, config.backend.url);
+            println!(
+                "edition {}; listen {}; backend {}",
+                config.edition.as_str(),
+                config.server.listen,
+                config.backend.url
+            );
             match &config.redis {
-                Some(r) => println!("store redis {} db {}; key prefix {:?}", redact(&r.url), r.db, config.cache.key_prefix),
+                Some(r) => println!(
+                    "store redis {} db {}; key prefix {:?}",
+                    redact(&r.url),
+                    r.db,
+                    config.cache.key_prefix
+                ),
                 None => println!(
                     "store memory ({} entries, {} bytes)",
                     config.memory.max_entries, config.memory.max_bytes
@@ -187,7 +201,9 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

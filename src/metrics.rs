@@ -134,8 +134,9 @@ impl Metrics {
             "Time to the backend's response head",
             backend_latency.clone(),
         );
-        let store_latency =
-            Family::<OpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 14)));
+        let store_latency = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 14))
+        });
         registry.register(
             "store_duration_seconds",
             "Store call latency by operation",
@@ -148,7 +149,11 @@ impl Metrics {
         let purged_keys = Counter::default();
         registry.register("purged_keys", "Keys removed by purges", purged_keys.clone());
         let stored_bytes = Counter::default();
-        registry.register("stored_bytes", "Bytes of entries written to the store", stored_bytes.clone());
+        registry.register(
+            "stored_bytes",
+            "Bytes of entries written to the store",
+            stored_bytes.clone(),
+        );
         let store_up = Gauge::default();
         registry.register("store_up", "1 while the store is reachable", store_up.clone());
         Metrics {
@@ -195,7 +200,9 @@ impl Metrics {
 
     /// Records a store call's latency and, if it failed, its error kind.
     pub fn store_call<T>(&self, op: &'static str, took: Duration, result: &Result<T, StoreError>) {
-        self.store_latency.get_or_create(&OpLabels { op }).observe(took.as_secs_f64());
+        self.store_latency
+            .get_or_create(&OpLabels { op })
+            .observe(took.as_secs_f64());
         if let Err(e) = result {
             let kind = match e {
                 StoreError::Unavailable => "unavailable",

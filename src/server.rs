@@ -106,9 +106,10 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true)
-        // hyper's own hard limits, a little above ours so that ours answer
-        // with a JSON body first.
-        .max_buf_size((server.max_header_bytes + server.max_uri_bytes + 4096).max(8192))
+        // hyper's own hard limits, above ours so that ours answer with a
+        // JSON body first: the head buffer must hold any URI up to hyper's
+        // own URI cap (65,534 bytes) for `admit` to see it and answer 414.
+        .max_buf_size(server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096)
         .max_headers(server.max_headers + 1);
     let builder = Arc::new(builder);
     let mut connections = tokio::task::JoinSet::new();

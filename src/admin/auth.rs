@@ -86,13 +86,25 @@ mod tests {
     fn checks_tokens_and_scopes() {
         let t = tokens();
         assert_eq!(check(&HeaderMap::new(), &t, AdminScope::Read), Access::Unauthenticated);
-        assert_eq!(check(&with("Bearer secret-ops"), &t, AdminScope::Purge), Access::Granted);
+        assert_eq!(
+            check(&with("Bearer secret-ops"), &t, AdminScope::Purge),
+            Access::Granted
+        );
         assert_eq!(check(&with("bearer secret-ro"), &t, AdminScope::Read), Access::Granted);
-        assert_eq!(check(&with("Bearer secret-ro"), &t, AdminScope::Purge), Access::MissingScope);
+        assert_eq!(
+            check(&with("Bearer secret-ro"), &t, AdminScope::Purge),
+            Access::MissingScope
+        );
         // Wrong token of the same length, and of another length.
-        assert_eq!(check(&with("Bearer secret-opx"), &t, AdminScope::Read), Access::Unauthenticated);
+        assert_eq!(
+            check(&with("Bearer secret-opx"), &t, AdminScope::Read),
+            Access::Unauthenticated
+        );
         assert_eq!(check(&with("Bearer s"), &t, AdminScope::Read), Access::Unauthenticated);
-        assert_eq!(check(&with("Basic secret-ops"), &t, AdminScope::Read), Access::Unauthenticated);
+        assert_eq!(
+            check(&with("Basic secret-ops"), &t, AdminScope::Read),
+            Access::Unauthenticated
+        );
     }
 
     #[test]

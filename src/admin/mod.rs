@@ -101,7 +101,11 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
         return proxy::json_error(StatusCode::NOT_FOUND, "not_found", "no such admin route");
     }
     let allowed = route.methods();
-    let method = if req.method() == Method::HEAD { &Method::GET } else { req.method() };
+    let method = if req.method() == Method::HEAD {
+        &Method::GET
+    } else {
+        req.method()
+    };
     if !allowed.contains(method) {
         let mut resp = proxy::json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -143,8 +147,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
                     "unauthorized",
                     "a valid admin token is required: Authorization: Bearer <token>",
                 );
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cachegate\""));
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cachegate\""),
+                );
                 return resp;
             }
             Access::MissingScope => {

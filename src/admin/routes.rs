@@ -166,7 +166,10 @@ pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
         Err((param, msg)) => return bad_param(param, msg),
     };
     let tag = query_param(query, "tag");
-    if tag.as_ref().is_some_and(|t| t.is_empty() || t.len() > MAX_PATTERN_BYTES) {
+    if tag
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > MAX_PATTERN_BYTES)
+    {
         return bad_param("tag", "tag must be 1 to 1024 bytes");
     }
     let soft = match query_param(query, "soft").as_deref() {

@@ -131,24 +131,35 @@ mod tests {
     #[tokio::test]
     async fn followers_get_the_leaders_entry() {
         let inflight = Inflight::default();
-        let Role::Leader(leader) = inflight.join("k", "f") else { panic!("first is leader") };
-        let Role::Follower(f1) = inflight.join("k", "f") else { panic!("second follows") };
+        let Role::Leader(leader) = inflight.join("k", "f") else {
+            panic!("first is leader")
+        };
+        let Role::Follower(f1) = inflight.join("k", "f") else {
+            panic!("second follows")
+        };
         assert!(matches!(inflight.join("k", "other"), Role::Leader(_)));
         let waiter = tokio::spawn(f1.wait(Duration::from_secs(5)));
         leader.finish(Some(entry()));
         assert_eq!(&waiter.await.unwrap().unwrap().entry.body[..], b"x");
-        assert!(matches!(inflight.join("k", "f"), Role::Leader(_)), "finished fills leave the map");
+        assert!(
+            matches!(inflight.join("k", "f"), Role::Leader(_)),
+            "finished fills leave the map"
+        );
     }
 
     #[tokio::test]
     async fn a_dropped_leader_releases_followers_and_timeouts_bound_the_wait() {
         let inflight = Inflight::default();
         let leader = inflight.join("k", "f");
-        let Role::Follower(f) = inflight.join("k", "f") else { panic!() };
+        let Role::Follower(f) = inflight.join("k", "f") else {
+            panic!()
+        };
         drop(leader);
         assert!(f.wait(Duration::from_secs(5)).await.is_none());
         let _leader = inflight.join("k2", "f");
-        let Role::Follower(f) = inflight.join("k2", "f") else { panic!() };
+        let Role::Follower(f) = inflight.join("k2", "f") else {
+            panic!()
+        };
         assert!(f.wait(Duration::from_millis(20)).await.is_none());
     }
 }

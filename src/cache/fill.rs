@@ -19,11 +19,11 @@ pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
     if has_directive(headers, header::CACHE_CONTROL, &["no-store", "private"]) {
         return Some("cache-control");
     }
-    if headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| v.to_str().map(|s| s.split(',').any(|p| p.trim() == "*")).unwrap_or(true))
-    {
+    if headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|p| p.trim() == "*"))
+            .unwrap_or(true)
+    }) {
         return Some("vary");
     }
     None

@@ -156,7 +156,10 @@ mod tests {
             ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
             ("expires", "Thu, 26 Nov 2026 10:05:00 GMT"),
         ]);
-        assert_eq!(origin_lifetime(&headers, &Directives::default()), Some(Duration::from_secs(300)));
+        assert_eq!(
+            origin_lifetime(&headers, &Directives::default()),
+            Some(Duration::from_secs(300))
+        );
         let headers = h(&[("expires", "0")]);
         assert_eq!(origin_lifetime(&headers, &Directives::default()), Some(Duration::ZERO));
     }
@@ -201,7 +204,8 @@ pub fn lifetime(
         }
         ttl = Duration::ZERO;
     }
-    let window = |directive: Option<u64>, rule_window: Duration| directive.map(Duration::from_secs).unwrap_or(rule_window);
+    let window =
+        |directive: Option<u64>, rule_window: Duration| directive.map(Duration::from_secs).unwrap_or(rule_window);
     Ok(crate::store::entry::Lifetime {
         ttl,
         stale_while_revalidate: window(d.stale_while_revalidate, rule.stale_while_revalidate),
@@ -261,11 +265,20 @@ mod conditional_tests {
         assert!(not_modified(&h(&[("if-none-match", "*")]), &stored));
         // If-None-Match wins over If-Modified-Since.
         assert!(!not_modified(
-            &h(&[("if-none-match", "\"v2\""), ("if-modified-since", "Thu, 26 Nov 2026 11:00:00 GMT")]),
+            &h(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Thu, 26 Nov 2026 11:00:00 GMT")
+            ]),
             &stored
         ));
-        assert!(not_modified(&h(&[("if-modified-since", "Thu, 26 Nov 2026 10:00:00 GMT")]), &stored));
-        assert!(!not_modified(&h(&[("if-modified-since", "Thu, 26 Nov 2026 09:59:59 GMT")]), &stored));
+        assert!(not_modified(
+            &h(&[("if-modified-since", "Thu, 26 Nov 2026 10:00:00 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "Thu, 26 Nov 2026 09:59:59 GMT")]),
+            &stored
+        ));
         assert!(!not_modified(&HeaderMap::new(), &stored));
     }
 }

@@ -23,24 +23,24 @@
 mod coalesce;
 mod fill;
 mod freshness;
-mod vary;
 mod scope;
 mod status;
+mod vary;
 
 pub use scope::{scope_field, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
 use crate::config::{Config, StoreKind, When};
 use crate::metrics::Metrics;
-use coalesce::{Inflight, Leader, Role, Shared};
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry, Lifetime};
-use freshness::RequestDirectives;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::{FillGuard, Store, StoreError, StoreResult};
 use crate::BoxError;
+use coalesce::{Inflight, Leader, Role, Shared};
+use freshness::RequestDirectives;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -192,8 +192,13 @@ impl Gateway {
             return Err("key");
         };
         let secret = self.store.scope_secret();
-        let field = scope_field(rule.scope, req.headers(), &self.config.cache.credential_headers, secret.as_deref())
-            .ok_or("scope-secret")?;
+        let field = scope_field(
+            rule.scope,
+            req.headers(),
+            &self.config.cache.credential_headers,
+            secret.as_deref(),
+        )
+        .ok_or("scope-secret")?;
         let tags = rule
             .tags
             .iter()
@@ -231,7 +236,14 @@ impl Gateway {
         let asks = RequestDirectives::parse(req.headers());
         let found = match self.read(&key, req.headers()).await {
             Ok(f) => f,
-            Err(e) => return (self.pass(req, from).await, Outcome::Bypass { detail: store_detail(&e) }),
+            Err(e) => {
+                return (
+                    self.pass(req, from).await,
+                    Outcome::Bypass {
+                        detail: store_detail(&e),
+                    },
+                )
+            }
         };
         let now = now_ms();
         let is_head = req.method() == Method::HEAD;
@@ -242,13 +254,19 @@ impl Gateway {
             }
             Some(entry) if !asks.revalidate && entry.within_stale_while_revalidate(now) => {
                 self.refresh_in_background(&req, from, rule, &key);
-                return (answer(req.headers(), entry, now, is_head), Outcome::Stale { detail: "revalidating" });
+                return (
+                    answer(req.headers(), entry, now, is_head),
+                    Outcome::Stale { detail: "revalidating" },
+                );
             }
             // Stale: kept for validation or stale-if-error.
             other => other,
         };
         match self.inflight.join(&key.key, &found.field) {
-            Role::Leader(leader) => self.lead(req, from, rule, key, found.field, found.guard, stale, leader).await,
+            Role::Leader(leader) => {
+                self.lead(req, from, rule, key, found.field, found.guard, stale, leader)
+                    .await
+            }
             Role::Follower(follower) => match follower.wait(self.config.cache.coalesce_timeout).await {
                 // The leader's answer, if it is the variant this request selects.
                 Some(shared) if shared.field == field_for(&key.field, &shared.entry.headers, req.headers()) => {
@@ -278,7 +296,10 @@ impl Gateway {
         leader: Leader<'_>,
     ) -> (Response<Body>, Outcome) {
         let lock_ttl = self.config.cache.coalesce_timeout.min(self.config.backend.timeout);
-        match self.timed("lock", self.store.try_lock(&key.key, &field, lock_ttl)).await {
+        match self
+            .timed("lock", self.store.try_lock(&key.key, &field, lock_ttl))
+            .await
+        {
             Ok(Some(token)) => {
                 let (lock_key, lock_field) = (key.key.clone(), field.clone());
                 let result = self.fill(req, from, rule, key, guard, stale, Some(leader)).await;
@@ -290,14 +311,22 @@ impl Gateway {
             }
             Ok(None) => {
                 let deadline = Instant::now() + self.config.cache.coalesce_timeout;
-                let mut found = Found { entry: stale, field, guard };
+                let mut found = Found {
+                    entry: stale,
+                    field,
+                    guard,
+                };
                 loop {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
-                    self.store.wait_unlocked(&key.key, &found.field, left.min(Duration::from_millis(50))).await;
-                    let Ok(now) = self.read(&key, req.headers()).await else { break };
+                    self.store
+                        .wait_unlocked(&key.key, &found.field, left.min(Duration::from_millis(50)))
+                        .await;
+                    let Ok(now) = self.read(&key, req.headers()).await else {
+                        break;
+                    };
                     found = now;
                     if let Some(entry) = found.entry.take_if(|e| e.is_fresh(now_ms())) {
                         let now = now_ms();
@@ -306,14 +335,18 @@ impl Gateway {
                             entry: entry.clone(),
                             field: found.field,
                         })));
-                        return (answer(req.headers(), entry, now, req.method() == Method::HEAD), Outcome::Collapsed { ttl });
+                        return (
+                            answer(req.headers(), entry, now, req.method() == Method::HEAD),
+                            Outcome::Collapsed { ttl },
+                        );
                     }
                     // The lock is gone and left nothing: fetch ourselves.
                     if !self.store.is_locked(&key.key, &found.field).await.unwrap_or(false) {
                         break;
                     }
                 }
-                self.fill(req, from, rule, key, found.guard, found.entry, Some(leader)).await
+                self.fill(req, from, rule, key, found.guard, found.entry, Some(leader))
+                    .await
             }
             // Fail open: without the lock, fill as if alone.
             Err(_) => self.fill(req, from, rule, key, guard, stale, Some(leader)).await,
@@ -355,7 +388,13 @@ impl Gateway {
 
     /// Within stale-while-revalidate: one background request (coalesced with
     /// any fill already in flight) refreshes the entry.
-    fn refresh_in_background(self: &Arc<Self>, req: &Request<Body>, from: ClientInfo, rule: &CacheRule, key: &CacheKey) {
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        req: &Request<Body>,
+        from: ClientInfo,
+        rule: &CacheRule,
+        key: &CacheKey,
+    ) {
         let mut refresh = Request::new(proxy::empty());
         *refresh.method_mut() = Method::GET;
         *refresh.uri_mut() = req.uri().clone();
@@ -367,12 +406,16 @@ impl Gateway {
         let rule_index = rule.index;
         let key = key.clone();
         tokio::spawn(async move {
-            let Some(rule) = gateway.config.rules.cache.get(rule_index) else { return };
+            let Some(rule) = gateway.config.rules.cache.get(rule_index) else {
+                return;
+            };
             let Role::Leader(leader) = gateway.inflight.join(&key.key, &key.field) else {
                 return; // someone is already fetching it
             };
             // Re-read: the entry may have been refreshed or purged meanwhile.
-            let Ok(found) = gateway.read(&key, refresh.headers()).await else { return };
+            let Ok(found) = gateway.read(&key, refresh.headers()).await else {
+                return;
+            };
             if found.entry.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
                 return;
             }
@@ -385,7 +428,11 @@ impl Gateway {
     }
 
     /// Runs a store call, recording its latency and any error.
-    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
         let started = Instant::now();
         let result = call.await;
         self.metrics.store_call(op, started.elapsed(), &result);
@@ -425,7 +472,9 @@ impl Gateway {
             // Fetch the GET answer so it can fill the entry HEAD shares.
             *req.method_mut() = Method::GET;
         }
-        let validating = stale.as_ref().is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
+        let validating = stale
+            .as_ref()
+            .is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
         let result = self.forward(req, from).await;
 
         let failed = match &result {
@@ -435,7 +484,12 @@ impl Gateway {
         if failed && stale.as_ref().is_some_and(|e| e.within_stale_if_error(now_ms())) {
             if let Some(entry) = stale {
                 let resp = answer(&client, entry, now_ms(), is_head);
-                return (resp, Outcome::Stale { detail: "backend-error" });
+                return (
+                    resp,
+                    Outcome::Stale {
+                        detail: "backend-error",
+                    },
+                );
             }
         }
         let resp = match result {
@@ -444,7 +498,9 @@ impl Gateway {
         };
         if validating && resp.status() == StatusCode::NOT_MODIFIED {
             if let Some(entry) = stale {
-                return self.refresh_validated(resp, entry, rule, key, guard, &client, is_head, leader).await;
+                return self
+                    .refresh_validated(resp, entry, rule, key, guard, &client, is_head, leader)
+                    .await;
             }
         }
         let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
@@ -460,7 +516,8 @@ impl Gateway {
         match fill::content_length(resp.headers()) {
             Some(len) if len as usize <= limit => {
                 let (parts, body) = resp.into_parts();
-                let collected = tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len as usize)).await;
+                let collected =
+                    tokio::time::timeout(self.config.backend.timeout, fill::collect(body, len as usize)).await;
                 let chunks = match collected {
                     Ok(Ok(chunks)) => chunks,
                     Ok(Err((chunks, err))) => {
@@ -469,7 +526,10 @@ impl Gateway {
                         return (strip_body(resp, is_head), miss(false, Some("backend")));
                     }
                     Err(_) => {
-                        let resp = Response::from_parts(parts, fill::aborted_body(Vec::new(), "backend body timed out".into()));
+                        let resp = Response::from_parts(
+                            parts,
+                            fill::aborted_body(Vec::new(), "backend body timed out".into()),
+                        );
                         return (strip_body(resp, is_head), miss(false, Some("backend")));
                     }
                 };
@@ -502,7 +562,13 @@ impl Gateway {
         guard: FillGuard,
         leader: Option<Leader<'_>>,
     ) -> Outcome {
-        let encoded = Entry::encode(entry.status, &entry.headers, &entry.body, entry.stored_at_ms, &entry.lifetime);
+        let encoded = Entry::encode(
+            entry.status,
+            &entry.headers,
+            &entry.body,
+            entry.stored_at_ms,
+            &entry.lifetime,
+        );
         let size = encoded.len();
         if let Some(leader) = &leader {
             // Take no more followers before storing (see coalesce.rs).
@@ -519,7 +585,10 @@ impl Gateway {
             // Point the scope's field at the variants.
             let marker = vary::marker(&names);
             stored = self
-                .timed("fill", self.store.fill(&key.key, &key.field, marker, retain, guard, &[]))
+                .timed(
+                    "fill",
+                    self.store.fill(&key.key, &key.field, marker, retain, guard, &[]),
+                )
                 .await;
         }
         match stored {
@@ -714,7 +783,10 @@ impl Gateway {
             }
         }
         for pattern in &purge.patterns {
-            match self.timed("purge_pattern", self.store.purge_pattern(pattern, soft)).await {
+            match self
+                .timed("purge_pattern", self.store.purge_pattern(pattern, soft))
+                .await
+            {
                 Ok(n) => self.metrics.purged("pattern", n),
                 Err(e) => tracing::warn!(pattern, error = %e, "purging pattern failed"),
             }
@@ -806,7 +878,11 @@ fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is
         }
         return resp;
     }
-    let mut resp = Response::new(if is_head { proxy::empty() } else { proxy::full(entry.body) });
+    let mut resp = Response::new(if is_head {
+        proxy::empty()
+    } else {
+        proxy::full(entry.body)
+    });
     *resp.status_mut() = entry.status;
     *resp.headers_mut() = entry.headers;
     if let Some(age) = age {

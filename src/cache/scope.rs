@@ -15,7 +15,12 @@ pub const PUBLIC: &str = "public";
 
 /// The store field for a request under a rule's scope; `None` when the
 /// secret is not known yet (the request then bypasses the cache).
-pub fn scope_field(scope: Scope, headers: &HeaderMap, credential_headers: &[HeaderName], secret: Option<&[u8]>) -> Option<String> {
+pub fn scope_field(
+    scope: Scope,
+    headers: &HeaderMap,
+    credential_headers: &[HeaderName],
+    secret: Option<&[u8]>,
+) -> Option<String> {
     if scope == Scope::Public {
         return Some(PUBLIC.to_string());
     }
@@ -54,8 +59,20 @@ mod tests {
     #[test]
     fn scopes_differ_by_credential_and_never_hold_the_secret() {
         let creds = [http::header::AUTHORIZATION, http::header::COOKIE];
-        let a = scope_field(Scope::Credential, &h(&[("authorization", "Bearer a")]), &creds, Some(b"k")).unwrap();
-        let b = scope_field(Scope::Credential, &h(&[("authorization", "Bearer b")]), &creds, Some(b"k")).unwrap();
+        let a = scope_field(
+            Scope::Credential,
+            &h(&[("authorization", "Bearer a")]),
+            &creds,
+            Some(b"k"),
+        )
+        .unwrap();
+        let b = scope_field(
+            Scope::Credential,
+            &h(&[("authorization", "Bearer b")]),
+            &creds,
+            Some(b"k"),
+        )
+        .unwrap();
         let a_cookie = scope_field(Scope::Credential, &h(&[("cookie", "Bearer a")]), &creds, Some(b"k")).unwrap();
         let anon = scope_field(Scope::Credential, &h(&[]), &creds, Some(b"k")).unwrap();
         assert_ne!(a, b);
@@ -63,9 +80,18 @@ mod tests {
         assert_eq!(anon, ANONYMOUS);
         assert!(!a.contains("Bearer"));
         assert_eq!(a.len(), 32);
-        let other_key = scope_field(Scope::Credential, &h(&[("authorization", "Bearer a")]), &creds, Some(b"j")).unwrap();
+        let other_key = scope_field(
+            Scope::Credential,
+            &h(&[("authorization", "Bearer a")]),
+            &creds,
+            Some(b"j"),
+        )
+        .unwrap();
         assert_ne!(a, other_key);
-        assert_eq!(scope_field(Scope::Public, &h(&[("authorization", "x")]), &creds, None).unwrap(), PUBLIC);
+        assert_eq!(
+            scope_field(Scope::Public, &h(&[("authorization", "x")]), &creds, None).unwrap(),
+            PUBLIC
+        );
         assert!(scope_field(Scope::Credential, &h(&[("authorization", "x")]), &creds, None).is_none());
     }
 }

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn variants() {
-        let n = names(&h(&[("vary", "Accept-Language, accept-encoding"), ("vary", "Accept-Language")]));
+        let n = names(&h(&[
+            ("vary", "Accept-Language, accept-encoding"),
+            ("vary", "Accept-Language"),
+        ]));
         assert_eq!(n.len(), 2);
         assert_eq!(parse_marker(&marker(&n)), Some(n.clone()));
         assert_eq!(parse_marker(b"CG\x01"), None);

@@ -11,8 +11,8 @@ mod resolve;
 
 pub use error::ConfigError;
 pub use resolve::{
-    AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig, Overrides,
-    RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TtlMode, When,
+    AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig,
+    Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TtlMode, When,
 };
 
 use std::path::Path;
@@ -34,8 +34,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
-        let raw: file::RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::from_toml(name, text, &e))?;
+        let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(name, text, &e))?;
         resolve::resolve(raw, name, text, env, overrides)
     }
 

@@ -275,7 +275,12 @@ pub(super) fn resolve(
     );
     let listen = match listen_src {
         None => SocketAddr::from(([0, 0, 0, 0], 8080)),
-        Some(src) => src.parse(|s| s.parse::<SocketAddr>().ok(), "a socket address such as 0.0.0.0:8080", &at, &general)?,
+        Some(src) => src.parse(
+            |s| s.parse::<SocketAddr>().ok(),
+            "a socket address such as 0.0.0.0:8080",
+            &at,
+            &general,
+        )?,
     };
     let server = ServerConfig {
         listen,
@@ -294,8 +299,15 @@ pub(super) fn resolve(
         raw.backend.url.as_ref(),
     );
     let backend_url = match backend_src {
-        None => "http://127.0.0.1:8000".parse::<http::Uri>().map_err(|e| general(e.to_string()))?,
-        Some(src) => src.parse(parse_backend_url, "an http:// URL such as http://127.0.0.1:8000", &at, &general)?,
+        None => "http://127.0.0.1:8000"
+            .parse::<http::Uri>()
+            .map_err(|e| general(e.to_string()))?,
+        Some(src) => src.parse(
+            parse_backend_url,
+            "an http:// URL such as http://127.0.0.1:8000",
+            &at,
+            &general,
+        )?,
     };
     let backend = BackendConfig {
         url: backend_url,
@@ -309,11 +321,11 @@ pub(super) fn resolve(
     let raw_redis = raw.redis.unwrap_or_default();
     let redis_url = resolve_redis_url(&raw_redis, env, overrides, &at, &general)?;
     let default_ttl = match env("CACHE_TTL") {
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|t| *t > 0)
-            .ok_or_else(|| general(format!("environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}")))?,
+        Some(v) => v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
+            general(format!(
+                "environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}"
+            ))
+        })?,
         None => match &raw_redis.default_ttl {
             Some(t) => positive(t, "default_ttl", &at)?,
             None => 300,
@@ -324,7 +336,12 @@ pub(super) fn resolve(
         Some(k) => match k.get_ref().as_str() {
             "redis" => StoreKind::Redis,
             "memory" => StoreKind::Memory,
-            other => return Err(at(k.span(), format!("unknown store kind {other:?}; expected redis or memory"))),
+            other => {
+                return Err(at(
+                    k.span(),
+                    format!("unknown store kind {other:?}; expected redis or memory"),
+                ))
+            }
         },
         // Redis when one is configured anywhere, else the embedded store.
         None if redis_url.is_some() => StoreKind::Redis,
@@ -340,10 +357,15 @@ pub(super) fn resolve(
             };
             let db = match env("REDIS_DB") {
                 Some(v) => Some(v.parse::<u8>().map_err(|_| {
-                    general(format!("environment variable REDIS_DB: expected a database number 0-255, got {v:?}"))
+                    general(format!(
+                        "environment variable REDIS_DB: expected a database number 0-255, got {v:?}"
+                    ))
                 })?),
                 None => match &raw_redis.db {
-                    Some(d) => Some(u8::try_from(*d.get_ref()).map_err(|_| at(d.span(), "db must be a database number 0-255".into()))?),
+                    Some(d) => Some(
+                        u8::try_from(*d.get_ref())
+                            .map_err(|_| at(d.span(), "db must be a database number 0-255".into()))?,
+                    ),
                     None => url_db,
                 },
             };
@@ -392,8 +414,8 @@ pub(super) fn resolve(
     for i in raw.invalidate {
         invalidations.push(invalidate_config(i, &at)?);
     }
-    let rules = RuleSet::compile(&rules, &invalidations, &cache)
-        .map_err(|RuleError { span, message }| at(span, message))?;
+    let rules =
+        RuleSet::compile(&rules, &invalidations, &cache).map_err(|RuleError { span, message }| at(span, message))?;
 
     Ok(Config {
         source: file.to_string(),
@@ -419,18 +441,28 @@ fn admin_config(
         Some(p) => {
             let v = p.get_ref().trim_end_matches('/');
             if !v.starts_with('/') || v.len() < 2 || v.contains(['?', '#', ' ']) {
-                return Err(at(p.span(), format!("admin prefix must be a path such as /api/v1/cache, got {:?}", p.get_ref())));
+                return Err(at(
+                    p.span(),
+                    format!(
+                        "admin prefix must be a path such as /api/v1/cache, got {:?}",
+                        p.get_ref()
+                    ),
+                ));
             }
             v.to_string()
         }
     };
     let listen = match &raw.listen {
         None => None,
-        Some(l) => Some(
-            l.get_ref()
-                .parse::<SocketAddr>()
-                .map_err(|_| at(l.span(), format!("expected a socket address such as 127.0.0.1:9091, got {:?}", l.get_ref())))?,
-        ),
+        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            at(
+                l.span(),
+                format!(
+                    "expected a socket address such as 127.0.0.1:9091, got {:?}",
+                    l.get_ref()
+                ),
+            )
+        })?),
     };
     let mut tokens = Vec::new();
     for t in raw.tokens {
@@ -440,7 +472,12 @@ fn admin_config(
                 "read" => AdminScope::Read,
                 "purge" => AdminScope::Purge,
                 "inspect" => AdminScope::Inspect,
-                other => return Err(at(t.scopes.span(), format!("unknown admin scope {other:?}; expected read, purge or inspect"))),
+                other => {
+                    return Err(at(
+                        t.scopes.span(),
+                        format!("unknown admin scope {other:?}; expected read, purge or inspect"),
+                    ))
+                }
             });
         }
         let sha256 = match (&t.sha256, &t.token_env) {
@@ -459,7 +496,12 @@ fn admin_config(
                     continue;
                 }
             },
-            _ => return Err(at(t.name.span(), "an admin token needs exactly one of sha256 or token_env".into())),
+            _ => {
+                return Err(at(
+                    t.name.span(),
+                    "an admin token needs exactly one of sha256 or token_env".into(),
+                ))
+            }
         };
         tokens.push(AdminToken {
             name: t.name.into_inner(),
@@ -492,8 +534,12 @@ impl Source<'_> {
     ) -> Result<T, ConfigError> {
         match self {
             Source::Flag(v, name) => f(v).ok_or_else(|| general(format!("{name}: expected {expected}, got {v:?}"))),
-            Source::Env(v, name) => f(v).ok_or_else(|| general(format!("environment variable {name}: expected {expected}, got {v:?}"))),
-            Source::File(s) => f(s.get_ref()).ok_or_else(|| at(s.span(), format!("expected {expected}, got {:?}", s.get_ref()))),
+            Source::Env(v, name) => {
+                f(v).ok_or_else(|| general(format!("environment variable {name}: expected {expected}, got {v:?}")))
+            }
+            Source::File(s) => {
+                f(s.get_ref()).ok_or_else(|| at(s.span(), format!("expected {expected}, got {:?}", s.get_ref())))
+            }
         }
     }
 }
@@ -556,13 +602,21 @@ fn split_redis_url(s: &str) -> Option<(String, Option<u8>)> {
         Some(i) => {
             let (authority, path) = rest.split_at(i);
             let db = path.trim_start_matches('/');
-            let db = if db.is_empty() { None } else { Some(db.parse::<u8>().ok()?) };
+            let db = if db.is_empty() {
+                None
+            } else {
+                Some(db.parse::<u8>().ok()?)
+            };
             (!authority.is_empty()).then(|| (format!("{}{}", &s[..scheme_len], authority), db))
         }
     }
 }
 
-fn positive(v: &Spanned<i64>, what: &str, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> Result<u64, ConfigError> {
+fn positive(
+    v: &Spanned<i64>,
+    what: &str,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<u64, ConfigError> {
     u64::try_from(*v.get_ref())
         .ok()
         .filter(|t| *t > 0)
@@ -577,7 +631,10 @@ fn methods(
     match m {
         Some(m) => {
             let span = m.span();
-            (m.into_inner().into_iter().map(|s| s.to_ascii_uppercase()).collect(), span)
+            (
+                m.into_inner().into_iter().map(|s| s.to_ascii_uppercase()).collect(),
+                span,
+            )
         }
         None => (default.iter().map(|s| s.to_string()).collect(), fallback_span),
     }
@@ -593,10 +650,12 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
                 return Err(at(t.span(), format!("ttl must be seconds or \"origin\", got {w:?}")));
             }
             RawTtl::Seconds(n) => TtlMode::Fixed(Duration::from_secs(
-                u64::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| at(t.span(), "ttl must be a positive number of seconds or \"origin\"".into()))?,
+                u64::try_from(*n).ok().filter(|n| *n > 0).ok_or_else(|| {
+                    at(
+                        t.span(),
+                        "ttl must be a positive number of seconds or \"origin\"".into(),
+                    )
+                })?,
             )),
         }),
     };
@@ -626,7 +685,10 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
                 return Err(at(span, "statuses must list HTTP status codes (100-599)".into()));
             }
             if v.iter().any(|c| *c >= 500) {
-                return Err(at(span, "5xx answers are never cached; remove them from statuses".into()));
+                return Err(at(
+                    span,
+                    "5xx answers are never cached; remove them from statuses".into(),
+                ));
             }
             v
         }
@@ -639,14 +701,24 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
                 .parse::<u16>()
                 .ok()
                 .filter(|c| (100..=599).contains(c))
-                .ok_or_else(|| at(map.span(), format!("ttl_by_status: {status:?} is not an HTTP status code")))?;
+                .ok_or_else(|| {
+                    at(
+                        map.span(),
+                        format!("ttl_by_status: {status:?} is not an HTTP status code"),
+                    )
+                })?;
             if code >= 500 {
-                return Err(at(map.span(), format!("ttl_by_status: {code}: 5xx answers are never cached")));
+                return Err(at(
+                    map.span(),
+                    format!("ttl_by_status: {code}: 5xx answers are never cached"),
+                ));
             }
-            let secs = u64::try_from(*ttl)
-                .ok()
-                .filter(|t| *t > 0)
-                .ok_or_else(|| at(map.span(), format!("ttl_by_status: {status:?} needs a positive number of seconds")))?;
+            let secs = u64::try_from(*ttl).ok().filter(|t| *t > 0).ok_or_else(|| {
+                at(
+                    map.span(),
+                    format!("ttl_by_status: {status:?} needs a positive number of seconds"),
+                )
+            })?;
             ttl_by_status.push((code, Duration::from_secs(secs)));
         }
     }
@@ -655,7 +727,12 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         Some(s) => match s.get_ref().as_str() {
             "credential" => Scope::Credential,
             "public" => Scope::Public,
-            other => return Err(at(s.span(), format!("unknown scope {other:?}; expected credential or public"))),
+            other => {
+                return Err(at(
+                    s.span(),
+                    format!("unknown scope {other:?}; expected credential or public"),
+                ))
+            }
         },
     };
     Ok(RuleConfig {
@@ -689,7 +766,12 @@ fn invalidate_config(
         Some(w) => match w.get_ref().as_str() {
             "success" => When::Success,
             "always" => When::Always,
-            other => return Err(at(w.span(), format!("unknown when {other:?}; expected success or always"))),
+            other => {
+                return Err(at(
+                    w.span(),
+                    format!("unknown when {other:?}; expected success or always"),
+                ))
+            }
         },
     };
     let spanned = |v: Vec<Spanned<String>>| v.into_iter().map(|s| (s.get_ref().clone(), s.span())).collect();
@@ -714,7 +796,10 @@ mod tests {
     #[test]
     fn redis_url_splits_database() {
         assert_eq!(split_redis_url("redis://h:1/3"), Some(("redis://h:1".into(), Some(3))));
-        assert_eq!(split_redis_url("rediss://u:p@h:1"), Some(("rediss://u:p@h:1".into(), None)));
+        assert_eq!(
+            split_redis_url("rediss://u:p@h:1"),
+            Some(("rediss://u:p@h:1".into(), None))
+        );
         assert_eq!(split_redis_url("redis://h:1/"), Some(("redis://h:1".into(), None)));
         assert_eq!(split_redis_url("http://h"), None);
         assert_eq!(split_redis_url("redis://h/x"), None);

@@ -183,7 +183,10 @@ fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
     // Always our own value: a client-sent one must not reach the backend.
     match headers.get(header::HOST).cloned() {
         Some(host) => {

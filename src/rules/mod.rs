@@ -110,7 +110,10 @@ impl RuleSet {
                 .map(|(t, span)| Template::parse(t, &path, false).map_err(|m| err(span, m)))
                 .collect::<Result<Vec<_>, _>>()?;
             if r.key.starts_with(INTERNAL_PREFIX) {
-                return Err(err(&r.key_span, format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself")));
+                return Err(err(
+                    &r.key_span,
+                    format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself"),
+                ));
             }
             set.cache.push(CacheRule {
                 index: set.cache.len(),
@@ -215,9 +218,13 @@ fn parse_methods(methods: &[String], span: &Range<usize>, cacheable_only: bool) 
     methods
         .iter()
         .map(|m| {
-            let method = Method::from_bytes(m.as_bytes()).map_err(|_| err(span, format!("{m:?} is not an HTTP method")))?;
+            let method =
+                Method::from_bytes(m.as_bytes()).map_err(|_| err(span, format!("{m:?} is not an HTTP method")))?;
             if cacheable_only && method != Method::GET && method != Method::HEAD {
-                return Err(err(span, format!("only GET and HEAD responses are cached; {m} cannot be in a [[rule]]")));
+                return Err(err(
+                    span,
+                    format!("only GET and HEAD responses are cached; {m} cannot be in a [[rule]]"),
+                ));
             }
             Ok(method)
         })

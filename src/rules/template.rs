@@ -69,7 +69,11 @@ impl Template {
                     }
                     parts.push(placeholder(name, regex, src)?);
                 }
-                '}' => return Err(format!("unmatched '}}' in template {src:?} (write '}}}}' for a literal brace)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched '}}' in template {src:?} (write '}}}}' for a literal brace)"
+                    ))
+                }
                 c => literal.push(c),
             }
         }
@@ -147,7 +151,11 @@ fn placeholder(name: &str, regex: &Regex, src: &str) -> Result<Part, String> {
             let groups: Vec<&str> = regex.capture_names().flatten().collect();
             format!(
                 "template {src:?} names {{{name}}}, but the path regex has no such named group (it has: {})",
-                if groups.is_empty() { "none".to_string() } else { groups.join(", ") }
+                if groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    groups.join(", ")
+                }
             )
         })
 }
@@ -157,8 +165,11 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = k.replace('+', " ");
-        (percent_decode_str(&k).decode_utf8_lossy() == name)
-            .then(|| percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned())
+        (percent_decode_str(&k).decode_utf8_lossy() == name).then(|| {
+            percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
     })
 }
 

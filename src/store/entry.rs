@@ -66,7 +66,13 @@ fn ms(d: Duration) -> u64 {
 
 impl Entry {
     /// Encodes status, headers and body into one buffer.
-    pub fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8], stored_at_ms: u64, lifetime: &Lifetime) -> Bytes {
+    pub fn encode(
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        stored_at_ms: u64,
+        lifetime: &Lifetime,
+    ) -> Bytes {
         let headers_len: usize = headers.iter().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
         let mut buf = BytesMut::with_capacity(FIXED_LEN + headers_len + body.len());
         buf.put_slice(MAGIC);
@@ -76,7 +82,11 @@ impl Entry {
         buf.put_u64(ms(lifetime.ttl));
         buf.put_u64(ms(lifetime.stale_while_revalidate));
         buf.put_u64(ms(lifetime.stale_if_error));
-        buf.put_u8(if lifetime.must_revalidate { FLAG_MUST_REVALIDATE } else { 0 });
+        buf.put_u8(if lifetime.must_revalidate {
+            FLAG_MUST_REVALIDATE
+        } else {
+            0
+        });
         let count = headers.len().min(u16::MAX as usize);
         buf.put_u16(count as u16);
         for (name, value) in headers.iter().take(count) {
@@ -251,7 +261,10 @@ mod stale_tests {
         assert!(e.is_fresh(9_999) && !e.is_fresh(10_000));
         assert!(e.within_stale_while_revalidate(14_999) && !e.within_stale_while_revalidate(15_000));
         assert!(e.within_stale_if_error(69_999) && !e.within_stale_if_error(70_000));
-        let strict = Lifetime { must_revalidate: true, ..lifetime };
+        let strict = Lifetime {
+            must_revalidate: true,
+            ..lifetime
+        };
         let e = Entry::decode(&Entry::encode(StatusCode::OK, &HeaderMap::new(), b"", 0, &strict)).unwrap();
         assert!(!e.within_stale_while_revalidate(10_001) && !e.within_stale_if_error(10_001));
     }

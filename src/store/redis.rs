@@ -20,9 +20,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::Expiration;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
+use fred::types::Expiration;
 use fred::types::Value;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -250,7 +250,13 @@ impl RedisStore {
     }
 
     /// Runs a script by SHA, loading it first when Redis does not know it.
-    async fn run_script(&self, client: &Client, script: &Script, keys: Vec<String>, args: Vec<Value>) -> Result<i64, Error> {
+    async fn run_script(
+        &self,
+        client: &Client,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<i64, Error> {
         match script.evalsha::<i64, _, _, _>(client, keys.clone(), args.clone()).await {
             Err(e) if e.details().starts_with("NOSCRIPT") || e.to_string().contains("NOSCRIPT") => {
                 script.load(client).await?;
@@ -425,7 +431,10 @@ impl Store for RedisStore {
         let client = self.client()?;
         let tombstone_ttl = self.tombstone_ttl.as_millis() as i64;
         let (script, args): (&Script, Vec<Value>) = if soft {
-            (&self.soft_purge_script, vec![(TTL_OFFSET as i64).into(), tombstone_ttl.into()])
+            (
+                &self.soft_purge_script,
+                vec![(TTL_OFFSET as i64).into(), tombstone_ttl.into()],
+            )
         } else {
             (&self.purge_script, vec![tombstone_ttl.into()])
         };
@@ -483,13 +492,7 @@ impl Store for RedisStore {
             let mut offset = 0i64;
             loop {
                 let page: Vec<String> = self
-                    .bounded(client.zrangebyscore(
-                        &tag_key,
-                        now,
-                        "+inf",
-                        false,
-                        Some((offset, SCAN_BATCH as i64)),
-                    ))
+                    .bounded(client.zrangebyscore(&tag_key, now, "+inf", false, Some((offset, SCAN_BATCH as i64))))
                     .await?;
                 if page.is_empty() {
                     break;
@@ -613,7 +616,13 @@ impl Store for RedisStore {
         let token = hex::encode(rand::random::<[u8; 16]>());
         let px = Expiration::PX(ttl.as_millis().max(1) as i64);
         let set: Option<String> = self
-            .bounded(client.set(self.lock_key(key, field), token.as_str(), Some(px), Some(SetOptions::NX), false))
+            .bounded(client.set(
+                self.lock_key(key, field),
+                token.as_str(),
+                Some(px),
+                Some(SetOptions::NX),
+                false,
+            ))
             .await?;
         Ok(set.map(|_| token))
     }

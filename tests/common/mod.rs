@@ -1,0 +1,1295 @@
+//! The integration-test harness: real parts, no mocks.
+//!
+//! - [`RedisServer`]: a private `redis-server` on a free port (never the one on
+//!   6379), with kill / restart on the same port / pause (SIGSTOP) / resume,
+//!   and a `redis` crate client to look at what cachegate wrote.
+//! - [`Backend`]: an in-process hyper 1.x server whose answers each test
+//!   programs, and which counts and records what it receives.
+//! - [`Proxy`]: cachegate itself, started in-process on 127.0.0.1:0 from
+//!   config text with `{backend}`, `{redis}` and `{store}` placeholders.
+//! - [`Client`]: a hyper-util client returning status, headers and body.
+//! - [`World`]: all of the above for one test.
+
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use cachegate::cache::{scope_field, Gateway};
+use cachegate::config::{Config, Scope};
+use cachegate::server::{self, Running};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+/// Polls `check` until it returns true; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// The resident set size of this process, in bytes (Linux `/proc/self/status`).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS value");
+    kb * 1024
+}
+
+/// Samples the RSS in the background and keeps the peak.
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssPeak {
+    pub fn start() -> RssPeak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_bytes()));
+        let task = tokio::spawn({
+            let (stop, peak) = (stop.clone(), peak.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        RssPeak { stop, peak, task }
+    }
+
+    /// The highest RSS seen, in bytes.
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed).max(rss_bytes())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A deterministic byte pattern for large bodies (checkable while streaming)
+// ---------------------------------------------------------------------------
+
+pub const CHUNK: usize = 64 * 1024;
+
+const fn make_pattern() -> [u8; CHUNK] {
+    let mut a = [0u8; CHUNK];
+    let mut i = 0;
+    while i < CHUNK {
+        a[i] = (i % 251) as u8;
+        i += 1;
+    }
+    a
+}
+
+/// Byte `o` of every generated body is `PATTERN[o % CHUNK]`.
+pub static PATTERN: [u8; CHUNK] = make_pattern();
+
+/// Checks a stream of bytes against the pattern without keeping it.
+#[derive(Debug, Default)]
+pub struct PatternCheck {
+    pub len: u64,
+    pub mismatch_at: Option<u64>,
+}
+
+impl PatternCheck {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let start = (self.len % CHUNK as u64) as usize;
+            let n = (CHUNK - start).min(data.len());
+            if self.mismatch_at.is_none() && data[..n] != PATTERN[start..start + n] {
+                self.mismatch_at = Some(self.len);
+            }
+            self.len += n as u64;
+            data = &data[n..];
+        }
+    }
+}
+
+/// A body of `len` pattern bytes, produced 64 KiB at a time from a static
+/// buffer (nothing is held in memory). `exact` gives it a known length.
+pub struct GenBody {
+    remaining: u64,
+    sent: u64,
+    exact: bool,
+}
+
+impl GenBody {
+    pub fn new(len: u64, exact: bool) -> GenBody {
+        GenBody {
+            remaining: len,
+            sent: 0,
+            exact,
+        }
+    }
+}
+
+impl http_body::Body for GenBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let start = (self.sent % CHUNK as u64) as usize;
+        let n = ((CHUNK - start) as u64).min(self.remaining) as usize;
+        self.remaining -= n as u64;
+        self.sent += n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&PATTERN[start..start + n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact(self.remaining)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// A body of given frames with no known length (sent chunked); an `Err`
+/// frame aborts it mid-way.
+pub struct FramesBody {
+    frames: VecDeque<Result<Bytes, String>>,
+}
+
+impl FramesBody {
+    pub fn new(frames: impl IntoIterator<Item = Result<Bytes, String>>) -> FramesBody {
+        FramesBody {
+            frames: frames.into_iter().collect(),
+        }
+    }
+}
+
+impl http_body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.frames.pop_front() {
+            None => Poll::Ready(None),
+            Some(Ok(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+}
+
+/// Sends `sent`, waits a moment (so the head and that part are on the
+/// wire), then fails: the connection breaks mid-body.
+pub struct TruncBody {
+    sent: Option<Bytes>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for TruncBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(b) = self.sent.take() {
+            self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if let Some(p) = self.pause.as_mut() {
+            std::task::ready!(p.as_mut().poll(cx));
+        }
+        Poll::Ready(Some(Err("backend closes mid-body".into())))
+    }
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|n| match n {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+// ---------------------------------------------------------------------------
+// RedisServer
+// ---------------------------------------------------------------------------
+
+/// A private `redis-server` for one test (or one test binary).
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir for redis-server");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = match spawn_redis(port, dir.path()) {
+                Ok(c) => Mutex::new(Some(c)),
+                Err(e) => panic!("{e}"),
+            };
+            match wait_ready(port, &child) {
+                Ok(()) => return RedisServer { port, dir, child },
+                Err(e) => {
+                    // Most likely the port was taken meanwhile: try another.
+                    kill_child(&child);
+                    last_err = e;
+                }
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id())
+    }
+
+    /// Kills the server (SIGKILL); the port is then closed.
+    pub fn kill(&self) {
+        kill_child(&self.child);
+    }
+
+    /// Starts a fresh (empty) server on the same port.
+    pub fn restart(&self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = spawn_redis(self.port, self.dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            *self.child.lock().unwrap() = Some(child);
+            match wait_ready(self.port, &self.child) {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("redis-server restart on port {} failed ({e}); retrying", self.port);
+                    self.kill();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("redis-server would not restart on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Stops the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("redis-server is not running");
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
+    // --- looking at what is in Redis -------------------------------------
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("connect to test redis {}: {e}", self.url()))
+    }
+
+    /// Runs one command on a fresh connection.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut conn = self.conn().await;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    pub async fn hgetall(&self, key: &str) -> HashMap<String, Vec<u8>> {
+        self.cmd(&["HGETALL", key]).await
+    }
+
+    /// Field names of a hash, sorted.
+    pub async fn hkeys(&self, key: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.cmd(&["HKEYS", key]).await;
+        v.sort();
+        v
+    }
+
+    /// Field names that hold entries (internal `__gen` / `__cg` left out).
+    pub async fn entry_fields(&self, key: &str) -> Vec<String> {
+        self.hkeys(key)
+            .await
+            .into_iter()
+            .filter(|f| !f.starts_with("__"))
+            .collect()
+    }
+
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.cmd(&["KEYS", pattern]).await;
+        v.sort();
+        v
+    }
+
+    pub async fn exists(&self, key: &str) -> bool {
+        self.cmd::<i64>(&["EXISTS", key]).await == 1
+    }
+
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.cmd(&["PTTL", key]).await
+    }
+
+    pub async fn key_type(&self, key: &str) -> String {
+        let v: redis::Value = self.cmd(&["TYPE", key]).await;
+        match v {
+            redis::Value::SimpleString(s) => s,
+            redis::Value::Okay => "ok".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// Every key with every byte string stored under it (hash fields and
+    /// values, string values, set members), for scanning for secrets.
+    pub async fn dump(&self) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for key in self.keys("*").await {
+            let mut parts = Vec::new();
+            match self.key_type(&key).await.as_str() {
+                "hash" => {
+                    let all: Vec<Vec<u8>> = self.cmd(&["HGETALL", &key]).await;
+                    parts.extend(all);
+                }
+                "string" => {
+                    let v: Vec<u8> = self.cmd(&["GET", &key]).await;
+                    parts.push(v);
+                }
+                "set" => {
+                    let v: Vec<Vec<u8>> = self.cmd(&["SMEMBERS", &key]).await;
+                    parts.extend(v);
+                }
+                "list" => {
+                    let v: Vec<Vec<u8>> = self.cmd(&["LRANGE", &key, "0", "-1"]).await;
+                    parts.extend(v);
+                }
+                "zset" => {
+                    let v: Vec<Vec<u8>> = self.cmd(&["ZRANGE", &key, "0", "-1", "WITHSCORES"]).await;
+                    parts.extend(v);
+                }
+                other => panic!("unexpected redis type {other} for {key}"),
+            }
+            out.push((key, parts));
+        }
+        out
+    }
+
+    /// How many times Redis ran `command` (from INFO commandstats).
+    pub async fn command_calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{}:", command.to_ascii_lowercase());
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        kill_child(&self.child);
+    }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Result<Child, String> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "redis-server is not installed (not found on PATH); install it with `apt-get install -y redis-server`"
+                    .to_string()
+            } else {
+                format!("cannot run redis-server: {e}")
+            }
+        })
+}
+
+fn kill_child(child: &Mutex<Option<Child>>) {
+    let taken = child.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(mut c) = taken {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Waits until the server on `port` answers PING (or its process exits).
+fn wait_ready(port: u16, child: &Mutex<Option<Child>>) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(c) = child.lock().unwrap().as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("redis-server on port {port} exited: {status}"));
+            }
+        }
+        if ping(port) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("redis-server on port {port} did not answer PING"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+// ---------------------------------------------------------------------------
+// Backend
+// ---------------------------------------------------------------------------
+
+/// What a programmed backend route answers.
+#[derive(Clone, Default)]
+pub enum BodySpec {
+    /// The default handler's JSON.
+    #[default]
+    Default,
+    /// These bytes, with a Content-Length.
+    Fixed(Bytes),
+    /// These chunks, chunked (no Content-Length).
+    Chunked(Vec<Bytes>),
+    /// `len` pattern bytes generated on the fly; `chunked` leaves out the
+    /// Content-Length.
+    Generated { len: u64, chunked: bool },
+    /// Sends `sent`, then breaks the connection; `declared` is the
+    /// Content-Length claimed (None: chunked).
+    Truncated { sent: Bytes, declared: Option<u64> },
+}
+
+/// A programmed answer for one route.
+#[derive(Clone, Default)]
+pub struct Reply {
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: BodySpec,
+    /// Wait this long before sending the response head.
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    pub fn new() -> Reply {
+        Reply::default()
+    }
+    pub fn status(mut self, s: u16) -> Reply {
+        self.status = Some(s);
+        self
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+    pub fn body(mut self, b: impl Into<Bytes>) -> Reply {
+        self.body = BodySpec::Fixed(b.into());
+        self
+    }
+    pub fn chunked<B: Into<Bytes>>(mut self, chunks: impl IntoIterator<Item = B>) -> Reply {
+        self.body = BodySpec::Chunked(chunks.into_iter().map(Into::into).collect());
+        self
+    }
+    pub fn generated(mut self, len: u64, chunked: bool) -> Reply {
+        self.body = BodySpec::Generated { len, chunked };
+        self
+    }
+    pub fn truncated(mut self, sent: impl Into<Bytes>, declared: Option<u64>) -> Reply {
+        self.body = BodySpec::Truncated {
+            sent: sent.into(),
+            declared,
+        };
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = Some(d);
+        self
+    }
+}
+
+#[derive(Default)]
+struct BackendState {
+    /// (method or None for any, exact path) -> reply.
+    routes: Mutex<HashMap<(Option<String>, String), Reply>>,
+    counts: Mutex<HashMap<(String, String), u64>>,
+    total: AtomicU64,
+    last_headers: Mutex<HashMap<String, HeaderMap>>,
+    last_uri: Mutex<HashMap<String, String>>,
+    body_sizes: Mutex<HashMap<String, Vec<u64>>>,
+    versions: Mutex<HashMap<String, u64>>,
+    serial: AtomicU64,
+    hide_caller: AtomicBool,
+}
+
+/// The in-process backend. The default handler answers every path:
+/// GET/HEAD (and anything not a write) with JSON
+/// `{"id", "path", "query", "version", "caller", "cookie", "tenant", "serial", "method"}`
+/// (`id` is the last segment of `/api/v1/tasks/{id}`, `version` a per-path
+/// counter, `caller` the Authorization value, `tenant` the X-Tenant value,
+/// `serial` counts every answer); the body is made when the request
+/// arrives, before any programmed delay;
+/// POST/PUT/PATCH/DELETE bump the path's version and answer 200
+/// `{"path", "version", "method", "received"}`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(BackendState::default());
+        let task = tokio::spawn(backend_accept(listener, state.clone()));
+        Backend {
+            addr,
+            state,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes the listener and every connection: the port refuses from now on.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Programs `method path` (exact path, no query).
+    pub fn on(&self, method: &str, path: &str, reply: Reply) {
+        self.state
+            .routes
+            .lock()
+            .unwrap()
+            .insert((Some(method.to_ascii_uppercase()), path.to_string()), reply);
+    }
+
+    /// Programs every method of `path`.
+    pub fn on_path(&self, path: &str, reply: Reply) {
+        self.state
+            .routes
+            .lock()
+            .unwrap()
+            .insert((None, path.to_string()), reply);
+    }
+
+    /// Back to the default handler for `path` (every method).
+    pub fn reset(&self, path: &str) {
+        self.state.routes.lock().unwrap().retain(|(_, p), _| p != path);
+    }
+
+    /// Echo a digest of the Authorization value instead of the value itself.
+    pub fn hide_caller(&self, hide: bool) {
+        self.state.hide_caller.store(hide, Ordering::Relaxed);
+    }
+
+    /// Requests received for `method path` (path as received, no query).
+    pub fn count(&self, method: &str, path: &str) -> u64 {
+        *self
+            .state
+            .counts
+            .lock()
+            .unwrap()
+            .get(&(method.to_ascii_uppercase(), path.to_string()))
+            .unwrap_or(&0)
+    }
+
+    /// Requests received for `path`, any method.
+    pub fn count_path(&self, path: &str) -> u64 {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, p), _)| p == path)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.state.total.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last request for `path`.
+    pub fn last_headers(&self, path: &str) -> Option<HeaderMap> {
+        self.state.last_headers.lock().unwrap().get(path).cloned()
+    }
+
+    /// The request target (path and query) of the last request for `path`.
+    pub fn last_uri(&self, path: &str) -> Option<String> {
+        self.state.last_uri.lock().unwrap().get(path).cloned()
+    }
+
+    /// Body sizes of the requests for `path` whose body was read completely.
+    pub fn body_sizes(&self, path: &str) -> Vec<u64> {
+        self.state
+            .body_sizes
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The current version of `path` (1 + number of writes).
+    pub fn version(&self, path: &str) -> u64 {
+        1 + self.state.versions.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.get_mut().unwrap().take() {
+            t.abort();
+        }
+    }
+}
+
+async fn backend_accept(listener: tokio::net::TcpListener, state: Arc<BackendState>) {
+    // Dropping this future (abort) drops the set, which aborts every connection.
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req| backend_handle(state.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+fn digest(s: &str) -> String {
+    // FNV-1a: a stable tag that differs per caller but is not the value.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("caller-{h:016x}")
+}
+
+async fn backend_handle(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+    let query = req.uri().query().map(str::to_string);
+    *state
+        .counts
+        .lock()
+        .unwrap()
+        .entry((method.as_str().to_string(), path.clone()))
+        .or_insert(0) += 1;
+    state.total.fetch_add(1, Ordering::SeqCst);
+    state
+        .last_headers
+        .lock()
+        .unwrap()
+        .insert(path.clone(), req.headers().clone());
+    state.last_uri.lock().unwrap().insert(path.clone(), target);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default()
+    };
+    let caller = header("authorization");
+    let cookie = header("cookie");
+    let tenant = header("x-tenant");
+
+    // Read (and count) the whole request body without keeping it.
+    let mut body = req.into_body();
+    let mut received = 0u64;
+    let mut body_ok = true;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    received += d.len() as u64;
+                }
+            }
+            Err(_) => {
+                body_ok = false;
+                break;
+            }
+        }
+    }
+    if body_ok {
+        state
+            .body_sizes
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_default()
+            .push(received);
+    }
+
+    let reply = {
+        let routes = state.routes.lock().unwrap();
+        routes
+            .get(&(Some(method.as_str().to_string()), path.clone()))
+            .or_else(|| routes.get(&(None, path.clone())))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let is_write = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
+    let default_json = || {
+        if is_write {
+            let mut versions = state.versions.lock().unwrap();
+            let v = versions.entry(path.clone()).or_insert(0);
+            *v += 1;
+            serde_json::json!({
+                "path": path,
+                "version": *v + 1,
+                "method": method.as_str(),
+                "received": received,
+                "serial": serial,
+            })
+        } else {
+            let version = 1 + state.versions.lock().unwrap().get(&path).copied().unwrap_or(0);
+            let id = path.strip_prefix("/api/v1/tasks/").map(str::to_string);
+            let caller = if state.hide_caller.load(Ordering::Relaxed) && !caller.is_empty() {
+                digest(&caller)
+            } else {
+                caller.clone()
+            };
+            let cookie = if state.hide_caller.load(Ordering::Relaxed) && !cookie.is_empty() {
+                digest(&cookie)
+            } else {
+                cookie.clone()
+            };
+            serde_json::json!({
+                "id": id,
+                "path": path,
+                "query": query,
+                "version": version,
+                "caller": caller,
+                "cookie": cookie,
+                "tenant": tenant,
+                "serial": serial,
+                "method": method.as_str(),
+            })
+        }
+    };
+    // The answer is what the backend held when the request arrived (and a
+    // write takes effect on arrival); a programmed delay only holds it back.
+    let json = match reply.body {
+        BodySpec::Default => Some(default_json()),
+        BodySpec::Fixed(_) if is_write => Some(default_json()),
+        _ => None,
+    };
+    if let Some(d) = reply.delay {
+        tokio::time::sleep(d).await;
+    }
+
+    let mut builder = Response::builder().status(reply.status.unwrap_or(200));
+    for (n, v) in &reply.headers {
+        builder = builder.header(n.as_str(), v.as_str());
+    }
+    let body: Body = match reply.body {
+        BodySpec::Default => {
+            let bytes = Bytes::from(json.expect("default body").to_string());
+            builder = builder
+                .header("content-type", "application/json")
+                .header("content-length", bytes.len());
+            full(bytes)
+        }
+        BodySpec::Fixed(b) => {
+            builder = builder.header("content-length", b.len());
+            full(b)
+        }
+        BodySpec::Chunked(chunks) => FramesBody::new(chunks.into_iter().map(Ok)).boxed(),
+        BodySpec::Generated { len, chunked } => {
+            if !chunked {
+                builder = builder.header("content-length", len);
+            }
+            GenBody::new(len, !chunked).boxed()
+        }
+        BodySpec::Truncated { sent, declared } => {
+            if let Some(n) = declared {
+                builder = builder.header("content-length", n);
+            }
+            TruncBody {
+                sent: Some(sent),
+                pause: None,
+            }
+            .boxed()
+        }
+    };
+    Ok(builder.body(body).expect("backend response"))
+}
+
+// ---------------------------------------------------------------------------
+// Proxy
+// ---------------------------------------------------------------------------
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Redis,
+    Memory,
+}
+
+/// The `[store]` (and `[redis]`) sections for a store kind; `{redis}` is
+/// filled in later.
+pub fn store_section(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Redis => "[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\nurl = \"{redis}\"\n",
+        Kind::Memory => "[store]\nkind = \"memory\"\n",
+    }
+}
+
+/// `[backend]` and the store, for tests that add their own rules.
+pub const HEAD: &str = "[backend]\nurl = \"{backend}\"\ntimeout_ms = 5000\n\n{store}\n";
+
+/// The rules of the documented `proxy.toml`.
+pub const STD_RULES: &str = r#"
+[[rule]]
+name = "task"
+methods = ["GET", "HEAD"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+ttl = 300
+statuses = [200]
+
+[[rule]]
+name = "task-list"
+path = '^/api/v1/tasks$'
+key = "tasks:{query}"
+ttl = 60
+
+[[invalidate]]
+name = "task-write"
+methods = ["PUT", "PATCH", "DELETE"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+keys = ["task:{task_id}"]
+patterns = ["tasks:*"]
+when = "success"
+
+[[invalidate]]
+name = "task-create"
+methods = ["POST"]
+path = '^/api/v1/tasks$'
+patterns = ["tasks:*"]
+"#;
+
+/// `HEAD` + `STD_RULES`.
+pub fn std_config() -> String {
+    format!("{HEAD}\n{STD_RULES}")
+}
+
+/// Fills in `{store}`, then `{backend}` and `{redis}`.
+pub fn render(template: &str, kind: Kind, backend: &str, redis: Option<&str>) -> String {
+    let text = template
+        .replace("{store}", store_section(kind))
+        .replace("{backend}", backend);
+    match redis {
+        Some(r) => text.replace("{redis}", r),
+        None => {
+            assert!(
+                !text.contains("{redis}"),
+                "config needs a redis URL but there is no RedisServer"
+            );
+            text
+        }
+    }
+}
+
+/// cachegate, in-process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    running: Option<Running>,
+}
+
+impl Proxy {
+    /// Starts cachegate from complete config text (placeholders already
+    /// rendered) on 127.0.0.1:0.
+    pub async fn start(text: &str) -> Proxy {
+        let config = Config::from_toml_str(text).unwrap_or_else(|e| panic!("config does not load: {e}\n---\n{text}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let running = server::start_on(config, listener).await.expect("start the proxy");
+        let store = running.gateway.store().clone();
+        if store.kind() == "redis" && store.is_up() {
+            // The Redis store learns the shared scope secret in the
+            // background; until then credentialed requests bypass.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while store.scope_secret().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Proxy {
+            addr: running.addr,
+            running: Some(running),
+        }
+    }
+
+    /// Renders `template` and starts.
+    pub async fn start_with(template: &str, kind: Kind, backend: &Backend, redis: Option<&RedisServer>) -> Proxy {
+        let redis_url = redis.map(|r| r.url());
+        Proxy::start(&render(template, kind, &backend.url(), redis_url.as_deref())).await
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.running.as_ref().unwrap().gateway
+    }
+
+    /// The store field a request with these headers uses under a
+    /// credential-scoped rule.
+    pub fn scope_of(&self, headers: &[(&str, &str)]) -> String {
+        let gw = self.gateway();
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let secret = gw.store().scope_secret();
+        scope_field(
+            Scope::Credential,
+            &map,
+            &gw.config().cache.credential_headers,
+            secret.as_deref(),
+        )
+        .expect("scope secret is known")
+    }
+
+    /// Whether the store holds an entry under `key` / `field` (any store).
+    pub async fn stored(&self, key: &str, field: &str) -> bool {
+        match self.gateway().store().lookup(key, field).await {
+            Ok(l) => l.entry.is_some(),
+            Err(e) => panic!("store lookup {key}/{field} failed: {e}"),
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            let _ = r.stopper().send(true);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().expect("header is text"))
+    }
+
+    pub fn x_cache(&self) -> Option<&str> {
+        self.header("x-cache")
+    }
+
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The backend's serial number of this answer.
+    pub fn serial(&self) -> u64 {
+        self.json()["serial"].as_u64().expect("serial in body")
+    }
+
+    pub fn version(&self) -> u64 {
+        self.json()["version"].as_u64().expect("version in body")
+    }
+
+    pub fn caller(&self) -> String {
+        self.json()["caller"].as_str().expect("caller in body").to_string()
+    }
+}
+
+/// An HTTP/1 client for the proxy.
+pub struct Client {
+    inner: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    base: String,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            inner: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// Sends a request; the response head and its still-streaming body.
+    pub async fn open(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Body,
+    ) -> Result<Response<Incoming>, String> {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("{}{}", self.base, path))
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        for (n, v) in headers {
+            req.headers_mut().append(n, v);
+        }
+        self.inner.request(req).await.map_err(|e| format!("{e:?}"))
+    }
+
+    /// Sends a request and reads the whole body; `Err` if anything fails
+    /// (including a body that breaks off).
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Body,
+    ) -> Result<Resp, String> {
+        let resp = self.open(method, path, headers, body).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("body of {method} {path} broke off: {e:?}"))?
+            .to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> Resp {
+        self.try_send(method, path, hv(headers), body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send("GET", path, &[], empty()).await
+    }
+
+    pub async fn get_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send("GET", path, headers, empty()).await
+    }
+
+    pub async fn head(&self, path: &str) -> Resp {
+        self.send("HEAD", path, &[], empty()).await
+    }
+
+    pub async fn head_h(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send("HEAD", path, headers, empty()).await
+    }
+
+    pub async fn put(&self, path: &str) -> Resp {
+        self.send("PUT", path, &[], full(r#"{"title":"new"}"#)).await
+    }
+
+    pub async fn method(&self, method: &str, path: &str) -> Resp {
+        self.send(method, path, &[], empty()).await
+    }
+}
+
+/// Header pairs as typed names and values.
+pub fn hv(headers: &[(&str, &str)]) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// World
+// ---------------------------------------------------------------------------
+
+/// A backend, a store (a private Redis for `Kind::Redis`), cachegate in
+/// front, and a client.
+pub struct World {
+    pub kind: Kind,
+    pub backend: Backend,
+    pub redis: Option<RedisServer>,
+    pub proxy: Proxy,
+    pub client: Client,
+}
+
+impl World {
+    /// Starts everything from a config template (see [`render`]).
+    pub async fn start(kind: Kind, template: &str) -> World {
+        let backend = Backend::start().await;
+        let redis = (kind == Kind::Redis).then(RedisServer::start);
+        let proxy = Proxy::start_with(template, kind, &backend, redis.as_ref()).await;
+        let client = Client::new(proxy.addr);
+        World {
+            kind,
+            backend,
+            redis,
+            proxy,
+            client,
+        }
+    }
+
+    /// The documented rules.
+    pub async fn std(kind: Kind) -> World {
+        World::start(kind, &std_config()).await
+    }
+
+    pub fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("this world has no redis")
+    }
+}
+
+/// Declares one `#[tokio::test]` per store for each `async fn name(kind: Kind)`:
+/// `redis_store::name` and `memory_store::name`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Kind::Redis).await
+                }
+            )*
+        }
+        mod memory_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Kind::Memory).await
+                }
+            )*
+        }
+    };
+}
