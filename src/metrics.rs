@@ -51,9 +51,6 @@ struct RuleCounters {
     by_status: [Counter; 4],
     hits: AtomicU64,
     misses: AtomicU64,
-    /// Not yet added to the shared figures.
-    pending_hits: AtomicU64,
-    pending_misses: AtomicU64,
 }
 
 pub struct Metrics {
@@ -67,6 +64,9 @@ pub struct Metrics {
     stored_bytes: Counter,
     store_up: Gauge,
     pub started: Instant,
+    /// This process's id among the instances sharing the store.
+    instance: String,
+    flushing: tokio::sync::Mutex<()>,
 }
 
 /// Hit and miss figures of one instance or of the fleet.
@@ -123,8 +123,6 @@ impl Metrics {
                     ],
                     hits: AtomicU64::new(0),
                     misses: AtomicU64::new(0),
-                    pending_hits: AtomicU64::new(0),
-                    pending_misses: AtomicU64::new(0),
                 }
             })
             .collect();
@@ -167,6 +165,8 @@ impl Metrics {
             stored_bytes,
             store_up,
             started: Instant::now(),
+            instance: hex::encode(rand::random::<[u8; 8]>()),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -184,11 +184,9 @@ impl Metrics {
         match hit {
             Some(true) => {
                 r.hits.fetch_add(1, Ordering::Relaxed);
-                r.pending_hits.fetch_add(1, Ordering::Relaxed);
             }
             Some(false) => {
                 r.misses.fetch_add(1, Ordering::Relaxed);
-                r.pending_misses.fetch_add(1, Ordering::Relaxed);
             }
             None => {}
         }
@@ -251,36 +249,29 @@ impl Metrics {
         (HitMiss::new(total.0, total.1), per_rule)
     }
 
-    /// Adds this instance's pending deltas to the shared figures; on failure
-    /// they stay pending for the next flush.
+    /// Publishes this instance's running totals to the shared figures.
+    /// Totals, not deltas: a flush that timed out but landed anyway is
+    /// simply overwritten by the next one, never counted twice.
     pub async fn flush(&self, store: &dyn Store) {
-        let mut deltas = Vec::new();
-        let mut taken = Vec::new();
+        // One flush at a time, so the stats route's own flush waits for a
+        // background one already in flight.
+        let _one = self.flushing.lock().await;
+        let mut totals = Vec::with_capacity(self.rules.len() * 2 + 2);
         let (mut hits, mut misses) = (0i64, 0i64);
         for r in &self.rules {
-            let h = r.pending_hits.swap(0, Ordering::Relaxed);
-            let m = r.pending_misses.swap(0, Ordering::Relaxed);
-            taken.push((h, m));
-            if h > 0 {
-                deltas.push((format!("rule:{}:hits", r.name), h as i64));
-            }
-            if m > 0 {
-                deltas.push((format!("rule:{}:misses", r.name), m as i64));
-            }
-            hits += h as i64;
-            misses += m as i64;
+            let h = r.hits.load(Ordering::Relaxed) as i64;
+            let m = r.misses.load(Ordering::Relaxed) as i64;
+            totals.push((format!("rule:{}:hits", r.name), h));
+            totals.push((format!("rule:{}:misses", r.name), m));
+            hits += h;
+            misses += m;
         }
-        if deltas.is_empty() {
+        if hits + misses == 0 {
             return;
         }
-        deltas.push((SHARED_HITS.to_string(), hits));
-        deltas.push((SHARED_MISSES.to_string(), misses));
-        if store.add_counters(&deltas).await.is_err() {
-            for (r, (h, m)) in self.rules.iter().zip(taken) {
-                r.pending_hits.fetch_add(h, Ordering::Relaxed);
-                r.pending_misses.fetch_add(m, Ordering::Relaxed);
-            }
-        }
+        totals.push((SHARED_HITS.to_string(), hits));
+        totals.push((SHARED_MISSES.to_string(), misses));
+        let _ = store.publish_counters(&self.instance, &totals).await;
     }
 
     /// The fleet's figures from the shared counters: overall and per rule.

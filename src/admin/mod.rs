@@ -112,7 +112,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
             "method_not_allowed",
             &format!("{} is not allowed here", req.method()),
         );
-        let allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        let mut allow: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        if allowed.contains(&Method::GET) {
+            allow.push("HEAD");
+        }
         if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
             resp.headers_mut().insert(header::ALLOW, v);
         }

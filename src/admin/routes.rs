@@ -353,7 +353,11 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    let rounded = (value * 10.0).round() / 10.0;
+    let mut rounded = (value * 10.0).round() / 10.0;
+    if rounded >= 1024.0 && unit < UNITS.len() - 1 {
+        rounded = ((rounded / 1024.0) * 10.0).round() / 10.0;
+        unit += 1;
+    }
     if rounded.fract() == 0.0 {
         format!("{}{}", rounded as u64, UNITS[unit])
     } else {
@@ -371,6 +375,7 @@ mod tests {
         assert_eq!(human_bytes(5 * 1024 * 1024), "5MB");
         assert_eq!(human_bytes(16 * 1024 * 1024 * 1024), "16GB");
         assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(1_048_575), "1MB");
     }
 
     #[test]

@@ -288,7 +288,8 @@ pub struct MemoryStore {
     sizing: Sizing,
     tombstone_ttl: Duration,
     secret: Bytes,
-    counters: Mutex<BTreeMap<String, i64>>,
+    /// Running totals by instance, then by counter name.
+    counters: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
     started: Instant,
 }
 
@@ -724,18 +725,25 @@ impl Store for MemoryStore {
         Ok(self.sweep(pattern, |key| self.remove_if(key, Rec::is_cached)).await)
     }
 
-    async fn add_counters(&self, deltas: &[(String, i64)]) -> StoreResult<()> {
+    async fn publish_counters(&self, instance: &str, totals: &[(String, i64)]) -> StoreResult<()> {
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        for (name, delta) in deltas {
-            let counter = counters.entry(name.clone()).or_insert(0);
-            *counter = counter.saturating_add(*delta);
+        let mine = counters.entry(instance.to_string()).or_default();
+        for (name, total) in totals {
+            mine.insert(name.clone(), *total);
         }
         Ok(())
     }
 
     async fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(counters.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+        for totals in counters.values() {
+            for (name, v) in totals {
+                let sum = sums.entry(name.clone()).or_insert(0);
+                *sum = sum.saturating_add(*v);
+            }
+        }
+        Ok(sums.into_iter().collect())
     }
 
     async fn info(&self) -> StoreResult<StoreInfo> {
@@ -1103,13 +1111,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counters_add_up() {
+    async fn counters_sum_instances_and_republishing_is_idempotent() {
         let s = store();
         assert!(s.counters().await.unwrap().is_empty());
-        s.add_counters(&[("hits".into(), 2), ("misses".into(), 1)])
+        s.publish_counters("a", &[("hits".into(), 2), ("misses".into(), 1)])
             .await
             .unwrap();
-        s.add_counters(&[("hits".into(), 3), ("errors".into(), -1)])
+        // The same totals again (a retry) change nothing.
+        s.publish_counters("a", &[("hits".into(), 2), ("misses".into(), 1)])
+            .await
+            .unwrap();
+        s.publish_counters("b", &[("hits".into(), 3), ("errors".into(), -1)])
             .await
             .unwrap();
         assert_eq!(

@@ -159,10 +159,12 @@ pub trait Store: Send + Sync + 'static {
     /// nothing else; returns how many. Bumps the purge epoch first.
     async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64>;
 
-    /// Adds to named counters shared by every instance on the store.
-    async fn add_counters(&self, deltas: &[(String, i64)]) -> StoreResult<()>;
+    /// Records one instance's running totals of named counters. Setting
+    /// totals (not adding deltas) makes a retry after an ambiguous failure
+    /// (a timeout) harmless.
+    async fn publish_counters(&self, instance: &str, totals: &[(String, i64)]) -> StoreResult<()>;
 
-    /// Every shared counter.
+    /// Every counter, summed over the instances that published it.
     async fn counters(&self) -> StoreResult<Vec<(String, i64)>>;
 
     /// Server and memory figures.

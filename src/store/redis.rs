@@ -25,7 +25,7 @@ use fred::types::scripts::Script;
 use fred::types::Expiration;
 use fred::types::Value;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -115,6 +115,9 @@ end
 return 0
 "#;
 
+/// How long an instance's published counters outlive its last flush.
+const STATS_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
 /// Keys per SCAN page and per UNLINK batch: small enough that no single
 /// command holds Redis for long.
 const SCAN_BATCH: u32 = 1000;
@@ -136,7 +139,18 @@ pub struct RedisStore {
     secret: Arc<OnceLock<Bytes>>,
     /// Whether the last call found Redis up; flips are logged once each.
     up: AtomicBool,
+    /// Consecutive calls that timed out. A Redis that is connected but does
+    /// not answer (paused, overloaded) counts as down after a few, so that
+    /// requests stop paying the store timeout one after another.
+    timeouts: AtomicU64,
+    /// While stalled: when the last probing call was let through (ms).
+    last_probe_ms: AtomicU64,
 }
+
+/// Consecutive timeouts after which a connected Redis counts as down.
+const STALL_AFTER: u64 = 3;
+/// While Redis counts as stalled, one call in this many ms probes it.
+const PROBE_EVERY_MS: u64 = 250;
 
 impl RedisStore {
     /// Creates the pool and starts connecting in the background. Never fails
@@ -204,8 +218,11 @@ impl RedisStore {
             channel,
             secret,
             up: AtomicBool::new(true),
+            timeouts: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
         });
         store.is_up_logged();
+        tokio::spawn(probe_while_stalled(Arc::downgrade(&store)));
         if store.secret.get().is_none() {
             tokio::spawn(fetch_shared_secret(store.clone()));
         }
@@ -223,14 +240,38 @@ impl RedisStore {
     fn client(&self) -> StoreResult<&Client> {
         let client = self.pool.next_connected();
         if self.is_up_logged() {
-            Ok(client)
-        } else {
-            Err(StoreError::Unavailable)
+            return Ok(client);
         }
+        // Stalled but connected: let one call through now and then to see
+        // whether Redis answers again.
+        if client.is_connected() && self.stalled() {
+            let now = now_ms();
+            let last = self.last_probe_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= PROBE_EVERY_MS
+                && self
+                    .last_probe_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Ok(client);
+            }
+        }
+        Err(StoreError::Unavailable)
+    }
+
+    /// The bound of one page of a bulk operation (purges by pattern or tag,
+    /// clear, key listing): these are not on a read's path, and one slow
+    /// page must not abandon a purge halfway.
+    fn bulk_timeout(&self) -> Duration {
+        self.timeout.max(Duration::from_secs(2))
+    }
+
+    fn stalled(&self) -> bool {
+        self.timeouts.load(Ordering::Relaxed) >= STALL_AFTER
     }
 
     fn is_up_logged(&self) -> bool {
-        let now = self.pool.next_connected().is_connected();
+        let now = self.pool.next_connected().is_connected() && !self.stalled();
         if self.up.swap(now, Ordering::Relaxed) != now {
             if now {
                 tracing::info!(target: "cachegate::store", "redis is reachable again; caching resumes");
@@ -242,10 +283,25 @@ impl RedisStore {
     }
 
     async fn bounded<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
-            Err(_) => Err(StoreError::Timeout),
+        self.bounded_by(self.timeout, fut).await
+    }
+
+    /// A store call bounded by `timeout`; timeouts in a row mark Redis as
+    /// stalled (see `timeouts`), any answer clears that.
+    async fn bounded_by<T>(&self, timeout: Duration, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(result) => {
+                if self.timeouts.swap(0, Ordering::Relaxed) >= STALL_AFTER {
+                    self.is_up_logged();
+                }
+                result.map_err(|e| StoreError::Backend(e.to_string()))
+            }
+            Err(_) => {
+                if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 == STALL_AFTER {
+                    self.is_up_logged();
+                }
+                Err(StoreError::Timeout)
+            }
         }
     }
 
@@ -297,7 +353,7 @@ impl RedisStore {
                 .await
                 .map_err(|e| StoreError::Backend(e.to_string()))?;
         }
-        let marks: Vec<bool> = self.bounded(pipeline.all()).await?;
+        let marks: Vec<bool> = self.bounded_by(self.bulk_timeout(), pipeline.all()).await?;
         let ours = candidates
             .into_iter()
             .zip(marks)
@@ -313,6 +369,19 @@ impl RedisStore {
     /// The fred pool, for callers that need raw access (admin, tests).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+}
+
+/// While Redis counts as stalled, PINGs it now and then, so that it counts
+/// as up again as soon as it answers, even when no request comes.
+async fn probe_while_stalled(store: std::sync::Weak<RedisStore>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(PROBE_EVERY_MS)).await;
+        let Some(store) = store.upgrade() else { return };
+        if store.stalled() {
+            let client = store.pool.next_connected();
+            let _: StoreResult<String> = store.bounded(client.ping(None)).await;
+        }
     }
 }
 
@@ -470,7 +539,7 @@ impl Store for RedisStore {
                     let logical: Vec<String> = keys.iter().map(|k| self.logical(k).to_string()).collect();
                     removed += self.purge_keys(&logical, true).await?;
                 } else {
-                    let n: i64 = self.bounded(client.unlink(keys)).await?;
+                    let n: i64 = self.bounded_by(self.bulk_timeout(), client.unlink(keys)).await?;
                     removed += n as u64;
                 }
             }
@@ -492,7 +561,10 @@ impl Store for RedisStore {
             let mut offset = 0i64;
             loop {
                 let page: Vec<String> = self
-                    .bounded(client.zrangebyscore(&tag_key, now, "+inf", false, Some((offset, SCAN_BATCH as i64))))
+                    .bounded_by(
+                        self.bulk_timeout(),
+                        client.zrangebyscore(&tag_key, now, "+inf", false, Some((offset, SCAN_BATCH as i64))),
+                    )
                     .await?;
                 if page.is_empty() {
                     break;
@@ -556,7 +628,7 @@ impl Store for RedisStore {
         loop {
             let (next, page) = self.record_page(client, cursor, &full).await?;
             if !page.is_empty() {
-                let n: i64 = self.bounded(client.unlink(page)).await?;
+                let n: i64 = self.bounded_by(self.bulk_timeout(), client.unlink(page)).await?;
                 removed += n as u64;
             }
             if next == "0" {
@@ -567,27 +639,49 @@ impl Store for RedisStore {
         Ok(removed)
     }
 
-    async fn add_counters(&self, deltas: &[(String, i64)]) -> StoreResult<()> {
-        if deltas.is_empty() {
+    async fn publish_counters(&self, instance: &str, totals: &[(String, i64)]) -> StoreResult<()> {
+        if totals.is_empty() {
             return Ok(());
         }
         let client = self.client()?;
-        let key = format!("{}stats", self.internal_prefix());
+        let key = format!("{}stats:{instance}", self.internal_prefix());
+        let index = format!("{}stats", self.internal_prefix());
         let pipeline = client.pipeline();
-        for (name, delta) in deltas {
-            let _: () = pipeline
-                .hincrby(&key, name.as_str(), *delta)
-                .await
-                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let pairs: Vec<(&str, i64)> = totals.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let queued: Result<(), Error> = async {
+            let _: () = pipeline.hset(&key, pairs).await?;
+            // An instance gone for 30 days stops counting.
+            let _: () = pipeline.pexpire(&key, STATS_RETENTION_MS, None).await?;
+            let _: () = pipeline.sadd(&index, instance).await?;
+            Ok(())
         }
-        let _: Vec<i64> = self.bounded(pipeline.all()).await?;
+        .await;
+        queued.map_err(|e| StoreError::Backend(e.to_string()))?;
+        let _: Vec<Value> = self.bounded(pipeline.all()).await?;
         Ok(())
     }
 
     async fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
         let client = self.client()?;
-        let key = format!("{}stats", self.internal_prefix());
-        self.bounded(client.hgetall(&key)).await
+        let index = format!("{}stats", self.internal_prefix());
+        let instances: Vec<String> = self.bounded(client.smembers(&index)).await?;
+        let mut sums: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        let mut gone = Vec::new();
+        for instance in instances {
+            let key = format!("{}stats:{instance}", self.internal_prefix());
+            let totals: Vec<(String, i64)> = self.bounded(client.hgetall(&key)).await?;
+            if totals.is_empty() {
+                gone.push(instance);
+            }
+            for (name, v) in totals {
+                let sum = sums.entry(name).or_insert(0);
+                *sum = sum.saturating_add(v);
+            }
+        }
+        if !gone.is_empty() {
+            let _: i64 = self.bounded(client.srem(&index, gone)).await?;
+        }
+        Ok(sums.into_iter().collect())
     }
 
     async fn info(&self) -> StoreResult<StoreInfo> {
