@@ -303,10 +303,13 @@ impl Gateway {
             Ok(Some(token)) => {
                 let (lock_key, lock_field) = (key.key.clone(), field.clone());
                 let result = self.fill(req, from, rule, key, guard, stale, Some(leader)).await;
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    let _ = store.unlock(&lock_key, &lock_field, &token).await;
-                });
+                // An empty token: the store shares no lock (memory).
+                if !token.is_empty() {
+                    let store = self.store.clone();
+                    tokio::spawn(async move {
+                        let _ = store.unlock(&lock_key, &lock_field, &token).await;
+                    });
+                }
                 result
             }
             Ok(None) => {

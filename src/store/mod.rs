@@ -173,7 +173,7 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the cross-instance fill lock for one entry (`SET NX PX` with a
     /// random token), so that instances sharing the store make one backend
     /// request between them. `Some(token)` when taken. A store no other
-    /// instance shares has nothing to lock: it always grants.
+    /// instance shares has nothing to lock: it grants with an empty token.
     async fn try_lock(&self, _key: &str, _field: &str, _ttl: Duration) -> StoreResult<Option<String>> {
         Ok(Some(String::new()))
     }
