@@ -447,24 +447,9 @@ fn update(state: &Shared, tenant: &str, id: &str, body: &serde_json::Map<String,
     }
 }
 
-/// The proxy config of the demo: proxy.toml's task rules in front of the
-/// sample API. `@LISTEN@` and `@BACKEND@` are filled in.
-const DEMO_TOML: &str = r#"
-edition = "business"
-
-[server]
-listen = "@LISTEN@"
-
-[backend]
-url = "@BACKEND@"
-connect_timeout_ms = 1000
-timeout_ms = 10000
-
-[redis]
-default_ttl = 300
-# The demo may share a Redis with other things: keep its keys apart.
-key_prefix = "cachegate-demo:"
-
+/// The task API's rules, as the documented `proxy.toml` has them: the demo
+/// runs them, and the tests use them as the standard set.
+pub const TASK_RULES: &str = r#"
 [[rule]]
 name = "task"
 methods = ["GET", "HEAD"]
@@ -494,6 +479,26 @@ path = '^/api/v1/tasks$'
 patterns = ["tasks:*"]
 "#;
 
+/// The proxy config of the demo (its rules are [`TASK_RULES`]), in front
+/// of the sample API. `@LISTEN@` and `@BACKEND@` are filled in.
+const DEMO_TOML: &str = r#"
+edition = "business"
+
+[server]
+listen = "@LISTEN@"
+
+[backend]
+url = "@BACKEND@"
+connect_timeout_ms = 1000
+timeout_ms = 10000
+
+[redis]
+default_ttl = 300
+# The demo may share a Redis with other things: keep its keys apart.
+key_prefix = "cachegate-demo:"
+
+"#;
+
 /// The demo's config: only `REDIS_*` variables of the environment count
 /// (so `REDIS_URL` switches the store to Redis); everything else is inline.
 pub fn demo_config(
@@ -501,7 +506,7 @@ pub fn demo_config(
     backend: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, BoxError> {
-    let text = DEMO_TOML
+    let text = format!("{DEMO_TOML}\n{TASK_RULES}")
         .replace("@LISTEN@", &listen.to_string())
         .replace("@BACKEND@", backend);
     let redis_only = |name: &str| if name.starts_with("REDIS_") { env(name) } else { None };

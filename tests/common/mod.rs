@@ -944,35 +944,7 @@ pub fn store_section(kind: Kind) -> &'static str {
 pub const HEAD: &str = "[backend]\nurl = \"{backend}\"\ntimeout_ms = 5000\n\n{store}\n";
 
 /// The rules of the documented `proxy.toml`.
-pub const STD_RULES: &str = r#"
-[[rule]]
-name = "task"
-methods = ["GET", "HEAD"]
-path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
-key = "task:{task_id}"
-ttl = 300
-statuses = [200]
-
-[[rule]]
-name = "task-list"
-path = '^/api/v1/tasks$'
-key = "tasks:{query}"
-ttl = 60
-
-[[invalidate]]
-name = "task-write"
-methods = ["PUT", "PATCH", "DELETE"]
-path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
-keys = ["task:{task_id}"]
-patterns = ["tasks:*"]
-when = "success"
-
-[[invalidate]]
-name = "task-create"
-methods = ["POST"]
-path = '^/api/v1/tasks$'
-patterns = ["tasks:*"]
-"#;
+pub const STD_RULES: &str = cachegate::demo::TASK_RULES;
 
 /// `HEAD` + `STD_RULES`.
 pub fn std_config() -> String {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Times the admin clear over a large keyspace and reports Redis's slowest
+# command during it (SLOWLOG), on a private redis-server.
+#
+#   bench/clear-million.sh            # 1,000,000 entries (default)
+#   N=200000 bench/clear-million.sh
+#
+# Needs: redis-server, redis-cli, curl, python3 (Debian: apt-get install -y redis-server curl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000000}
+FOREIGN=${FOREIGN:-1000}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RPORT=$(free_port)
+PPORT=$(free_port)
+BPORT=$(free_port)
+WORK=$(mktemp -d)
+cleanup() {
+    [ -n "${PROXY_PID:-}" ] && kill "$PROXY_PID" 2>/dev/null || true
+    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cargo build --release -q
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --dir "$WORK" --logfile "$WORK/redis.log" --slowlog-log-slower-than 1000 --slowlog-max-len 1024
+until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+
+echo "filling $N entries (cachegate layout) and $FOREIGN foreign keys..."
+python3 - "$N" "$FOREIGN" <<'PY' | redis-cli -p "$RPORT" --pipe >/dev/null
+import sys
+n, foreign = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout.buffer
+def cmd(*args):
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    out.write(b"".join(parts))
+for i in range(n):
+    cmd("HSET", "task:%d" % i, "anon", "CG-entry", "__cg", "1")
+for i in range(foreign):
+    cmd("SET", "task:foreign:%d" % i, "not ours")
+PY
+echo "keys in Redis: $(redis-cli -p "$RPORT" dbsize)"
+
+TOKEN=$(./target/release/cachegate token | sed -n 's/^token: //p')
+HASH=$(./target/release/cachegate token --hash "$TOKEN" | sed -n 's/^sha256 = "\(.*\)"/\1/p')
+cat > "$WORK/proxy.toml" <<TOML
+edition = "business"
+[server]
+listen = "127.0.0.1:$PPORT"
+[backend]
+url = "http://127.0.0.1:$BPORT"
+[redis]
+url = "redis://127.0.0.1:$RPORT/0"
+[[admin.tokens]]
+name = "bench"
+sha256 = "$HASH"
+scopes = ["purge"]
+TOML
+./target/release/cachegate --config "$WORK/proxy.toml" --log warn &
+PROXY_PID=$!
+until curl -s "127.0.0.1:$PPORT/healthz" >/dev/null; do sleep 0.1; done
+redis-cli -p "$RPORT" slowlog reset >/dev/null
+
+start=$(date +%s.%N)
+body=$(curl -s -X DELETE -H "Authorization: Bearer $TOKEN" "127.0.0.1:$PPORT/api/v1/cache/clear?pattern=task:*")
+end=$(date +%s.%N)
+echo "clear answered: $body"
+python3 -c "print('clear of $N entries took %.2f s' % ($end - $start))"
+echo "keys left: $(redis-cli -p "$RPORT" dbsize) (the $FOREIGN foreign keys and cachegate's own bookkeeping)"
+slowest=$(redis-cli -p "$RPORT" slowlog get 1024 | python3 -c '
+import sys
+lines = [l.strip() for l in sys.stdin]
+# SLOWLOG GET entries: id, timestamp, duration (us), [args...]; take every 3rd numeric after an id
+durations = [int(lines[i+2]) for i in range(0, len(lines) - 2) if lines[i].isdigit() and lines[i+1].isdigit() and lines[i+2].isdigit() and int(lines[i+1]) > 1000000000]
+print(max(durations) if durations else 0)')
+echo "slowest Redis command during the clear: ${slowest} us (slowlog threshold 1000 us)"
