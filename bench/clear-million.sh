@@ -72,10 +72,12 @@ end=$(date +%s.%N)
 echo "clear answered: $body"
 python3 -c "print('clear of $N entries took %.2f s' % ($end - $start))"
 echo "keys left: $(redis-cli -p "$RPORT" dbsize) (the $FOREIGN foreign keys and cachegate's own bookkeeping)"
-slowest=$(redis-cli -p "$RPORT" slowlog get 1024 | python3 -c '
-import sys
-lines = [l.strip() for l in sys.stdin]
-# SLOWLOG GET entries: id, timestamp, duration (us), [args...]; take every 3rd numeric after an id
-durations = [int(lines[i+2]) for i in range(0, len(lines) - 2) if lines[i].isdigit() and lines[i+1].isdigit() and lines[i+2].isdigit() and int(lines[i+1]) > 1000000000]
-print(max(durations) if durations else 0)')
-echo "slowest Redis command during the clear: ${slowest} us (slowlog threshold 1000 us)"
+echo "slowest Redis commands during the clear (SLOWLOG, threshold 1 ms):"
+redis-cli -p "$RPORT" --json slowlog get 1024 2>/dev/null | python3 -c '
+import json, sys
+entries = json.load(sys.stdin) or []
+entries.sort(key=lambda e: -e[2])
+for e in entries[:5]:
+    print("  %6d us  %s" % (e[2], " ".join(str(a) for a in e[3][:4])))
+if not entries:
+    print("  none over 1 ms")'
