@@ -37,6 +37,23 @@ pub struct Leader<'a> {
     tx: watch::Sender<State>,
 }
 
+impl Leader<'_> {
+    /// Removes this leader's entry from the map, and never another's: once
+    /// closed, a later miss for the same entry may have become leader.
+    fn leave(&self) {
+        let mut fills = match self.inflight.fills.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if fills
+            .get(&self.id)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            fills.remove(&self.id);
+        }
+    }
+}
+
 /// A later miss: it waits for the leader.
 pub struct Follower {
     rx: watch::Receiver<State>,
@@ -61,14 +78,6 @@ impl Inflight {
         fills.insert(id.clone(), rx);
         Role::Leader(Leader { inflight: self, id, tx })
     }
-
-    fn remove(&self, id: &str) {
-        let mut fills = match self.fills.lock() {
-            Ok(f) => f,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        fills.remove(id);
-    }
 }
 
 impl Leader<'_> {
@@ -76,7 +85,7 @@ impl Leader<'_> {
     /// that starts after a write's purge then never waits for a body that
     /// the purge did not cover (it looks up and fetches itself).
     pub fn close(&self) {
-        self.inflight.remove(&self.id);
+        self.leave();
     }
 
     /// Shares the fill's result with every follower (`None`: nothing to
@@ -90,7 +99,7 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         if matches!(*self.tx.borrow(), State::Pending) {
-            self.inflight.remove(&self.id);
+            self.leave();
             let _ = self.tx.send(State::Done(None));
         }
     }
@@ -145,6 +154,25 @@ mod tests {
             matches!(inflight.join("k", "f"), Role::Leader(_)),
             "finished fills leave the map"
         );
+    }
+
+    #[tokio::test]
+    async fn a_closed_leader_never_removes_its_successor() {
+        let inflight = Inflight::default();
+        let Role::Leader(first) = inflight.join("k", "f") else {
+            panic!()
+        };
+        first.close();
+        let Role::Leader(second) = inflight.join("k", "f") else {
+            panic!("closed: a new leader")
+        };
+        first.close();
+        drop(first);
+        assert!(
+            matches!(inflight.join("k", "f"), Role::Follower(_)),
+            "the second leader is still there"
+        );
+        drop(second);
     }
 
     #[tokio::test]

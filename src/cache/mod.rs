@@ -327,6 +327,10 @@ impl Gateway {
                     self.store
                         .wait_unlocked(&key.key, &found.field, left.min(Duration::from_millis(50)))
                         .await;
+                    // Take no more followers before the read whose result is
+                    // shared: one arriving after a write must not get an
+                    // entry read before that write's purge (see coalesce.rs).
+                    leader.close();
                     let Ok(now) = self.read(&key, req.headers()).await else {
                         break;
                     };

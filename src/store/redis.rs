@@ -22,8 +22,8 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
-use fred::types::Expiration;
 use fred::types::Value;
+use fred::types::{ClusterHash, CustomCommand, Expiration};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -118,6 +118,18 @@ return 0
 /// How long an instance's published counters outlive its last flush.
 const STATS_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
+/// Removes tag members whose score is still the one read (ARGV: member,
+/// score, member, score, ...); a member re-indexed since keeps its place.
+const UNTAG_LUA: &str = r#"
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return removed
+"#;
+
 /// Keys per SCAN page and per UNLINK batch: small enough that no single
 /// command holds Redis for long.
 const SCAN_BATCH: u32 = 1000;
@@ -132,6 +144,7 @@ pub struct RedisStore {
     purge_script: Script,
     soft_purge_script: Script,
     unlock_script: Script,
+    untag_script: Script,
     /// Receives lock-release notices (pub/sub), for waiters on other
     /// instances' fills.
     notices: SubscriberClient,
@@ -214,6 +227,7 @@ impl RedisStore {
             purge_script: Script::from_lua(PURGE_LUA),
             soft_purge_script: Script::from_lua(SOFT_PURGE_LUA),
             unlock_script: Script::from_lua(UNLOCK_LUA),
+            untag_script: Script::from_lua(UNTAG_LUA),
             notices,
             channel,
             secret,
@@ -558,22 +572,47 @@ impl Store for RedisStore {
         let mut purged = 0u64;
         for tag in tags {
             let tag_key = self.tag_key(tag);
-            let mut offset = 0i64;
+            // ZSCAN, not offsets: a fill landing meanwhile raises its key's
+            // score, which would shift an offset window and skip members.
+            let mut cursor = String::from("0");
             loop {
-                let page: Vec<String> = self
-                    .bounded_by(
-                        self.bulk_timeout(),
-                        client.zrangebyscore(&tag_key, now, "+inf", false, Some((offset, SCAN_BATCH as i64))),
-                    )
-                    .await?;
-                if page.is_empty() {
+                let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
+                let args: Vec<Value> = vec![
+                    tag_key.as_str().into(),
+                    cursor.as_str().into(),
+                    "COUNT".into(),
+                    (SCAN_BATCH as i64).into(),
+                ];
+                let (next, flat): (String, Vec<String>) =
+                    self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
+                let pairs: Vec<(String, String)> = flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+                let live: Vec<String> = pairs
+                    .iter()
+                    .filter(|(_, score)| score.parse::<f64>().is_ok_and(|s| s >= now))
+                    .map(|(member, _)| member.clone())
+                    .collect();
+                if !live.is_empty() {
+                    purged += self.purge_keys(&live, soft).await?;
+                }
+                if !soft && !pairs.is_empty() {
+                    // Drop the members read, unless a fill re-indexed them
+                    // since (ZADD GT raised the score): those stay findable.
+                    let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
+                    for (member, score) in pairs {
+                        args.push(member.into());
+                        args.push(score.into());
+                    }
+                    let _: i64 = self
+                        .bounded_by(
+                            self.bulk_timeout(),
+                            self.run_script(client, &self.untag_script, vec![tag_key.clone()], args),
+                        )
+                        .await?;
+                }
+                if next == "0" {
                     break;
                 }
-                offset += page.len() as i64;
-                purged += self.purge_keys(&page, soft).await?;
-            }
-            if !soft {
-                let _: i64 = self.bounded(client.unlink(&tag_key)).await?;
+                cursor = next;
             }
         }
         Ok(purged)
