@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 /// The `Cache-Control` directives cachegate acts on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Directives {
+    pub public: bool,
     pub no_store: bool,
     pub no_cache: bool,
     pub private: bool,
@@ -35,6 +36,7 @@ impl Directives {
                 };
                 let secs = || arg.and_then(|a| a.parse::<u64>().ok());
                 match name.to_ascii_lowercase().as_str() {
+                    "public" => d.public = true,
                     "no-store" => d.no_store = true,
                     // `no-cache="field"` restricts fields only; treat as whole.
                     "no-cache" => d.no_cache = true,
@@ -77,6 +79,19 @@ pub fn origin_lifetime(headers: &HeaderMap, d: &Directives) -> Option<Duration> 
         expires.duration_since(date).map(|d| d.as_secs()).unwrap_or(0)
     };
     Some(Duration::from_secs(lifetime.saturating_sub(age(headers))))
+}
+
+/// Raises a response's `Age` to its corrected initial age, max(Age, now −
+/// Date) (RFC 9111 §4.2.3), so that time the response spent before it
+/// reached us counts against its freshness and shows in `Age` on hits.
+pub fn correct_age(headers: &mut HeaderMap, now: SystemTime) {
+    let Some(date) = headers.get(header::DATE).and_then(|v| http_date(v).ok()) else {
+        return;
+    };
+    let apparent = now.duration_since(date).map(|d| d.as_secs()).unwrap_or(0);
+    if apparent > age(headers) {
+        headers.insert(header::AGE, http::HeaderValue::from(apparent));
+    }
 }
 
 /// The `Age` header's seconds, 0 when absent or invalid.
@@ -165,6 +180,17 @@ mod tests {
     }
 
     #[test]
+    fn age_is_corrected_by_date() {
+        let mut headers = h(&[("date", "Thu, 26 Nov 2026 10:00:00 GMT"), ("age", "5")]);
+        let date = httpdate::parse_http_date("Thu, 26 Nov 2026 10:00:00 GMT").unwrap();
+        correct_age(&mut headers, date + Duration::from_secs(3600));
+        assert_eq!(age(&headers), 3600);
+        // A smaller apparent age leaves a larger Age alone.
+        correct_age(&mut headers, date + Duration::from_secs(10));
+        assert_eq!(age(&headers), 3600);
+    }
+
+    #[test]
     fn request_directives() {
         assert!(RequestDirectives::parse(&h(&[("cache-control", "no-cache")])).revalidate);
         assert!(RequestDirectives::parse(&h(&[("cache-control", "max-age=0")])).revalidate);
@@ -191,6 +217,8 @@ pub fn lifetime(
     }
     let mut ttl = match rule.ttl_for(status).ok_or("status")? {
         TtlMode::Fixed(t) => t,
+        // Stored only to be revalidated before every use (below).
+        TtlMode::Origin if d.no_cache => Duration::ZERO,
         TtlMode::Origin => origin_lifetime(headers, &d)
             .or(rule.default_ttl)
             .ok_or("no-freshness")?,

@@ -30,7 +30,7 @@ mod vary;
 pub use scope::{scope_field, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
-use crate::config::{Config, StoreKind, When};
+use crate::config::{Config, Scope, StoreKind, TtlMode, When};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
@@ -45,6 +45,14 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a miss waiting on another instance's fill waits for the
+/// pub/sub notice before it looks at the store anyway (the fallback for a
+/// lost notice or a crashed lock owner).
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// How long a stale entry with a validator is kept for revalidation.
+const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 
 /// Everything a request needs: config, store, backend client.
 pub struct Gateway {
@@ -325,7 +333,7 @@ impl Gateway {
                         break;
                     }
                     self.store
-                        .wait_unlocked(&key.key, &found.field, left.min(Duration::from_millis(50)))
+                        .wait_unlocked(&key.key, &found.field, left.min(LOCK_POLL))
                         .await;
                     // Take no more followers before the read whose result is
                     // shared: one arriving after a write must not get an
@@ -499,10 +507,18 @@ impl Gateway {
                 );
             }
         }
-        let resp = match result {
+        let mut resp = match result {
             Ok(r) => r,
+            // A stale entry that must not be used unvalidated: the cache
+            // could not validate it, so it answers 504 (RFC 9111 §5.2.2.2).
+            Err(ForwardError::Unreachable(_)) if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) => {
+                return (ForwardError::Timeout.to_response(), miss(false, Some("backend")));
+            }
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
         };
+        if rule.ttl == TtlMode::Origin {
+            freshness::correct_age(resp.headers_mut(), std::time::SystemTime::now());
+        }
         if validating && resp.status() == StatusCode::NOT_MODIFIED {
             if let Some(entry) = stale {
                 return self
@@ -518,6 +534,9 @@ impl Gateway {
         };
         if RequestDirectives::parse(&client).no_store {
             return (strip_body(resp, is_head), miss(false, Some("request-no-store")));
+        }
+        if !shareable_with_authorization(rule, &client, resp.headers()) {
+            return (strip_body(resp, is_head), miss(false, Some("authorization")));
         }
         let limit = rule.max_body_bytes;
         match fill::content_length(resp.headers()) {
@@ -581,7 +600,7 @@ impl Gateway {
             // Take no more followers before storing (see coalesce.rs).
             leader.close();
         }
-        let retain = entry.lifetime.retain();
+        let retain = retain_for(&entry.lifetime, &entry.headers);
         let names = vary::names(&entry.headers);
         let field = field_for(&key.field, &entry.headers, request);
         let tags = entry_tags(&key.tags, &entry.headers);
@@ -677,8 +696,8 @@ impl Gateway {
             let size = encoded.len();
             let names = vary::names(&headers);
             let tags = entry_tags(&key.tags, &headers);
+            let retain = retain_for(&lifetime, &headers);
             tokio::spawn(async move {
-                let retain = lifetime.retain();
                 let mut stored = store.fill(&key.key, &field, encoded, retain, guard, &tags).await;
                 if !names.is_empty() && matches!(stored, Ok(true)) {
                     let marker = vary::marker(&names);
@@ -766,17 +785,25 @@ impl Gateway {
         }
     }
 
-    /// The key a GET of this URI would be cached under, if a rule caches it.
-    fn keys_for_uri(&self, path: &str, query: Option<&str>, view: &RequestView<'_>) -> Option<String> {
-        let m = self.config.rules.match_cache(&Method::GET, path)?;
-        let view = RequestView {
-            method: &Method::GET,
-            host: view.host,
-            path,
-            query,
-            headers: view.headers,
-        };
-        self.config.rules.render_key(&m.rule.key, &view, &m.captures)
+    /// The keys GET and HEAD of this URI would be cached under, where a
+    /// rule caches them (the same key, unless the template has `{method}`).
+    fn keys_for_uri(&self, path: &str, query: Option<&str>, view: &RequestView<'_>) -> Vec<String> {
+        let mut keys = Vec::new();
+        for method in [Method::GET, Method::HEAD] {
+            let Some(m) = self.config.rules.match_cache(&method, path) else {
+                continue;
+            };
+            let view = RequestView {
+                method: &method,
+                host: view.host,
+                path,
+                query,
+                headers: view.headers,
+            };
+            keys.extend(self.config.rules.render_key(&m.rule.key, &view, &m.captures));
+        }
+        keys.dedup();
+        keys
     }
 
     async fn purge(&self, mut purge: Purge) {
@@ -911,6 +938,30 @@ fn add_validators(request: &mut http::HeaderMap, stored: &http::HeaderMap) -> bo
         added = true;
     }
     added
+}
+
+/// How long the store keeps an entry: fresh plus its stale windows, and,
+/// when it has a validator, long enough after that to be revalidated with
+/// a conditional request rather than fetched again.
+fn retain_for(lifetime: &Lifetime, headers: &http::HeaderMap) -> Duration {
+    let retain = lifetime.retain();
+    if freshness::has_validator(headers) {
+        retain.max(lifetime.ttl + KEEP_FOR_REVALIDATION)
+    } else {
+        retain
+    }
+}
+
+/// RFC 9111 §3.5: an answer to a request with `Authorization` is shared
+/// only if the origin allows it (`public`, `s-maxage`, `must-revalidate`).
+/// Credential-scoped rules never share it anyway; fixed-TTL public rules
+/// are the operator's explicit decision.
+fn shareable_with_authorization(rule: &CacheRule, request: &http::HeaderMap, response: &http::HeaderMap) -> bool {
+    if rule.scope != Scope::Public || rule.ttl != TtlMode::Origin || !request.contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let d = freshness::Directives::parse(response);
+    d.public || d.s_maxage.is_some() || d.must_revalidate
 }
 
 /// An entry's tags: the rule's, and those the backend names in
