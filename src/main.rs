@@ -125,26 +125,29 @@ fn check(args: ServeArgs) -> ExitCode {
     match load(&args) {
         Err(code) => code,
         Ok(config) => {
-            println!("{}: ok", config.source);
-            println!(
-                "edition {}; listen {}; backend {}",
+            let mut out = format!(
+                "{}: ok\nedition {}; listen {}; backend {}\n",
+                config.source,
                 config.edition.as_str(),
                 config.server.listen,
                 config.backend.url
             );
-            match &config.redis {
-                Some(r) => println!(
-                    "store redis {} db {}; key prefix {:?}",
+            out.push_str(&match &config.redis {
+                Some(r) => format!(
+                    "store redis {} db {}; key prefix {:?}; in-process tier {}\n",
                     redact(&r.url),
                     r.db,
-                    config.cache.key_prefix
+                    config.cache.key_prefix,
+                    if config.tier.enabled { "on" } else { "off" }
                 ),
-                None => println!(
-                    "store memory ({} entries, {} bytes)",
+                None => format!(
+                    "store memory ({} entries, {} bytes)\n",
                     config.memory.max_entries, config.memory.max_bytes
                 ),
-            }
-            print!("{}", config.rules);
+            });
+            out.push_str(&config.rules.to_string());
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
             ExitCode::SUCCESS
         }
     }

@@ -37,6 +37,7 @@ use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry, Lifetime};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::tiered::TieredStore;
 use crate::store::{FillGuard, Store, StoreError, StoreResult};
 use crate::BoxError;
 use coalesce::{Inflight, Leader, Role, Shared};
@@ -87,7 +88,7 @@ impl Gateway {
         let tombstone_ttl = Duration::from_secs(60).max(config.backend.timeout * 2);
         let store: Arc<dyn Store> = match (&config.store, &config.redis) {
             (StoreKind::Redis, Some(redis)) => {
-                RedisStore::connect(
+                let store = RedisStore::connect(
                     redis,
                     &config.cache.key_prefix,
                     config.cache.store_timeout,
@@ -95,7 +96,17 @@ impl Gateway {
                     Duration::from_secs(2),
                     config.cache.scope_secret.as_deref(),
                 )
-                .await?
+                .await?;
+                if config.tier.enabled {
+                    Arc::new(TieredStore::new(
+                        store,
+                        redis,
+                        &config.cache.key_prefix,
+                        config.tier.max_bytes,
+                    )?)
+                } else {
+                    store
+                }
             }
             _ => Arc::new(MemoryStore::new(
                 config.memory.max_entries,

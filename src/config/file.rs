@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub tier: RawTier,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,
@@ -143,4 +145,11 @@ pub struct RawToken {
     pub sha256: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
     pub scopes: Spanned<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub enabled: Option<bool>,
+    pub max_bytes: Option<u64>,
 }

@@ -109,6 +109,13 @@ pub struct RedisConfig {
     pub pool_size: usize,
 }
 
+/// The in-process tier in front of Redis.
+#[derive(Debug, Clone)]
+pub struct TierConfig {
+    pub enabled: bool,
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
     pub max_entries: u64,
@@ -233,6 +240,8 @@ pub struct Config {
     pub store: StoreKind,
     pub redis: Option<RedisConfig>,
     pub memory: MemoryConfig,
+    /// Used with the Redis store only.
+    pub tier: TierConfig,
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub rules: Arc<RuleSet>,
@@ -405,6 +414,10 @@ pub(super) fn resolve(
     };
 
     let admin = admin_config(raw.admin, env, &at)?;
+    let tier = TierConfig {
+        enabled: raw.tier.enabled.unwrap_or(true),
+        max_bytes: raw.tier.max_bytes.unwrap_or(64 * 1024 * 1024),
+    };
 
     let mut rules = Vec::new();
     for r in raw.rule {
@@ -425,6 +438,7 @@ pub(super) fn resolve(
         store,
         redis,
         memory,
+        tier,
         cache,
         admin,
         rules: Arc::new(rules),

@@ -21,6 +21,7 @@ pub mod entry;
 pub mod glob;
 pub mod memory;
 pub mod redis;
+pub mod tiered;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,334 @@
+//! The in-process tier: a bounded in-memory copy of recently read records
+//! in front of the Redis store, kept coherent across every instance by
+//! Redis client-side caching.
+//!
+//! A dedicated RESP3 connection runs `CLIENT TRACKING ON BCAST` (on the key
+//! prefix), so Redis pushes the name of every key any client writes; the
+//! tier drops that key. The tier serves only while that connection is up:
+//! when it drops, invalidations may have been lost, so the tier is emptied
+//! and stays unused until tracking is re-established.
+//!
+//! A read that misses the tier and finds the record in Redis may put it in
+//! the tier only if no invalidation of that key arrived meanwhile (a per-key
+//! sequence check), so a purge racing the read cannot leave an old copy.
+//! Every write this instance makes (fill, purge) also drops its own copy at
+//! once, so it reads its own writes without waiting for the push.
+
+use super::redis::RedisStore;
+use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
+use crate::config::RedisConfig;
+use crate::rules::INTERNAL_PREFIX;
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::interfaces::TrackingInterface;
+use fred::prelude::*;
+use fred::types::RespVersion;
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The fields of one logical key held in the tier.
+type Fields = Arc<HashMap<String, Bytes>>;
+
+/// How long a record may sit in the tier without being read again; the
+/// caller still checks each entry's own freshness on every hit.
+const TIER_IDLE: Duration = Duration::from_secs(300);
+
+pub struct TieredStore {
+    inner: Arc<RedisStore>,
+    tier: Cache<String, Fields>,
+    /// Whether tracking is established, so the tier may serve.
+    tracking: Arc<AtomicBool>,
+    /// Bumped on every invalidation and every tier clear; a read's insert
+    /// goes ahead only if it did not move (see the module doc).
+    seq: Arc<AtomicU64>,
+    /// The last `seq` at which each recently invalidated key was dropped.
+    dropped: Cache<String, u64>,
+    /// The `seq` of the last time everything was dropped (a clear, a lost
+    /// tracking connection, or `dropped` forgetting a key for room).
+    cleared_at: Arc<AtomicU64>,
+    _tracker: Client,
+}
+
+impl TieredStore {
+    /// Wraps a connected Redis store; starts the tracking connection.
+    pub fn new(
+        inner: Arc<RedisStore>,
+        cfg: &RedisConfig,
+        prefix: &str,
+        max_bytes: u64,
+    ) -> Result<TieredStore, crate::BoxError> {
+        let tier: Cache<String, Fields> = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, v: &Fields| {
+                let size = k.len() + v.iter().map(|(f, b)| f.len() + b.len() + 32).sum::<usize>();
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .time_to_idle(TIER_IDLE)
+            .build();
+        let tracking = Arc::new(AtomicBool::new(false));
+        let seq = Arc::new(AtomicU64::new(0));
+        let cleared_at = Arc::new(AtomicU64::new(0));
+        // Keys are remembered long past any read's duration; one forgotten
+        // early for room counts as a clear, so no racing insert slips by.
+        let dropped = {
+            let (seq, cleared_at) = (seq.clone(), cleared_at.clone());
+            Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(10))
+                .eviction_listener(move |_k, _v, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        cleared_at.store(seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    }
+                })
+                .build()
+        };
+
+        let mut config = Config::from_url(&cfg.url)?;
+        config.database = Some(cfg.db);
+        if let Some(p) = &cfg.password {
+            config.password = Some(p.clone());
+        }
+        config.fail_fast = false;
+        config.version = RespVersion::RESP3;
+        let tracker = Builder::from_config(config)
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(1))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build()?;
+        tracker.connect();
+
+        let store = TieredStore {
+            inner,
+            tier,
+            tracking,
+            seq,
+            dropped,
+            cleared_at,
+            _tracker: tracker.clone(),
+        };
+        let internal = format!("{prefix}{INTERNAL_PREFIX}");
+        {
+            let (tier, seq, dropped, cleared_at, prefix) = (
+                store.tier.clone(),
+                store.seq.clone(),
+                store.dropped.clone(),
+                store.cleared_at.clone(),
+                prefix.to_string(),
+            );
+            tracker.on_invalidation(move |inv| {
+                if inv.keys.is_empty() {
+                    // FLUSHDB / FLUSHALL: everything goes.
+                    cleared_at.store(seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    tier.invalidate_all();
+                    return Ok(());
+                }
+                for key in inv.keys {
+                    let Some(name) = key.as_str() else { continue };
+                    if name.starts_with(&internal) {
+                        continue;
+                    }
+                    let logical = name.strip_prefix(prefix.as_str()).unwrap_or(name).to_string();
+                    let now = seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    tier.invalidate(&logical);
+                    dropped.insert(logical, now);
+                }
+                Ok(())
+            });
+        }
+        tokio::spawn(keep_tracking(
+            tracker,
+            prefix.to_string(),
+            store.tracking.clone(),
+            store.tier.clone(),
+            store.seq.clone(),
+            store.cleared_at.clone(),
+        ));
+        Ok(store)
+    }
+
+    fn serving(&self) -> bool {
+        self.tracking.load(Ordering::SeqCst)
+    }
+
+    /// Drops a key from the tier, as an invalidation would.
+    fn drop_key(&self, key: &str) {
+        let now = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.tier.invalidate(key);
+        self.dropped.insert(key.to_string(), now);
+    }
+
+    fn drop_all(&self) {
+        self.cleared_at
+            .store(self.seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.tier.invalidate_all();
+    }
+
+    /// Whether an invalidation of `key` (or a clear) happened after `since`.
+    fn moved_since(&self, key: &str, since: u64) -> bool {
+        self.cleared_at.load(Ordering::SeqCst) > since || self.dropped.get(key).is_some_and(|at| at > since)
+    }
+}
+
+/// Watches the tracking connection: while it is down the tier is empty and
+/// unused; after every (re)connect tracking is enabled again, then the tier
+/// (emptied once more, since pushes may have been missed) serves again.
+async fn keep_tracking(
+    tracker: Client,
+    prefix: String,
+    tracking: Arc<AtomicBool>,
+    tier: Cache<String, Fields>,
+    seq: Arc<AtomicU64>,
+    cleared_at: Arc<AtomicU64>,
+) {
+    let clear = || {
+        cleared_at.store(seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        tier.invalidate_all();
+    };
+    let prefixes: Vec<String> = if prefix.is_empty() { Vec::new() } else { vec![prefix] };
+    loop {
+        let up = tracker.is_connected();
+        if !up {
+            if tracking.swap(false, Ordering::SeqCst) {
+                tracing::warn!(target: "cachegate::store", "tracking connection lost; the in-process tier is off until it is back");
+                clear();
+            }
+        } else if !tracking.load(Ordering::SeqCst) {
+            let started = tokio::time::timeout(
+                Duration::from_secs(1),
+                tracker.start_tracking(prefixes.clone(), true, false, false, false),
+            )
+            .await;
+            if matches!(started, Ok(Ok(()))) {
+                clear();
+                tracking.store(true, Ordering::SeqCst);
+                tracing::info!(target: "cachegate::store", "tracking established; the in-process tier serves");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[async_trait]
+impl Store for TieredStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.is_up()
+    }
+
+    fn scope_secret(&self) -> Option<Bytes> {
+        self.inner.scope_secret()
+    }
+
+    async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
+        if self.serving() {
+            if let Some(value) = self.tier.get(key).and_then(|fields| fields.get(field).cloned()) {
+                return Ok(Lookup {
+                    entry: Some(value),
+                    guard: FillGuard::default(),
+                });
+            }
+        }
+        let since = self.seq.load(Ordering::SeqCst);
+        let lookup = self.inner.lookup(key, field).await?;
+        if let Some(value) = &lookup.entry {
+            if self.serving() && !self.moved_since(key, since) {
+                let mut fields: HashMap<String, Bytes> = self.tier.get(key).map(|f| (*f).clone()).unwrap_or_default();
+                fields.insert(field.to_string(), value.clone());
+                self.tier.insert(key.to_string(), Arc::new(fields));
+                // An invalidation that raced this insert wins.
+                if self.moved_since(key, since) {
+                    self.tier.invalidate(key);
+                }
+            }
+        }
+        Ok(lookup)
+    }
+
+    async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
+        self.inner.fill_guard(key).await
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        field: &str,
+        value: Bytes,
+        ttl: Duration,
+        guard: FillGuard,
+        tags: &[String],
+    ) -> StoreResult<bool> {
+        let stored = self.inner.fill(key, field, value, ttl, guard, tags).await;
+        self.drop_key(key);
+        stored
+    }
+
+    async fn purge_keys(&self, keys: &[String], soft: bool) -> StoreResult<u64> {
+        for k in keys {
+            self.drop_key(k);
+        }
+        let purged = self.inner.purge_keys(keys, soft).await;
+        for k in keys {
+            self.drop_key(k);
+        }
+        purged
+    }
+
+    async fn purge_pattern(&self, pattern: &str, soft: bool) -> StoreResult<u64> {
+        let purged = self.inner.purge_pattern(pattern, soft).await;
+        self.drop_all();
+        purged
+    }
+
+    async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
+        let purged = self.inner.purge_tags(tags, soft).await;
+        self.drop_all();
+        purged
+    }
+
+    async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
+        self.inner.scan_keys(pattern, limit).await
+    }
+
+    async fn record(&self, key: &str) -> StoreResult<Option<Record>> {
+        self.inner.record(key).await
+    }
+
+    async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64> {
+        let cleared = self.inner.clear(pattern).await;
+        self.drop_all();
+        cleared
+    }
+
+    async fn publish_counters(&self, instance: &str, totals: &[(String, i64)]) -> StoreResult<()> {
+        self.inner.publish_counters(instance, totals).await
+    }
+
+    async fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
+        self.inner.counters().await
+    }
+
+    async fn info(&self) -> StoreResult<StoreInfo> {
+        self.inner.info().await
+    }
+
+    async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        self.inner.try_lock(key, field, ttl).await
+    }
+
+    async fn unlock(&self, key: &str, field: &str, token: &str) -> StoreResult<()> {
+        self.inner.unlock(key, field, token).await
+    }
+
+    async fn is_locked(&self, key: &str, field: &str) -> StoreResult<bool> {
+        self.inner.is_locked(key, field).await
+    }
+
+    async fn wait_unlocked(&self, key: &str, field: &str, timeout: Duration) {
+        self.inner.wait_unlocked(key, field, timeout).await
+    }
+}
