@@ -36,6 +36,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
+    pub strip_request_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

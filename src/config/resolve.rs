@@ -87,7 +87,21 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub header_read_timeout: Duration,
+    /// Request headers dropped on arrival: neither a key nor the backend
+    /// sees them (headers that rewrite the URL or the method behind a cache).
+    pub strip_request_headers: Vec<http::HeaderName>,
 }
+
+/// Headers that make some backends serve another URL or method than the
+/// one the cache keyed on: cache poisoning. See SECURITY.md.
+pub const DEFAULT_STRIPPED: [&str; 6] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+];
 
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
@@ -291,8 +305,20 @@ pub(super) fn resolve(
             &general,
         )?,
     };
+    let mut strip_request_headers = Vec::new();
+    let names = raw
+        .server
+        .strip_request_headers
+        .unwrap_or_else(|| DEFAULT_STRIPPED.iter().map(|s| s.to_string()).collect());
+    for name in names {
+        strip_request_headers.push(
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| general(format!("[server] strip_request_headers: {name:?} is not a header name")))?,
+        );
+    }
     let server = ServerConfig {
         listen,
+        strip_request_headers,
         max_uri_bytes: raw.server.max_uri_bytes.unwrap_or(8 * 1024),
         max_header_bytes: raw.server.max_header_bytes.unwrap_or(32 * 1024),
         max_headers: raw.server.max_headers.unwrap_or(100),
