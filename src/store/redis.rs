@@ -379,11 +379,6 @@ impl RedisStore {
     fn logical<'a>(&self, redis_key: &'a str) -> &'a str {
         redis_key.strip_prefix(self.prefix.as_str()).unwrap_or(redis_key)
     }
-
-    /// The fred pool, for callers that need raw access (admin, tests).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
 }
 
 /// While Redis counts as stalled, PINGs it now and then, so that it counts
