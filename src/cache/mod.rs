@@ -275,7 +275,7 @@ impl Gateway {
                 return (answer(req.headers(), entry, now, is_head), Outcome::Hit { ttl });
             }
             Some(entry) if !asks.revalidate && entry.within_stale_while_revalidate(now) => {
-                self.refresh_in_background(&req, from, rule, &key);
+                self.refresh_in_background(&req, from, rule, &key, &found.field);
                 return (
                     answer(req.headers(), entry, now, is_head),
                     Outcome::Stale { detail: "revalidating" },
@@ -423,6 +423,7 @@ impl Gateway {
         from: ClientInfo,
         rule: &CacheRule,
         key: &CacheKey,
+        field: &str,
     ) {
         let mut refresh = Request::new(proxy::empty());
         *refresh.method_mut() = Method::GET;
@@ -433,12 +434,13 @@ impl Gateway {
         }
         let gateway = self.clone();
         let rule_index = rule.index;
-        let key = key.clone();
+        let (key, field) = (key.clone(), field.to_string());
         tokio::spawn(async move {
             let Some(rule) = gateway.config.rules.cache.get(rule_index) else {
                 return;
             };
-            let Role::Leader(leader) = gateway.inflight.join(&key.key, &key.field) else {
+            // The same coalescing slot a miss for this variant would take.
+            let Role::Leader(leader) = gateway.inflight.join(&key.key, &field) else {
                 return; // someone is already fetching it
             };
             // Re-read: the entry may have been refreshed or purged meanwhile.
