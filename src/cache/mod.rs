@@ -386,6 +386,16 @@ impl Gateway {
     /// points to if it holds a marker. Returns the decoded entry (fresh or
     /// not), the field it lives in, and the guard a fill must present.
     async fn read(&self, key: &CacheKey, request: &http::HeaderMap) -> StoreResult<Found> {
+        // The in-process tier's decoded entry: no store call, no decoding.
+        if let Some(entry) = self.store.peek(&key.key, &key.field) {
+            if entry.is_fresh(now_ms()) {
+                return Ok(Found {
+                    entry: Some(Entry::clone(&entry)),
+                    field: key.field.clone(),
+                    guard: FillGuard::default(),
+                });
+            }
+        }
         let lookup = self.timed("lookup", self.store.lookup(&key.key, &key.field)).await?;
         let Some(raw) = lookup.entry else {
             return Ok(Found {

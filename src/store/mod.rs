@@ -25,7 +25,9 @@ pub mod tiered;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use entry::Entry;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The record field holding the generation counter.
@@ -112,6 +114,14 @@ pub trait Store: Send + Sync + 'static {
     /// The secret that keys credential-scope hashes. Shared by every
     /// instance on the same Redis, so they share scopes; `None` until known.
     fn scope_secret(&self) -> Option<Bytes>;
+
+    /// An entry held in this process, already decoded, if the store keeps
+    /// one for `field` of `key` (the in-process tier); no I/O, so a hit
+    /// costs no store round trip and no decoding. Callers still check its
+    /// freshness; anything else goes through [`Store::lookup`].
+    fn peek(&self, _key: &str, _field: &str) -> Option<Arc<Entry>> {
+        None
+    }
 
     /// Reads `field` of `key`; on a miss, also the guard a fill must present.
     async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup>;

@@ -434,8 +434,11 @@ impl Store for RedisStore {
     async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
         let client = self.client()?;
         let key = self.key(key);
-        let got: Result<Vec<Option<Bytes>>, StoreError> =
-            self.bounded(client.hmget(&key, vec![field, GEN_FIELD])).await;
+        // fred's command futures are ~7 KB; boxed once here, the rest of this
+        // call (and async_trait's box around it) moves a pointer, not 7 KB,
+        // at each step. Measured: 3 copies of it were 27% of a Redis hit.
+        let hmget = Box::pin(client.hmget(&key, vec![field, GEN_FIELD]));
+        let got: Result<Vec<Option<Bytes>>, StoreError> = self.bounded(hmget).await;
         let (entry, generation) = match got {
             Ok(mut v) if v.len() == 2 => {
                 let generation = v.pop().flatten();
@@ -453,7 +456,7 @@ impl Store for RedisStore {
                 guard: FillGuard::default(),
             });
         }
-        let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
+        let epoch: Option<Bytes> = self.bounded(Box::pin(client.get(&self.epoch_key))).await?;
         Ok(Lookup {
             entry: None,
             guard: FillGuard {

@@ -14,6 +14,7 @@
 //! Every write this instance makes (fill, purge) also drops its own copy at
 //! once, so it reads its own writes without waiting for the push.
 
+use super::entry::Entry;
 use super::redis::RedisStore;
 use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
 use crate::config::RedisConfig;
@@ -29,8 +30,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One field's record as the tier holds it: the stored bytes, and the
+/// entry decoded once when it entered the tier (`None` for a `Vary` marker
+/// or anything else that is not an entry).
+#[derive(Clone)]
+struct Held {
+    raw: Bytes,
+    entry: Option<Arc<Entry>>,
+}
+
 /// The fields of one logical key held in the tier.
-type Fields = Arc<HashMap<String, Bytes>>;
+type Fields = Arc<HashMap<String, Held>>;
 
 /// How long a record may sit in the tier without being read again; the
 /// caller still checks each entry's own freshness on every hit.
@@ -63,7 +73,7 @@ impl TieredStore {
         let tier: Cache<String, Fields> = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Fields| {
-                let size = k.len() + v.iter().map(|(f, b)| f.len() + b.len() + 32).sum::<usize>();
+                let size = k.len() + v.iter().map(|(f, h)| f.len() + h.raw.len() + 32).sum::<usize>();
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
             .time_to_idle(TIER_IDLE)
@@ -224,11 +234,18 @@ impl Store for TieredStore {
         self.inner.scope_secret()
     }
 
+    fn peek(&self, key: &str, field: &str) -> Option<Arc<Entry>> {
+        if !self.serving() {
+            return None;
+        }
+        self.tier.get(key)?.get(field)?.entry.clone()
+    }
+
     async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
         if self.serving() {
-            if let Some(value) = self.tier.get(key).and_then(|fields| fields.get(field).cloned()) {
+            if let Some(held) = self.tier.get(key).and_then(|fields| fields.get(field).cloned()) {
                 return Ok(Lookup {
-                    entry: Some(value),
+                    entry: Some(held.raw),
                     guard: FillGuard::default(),
                 });
             }
@@ -237,8 +254,12 @@ impl Store for TieredStore {
         let lookup = self.inner.lookup(key, field).await?;
         if let Some(value) = &lookup.entry {
             if self.serving() && !self.moved_since(key, since) {
-                let mut fields: HashMap<String, Bytes> = self.tier.get(key).map(|f| (*f).clone()).unwrap_or_default();
-                fields.insert(field.to_string(), value.clone());
+                let mut fields: HashMap<String, Held> = self.tier.get(key).map(|f| (*f).clone()).unwrap_or_default();
+                let held = Held {
+                    entry: Entry::decode(value).map(Arc::new),
+                    raw: value.clone(),
+                };
+                fields.insert(field.to_string(), held);
                 self.tier.insert(key.to_string(), Arc::new(fields));
                 // An invalidation that raced this insert wins.
                 if self.moved_since(key, since) {
