@@ -149,9 +149,7 @@ impl Gateway {
         // reach the backend, so they must not reach a key either: drop them
         // before anything reads the request.
         proxy::strip_hop_by_hop(req.headers_mut());
-        for name in &self.config.server.strip_request_headers {
-            req.headers_mut().remove(name);
-        }
+        proxy::remove_named(req.headers_mut(), &self.config.server.strip_request_headers);
         let path = req.uri().path();
         if self.config.admin.listen.is_none() && crate::admin::owns(self, path) {
             return crate::admin::handle(self, req).await;

@@ -50,7 +50,8 @@ impl Outcome {
 
     /// Sets both headers, replacing any the backend sent.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.cache_status()) {
+        // The String's buffer becomes the value's: no second copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.cache_status())) {
             headers.insert("cache-status", v);
         }
         headers.insert("x-cache", HeaderValue::from_static(self.x_cache()));

@@ -95,6 +95,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names is cheaper
+    // than nine hashed removals.
+    if !headers
+        .keys()
+        .any(|n| HOP_BY_HOP.contains(n) || n == header::PROXY_AUTHENTICATE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -106,6 +114,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::PROXY_AUTHENTICATE);
+}
+
+/// Removes every header named in `names` (a configured list): one pass
+/// over the message's names, and a removal only for those present.
+pub fn remove_named(headers: &mut HeaderMap, names: &[HeaderName]) {
+    while let Some(name) = headers.keys().find(|n| names.contains(n)).cloned() {
+        headers.remove(name);
+    }
 }
 
 impl Forwarder {
