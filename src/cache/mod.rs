@@ -27,7 +27,7 @@ mod scope;
 mod status;
 mod vary;
 
-pub use scope::{scope_field, ANONYMOUS, PUBLIC};
+pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
 use crate::config::{Config, Scope, StoreKind, TtlMode, When};
@@ -44,7 +44,7 @@ use coalesce::{Inflight, Leader, Role, Shared};
 use freshness::RequestDirectives;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a miss waiting on another instance's fill waits for the
@@ -62,6 +62,7 @@ pub struct Gateway {
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     inflight: Inflight,
+    scope_key: OnceLock<ScopeKey>,
 }
 
 /// Where a cacheable request's entry lives: the logical key and the
@@ -124,6 +125,7 @@ impl Gateway {
             store,
             metrics,
             inflight: Inflight::default(),
+            scope_key: OnceLock::new(),
         })
     }
 
@@ -211,12 +213,11 @@ impl Gateway {
             tracing::debug!(rule = %rule.name, "key renders empty or too long; bypassing the cache");
             return Err("key");
         };
-        let secret = self.store.scope_secret();
-        let field = scope_field(
+        let field = scope_field_keyed(
             rule.scope,
             req.headers(),
             &self.config.cache.credential_headers,
-            secret.as_deref(),
+            self.scope_key(),
         )
         .ok_or("scope-secret")?;
         let tags = rule
@@ -225,6 +226,16 @@ impl Gateway {
             .filter_map(|t| self.config.rules.render_key(t, &view, captures))
             .collect();
         Ok(CacheKey { key, field, tags })
+    }
+
+    /// The scope HMAC, keyed once the store knows its secret (it never
+    /// changes after that).
+    fn scope_key(&self) -> Option<&ScopeKey> {
+        if let Some(key) = self.scope_key.get() {
+            return Some(key);
+        }
+        let key = ScopeKey::new(&self.store.scope_secret()?)?;
+        Some(self.scope_key.get_or_init(|| key))
     }
 
     /// Phases 4 to 6 for a request a rule covers; the outcome is set on the

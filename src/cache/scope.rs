@@ -13,6 +13,18 @@ use sha2::Sha256;
 pub const ANONYMOUS: &str = "anon";
 pub const PUBLIC: &str = "public";
 
+/// The HMAC keyed once with the scope secret. Keying derives two SHA-256
+/// states from the secret; cloning the keyed state per request skips that,
+/// halving the hashing an authenticated request costs.
+#[derive(Clone)]
+pub struct ScopeKey(Hmac<Sha256>);
+
+impl ScopeKey {
+    pub fn new(secret: &[u8]) -> Option<ScopeKey> {
+        Hmac::<Sha256>::new_from_slice(secret).ok().map(ScopeKey)
+    }
+}
+
 /// The store field for a request under a rule's scope; `None` when the
 /// secret is not known yet (the request then bypasses the cache).
 pub fn scope_field(
@@ -20,6 +32,17 @@ pub fn scope_field(
     headers: &HeaderMap,
     credential_headers: &[HeaderName],
     secret: Option<&[u8]>,
+) -> Option<String> {
+    let key = secret.and_then(ScopeKey::new);
+    scope_field_keyed(scope, headers, credential_headers, key.as_ref())
+}
+
+/// [`scope_field`] with the secret's HMAC already keyed.
+pub fn scope_field_keyed(
+    scope: Scope,
+    headers: &HeaderMap,
+    credential_headers: &[HeaderName],
+    key: Option<&ScopeKey>,
 ) -> Option<String> {
     if scope == Scope::Public {
         return Some(PUBLIC.to_string());
@@ -31,7 +54,7 @@ pub fn scope_field(
     if present.peek().is_none() {
         return Some(ANONYMOUS.to_string());
     }
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret?).ok()?;
+    let mut mac = key?.0.clone();
     for name in present {
         for value in headers.get_all(name) {
             mac.update(name.as_str().as_bytes());
