@@ -1252,3 +1252,51 @@ async fn fleet_figures_are_not_double_counted_after_a_store_stall() {
         "fleet figures counted timed-out flushes more than once; instances {instances:?}; stats {s}"
     );
 }
+
+/// One keyspace walk at a time per instance: while a `keys` scan over a
+/// large keyspace runs, another `keys` or a pattern `clear` is 429 with
+/// `Retry-After`; a tag purge (no walk) is not held up; and once the walk is
+/// over, the next one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_keyspace_walk_runs_at_a_time() {
+    let redis = RedisServer::start();
+    let backend = Backend::start().await;
+    let setup = Setup::new("enterprise", &backend.url(), &redis);
+    let inst = Instance::start(&setup).await;
+    let c = inst.client();
+    // A keyspace a full SCAN takes a while to walk: 1,000 round trips.
+    let populate = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'foreign:' .. i, 'x') end return 1";
+    redis.cmd::<i64>(&["EVAL", populate, "0", "1000000"]).await;
+
+    let walker = {
+        let c = inst.client();
+        tokio::spawn(async move { call(&c, "GET", &format!("{P}/keys?pattern=nomatch*"), Some(ALL)).await })
+    };
+    // Ask until the walk is seen in progress (it holds the only permit).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let r = call(&c, "GET", &format!("{P}/keys?pattern=other*"), Some(ALL)).await;
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "never saw the walk in progress");
+    };
+    assert_eq!(assert_json(&busy, "busy")["error"], "busy");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    let clear = call(&c, "DELETE", &format!("{P}/clear?pattern=task:*"), Some(ALL)).await;
+    assert!(
+        clear.status == 429 || walker.is_finished(),
+        "a pattern clear during the walk: {} {}",
+        clear.status,
+        clear.text()
+    );
+    let tag = call(&c, "DELETE", &format!("{P}/clear?tag=t1"), Some(ALL)).await;
+    assert_eq!(tag.status, 200, "a tag purge walks nothing: {}", tag.text());
+
+    let walked = walker.await.expect("walker");
+    assert_eq!(walked.status, 200, "{}", walked.text());
+    assert_eq!(walked.json()["total_found"], 0);
+    let after = call(&c, "GET", &format!("{P}/keys?pattern=nomatch*&limit=1"), Some(ALL)).await;
+    assert_eq!(after.status, 200, "the permit is returned: {}", after.text());
+}

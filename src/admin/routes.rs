@@ -27,6 +27,18 @@ fn store_failed(e: StoreError) -> Response<Body> {
     )
 }
 
+/// 429 while another keyspace walk runs in this instance.
+fn busy() -> Response<Body> {
+    let mut resp = proxy::json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "busy",
+        "another keyspace scan (keys, or clear by pattern) is running; retry later",
+    );
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    resp
+}
+
 fn bad_param(param: &str, message: &str) -> Response<Body> {
     proxy::json(
         StatusCode::BAD_REQUEST,
@@ -177,6 +189,14 @@ pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
         Some("true") | Some("1") => true,
         Some(_) => return bad_param("soft", "soft must be true or false"),
     };
+    // Everything but a tag purge walks the keyspace.
+    let _walk = match tag {
+        Some(_) => None,
+        None => match gw.keyspace_walk() {
+            Some(permit) => Some(permit),
+            None => return busy(),
+        },
+    };
     let store = gw.store();
     let (result, kind) = match (&pattern, &tag) {
         (Some(_), Some(_)) => return bad_param("tag", "give pattern or tag, not both"),
@@ -214,6 +234,9 @@ pub async fn keys(gw: &Gateway, query: Option<&str>) -> Response<Body> {
             Ok(n) if n > 0 => n.min(MAX_LIMIT),
             _ => return bad_param("limit", "limit must be a positive integer"),
         },
+    };
+    let Some(_walk) = gw.keyspace_walk() else {
+        return busy();
     };
     match gw.store().scan_keys(&pattern, limit as usize).await {
         Ok((total, keys)) => proxy::json(

@@ -63,6 +63,8 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     inflight: Inflight,
     scope_key: OnceLock<ScopeKey>,
+    /// One keyspace walk (admin `keys`, pattern `clear`) at a time.
+    keyspace_walks: tokio::sync::Semaphore,
 }
 
 /// Where a cacheable request's entry lives: the logical key and the
@@ -126,6 +128,7 @@ impl Gateway {
             metrics,
             inflight: Inflight::default(),
             scope_key: OnceLock::new(),
+            keyspace_walks: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -139,6 +142,13 @@ impl Gateway {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// Leave to walk the whole keyspace (SCAN), if no other walk runs in
+    /// this instance: an admin loop of pattern requests must not keep Redis
+    /// scanning end to end.
+    pub fn keyspace_walk(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.keyspace_walks.try_acquire().ok()
     }
 
     /// Phase 1 and 2: admit and route. The admin routes are answered here
