@@ -923,14 +923,24 @@ fn normalize_uri(req: &mut Request<Body>) -> Result<(), Response<Body>> {
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(normal)) {
         Ok(pq) => Some(pq),
-        Err(_) => return Err(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", "unusable request path")),
+        Err(_) => {
+            return Err(proxy::json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_path",
+                "unusable request path",
+            ))
+        }
     };
     match http::Uri::from_parts(parts) {
         Ok(uri) => {
             *req.uri_mut() = uri;
             Ok(())
         }
-        Err(_) => Err(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", "unusable request path")),
+        Err(_) => Err(proxy::json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            "unusable request path",
+        )),
     }
 }
 
