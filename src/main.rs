@@ -4,7 +4,6 @@ use cachegate::config::{Config, Overrides};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -166,20 +165,23 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let running = match cachegate::server::start(config).await {
+    let mut running = match cachegate::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cachegate: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let stopper = running.stopper();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        let _ = stopper.send(true);
-    });
-    let _ = tokio::time::timeout(Duration::MAX, running.wait()).await;
+    let grace = running.gateway.config().server.shutdown_timeout;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        // The server stopped on its own (the listener failed).
+        _ = running.stopped() => return ExitCode::FAILURE,
+    }
+    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: finishing in-flight requests");
+    if !running.shutdown(grace).await {
+        tracing::warn!("in-flight requests still running after shutdown_timeout_ms; exiting anyway");
+    }
     ExitCode::SUCCESS
 }
 

@@ -28,10 +28,16 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (up to `grace`).
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stops accepting, lets in-flight requests finish (up to `grace`);
+    /// whether they all did.
+    pub async fn shutdown(self, grace: Duration) -> bool {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(grace, self.task).await;
+        tokio::time::timeout(grace, self.task).await.is_ok()
+    }
+
+    /// Resolves if the server stops without being asked to.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
     }
 
     /// Waits until the server stops (it runs until shut down).

@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Request headers dropped on arrival: neither a key nor the backend
     /// sees them (headers that rewrite the URL or the method behind a cache).
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take to finish
+    /// before the process exits anyway.
+    pub shutdown_timeout: Duration,
 }
 
 /// Headers that make some backends serve another URL or method than the
@@ -323,6 +326,7 @@ pub(super) fn resolve(
         max_header_bytes: raw.server.max_header_bytes.unwrap_or(32 * 1024),
         max_headers: raw.server.max_headers.unwrap_or(100),
         header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms.unwrap_or(10_000)),
+        shutdown_timeout: Duration::from_millis(raw.server.shutdown_timeout_ms.unwrap_or(30_000)),
     };
 
     // [backend]
