@@ -160,7 +160,7 @@ impl Gateway {
         // One normal form of the path for the rules, the key and the backend
         // alike (see proxy/normalize.rs), so no spelling of a path reaches
         // another resource's entry.
-        if let Err(rejected) = normalize_uri(&mut req) {
+        if let Some(rejected) = normalize_uri(&mut req) {
             return rejected;
         }
         // Hop-by-hop headers (and any a client names in Connection) never
@@ -910,38 +910,25 @@ fn request_view(req: &Request<Body>) -> RequestView<'_> {
 }
 
 /// Rewrites the request's path to its normal form; a path that has none
-/// is answered 400. Already normal paths (nearly all) are left untouched.
-fn normalize_uri(req: &mut Request<Body>) -> Result<(), Response<Body>> {
-    let Some(pq) = req.uri().path_and_query().filter(|pq| pq.as_str() != "*") else {
-        return Ok(()); // authority-form (CONNECT) or `OPTIONS *`
-    };
+/// gets the 400 returned. Already normal paths (nearly all) are left untouched.
+fn normalize_uri(req: &mut Request<Body>) -> Option<Response<Body>> {
+    let bad = |message: &str| Some(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", message));
+    let pq = req.uri().path_and_query().filter(|pq| pq.as_str() != "*")?; // CONNECT, `OPTIONS *`
     let normal = match proxy::normalize::normalize_path_and_query(pq.as_str()) {
-        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Borrowed(_)) => return None,
         Ok(std::borrow::Cow::Owned(normal)) => normal,
-        Err(e) => return Err(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())),
+        Err(e) => return bad(&e.to_string()),
     };
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = match http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(normal)) {
-        Ok(pq) => Some(pq),
-        Err(_) => {
-            return Err(proxy::json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_path",
-                "unusable request path",
-            ))
-        }
+    let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(normal)) else {
+        return bad("unusable request path");
     };
-    match http::Uri::from_parts(parts) {
-        Ok(uri) => {
-            *req.uri_mut() = uri;
-            Ok(())
-        }
-        Err(_) => Err(proxy::json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_path",
-            "unusable request path",
-        )),
-    }
+    parts.path_and_query = Some(pq);
+    let Ok(uri) = http::Uri::from_parts(parts) else {
+        return bad("unusable request path");
+    };
+    *req.uri_mut() = uri;
+    None
 }
 
 /// Methods that may change the resource (RFC 9110 §9.2.1).
