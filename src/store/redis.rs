@@ -353,7 +353,10 @@ impl RedisStore {
     /// Tombstones, foreign keys and internal keys are left out.
     async fn record_page(&self, client: &Client, cursor: String, full: &str) -> StoreResult<(String, Vec<String>)> {
         let (next, keys): (String, Vec<String>) = self
-            .bounded(client.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), Some(ScanType::Hash)))
+            .bounded_by(
+                self.bulk_timeout(),
+                client.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), Some(ScanType::Hash)),
+            )
             .await?;
         let internal = self.internal_prefix();
         let candidates: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
@@ -543,7 +546,10 @@ impl Store for RedisStore {
         let mut removed = 0u64;
         loop {
             let (next, keys): (String, Vec<String>) = self
-                .bounded(client.scan_page(cursor.clone(), full.clone(), Some(SCAN_BATCH), None))
+                .bounded_by(
+                    self.bulk_timeout(),
+                    client.scan_page(cursor.clone(), full.clone(), Some(SCAN_BATCH), None),
+                )
                 .await?;
             let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
             if !keys.is_empty() {
