@@ -1,6 +1,10 @@
 //! The `Cache-Status` (RFC 9211) and `X-Cache` headers a rule's responses carry.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+// Constants, so the names are not parsed again on every response.
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 /// What happened to a request that went through a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +56,8 @@ impl Outcome {
     pub fn apply(&self, headers: &mut HeaderMap) {
         // The String's buffer becomes the value's: no second copy.
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.cache_status())) {
-            headers.insert("cache-status", v);
+            headers.insert(CACHE_STATUS, v);
         }
-        headers.insert("x-cache", HeaderValue::from_static(self.x_cache()));
+        headers.insert(X_CACHE, HeaderValue::from_static(self.x_cache()));
     }
 }

@@ -76,6 +76,7 @@ pub struct Forwarder {
     client: Client<HttpConnector, Body>,
     base: Uri,
     timeout: Duration,
+    forwarded_headers: bool,
 }
 
 /// Where a request came from, for `X-Forwarded-*`.
@@ -95,27 +96,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::PROXY_AUTHENTICATE
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over their few names is cheaper
+    // Most requests carry none: one pass over their few names is cheaper
     // than nine hashed removals.
-    if !headers
-        .keys()
-        .any(|n| HOP_BY_HOP.contains(n) || n == header::PROXY_AUTHENTICATE)
-    {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // Names `Connection` lists beyond the standard ones (`keep-alive` and
+    // `close` are the usual tokens: no allocation for those).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+        headers.remove(name);
+    }
 }
 
 /// Removes every header named in `names` (a configured list): one pass
@@ -140,12 +148,25 @@ impl Forwarder {
             client,
             base: cfg.url.clone(),
             timeout: cfg.timeout,
+            forwarded_headers: cfg.forwarded_headers,
         }
     }
 
     /// The backend URI for a request path and query.
     fn target(&self, uri: &Uri) -> Result<Uri, ForwardError> {
         let base_path = self.base.path().trim_end_matches('/');
+        if base_path.is_empty() {
+            // The common case: the request's own path and query, shared.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = self.base.scheme().cloned();
+            parts.authority = self.base.authority().cloned();
+            parts.path_and_query = Some(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            );
+            return Uri::from_parts(parts).map_err(|e| ForwardError::Unreachable(format!("bad target URI: {e}")));
+        }
         let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let mut builder = Uri::builder();
         if let Some(s) = self.base.scheme() {
@@ -167,7 +188,11 @@ impl Forwarder {
         parts.uri = self.target(&parts.uri)?;
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, from);
+        if self.forwarded_headers {
+            add_forwarded(&mut parts.headers, from);
+        } else {
+            parts.headers.remove(X_FORWARDED_HOST);
+        }
         let req = Request::from_parts(parts, body);
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout),
@@ -192,26 +217,33 @@ fn describe(e: &hyper_util::client::legacy::Error) -> String {
     msg
 }
 
+// Constants, so the names are not parsed again on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
-    let ip = from.addr.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    use std::fmt::Write;
+    let mut xff = String::with_capacity(64);
+    if let Some(prev) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    let _ = write!(xff, "{}", from.addr.ip());
+    // The String's buffer becomes the value's: no second copy.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     // Always our own value: a client-sent one must not reach the backend.
     match headers.get(header::HOST).cloned() {
         Some(host) => {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+            headers.insert(X_FORWARDED_HOST, host);
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(X_FORWARDED_HOST);
         }
     }
 }
