@@ -162,6 +162,33 @@ async fn x_forwarded_headers_are_added_and_a_client_host_replaced() {
     assert_eq!(seen.get("x-forwarded-host").unwrap(), host.as_str());
 }
 
+/// `forwarded_headers = false`: nothing added, a client's X-Forwarded-Host
+/// still dropped (it could steer the backend's links), X-Forwarded-For
+/// passed as the client sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_can_be_turned_off() {
+    let template = std_config().replace("timeout_ms = 5000\n", "timeout_ms = 5000\nforwarded_headers = false\n");
+    assert!(template.contains("forwarded_headers = false"));
+    let w = World::start(Kind::Memory, &template).await;
+    w.client.get("/plain/off").await;
+    let seen = w.backend.last_headers("/plain/off").unwrap();
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        assert!(seen.get(name).is_none(), "{name} added: {seen:?}");
+    }
+    w.client
+        .get_h(
+            "/plain/off2",
+            &[("x-forwarded-host", "evil.example"), ("x-forwarded-for", "203.0.113.7")],
+        )
+        .await;
+    let seen = w.backend.last_headers("/plain/off2").unwrap();
+    assert!(
+        seen.get("x-forwarded-host").is_none(),
+        "client X-Forwarded-Host reached the backend"
+    );
+    assert_eq!(seen.get("x-forwarded-for").unwrap(), "203.0.113.7");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backend_is_a_json_502() {
     let backend = Backend::start().await;

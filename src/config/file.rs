@@ -48,6 +48,7 @@ pub struct RawBackend {
     pub timeout_ms: Option<u64>,
     pub pool_idle_per_host: Option<usize>,
     pub pool_idle_timeout_ms: Option<u64>,
+    pub forwarded_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -115,6 +115,9 @@ pub struct BackendConfig {
     pub timeout: Duration,
     pub pool_idle_per_host: usize,
     pub pool_idle_timeout: Duration,
+    /// Whether `X-Forwarded-For` / `-Proto` / `-Host` are added. Off, a
+    /// client's `X-Forwarded-Host` is still dropped (it could steer links).
+    pub forwarded_headers: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +357,7 @@ pub(super) fn resolve(
         timeout: Duration::from_millis(raw.backend.timeout_ms.unwrap_or(30_000)),
         pool_idle_per_host: raw.backend.pool_idle_per_host.unwrap_or(256),
         pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(90_000)),
+        forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
     };
 
     // [redis] and the environment variables of the reference deployment.
