@@ -15,8 +15,9 @@
 //!    single pass: `%252e` stays `%252e`.
 //! 3. `%00` is rejected, and so is any raw byte RFC 3986 does not allow in a
 //!    path: only unreserved characters, sub-delims (`! $ & ' ( ) * + , ; =`),
-//!    `:`, `@`, `/` and `%` (escapes) may appear, so controls, space,
-//!    non-ASCII bytes and `"` `#` `<` `>` `?` `[` `\` `]` `^` `` ` `` `{` `|`
+//!    `:`, `@`, `/`, `%` (escapes), and `[` `]` (outside RFC 3986's path
+//!    grammar, but sent unencoded by common clients) may appear, so controls,
+//!    space, non-ASCII bytes and `"` `#` `<` `>` `?` `\` `^` `` ` `` `{` `|`
 //!    `}` are errors. A backslash is rejected, never read as `/`.
 //! 4. Runs of `/` are merged into one (as nginx's `merge_slashes`), then dot
 //!    segments are removed (RFC 3986 §5.2.4): `.` is dropped, `..` drops the
@@ -98,12 +99,13 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// A byte allowed raw in a path segment other than `%`: unreserved,
-/// sub-delims, ":" and "@" (RFC 3986 §3.3 pchar).
+/// sub-delims, ":" and "@" (RFC 3986 §3.3 pchar), and `[` `]`, which
+/// clients send unencoded (see the module doc).
 fn is_pchar(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@' | b'[' | b']'
         )
 }
 
@@ -480,7 +482,7 @@ mod tests {
     fn forbidden_raw_bytes_are_refused() {
         let mut bad: Vec<u8> = (0x00..=0x1F).collect();
         bad.push(0x7F);
-        bad.extend_from_slice(b" \"#<>?[\\]^`{|}");
+        bad.extend_from_slice(b" \"#<>?\\^`{|}");
         for b in bad {
             for p in [
                 format!("/{}", char::from(b)),
@@ -517,6 +519,7 @@ mod tests {
         assert_borrowed("/!$&'()*+,;=:@");
         assert_borrowed("/a:b@c/d;e=f/g,h+i/'j'(k)*l!m$n&o");
         assert_borrowed("/user@example.com/~me/v1.2.3");
+        assert_borrowed("/api/v1/tasks/[12]");
     }
 
     // ---- step 4: slashes and dot segments ----
