@@ -824,12 +824,25 @@ impl Gateway {
                 }
             }
         }
+        // One hard and at most one soft purge: a write's own URI and a rule
+        // naming the same key cost one Redis call, not two. A key purged
+        // both ways is purged hard.
+        let mut hard = own;
+        let mut soft = Purge {
+            soft: true,
+            ..Purge::default()
+        };
         for (when, purge) in due {
             if when == When::Always || success {
-                self.purge(purge).await;
+                let into = if purge.soft { &mut soft } else { &mut hard };
+                into.keys.extend(purge.keys);
+                into.patterns.extend(purge.patterns);
+                into.tags.extend(purge.tags);
             }
         }
-        self.purge(own).await;
+        soft.keys.retain(|k| !hard.keys.contains(k));
+        self.purge(hard).await;
+        self.purge(soft).await;
         match result {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
@@ -867,6 +880,10 @@ impl Gateway {
                 Err(e) => tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed"),
             }
         }
+        purge.patterns.sort();
+        purge.patterns.dedup();
+        purge.tags.sort();
+        purge.tags.dedup();
         for pattern in &purge.patterns {
             match self
                 .timed("purge_pattern", self.store.purge_pattern(pattern, soft))
