@@ -6,18 +6,23 @@
 //! "CG" version:u8 status:u16 stored_at_ms:u64 ttl_ms:u64
 //! stale_while_revalidate_ms:u64 stale_if_error_ms:u64 flags:u8
 //! header_count:u16 { name_len:u16 name value_len:u32 value }*
-//! body (the rest)
+//! body_len:u64 body
 //! ```
 //! Anything that does not decode (a foreign value, a truncated one, another
-//! version) is treated as a miss and overwritten by the next fill.
+//! version, a body that is not exactly `body_len` long) is treated as a miss
+//! and overwritten by the next fill.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 2] = b"CG";
-const VERSION: u8 = 1;
-const FIXED_LEN: usize = 2 + 1 + 2 + 8 + 8 + 8 + 8 + 1 + 2;
+/// 2: the body's length is stored, so a cut-short value never decodes.
+const VERSION: u8 = 2;
+const FIXED_LEN: usize = 2 + 1 + 2 + 8 + 8 + 8 + 8 + 1 + 2 + 8;
+/// More headers than any response hyper accepts (100 by default); a
+/// record claiming more is not ours.
+const MAX_HEADERS: usize = 4096;
 /// Byte offset of `ttl_ms`: a soft purge rewrites it in place.
 pub const TTL_OFFSET: usize = 2 + 1 + 2 + 8;
 const FLAG_MUST_REVALIDATE: u8 = 1;
@@ -95,6 +100,7 @@ impl Entry {
             buf.put_u32(value.len() as u32);
             buf.put_slice(value.as_bytes());
         }
+        buf.put_u64(body.len() as u64);
         buf.put_slice(body);
         buf.freeze()
     }
@@ -114,7 +120,10 @@ impl Entry {
             must_revalidate: r.u8()? & FLAG_MUST_REVALIDATE != 0,
         };
         let count = r.u16()? as usize;
-        let mut headers = HeaderMap::with_capacity(count);
+        if count > MAX_HEADERS {
+            return None;
+        }
+        let mut headers = HeaderMap::try_with_capacity(count).ok()?;
         for _ in 0..count {
             let name_len = r.u16()? as usize;
             let name = HeaderName::from_bytes(r.take(name_len)?).ok()?;
@@ -122,7 +131,11 @@ impl Entry {
             let start = r.pos;
             r.take(value_len)?;
             let value = HeaderValue::from_maybe_shared(buf.slice(start..start + value_len)).ok()?;
-            headers.append(name, value);
+            headers.try_append(name, value).ok()?;
+        }
+        let body_len = usize::try_from(r.u64()?).ok()?;
+        if buf.len() - r.pos != body_len {
+            return None;
         }
         let body = buf.slice(r.pos..);
         Some(Entry {
@@ -241,6 +254,39 @@ mod tests {
         h.insert("x-long", HeaderValue::from_static("value"));
         let buf = Entry::encode(StatusCode::OK, &h, b"", 0, &Lifetime::default());
         assert!(Entry::decode(&buf.slice(..buf.len() - 2)).is_none());
+    }
+
+    /// A body cut short (or grown) never decodes: its length is stored.
+    #[test]
+    fn a_body_of_the_wrong_length_does_not_decode() {
+        let buf = Entry::encode(StatusCode::OK, &HeaderMap::new(), b"0123456789", 0, &Lifetime::default());
+        assert!(Entry::decode(&buf).is_some());
+        for cut in 1..=10 {
+            assert!(Entry::decode(&buf.slice(..buf.len() - cut)).is_none(), "cut {cut}");
+        }
+        let mut longer = buf.to_vec();
+        longer.push(b'x');
+        assert!(Entry::decode(&Bytes::from(longer)).is_none());
+    }
+
+    /// A header count no response has is refused, not allocated (65,535
+    /// made HeaderMap::with_capacity panic).
+    #[test]
+    fn an_absurd_header_count_does_not_decode_or_panic() {
+        let buf = Entry::encode(StatusCode::OK, &HeaderMap::new(), b"", 0, &Lifetime::default());
+        let mut v = buf.to_vec();
+        let at = FIXED_LEN - 8 - 2;
+        v[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert!(Entry::decode(&Bytes::from(v)).is_none());
+    }
+
+    /// The version before the body length was stored is a miss.
+    #[test]
+    fn version_1_records_are_misses() {
+        let buf = Entry::encode(StatusCode::OK, &HeaderMap::new(), b"x", 0, &Lifetime::default());
+        let mut v = buf.to_vec();
+        v[2] = 1;
+        assert!(Entry::decode(&Bytes::from(v)).is_none());
     }
 }
 
