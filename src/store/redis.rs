@@ -35,12 +35,14 @@ use std::time::Duration;
 /// by expiry) gets the key; expired members leave it on every add.
 /// ARGV: field, value, ttl_ms, generation, epoch, now_ms, logical key.
 const FILL_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
-local g = tonumber(redis.call('HGET', KEYS[1], '__gen') or '0') or 0
-if g ~= tonumber(ARGV[4]) then return 0 end
-local e = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-if e ~= tonumber(ARGV[5]) then return 0 end
+if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return 0 end
+if num(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '__cg', '1')
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < tonumber(ARGV[3]) then
@@ -62,6 +64,10 @@ return 1
 /// after ARGV[2] ms), as a hard purge leaves, so a fill in flight for it
 /// cannot store either. Returns 1 when the key held an entry.
 const SOFT_PURGE_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' then
   if t ~= 'none' then redis.call('DEL', KEYS[1]) end
@@ -79,7 +85,7 @@ for i = 1, #all, 2 do
     had = 1
   end
 end
-redis.call('HINCRBY', KEYS[1], '__gen', 1)
+redis.call('HSET', KEYS[1], '__gen', num(redis.call('HGET', KEYS[1], '__gen')) + 1)
 return had
 "#;
 
@@ -87,11 +93,15 @@ return had
 /// generation, so fills that started before this purge will not store.
 /// Returns 1 when the key held an entry.
 const PURGE_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
 local t = redis.call('TYPE', KEYS[1])['ok']
 local had = 0
 local g = 0
 if t == 'hash' then
-  g = tonumber(redis.call('HGET', KEYS[1], '__gen') or '0') or 0
+  g = num(redis.call('HGET', KEYS[1], '__gen'))
   local meta = redis.call('HEXISTS', KEYS[1], '__gen') + redis.call('HEXISTS', KEYS[1], '__cg')
   if redis.call('HLEN', KEYS[1]) > meta then had = 1 end
   redis.call('DEL', KEYS[1])
@@ -319,6 +329,19 @@ impl RedisStore {
         }
     }
 
+    /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
+    /// of memory refuses the INCR, but also every fill the epoch would stop,
+    /// so the purge goes on without it rather than leave old entries served.
+    async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
+        match self.bounded(client.incr::<i64, _>(&self.epoch_key)).await {
+            Err(StoreError::Backend(e)) if e.contains("OOM") => {
+                tracing::warn!(target: "cachegate::store", error = %e, "Redis is out of memory: purging without bumping the epoch");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
     /// Runs a script by SHA, loading it first when Redis does not know it.
     async fn run_script(
         &self,
@@ -416,8 +439,16 @@ async fn fetch_shared_secret(store: Arc<RedisStore>) {
     }
 }
 
+/// A generation or epoch as the Lua scripts read it (`num` there): 1 to 15
+/// ASCII digits, anything else 0. Both sides must agree, or a fill's guard
+/// never matches a record holding a value like `-1`, `1.5` or `0x10`.
 fn to_u64(v: Option<Bytes>) -> u64 {
-    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()).unwrap_or(0)
+    match v {
+        Some(b) if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) => {
+            b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+        }
+        _ => 0,
+    }
 }
 
 #[async_trait]
@@ -539,7 +570,7 @@ impl Store for RedisStore {
         let client = self.client()?;
         // Bump the epoch first: a fill that looked up before this point will
         // not store, even for a key this scan never sees.
-        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        self.bump_epoch(client).await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern);
         let internal = self.internal_prefix();
         let mut cursor = String::from("0");
@@ -571,7 +602,7 @@ impl Store for RedisStore {
 
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
         let client = self.client()?;
-        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        self.bump_epoch(client).await?;
         let now = now_ms() as f64;
         let mut purged = 0u64;
         for tag in tags {
@@ -665,7 +696,7 @@ impl Store for RedisStore {
 
     async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64> {
         let client = self.client()?;
-        let _: i64 = self.bounded(client.incr(&self.epoch_key)).await?;
+        self.bump_epoch(client).await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern.unwrap_or("*"));
         let (mut removed, mut cursor) = (0u64, String::from("0"));
         loop {
@@ -749,19 +780,47 @@ impl Store for RedisStore {
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
-        let client = self.client()?;
+        let client = self.client()?.clone();
         let token = hex::encode(rand::random::<[u8; 16]>());
         let px = Expiration::PX(ttl.as_millis().max(1) as i64);
-        let set: Option<String> = self
-            .bounded(client.set(
-                self.lock_key(key, field),
-                token.as_str(),
-                Some(px),
-                Some(SetOptions::NX),
-                false,
-            ))
-            .await?;
-        Ok(set.map(|_| token))
+        let lock = self.lock_key(key, field);
+        // The SET runs in a task of its own: when our wait for it times out,
+        // Redis may still execute it later (a stall, CLIENT PAUSE), taking a
+        // lock nobody will release; the task then releases it itself, so no
+        // later miss waits out its expiry.
+        let mut set = tokio::spawn({
+            let (client, lock, token) = (client.clone(), lock.clone(), token.clone());
+            async move {
+                client
+                    .set::<Option<String>, _, _>(lock, token.as_str(), Some(px), Some(SetOptions::NX), false)
+                    .await
+            }
+        });
+        let joined = async {
+            match (&mut set).await {
+                Ok(result) => result,
+                Err(e) => Err(Error::new(ErrorKind::Unknown, e.to_string())),
+            }
+        };
+        match self.bounded(joined).await {
+            Ok(taken) => Ok(taken.map(|_| token)),
+            Err(StoreError::Timeout) => {
+                let channel = self.channel.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(Some(_))) = set.await {
+                        let args: Vec<Value> = vec![token.into(), channel.into(), lock.as_str().into()];
+                        let released = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            client.eval::<i64, _, _, _>(UNLOCK_LUA, vec![lock.clone()], args),
+                        )
+                        .await;
+                        tracing::debug!(target: "cachegate::store", %lock, ?released, "released a fill lock taken after its caller gave up");
+                    }
+                });
+                Err(StoreError::Timeout)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn unlock(&self, key: &str, field: &str, token: &str) -> StoreResult<()> {
