@@ -65,6 +65,9 @@ pub struct Gateway {
     scope_key: OnceLock<ScopeKey>,
     /// One keyspace walk (admin `keys`, pattern `clear`) at a time.
     keyspace_walks: tokio::sync::Semaphore,
+    /// Purges that failed, replayed before the store is read again.
+    pending_purges: tokio::sync::Mutex<Vec<Purge>>,
+    has_pending_purges: std::sync::atomic::AtomicBool,
 }
 
 /// Where a cacheable request's entry lives: the logical key and the
@@ -129,6 +132,8 @@ impl Gateway {
             inflight: Inflight::default(),
             scope_key: OnceLock::new(),
             keyspace_walks: tokio::sync::Semaphore::new(1),
+            pending_purges: tokio::sync::Mutex::new(Vec::new()),
+            has_pending_purges: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -411,6 +416,7 @@ impl Gateway {
     /// points to if it holds a marker. Returns the decoded entry (fresh or
     /// not), the field it lives in, and the guard a fill must present.
     async fn read(&self, key: &CacheKey, request: &http::HeaderMap) -> StoreResult<Found> {
+        self.settle_pending_purges().await?;
         // The in-process tier's decoded entry: no store call, no decoding.
         if let Some(entry) = self.store.peek(&key.key, &key.field) {
             if entry.is_fresh(now_ms()) {
@@ -870,35 +876,85 @@ impl Gateway {
         keys
     }
 
-    async fn purge(&self, mut purge: Purge) {
+    /// Runs a write's purges; whatever fails (the store down or stalled) is
+    /// kept and replayed before this instance reads the store again.
+    async fn purge(&self, purge: Purge) {
+        if let Some(failed) = self.try_purge(purge).await {
+            self.pending_purges.lock().await.push(failed);
+            self.has_pending_purges.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Replays purges that failed. Until they all went through, reads do
+    /// not use the store (`Unavailable`: answered uncached), so an entry from
+    /// before a write this instance answered is never served after it.
+    async fn settle_pending_purges(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.has_pending_purges.load(SeqCst) {
+            return Ok(());
+        }
+        // Held for the whole replay: no read slips past a replay in progress.
+        let mut pending = self.pending_purges.lock().await;
+        let mut still = Vec::new();
+        for purge in std::mem::take(&mut *pending) {
+            still.extend(self.try_purge(purge).await);
+        }
+        let settled = still.is_empty();
+        *pending = still;
+        self.has_pending_purges.store(!settled, SeqCst);
+        if settled {
+            tracing::info!("purges that failed while the store was unreachable went through");
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// One purge; the parts that failed, if any.
+    async fn try_purge(&self, mut purge: Purge) -> Option<Purge> {
         purge.keys.sort();
         purge.keys.dedup();
-        let soft = purge.soft;
-        if !purge.keys.is_empty() {
-            match self.timed("purge_keys", self.store.purge_keys(&purge.keys, soft)).await {
-                Ok(n) => self.metrics.purged("key", n),
-                Err(e) => tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed"),
-            }
-        }
         purge.patterns.sort();
         purge.patterns.dedup();
         purge.tags.sort();
         purge.tags.dedup();
-        for pattern in &purge.patterns {
+        let soft = purge.soft;
+        let mut failed = Purge {
+            soft,
+            ..Purge::default()
+        };
+        if !purge.keys.is_empty() {
+            match self.timed("purge_keys", self.store.purge_keys(&purge.keys, soft)).await {
+                Ok(n) => self.metrics.purged("key", n),
+                Err(e) => {
+                    tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed; retried before the next read");
+                    failed.keys = purge.keys;
+                }
+            }
+        }
+        for pattern in purge.patterns {
             match self
-                .timed("purge_pattern", self.store.purge_pattern(pattern, soft))
+                .timed("purge_pattern", self.store.purge_pattern(&pattern, soft))
                 .await
             {
                 Ok(n) => self.metrics.purged("pattern", n),
-                Err(e) => tracing::warn!(pattern, error = %e, "purging pattern failed"),
+                Err(e) => {
+                    tracing::warn!(pattern, error = %e, "purging pattern failed; retried before the next read");
+                    failed.patterns.push(pattern);
+                }
             }
         }
         if !purge.tags.is_empty() {
             match self.timed("purge_tags", self.store.purge_tags(&purge.tags, soft)).await {
                 Ok(n) => self.metrics.purged("tag", n),
-                Err(e) => tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed"),
+                Err(e) => {
+                    tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed; retried before the next read");
+                    failed.tags = purge.tags;
+                }
             }
         }
+        let nothing_failed = failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty();
+        (!nothing_failed).then_some(failed)
     }
 }
 
