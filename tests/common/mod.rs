@@ -9,6 +9,10 @@
 //!   config text with `{backend}`, `{redis}` and `{store}` placeholders.
 //! - [`Client`]: a hyper-util client returning status, headers and body.
 //! - [`World`]: all of the above for one test.
+//! - [`RawConn`] / [`raw_exchange`]: exact bytes to a server and the raw
+//!   reply (split into [`RawResponse`]s), for inputs no HTTP client sends.
+//! - [`RawBackend`]: a backend that answers with exact bytes, then closes
+//!   (FIN or RST); [`Blackhole`]: a port where connects hang.
 
 #![allow(dead_code)]
 
@@ -1264,4 +1268,347 @@ macro_rules! both_stores {
             )*
         }
     };
+}
+
+// ---------------------------------------------------------------------------
+// Raw TCP: exact bytes in, exact bytes out
+// ---------------------------------------------------------------------------
+
+/// A plain TCP connection for sending bytes no HTTP client would send
+/// (smuggling shapes, slow heads) and reading back exactly what came.
+pub struct RawConn {
+    stream: tokio::net::TcpStream,
+    /// Everything read so far.
+    pub received: Vec<u8>,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let _ = stream.set_nodelay(true);
+        RawConn {
+            stream,
+            received: Vec::new(),
+        }
+    }
+
+    /// Writes `bytes`; an error means the peer has closed (or reset) the connection.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads until the peer closes the connection (true) or `within` has
+    /// passed (false). A reset counts as closed.
+    pub async fn read_until_closed(&mut self, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.received.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// Reads until `received` holds at least `count` complete responses, the
+    /// peer closes, or `within` passes.
+    pub async fn read_responses(&mut self, count: usize, within: Duration) -> Vec<RawResponse> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let parsed = parse_responses(&self.received, false);
+            if parsed.len() >= count {
+                return parsed;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buf)).await {
+                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return parse_responses(&self.received, true),
+                Ok(Ok(n)) => self.received.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}
+
+/// What one raw exchange got back.
+#[derive(Debug)]
+pub struct RawReply {
+    pub bytes: Vec<u8>,
+    /// Whether the server closed the connection within the wait.
+    pub closed: bool,
+}
+
+impl RawReply {
+    /// The complete responses in the bytes, in order (a response without
+    /// framing runs to the close).
+    pub fn responses(&self) -> Vec<RawResponse> {
+        parse_responses(&self.bytes, self.closed)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// One HTTP/1.x response as read off the wire (body de-chunked).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The head, status line included, lines joined with `\n`.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Splits bytes into responses; an incomplete trailing one is dropped,
+/// unless `closed` and it has no framing (then it ran to the close).
+pub fn parse_responses(bytes: &[u8], closed: bool) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let Some(end) = find(&bytes[pos..], b"\r\n\r\n").map(|i| pos + i) else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&bytes[pos..end]).replace("\r\n", "\n");
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut r = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        let start = end + 4;
+        let chunked = r
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if let Some(len) = r.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            if bytes.len() < start + len {
+                break;
+            }
+            r.body = bytes[start..start + len].to_vec();
+            pos = start + len;
+        } else if chunked {
+            let mut p = start;
+            let mut complete = false;
+            while let Some(line_end) = find(&bytes[p..], b"\r\n").map(|i| p + i) {
+                let size_text = String::from_utf8_lossy(&bytes[p..line_end]);
+                let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+                    break;
+                };
+                let data = line_end + 2;
+                if size == 0 {
+                    // No trailers expected: the final CRLF.
+                    if bytes.len() >= data + 2 {
+                        p = data + 2;
+                        complete = true;
+                    }
+                    break;
+                }
+                if bytes.len() < data + size + 2 {
+                    break;
+                }
+                r.body.extend_from_slice(&bytes[data..data + size]);
+                p = data + size + 2;
+            }
+            if !complete {
+                break;
+            }
+            pos = p;
+        } else if status == 204 || status == 304 || (100..200).contains(&status) {
+            pos = start;
+        } else {
+            if !closed {
+                break;
+            }
+            r.body = bytes[start..].to_vec();
+            pos = bytes.len();
+        }
+        out.push(r);
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes
+/// it or `within` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], within: Duration) -> RawReply {
+    let mut conn = RawConn::connect(addr).await;
+    if conn.send(bytes).await.is_err() {
+        // Closed while we were still writing: whatever came back counts.
+        let closed = conn.read_until_closed(within).await;
+        return RawReply {
+            bytes: conn.received,
+            closed,
+        };
+    }
+    let closed = conn.read_until_closed(within).await;
+    RawReply {
+        bytes: conn.received,
+        closed,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backends that misbehave at the TCP level
+// ---------------------------------------------------------------------------
+
+/// A backend that answers every request with exactly the given bytes and
+/// then ends the connection: with a FIN, or (`reset`) with an RST after a
+/// short pause (so the bytes are read before the reset). For answers no
+/// well-behaved HTTP server would send, e.g. fewer body bytes than the
+/// `Content-Length` it declares.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start(reply: impl Into<Bytes>, reset: bool) -> RawBackend {
+        let reply: Bytes = reply.into();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw backend");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let requests = requests.clone();
+            async move {
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (reply, requests) = (reply.clone(), requests.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while find(&head, b"\r\n\r\n").is_none() {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.write_all(&reply).await;
+                        let _ = stream.flush().await;
+                        if reset {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = stream.set_zero_linger();
+                        } else {
+                            let _ = stream.shutdown().await;
+                        }
+                    });
+                }
+            }
+        });
+        RawBackend { addr, requests, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests whose head arrived.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A port where TCP connects hang: a listener that never accepts, with its
+/// accept queue filled, so the kernel drops further SYNs. A backend "down"
+/// in the way a dead host or a dropped route is, rather than refusing.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _held: Vec<tokio::net::TcpStream>,
+}
+
+impl Blackhole {
+    /// On a free port.
+    pub async fn start() -> Blackhole {
+        Blackhole::on_port(0).await
+    }
+
+    /// On `port` (e.g. the one a stopped [`Backend`] used).
+    pub async fn on_port(port: u16) -> Blackhole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap_or_else(|e| panic!("bind blackhole on port {port}: {e}"));
+        let listener = socket.listen(0).expect("listen");
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("filling the blackhole's accept queue: {e}"),
+                // A connect hangs: the queue is full.
+                Err(_) => {
+                    return Blackhole {
+                        addr,
+                        _listener: listener,
+                        _held: held,
+                    }
+                }
+            }
+        }
+        panic!("connects to {addr} never started to hang");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// More Redis helpers
+// ---------------------------------------------------------------------------
+
+impl RedisServer {
+    /// Runs one command with binary arguments on a fresh connection.
+    pub async fn cmd_bytes<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
+        let mut conn = self.conn().await;
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("command name is text"));
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await.unwrap_or_else(|e| {
+            let shown: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            panic!("redis {shown:?}: {e}")
+        })
+    }
+
+    /// `CONFIG SET name value` (e.g. `maxmemory`, `maxmemory-policy`).
+    pub async fn config_set(&self, name: &str, value: &str) {
+        let _: () = self.cmd(&["CONFIG", "SET", name, value]).await;
+    }
+
+    /// The raw bytes of one hash field, if present.
+    pub async fn hget_bytes(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        self.cmd(&["HGET", key, field]).await
+    }
 }
