@@ -4,6 +4,9 @@
 #
 #   bench/clear-million.sh            # 1,000,000 entries (default)
 #   N=200000 bench/clear-million.sh
+#   CACHEGATE_BIN=target/release/cachegate bench/clear-million.sh   # skip the build
+#
+# bench/bench.sh measures the same (and a PUT's purge cost) as part of its run.
 #
 # Needs: redis-server, redis-cli, curl, python3 (Debian: apt-get install -y redis-server curl).
 set -euo pipefail
@@ -23,31 +26,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -q
+if [ -n "${CACHEGATE_BIN:-}" ]; then BIN=$(readlink -f "$CACHEGATE_BIN"); else cargo build --release -q; BIN=$PWD/target/release/cachegate; fi
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
     --dir "$WORK" --logfile "$WORK/redis.log" --slowlog-log-slower-than 1000 --slowlog-max-len 1024
 until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
 
 echo "filling $N entries (cachegate layout) and $FOREIGN foreign keys..."
-python3 - "$N" "$FOREIGN" <<'PY' | redis-cli -p "$RPORT" --pipe >/dev/null
-import sys
-n, foreign = int(sys.argv[1]), int(sys.argv[2])
-out = sys.stdout.buffer
-def cmd(*args):
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    out.write(b"".join(parts))
-for i in range(n):
-    cmd("HSET", "task:%d" % i, "anon", "CG-entry", "__cg", "1")
-for i in range(foreign):
-    cmd("SET", "task:foreign:%d" % i, "not ours")
-PY
+python3 bench/harness/fillresp.py "$N" "$FOREIGN" | redis-cli -p "$RPORT" --pipe >/dev/null
 echo "keys in Redis: $(redis-cli -p "$RPORT" dbsize)"
 
-TOKEN=$(./target/release/cachegate token | sed -n 's/^token: //p')
-HASH=$(./target/release/cachegate token --hash "$TOKEN" | sed -n 's/^sha256 = "\(.*\)"/\1/p')
+TOKEN=$("$BIN" token | sed -n 's/^token: //p')
+HASH=$("$BIN" token --hash "$TOKEN" | sed -n 's/^sha256 = "\(.*\)"/\1/p')
 cat > "$WORK/proxy.toml" <<TOML
 edition = "business"
 [server]
@@ -61,7 +50,7 @@ name = "bench"
 sha256 = "$HASH"
 scopes = ["purge"]
 TOML
-./target/release/cachegate --config "$WORK/proxy.toml" --log warn &
+"$BIN" --config "$WORK/proxy.toml" --log warn &
 PROXY_PID=$!
 until curl -s "127.0.0.1:$PPORT/healthz" >/dev/null; do sleep 0.1; done
 redis-cli -p "$RPORT" slowlog reset >/dev/null
