@@ -69,7 +69,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime_for_this_machine().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cachegate: cannot start the runtime: {e}");
@@ -102,6 +102,22 @@ fn main() -> ExitCode {
                 }
             }
         }),
+    }
+}
+
+/// A runtime sized to the cores this process may use (its CPU affinity,
+/// as `taskset` or a container's cpuset sets it): with one, a
+/// current-thread runtime, which skips the work-stealing machinery and runs
+/// woken tasks in order, so fred's writer sends many queued Redis commands
+/// in one write; with more, a worker per core.
+fn runtime_for_this_machine() -> tokio::runtime::Builder {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(cores);
+        builder
     }
 }
 
