@@ -4,7 +4,7 @@ use crate::cache::Gateway;
 use crate::config::Edition;
 use crate::metrics::{HitMiss, Metrics};
 use crate::proxy::{self, Body};
-use crate::rules::query_param;
+use crate::rules::{query_param, INTERNAL_PREFIX};
 use crate::store::entry::{now_ms, Entry};
 use crate::store::StoreError;
 use base64::Engine;
@@ -258,6 +258,11 @@ fn decode_key(raw: &str) -> Result<String, BadParam> {
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(("key", "the key is longer than 1024 bytes"));
+    }
+    // cachegate's own keys (scope secret, epoch, tag indexes, stats) are not
+    // cache entries: neither shown nor deleted here.
+    if key.starts_with(INTERNAL_PREFIX) {
+        return Err(("key", "internal keys are not addressable"));
     }
     Ok(key)
 }

@@ -192,11 +192,16 @@ impl RuleSet {
         })
     }
 
-    /// Renders a key template; `None` when the key is empty or too long, in
-    /// which case the request bypasses the cache.
+    /// Renders a key, pattern or tag template; `None` when it is unusable, in
+    /// which case the request bypasses the cache (a purge skips it): a value
+    /// that is not text, an empty result, one in cachegate's internal
+    /// namespace ([`INTERNAL_PREFIX`]), or one longer than `max_key_bytes`.
+    /// For a pattern the limit applies to the shortest key it can match, not
+    /// to its glob-escaped spelling: a pattern for a key that fits is kept.
     pub fn render_key(&self, template: &Template, req: &RequestView<'_>, captures: &Captures<'_>) -> Option<String> {
-        let key = template.render(req, captures)?;
-        (!key.is_empty() && key.len() <= self.max_key_bytes).then_some(key)
+        let (key, key_len) = template.render_measured(req, captures)?;
+        let usable = !key.is_empty() && !key.starts_with(INTERNAL_PREFIX) && key_len <= self.max_key_bytes;
+        usable.then_some(key)
     }
 }
 
@@ -277,5 +282,119 @@ impl fmt::Display for RuleSet {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn set(max_key_bytes: usize) -> RuleSet {
+        RuleSet {
+            max_key_bytes,
+            ..RuleSet::default()
+        }
+    }
+
+    /// Renders `src` (a pattern when `is_pattern`) for `GET /?query`.
+    fn render(set: &RuleSet, src: &str, query: &str, is_pattern: bool) -> Option<String> {
+        let re = Regex::new(r"^/").unwrap();
+        let t = Template::parse(src, &re, is_pattern).unwrap();
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/",
+            query: Some(query),
+            headers: &headers,
+        };
+        set.render_key(&t, &view, &re.captures("/").unwrap())
+    }
+
+    #[test]
+    fn rendered_values_never_address_internal_keys() {
+        let set = set(1024);
+        // A value's own ':' is encoded, so it cannot spell the prefix...
+        assert_eq!(
+            render(&set, "{query.q}", "q=__cg:secret", false).as_deref(),
+            Some("__cg%3Asecret")
+        );
+        // ...but with the template's ':' it can: unusable, as a key, a tag
+        // or a pattern.
+        for is_pattern in [false, true] {
+            assert_eq!(render(&set, "{query.a}:{query.b}", "a=__cg&b=secret", is_pattern), None);
+            assert_eq!(render(&set, "{query.a}:epoch", "a=__cg", is_pattern), None);
+            assert_eq!(render(&set, "{query.a}:*", "a=__cg", is_pattern), None);
+            assert_eq!(render(&set, "__cg{query.a}:x", "", is_pattern), None);
+        }
+        assert_eq!(
+            render(&set, "{query.a}:{query.b}", "a=_cg&b=x", false).as_deref(),
+            Some("_cg:x")
+        );
+        assert_eq!(
+            render(&set, "{query.a}x", "a=__cg:", false).as_deref(),
+            Some("__cg%3Ax")
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_unusable() {
+        let set = set(1024);
+        for q in ["%FF", "%FE", "%C3%28", "%80"] {
+            for is_pattern in [false, true] {
+                assert_eq!(render(&set, "s:{query.q}", &format!("q={q}"), is_pattern), None, "{q}");
+            }
+        }
+        assert_eq!(
+            render(&set, "s:{query.q}", "q=%EF%BF%BD", false).as_deref(),
+            Some("s:\u{FFFD}")
+        );
+    }
+
+    #[test]
+    fn separator_escaping_is_injective_for_keys_and_patterns() {
+        let set = set(1024);
+        let a = render(&set, "pair:{query.a}:{query.b}", "a=x:y&b=z", false).unwrap();
+        let b = render(&set, "pair:{query.a}:{query.b}", "a=x&b=y:z", false).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            render(&set, "s:{query.q}:*", "q=a:b", true).as_deref(),
+            Some("s:a%3Ab:*")
+        );
+    }
+
+    #[test]
+    fn a_long_escaped_pattern_for_a_key_that_fits_is_kept() {
+        let set = set(64);
+        let q = "-".repeat(50);
+        // The key fits (2 + 50 + 2 bytes)...
+        let key = render(&set, "s:{query.q}:1", &format!("q={q}"), false).unwrap();
+        assert_eq!(key.len(), 54);
+        // ...so its pattern is kept, though 104 bytes once glob-escaped.
+        let pattern = render(&set, "s:{query.q}:*", &format!("q={q}"), true).unwrap();
+        assert_eq!(pattern.len(), 2 + 100 + 2);
+        assert!(crate::store::glob::glob_match(pattern.as_bytes(), key.as_bytes()));
+        // A pattern whose shortest match is too long for any key is dropped,
+        // and so is a key or tag over the limit.
+        let long = "-".repeat(62);
+        assert_eq!(render(&set, "s:{query.q}:*", &format!("q={long}"), true), None);
+        assert_eq!(render(&set, "s:{query.q}:1", &format!("q={long}"), false), None);
+        // Encoding counts: 21 ':' are 63 bytes in a key, 22 are 66.
+        let colons = ":".repeat(21);
+        assert_eq!(
+            render(&set, "{query.q}", &format!("q={colons}"), false).map(|k| k.len()),
+            Some(63)
+        );
+        assert_eq!(
+            render(&set, "{query.q}", &format!("q={colons}"), true).map(|p| p.len()),
+            Some(63)
+        );
+        let colons = ":".repeat(22);
+        assert_eq!(render(&set, "{query.q}", &format!("q={colons}"), false), None);
+        assert_eq!(render(&set, "{query.q}", &format!("q={colons}"), true), None);
+        // Empty stays unusable.
+        assert_eq!(render(&set, "{query.q}", "", false), None);
+        assert_eq!(render(&set, "{query.q}", "", true), None);
     }
 }
