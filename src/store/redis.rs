@@ -329,6 +329,75 @@ impl RedisStore {
         }
     }
 
+    /// Purges every key the tags index; with `list` > 0, also returns the
+    /// keys it purged (up to `list`; `None` past that), so the in-process
+    /// tier can drop just those.
+    pub async fn purge_tags_listing(
+        &self,
+        tags: &[String],
+        soft: bool,
+        list: usize,
+    ) -> StoreResult<(u64, Option<Vec<String>>)> {
+        let client = self.client()?;
+        self.bump_epoch(client).await?;
+        let now = now_ms() as f64;
+        let mut purged = 0u64;
+        let mut listed = (list > 0).then(Vec::new);
+        for tag in tags {
+            let tag_key = self.tag_key(tag);
+            // ZSCAN, not offsets: a fill landing meanwhile raises its key's
+            // score, which would shift an offset window and skip members.
+            let mut cursor = String::from("0");
+            loop {
+                let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
+                let args: Vec<Value> = vec![
+                    tag_key.as_str().into(),
+                    cursor.as_str().into(),
+                    "COUNT".into(),
+                    (SCAN_BATCH as i64).into(),
+                ];
+                let (next, flat): (String, Vec<String>) =
+                    self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
+                let pairs: Vec<(String, String)> = flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+                let live: Vec<String> = pairs
+                    .iter()
+                    .filter(|(_, score)| score.parse::<f64>().is_ok_and(|s| s >= now))
+                    .map(|(member, _)| member.clone())
+                    .collect();
+                if !live.is_empty() {
+                    purged += Store::purge_keys(self, &live, soft).await?;
+                    if let Some(keys) = &mut listed {
+                        if keys.len() + live.len() > list {
+                            listed = None;
+                        } else {
+                            keys.extend(live);
+                        }
+                    }
+                }
+                if !soft && !pairs.is_empty() {
+                    // Drop the members read, unless a fill re-indexed them
+                    // since (ZADD GT raised the score): those stay findable.
+                    let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
+                    for (member, score) in pairs {
+                        args.push(member.into());
+                        args.push(score.into());
+                    }
+                    let _: i64 = self
+                        .bounded_by(
+                            self.bulk_timeout(),
+                            self.run_script(client, &self.untag_script, vec![tag_key.clone()], args),
+                        )
+                        .await?;
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok((purged, listed))
+    }
+
     /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
     /// of memory refuses the INCR, but also every fill the epoch would stop,
     /// so the purge goes on without it rather than leave old entries served.
@@ -601,56 +670,7 @@ impl Store for RedisStore {
     }
 
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
-        let client = self.client()?;
-        self.bump_epoch(client).await?;
-        let now = now_ms() as f64;
-        let mut purged = 0u64;
-        for tag in tags {
-            let tag_key = self.tag_key(tag);
-            // ZSCAN, not offsets: a fill landing meanwhile raises its key's
-            // score, which would shift an offset window and skip members.
-            let mut cursor = String::from("0");
-            loop {
-                let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
-                let args: Vec<Value> = vec![
-                    tag_key.as_str().into(),
-                    cursor.as_str().into(),
-                    "COUNT".into(),
-                    (SCAN_BATCH as i64).into(),
-                ];
-                let (next, flat): (String, Vec<String>) =
-                    self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
-                let pairs: Vec<(String, String)> = flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
-                let live: Vec<String> = pairs
-                    .iter()
-                    .filter(|(_, score)| score.parse::<f64>().is_ok_and(|s| s >= now))
-                    .map(|(member, _)| member.clone())
-                    .collect();
-                if !live.is_empty() {
-                    purged += self.purge_keys(&live, soft).await?;
-                }
-                if !soft && !pairs.is_empty() {
-                    // Drop the members read, unless a fill re-indexed them
-                    // since (ZADD GT raised the score): those stay findable.
-                    let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
-                    for (member, score) in pairs {
-                        args.push(member.into());
-                        args.push(score.into());
-                    }
-                    let _: i64 = self
-                        .bounded_by(
-                            self.bulk_timeout(),
-                            self.run_script(client, &self.untag_script, vec![tag_key.clone()], args),
-                        )
-                        .await?;
-                }
-                if next == "0" {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        Ok(purged)
+        self.purge_tags_listing(tags, soft, 0).await.map(|(n, _)| n)
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {

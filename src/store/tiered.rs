@@ -57,6 +57,10 @@ type Fields = Arc<HashMap<String, Held>>;
 /// caller still checks each entry's own freshness on every hit.
 const TIER_IDLE: Duration = Duration::from_secs(300);
 
+/// A tag purge drops the keys it purged from the tier one by one, up to
+/// this many; past it, the whole tier.
+const TAG_DROP_LIST: usize = 10_000;
+
 pub struct TieredStore {
     inner: Arc<RedisStore>,
     tier: Cache<String, Fields>,
@@ -321,9 +325,27 @@ impl Store for TieredStore {
     }
 
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
-        let purged = self.inner.purge_tags(tags, soft).await;
-        self.drop_all();
-        purged
+        // Drop just the keys purged (a write's tag purge must not empty the
+        // whole tier); everything when there were too many to list or the
+        // purge failed partway. After the Redis purge: a read racing it that
+        // puts the old record back is either dropped here or refused by the
+        // sequence check.
+        match self.inner.purge_tags_listing(tags, soft, TAG_DROP_LIST).await {
+            Ok((purged, Some(keys))) => {
+                for key in &keys {
+                    self.drop_key(key);
+                }
+                Ok(purged)
+            }
+            Ok((purged, None)) => {
+                self.drop_all();
+                Ok(purged)
+            }
+            Err(e) => {
+                self.drop_all();
+                Err(e)
+            }
+        }
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
