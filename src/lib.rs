@@ -4,6 +4,7 @@
 //! here so that integration tests can start the same server in-process.
 //! `ARCHITECTURE.md` describes how the modules fit together.
 
+pub mod access_log;
 pub mod admin;
 pub mod cache;
 pub mod config;

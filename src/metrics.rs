@@ -66,6 +66,8 @@ pub struct Metrics {
     purged_keys: Counter,
     stored_bytes: Counter,
     store_up: Gauge,
+    /// Access log lines dropped because the writer could not keep up.
+    pub access_log_dropped: Counter,
     pub started: Instant,
     /// This process's id among the instances sharing the store.
     instance: String,
@@ -164,7 +166,14 @@ impl Metrics {
         );
         let store_up = Gauge::default();
         registry.register("store_up", "1 while the store is reachable", store_up.clone());
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the output could not keep up",
+            access_log_dropped.clone(),
+        );
         Metrics {
+            access_log_dropped,
             registry,
             rules,
             backend_latency,

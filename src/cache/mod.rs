@@ -30,6 +30,7 @@ mod vary;
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, Scope, StoreKind, TtlMode, When};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
@@ -68,6 +69,26 @@ pub struct Gateway {
     /// Purges that failed, replayed before the store is read again.
     pending_purges: tokio::sync::Mutex<Vec<Purge>>,
     has_pending_purges: std::sync::atomic::AtomicBool,
+    access_log: Option<AccessLog>,
+}
+
+/// What the access log line needs from inside a request's phases.
+#[derive(Default)]
+struct Trace {
+    rule: Option<usize>,
+    key: Option<String>,
+    backend_status: Option<u16>,
+    backend_time: Option<Duration>,
+}
+
+tokio::task_local! {
+    /// The request's trace, while an access log is written.
+    static TRACE: std::cell::RefCell<Trace>;
+}
+
+/// Notes something for the access log line (nothing when it is off).
+fn trace(note: impl FnOnce(&mut Trace)) {
+    let _ = TRACE.try_with(|t| note(&mut t.borrow_mut()));
 }
 
 /// Where a cacheable request's entry lives: the logical key and the
@@ -124,6 +145,8 @@ impl Gateway {
         let rule_names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
         let metrics = Arc::new(Metrics::new(&rule_names));
         crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
+        let access_log = AccessLog::start(&config.access_log, metrics.clone())
+            .map_err(|e| format!("cannot open the access log: {e}"))?;
         Ok(Gateway {
             forwarder: Forwarder::new(&config.backend),
             config,
@@ -134,6 +157,7 @@ impl Gateway {
             keyspace_walks: tokio::sync::Semaphore::new(1),
             pending_purges: tokio::sync::Mutex::new(Vec::new()),
             has_pending_purges: std::sync::atomic::AtomicBool::new(false),
+            access_log,
         })
     }
 
@@ -156,9 +180,43 @@ impl Gateway {
         self.keyspace_walks.try_acquire().ok()
     }
 
+    /// A request's whole life, and its access log line.
+    pub async fn handle(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        let Some(log) = &self.access_log else {
+            return self.route(req, from).await;
+        };
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (resp, t) = TRACE
+            .scope(std::cell::RefCell::new(Trace::default()), async {
+                let resp = self.route(req, from).await;
+                (resp, TRACE.with(|t| t.take()))
+            })
+            .await;
+        let rule = t
+            .rule
+            .and_then(|i| self.config.rules.cache.get(i))
+            .map(|r| r.name.as_str());
+        log.log(&crate::access_log::Line {
+            client: from.addr.ip(),
+            method: method.as_str(),
+            path: &path,
+            status: resp.status().as_u16(),
+            rule,
+            key: t.key.as_deref(),
+            cache: resp.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+            backend_status: t.backend_status,
+            backend_time: t.backend_time,
+            bytes: http_body::Body::size_hint(resp.body()).exact(),
+            took: started.elapsed(),
+        });
+        resp
+    }
+
     /// Phase 1 and 2: admit and route. The admin routes are answered here
     /// unless they have a listener of their own.
-    pub async fn handle(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
+    async fn route(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
         if let Some(rejected) = self.admit(&req) {
             return rejected;
         }
@@ -268,6 +326,10 @@ impl Gateway {
         rule: &CacheRule,
         key: Result<CacheKey, &'static str>,
     ) -> Response<Body> {
+        trace(|t| {
+            t.rule = Some(rule.index);
+            t.key = key.as_ref().ok().map(|k| k.key.clone());
+        });
         let (mut resp, outcome) = self.lookup_or_fill(req, from, rule, key).await;
         outcome.apply(resp.headers_mut());
         self.metrics.record(rule.index, &outcome);
@@ -515,7 +577,12 @@ impl Gateway {
     async fn forward(&self, req: Request<Body>, from: ClientInfo) -> Result<Response<Body>, ForwardError> {
         let started = Instant::now();
         let result = self.forwarder.forward(req, from).await;
-        self.metrics.backend_latency(started.elapsed());
+        let took = started.elapsed();
+        self.metrics.backend_latency(took);
+        trace(|t| {
+            t.backend_status = result.as_ref().ok().map(|r| r.status().as_u16());
+            t.backend_time = Some(took);
+        });
         result
     }
 

@@ -23,6 +23,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub tier: RawTier,
     #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,
@@ -148,6 +150,14 @@ pub struct RawToken {
     pub sha256: Option<Spanned<String>>,
     pub token_env: Option<Spanned<String>>,
     pub scopes: Spanned<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub format: Option<Spanned<String>>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,7 +11,7 @@ mod resolve;
 
 pub use error::ConfigError;
 pub use resolve::{
-    AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig,
+    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig,
     Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
 };
 

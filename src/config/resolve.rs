@@ -129,6 +129,15 @@ pub struct RedisConfig {
     pub pool_size: usize,
 }
 
+/// `[access_log]`: one line per request.
+#[derive(Debug, Clone)]
+pub struct AccessLogConfig {
+    pub enabled: bool,
+    pub json: bool,
+    /// A file to append to; `None` is standard output.
+    pub path: Option<std::path::PathBuf>,
+}
+
 /// The in-process tier in front of Redis.
 #[derive(Debug, Clone)]
 pub struct TierConfig {
@@ -262,6 +271,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// Used with the Redis store only.
     pub tier: TierConfig,
+    pub access_log: AccessLogConfig,
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub rules: Arc<RuleSet>,
@@ -452,6 +462,27 @@ pub(super) fn resolve(
         enabled: raw.tier.enabled.unwrap_or(true),
         max_bytes: raw.tier.max_bytes.unwrap_or(64 * 1024 * 1024),
     };
+    let access_log = AccessLogConfig {
+        enabled: raw.access_log.enabled.unwrap_or(true),
+        json: match &raw.access_log.format {
+            None => false,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => false,
+                "json" => true,
+                other => {
+                    return Err(at(
+                        f.span(),
+                        format!("access_log format must be \"text\" or \"json\", got {other:?}"),
+                    ))
+                }
+            },
+        },
+        path: raw
+            .access_log
+            .path
+            .filter(|p| p != "-" && !p.is_empty())
+            .map(std::path::PathBuf::from),
+    };
 
     let mut rules = Vec::new();
     for r in raw.rule {
@@ -473,6 +504,7 @@ pub(super) fn resolve(
         redis,
         memory,
         tier,
+        access_log,
         cache,
         admin,
         rules: Arc::new(rules),

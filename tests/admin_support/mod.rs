@@ -119,8 +119,13 @@ impl Instance {
     /// Loads `text` with [`test_env`] as the environment and starts it on
     /// 127.0.0.1:0.
     pub async fn start_text(text: &str) -> Instance {
-        let config = Config::from_toml(text, "admin-test.toml", &test_env, &Overrides::default())
+        let mut config = Config::from_toml(text, "admin-test.toml", &test_env, &Overrides::default())
             .unwrap_or_else(|e| panic!("config does not load: {e}\n---\n{text}"));
+        // The access log (on by default) would flood the test output; the
+        // tests of the log itself name an [access_log] section.
+        if !text.contains("[access_log]") {
+            config.access_log.enabled = false;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let running = server::start_on(config, listener).await.expect("start cachegate");
         let store = running.gateway.store().clone();
