@@ -11,8 +11,9 @@ mod resolve;
 
 pub use error::ConfigError;
 pub use resolve::{
-    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition, InvalidateConfig, MemoryConfig,
-    Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
+    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,
+    InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
+    TtlMode, When,
 };
 
 use std::path::Path;
