@@ -194,7 +194,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         // The server stopped on its own (the listener failed).
         _ = running.stopped() => return ExitCode::FAILURE,
     }
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: finishing in-flight requests");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: finishing in-flight requests"
+    );
     if !running.shutdown(grace).await {
         tracing::warn!("in-flight requests still running after shutdown_timeout_ms; exiting anyway");
     }

@@ -21,10 +21,17 @@ async fn spellings_of_one_path_share_one_entry(kind: Kind) {
     ] {
         let resp = w.client.get(spelling).await;
         assert_eq!(resp.status, 200, "{spelling}");
-        assert_eq!(resp.x_cache(), Some("HIT"), "{spelling} must read /api/v1/tasks/1's entry");
+        assert_eq!(
+            resp.x_cache(),
+            Some("HIT"),
+            "{spelling} must read /api/v1/tasks/1's entry"
+        );
     }
     assert_eq!(w.backend.total(), 1, "every spelling but the first was a hit");
-    assert_eq!(w.backend.last_uri("/api/v1/tasks/1").as_deref(), Some("/api/v1/tasks/1"));
+    assert_eq!(
+        w.backend.last_uri("/api/v1/tasks/1").as_deref(),
+        Some("/api/v1/tasks/1")
+    );
 }
 
 /// A write under any spelling purges the normal path's key, so the next
@@ -35,7 +42,11 @@ async fn a_write_under_another_spelling_purges_the_entry(kind: Kind) {
     assert_eq!(w.client.get("/api/v1/tasks/2").await.x_cache(), Some("HIT"));
     let put = w.client.put("/api/v1//tasks/%32").await;
     assert_eq!(put.status, 200);
-    assert_eq!(w.backend.count("PUT", "/api/v1/tasks/2"), 1, "the backend got the normal path");
+    assert_eq!(
+        w.backend.count("PUT", "/api/v1/tasks/2"),
+        1,
+        "the backend got the normal path"
+    );
     let after = w.client.get("/api/v1/tasks/2").await;
     assert_eq!(after.x_cache(), Some("MISS"), "the write purged the entry");
     assert_eq!(after.version(), 2);

@@ -259,7 +259,13 @@ mod tests {
     /// A body cut short (or grown) never decodes: its length is stored.
     #[test]
     fn a_body_of_the_wrong_length_does_not_decode() {
-        let buf = Entry::encode(StatusCode::OK, &HeaderMap::new(), b"0123456789", 0, &Lifetime::default());
+        let buf = Entry::encode(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            b"0123456789",
+            0,
+            &Lifetime::default(),
+        );
         assert!(Entry::decode(&buf).is_some());
         for cut in 1..=10 {
             assert!(Entry::decode(&buf.slice(..buf.len() - cut)).is_none(), "cut {cut}");
