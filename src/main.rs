@@ -110,9 +110,17 @@ fn main() -> ExitCode {
 /// current-thread runtime, which skips the work-stealing machinery and runs
 /// woken tasks in order, so fred's writer sends many queued Redis commands
 /// in one write; with more, a worker per core.
+///
+/// `CACHEGATE_RUNTIME=multi` (or `current`) overrides the choice, for
+/// comparing the two.
 fn runtime_for_this_machine() -> tokio::runtime::Builder {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 {
+    let current = match std::env::var("CACHEGATE_RUNTIME").as_deref() {
+        Ok("multi") => false,
+        Ok("current") => true,
+        _ => cores == 1,
+    };
+    if current {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
