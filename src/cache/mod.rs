@@ -947,7 +947,17 @@ impl Gateway {
     /// kept and replayed before this instance reads the store again.
     async fn purge(&self, purge: Purge) {
         if let Some(failed) = self.try_purge(purge).await {
-            self.pending_purges.lock().await.push(failed);
+            let mut pending = self.pending_purges.lock().await;
+            // One pending purge per kind (hard, soft): a stall with many
+            // writes must not leave a long list to replay one by one.
+            match pending.iter_mut().find(|p| p.soft == failed.soft) {
+                Some(p) => {
+                    p.keys.extend(failed.keys);
+                    p.patterns.extend(failed.patterns);
+                    p.tags.extend(failed.tags);
+                }
+                None => pending.push(failed),
+            }
             self.has_pending_purges.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -960,8 +970,15 @@ impl Gateway {
         if !self.has_pending_purges.load(SeqCst) {
             return Ok(());
         }
-        // Held for the whole replay: no read slips past a replay in progress.
-        let mut pending = self.pending_purges.lock().await;
+        // While the store is down, or another request is replaying, this
+        // read is answered uncached at once: it must not queue behind a
+        // replay that may wait out the store timeout.
+        if !self.store.is_up() {
+            return Err(StoreError::Unavailable);
+        }
+        let Ok(mut pending) = self.pending_purges.try_lock() else {
+            return Err(StoreError::Unavailable);
+        };
         let mut still = Vec::new();
         for purge in std::mem::take(&mut *pending) {
             still.extend(self.try_purge(purge).await);
