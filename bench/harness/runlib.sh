@@ -11,6 +11,30 @@
 #   own (so the trap can stop it with everything it started) and exits with
 #   its status.
 
+#
+# On being sourced: log/die, the tools both scripts need, and $BIN (the
+# release binary, built when missing; CACHEGATE_BIN to give another).
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+missing=()
+for c in redis-server setsid python3; do
+  command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+done
+((${#missing[@]} == 0)) || die "missing: ${missing[*]} (Debian/Ubuntu: apt-get install -y redis-server util-linux python3)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 >= 3.11 needed (asyncio.timeout)"
+
+BIN=${CACHEGATE_BIN:-$REPO/target/release/cachegate}
+if [[ ! -x $BIN ]]; then
+  [[ -z ${CACHEGATE_BIN:-} ]] || die "CACHEGATE_BIN=$CACHEGATE_BIN is not an executable"
+  command -v cargo >/dev/null || die "cargo not found (or set CACHEGATE_BIN)"
+  log "building cachegate (cargo build --release)"
+  cargo build --release
+fi
+BIN=$(readlink -f "$BIN")
+
+
 alive() {
   local st
   st=$( (cut -d')' -f2 <"/proc/$1/stat" | cut -d' ' -f2) 2>/dev/null ) || return 1
