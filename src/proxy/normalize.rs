@@ -319,7 +319,7 @@ mod tests {
                     }
                     i += 3;
                 }
-                c if c == b'/' || c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&c) => {
+                c if c == b'/' || c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@[]".contains(&c) => {
                     s.push(char::from(c));
                     i += 1;
                 }
@@ -767,7 +767,7 @@ mod tests {
     }
 
     const PIECES: &[&str] = &[
-        "/", "//", ".", "..", "%2e", "%2E", "%2f", "%2F", "%41", "a", "b", "~", "%7e", "%25", "%",
+        "/", "//", ".", "..", "%2e", "%2E", "%2f", "%2F", "%41", "a", "b", "~", "%7e", "%25", "%", "[", "]",
     ];
 
     #[test]
