@@ -1268,35 +1268,34 @@ async fn only_one_keyspace_walk_runs_at_a_time() {
     let populate = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'foreign:' .. i, 'x') end return 1";
     redis.cmd::<i64>(&["EVAL", populate, "0", "1000000"]).await;
 
-    let walker = {
+    // Three walks asked at once (each takes well over a second here): one
+    // runs, the others are told to come back.
+    let mut calls = Vec::new();
+    for path in [
+        format!("{P}/keys?pattern=nomatch*"),
+        format!("{P}/keys?pattern=other*"),
+        format!("{P}/clear?pattern=task:*"),
+    ] {
         let c = inst.client();
-        tokio::spawn(async move { call(&c, "GET", &format!("{P}/keys?pattern=nomatch*"), Some(ALL)).await })
-    };
-    // Ask until the walk is seen in progress (it holds the only permit).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let busy = loop {
-        let r = call(&c, "GET", &format!("{P}/keys?pattern=other*"), Some(ALL)).await;
-        if r.status == 429 {
-            break r;
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(Instant::now() < deadline, "never saw the walk in progress");
-    };
-    assert_eq!(assert_json(&busy, "busy")["error"], "busy");
-    assert_eq!(busy.header("retry-after"), Some("1"));
-    let clear = call(&c, "DELETE", &format!("{P}/clear?pattern=task:*"), Some(ALL)).await;
-    assert!(
-        clear.status == 429 || walker.is_finished(),
-        "a pattern clear during the walk: {} {}",
-        clear.status,
-        clear.text()
-    );
+        let method = if path.contains("/clear") { "DELETE" } else { "GET" };
+        calls.push(tokio::spawn(async move { call(&c, method, &path, Some(ALL)).await }));
+    }
     let tag = call(&c, "DELETE", &format!("{P}/clear?tag=t1"), Some(ALL)).await;
     assert_eq!(tag.status, 200, "a tag purge walks nothing: {}", tag.text());
-
-    let walked = walker.await.expect("walker");
-    assert_eq!(walked.status, 200, "{}", walked.text());
-    assert_eq!(walked.json()["total_found"], 0);
+    let (mut ran, mut busy) = (0, 0);
+    for handle in calls {
+        let r = handle.await.expect("walk task");
+        match r.status.as_u16() {
+            200 => ran += 1,
+            429 => {
+                busy += 1;
+                assert_eq!(assert_json(&r, "busy")["error"], "busy");
+                assert_eq!(r.header("retry-after"), Some("1"));
+            }
+            other => panic!("a walk answered {other}: {}", r.text()),
+        }
+    }
+    assert!(ran >= 1 && busy >= 1, "{ran} walks ran, {busy} were told to wait");
     let after = call(&c, "GET", &format!("{P}/keys?pattern=nomatch*&limit=1"), Some(ALL)).await;
     assert_eq!(after.status, 200, "the permit is returned: {}", after.text());
 }
