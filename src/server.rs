@@ -3,7 +3,7 @@
 
 use crate::cache::Gateway;
 use crate::config::Config;
-use crate::proxy::{self, ClientInfo};
+use crate::proxy::{self, framing, ClientInfo};
 use crate::BoxError;
 use http_body_util::BodyExt;
 use hyper::server::conn::http1;
@@ -107,6 +107,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
 
 async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>, role: Role) {
     let server = &gateway.config().server;
+    let head_buffer = server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -115,7 +116,7 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
         // hyper's own hard limits, above ours so that ours answer with a
         // JSON body first: the head buffer must hold any URI up to hyper's
         // own URI cap (65,534 bytes) for `admit` to see it and answer 414.
-        .max_buf_size(server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096)
+        .max_buf_size(head_buffer)
         .max_headers(server.max_headers + 1);
     let builder = Arc::new(builder);
     let mut connections = tokio::task::JoinSet::new();
@@ -137,16 +138,26 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
         let mut stop_conn = stopped.clone();
         connections.spawn(async move {
             let from = ClientInfo { addr: peer };
+            // Ambiguous framing is refused before hyper reads it (see
+            // proxy/framing.rs); the verdicts come in request order.
+            let (stream, verdicts) = framing::Guarded::new(stream, head_buffer);
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let gateway = gateway.clone();
+                let refused = verdicts.next_request();
                 async move {
-                    let req = req.map(|b| b.map_err(BoxError::from).boxed());
-                    let resp = match role {
-                        Role::Main => gateway.handle(req, from).await,
-                        Role::Admin if crate::admin::owns(&gateway, req.uri().path()) => {
+                    let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+                    let resp = match (role, refused) {
+                        (Role::Main, refused) => {
+                            if let Some(why) = refused {
+                                req.extensions_mut().insert(why);
+                            }
+                            gateway.handle(req, from).await
+                        }
+                        (Role::Admin, Some(why)) => framing::refusal_response(why),
+                        (Role::Admin, None) if crate::admin::owns(&gateway, req.uri().path()) => {
                             crate::admin::handle(&gateway, req).await
                         }
-                        Role::Admin => not_found(),
+                        (Role::Admin, None) => not_found(),
                     };
                     Ok::<_, Infallible>(resp)
                 }

@@ -192,9 +192,11 @@ fn malformed_shapes() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// Content-Length together with Transfer-Encoding (both orders), and bare
-/// LFs as line ends or inside a header line: shapes hyper accepts.
-fn accepted_by_hyper() -> Vec<(&'static str, Vec<u8>)> {
+/// Content-Length together with Transfer-Encoding (both orders), bare LFs
+/// as line ends or inside a header line, and repeated framing headers:
+/// shapes hyper's parser accepts and the framing guard
+/// (src/proxy/framing.rs) refuses.
+fn ambiguous_shapes() -> Vec<(&'static str, Vec<u8>)> {
     let body = cat(&[b"0\r\n\r\n", SMUGGLED]);
     let len = body.len().to_string();
     vec![
@@ -230,6 +232,37 @@ fn accepted_by_hyper() -> Vec<(&'static str, Vec<u8>)> {
             ]),
         ),
         (
+            "the same Content-Length twice",
+            cat(&[
+                &head(&[
+                    "POST /upload HTTP/1.1",
+                    "Host: x",
+                    &format!("Content-Length: {len}"),
+                    &format!("Content-Length: {len}"),
+                ]),
+                &body,
+            ]),
+        ),
+        (
+            "chunked twice",
+            cat(&[
+                &head(&[
+                    "POST /upload HTTP/1.1",
+                    "Host: x",
+                    "Transfer-Encoding: chunked",
+                    "Transfer-Encoding: chunked",
+                ]),
+                &body,
+            ]),
+        ),
+        (
+            "a bare LF ending the request line",
+            cat(&[
+                format!("POST /upload HTTP/1.1\nHost: x\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+                &body,
+            ]),
+        ),
+        (
             "a bare LF inside a header line",
             cat(&[
                 &head(&[
@@ -260,7 +293,7 @@ fn describe(reply: &RawReply) -> String {
 async fn smuggling_shapes_never_reach_the_backend_as_two_requests() {
     let w = World::std(Kind::Redis).await;
     let mut shapes = malformed_shapes();
-    shapes.extend(accepted_by_hyper());
+    shapes.extend(ambiguous_shapes());
     // A chunk size that overflows, and a chunked body with garbage after it.
     shapes.push((
         "an overflowing chunk size",
@@ -314,34 +347,75 @@ async fn malformed_framing_is_rejected_with_400() {
     assert_eq!(w.backend.total(), 0, "nothing malformed was forwarded");
 }
 
-/// The issue asks for a 400 for Content-Length with Transfer-Encoding and
-/// for bare LFs too. hyper accepts them (it reads CL+TE as chunked and
-/// closes the connection after answering, and takes a lone LF as a line
-/// end), so cachegate forwards one request; this test holds what does
-/// hold, and SECURITY.md says so.
+/// Ambiguous framing is a JSON 400 that closes the connection, the body
+/// and anything after it unread: nothing reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ambiguous_framing_is_read_one_way_and_never_forwarded_as_two() {
-    // hyper's parser takes these rather than refusing them (SECURITY.md):
-    // Content-Length with Transfer-Encoding is read as chunked, the
-    // Content-Length dropped and the connection closed after the answer
-    // (RFC 9112 §6.3); bare LF line ends are read as CRLF (§2.2). What must
-    // hold: one request at most reaches the backend, never the smuggled one.
+async fn ambiguous_framing_is_rejected_with_400() {
     let w = World::std(Kind::Redis).await;
-    for (what, bytes) in accepted_by_hyper() {
-        let before = w.backend.count_path("/upload");
+    for (what, bytes) in ambiguous_shapes() {
         let reply = raw_exchange(w.proxy.addr, &bytes, WAIT).await;
         let responses = reply.responses();
-        assert!(responses.len() <= 1, "{what}: {}", describe(&reply));
-        assert!(w.backend.count_path("/upload") <= before + 1, "{what}");
-        assert_eq!(w.backend.count_path("/smuggled"), 0, "{what}: {}", describe(&reply));
-        if what.contains("Transfer-Encoding") && w.backend.count_path("/upload") > before {
-            let seen = w.backend.last_headers("/upload").expect("headers");
-            assert!(
-                seen.get("content-length").is_none(),
-                "{what}: the Content-Length reached the backend: {seen:?}"
-            );
-        }
+        assert_eq!(
+            responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![400],
+            "{what}: {}",
+            describe(&reply)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&responses[0].body).expect("a JSON error");
+        assert_eq!(json["error"], "bad_framing", "{what}");
+        assert!(reply.closed, "{what}: {}", describe(&reply));
     }
+    assert_eq!(w.backend.total(), 0, "nothing ambiguous was forwarded");
+}
+
+/// The guard counts requests across bodies: a good request before an
+/// ambiguous one is answered and forwarded, the ambiguous one refused; and
+/// bodies that contain what would be refused in a head (bare LFs, CL+TE)
+/// are bodies, so the requests after them are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_is_judged_per_request_across_pipelined_bodies() {
+    let w = World::std(Kind::Redis).await;
+    let trap = b"GET /smuggled HTTP/1.1\nContent-Length: 3\nTransfer-Encoding: chunked\n\n";
+    let with_length = cat(&[
+        &head(&[
+            "POST /upload HTTP/1.1",
+            "Host: x",
+            &format!("Content-Length: {}", trap.len()),
+        ]),
+        trap,
+    ]);
+    let chunked = cat(&[
+        &head(&["POST /upload HTTP/1.1", "Host: x", "Transfer-Encoding: chunked"]),
+        format!("{:x};ext=1\r\n", trap.len()).as_bytes(),
+        trap,
+        b"\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ]);
+    let last = head(&["GET /api/v1/tasks/2 HTTP/1.1", "Host: x", "Connection: close"]);
+    let bad = head(&[
+        "POST /upload HTTP/1.1",
+        "Host: x",
+        "Content-Length: 5",
+        "Transfer-Encoding: chunked",
+    ]);
+
+    let before = w.backend.count_path("/upload");
+    let reply = raw_exchange(w.proxy.addr, &cat(&[&with_length, &chunked, &last]), WAIT).await;
+    let statuses: Vec<u16> = reply.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 200, 200], "{}", describe(&reply));
+    assert_eq!(w.backend.count_path("/upload"), before + 2);
+    assert_eq!(w.backend.body_sizes("/upload").last().copied(), Some(trap.len() as u64));
+
+    let before = w.backend.count_path("/upload");
+    let reply = raw_exchange(w.proxy.addr, &cat(&[&chunked, &bad, b"0\r\n\r\n", SMUGGLED]), WAIT).await;
+    let statuses: Vec<u16> = reply.responses().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 400], "{}", describe(&reply));
+    assert!(reply.closed, "{}", describe(&reply));
+    assert_eq!(
+        w.backend.count_path("/upload"),
+        before + 1,
+        "only the good request was forwarded"
+    );
+    assert_eq!(w.backend.count_path("/smuggled"), 0);
 }
 
 /// A request cachegate answers without reading its body (a hit, an admin

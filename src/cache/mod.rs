@@ -249,6 +249,9 @@ impl Gateway {
 
     /// Phase 1: limits on the request head.
     fn admit(&self, req: &Request<Body>) -> Option<Response<Body>> {
+        if let Some(why) = req.extensions().get::<proxy::framing::Refusal>() {
+            return Some(proxy::framing::refusal_response(*why));
+        }
         let limits = &self.config.server;
         let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
         if uri_len > limits.max_uri_bytes {

@@ -2,6 +2,7 @@
 //! removal (RFC 9110 §7.6.1), `X-Forwarded-*`, the response-head timeout,
 //! and the JSON error answers for an unreachable or slow backend.
 
+pub mod framing;
 pub mod normalize;
 
 use crate::config::BackendConfig;
