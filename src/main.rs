@@ -68,7 +68,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.log.as_deref());
+    cachegate::logging::init(matches!(cli.log_format, LogFormat::Json), cli.log.as_deref());
     let runtime = match runtime_for_this_machine().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -196,12 +196,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let grace = running.gateway.config().server.shutdown_timeout;
+    cachegate::logging::apply_config_level(running.gateway().config().log_level.as_deref());
+    let (path, overrides) = (args.config.clone(), overrides(&args));
+    running
+        .live()
+        .set_loader(Box::new(move || Config::load(&path, &overrides)));
+    let live = running.live().clone();
     tokio::select! {
         _ = shutdown_signal() => {}
+        // SIGHUP reloads proxy.toml; this future never finishes.
+        _ = reload_on_hangup(live) => {}
         // The server stopped on its own (the listener failed).
         _ = running.stopped() => return ExitCode::FAILURE,
     }
+    let grace = running.gateway().config().server.shutdown_timeout;
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: finishing in-flight requests"
@@ -210,6 +218,20 @@ async fn serve(args: ServeArgs) -> ExitCode {
         tracing::warn!("in-flight requests still running after shutdown_timeout_ms; exiting anyway");
     }
     ExitCode::SUCCESS
+}
+
+/// Reloads the config on every SIGHUP (errors are logged by the reload).
+async fn reload_on_hangup(live: std::sync::Arc<cachegate::reload::Live>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                let _ = live.reload().await;
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn shutdown_signal() {
@@ -225,19 +247,4 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-fn init_logging(format: LogFormat, filter: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = filter
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

@@ -41,12 +41,19 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurgeLabels {
     kind: &'static str,
 }
 
-/// Per-rule counters, resolved once so the request path never hashes labels.
-struct RuleCounters {
+/// Per-rule counters, resolved once per config generation so the request
+/// path never hashes labels. Kept by rule name: a reload that keeps a rule
+/// keeps its counts.
+pub struct RuleCounters {
     name: String,
     by_status: [Counter; 4],
     hits: AtomicU64,
@@ -55,7 +62,11 @@ struct RuleCounters {
 
 pub struct Metrics {
     registry: Registry,
-    rules: Vec<RuleCounters>,
+    requests: Family<RequestLabels, Counter>,
+    /// Every rule counted since start, the current config's and earlier ones.
+    rules: std::sync::Mutex<Vec<Arc<RuleCounters>>>,
+    /// Config reloads, by result.
+    reloads: Family<ReloadLabels, Counter>,
     backend_latency: Histogram,
     /// The per-operation histograms of the store calls the request path
     /// makes, resolved once (the family's label lookup hashes and locks).
@@ -110,30 +121,6 @@ impl Metrics {
             "Requests through a cache rule, by rule and cache status",
             requests.clone(),
         );
-        let rules = rule_names
-            .iter()
-            .map(|name| {
-                let counter = |cache_status| {
-                    requests
-                        .get_or_create(&RequestLabels {
-                            rule: name.clone(),
-                            cache_status,
-                        })
-                        .clone()
-                };
-                RuleCounters {
-                    name: name.clone(),
-                    by_status: [
-                        counter(CacheStatus::hit),
-                        counter(CacheStatus::miss),
-                        counter(CacheStatus::stale),
-                        counter(CacheStatus::bypass),
-                    ],
-                    hits: AtomicU64::new(0),
-                    misses: AtomicU64::new(0),
-                }
-            })
-            .collect();
         let backend_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "backend_duration_seconds",
@@ -172,10 +159,18 @@ impl Metrics {
             "Access log lines dropped because the output could not keep up",
             access_log_dropped.clone(),
         );
-        Metrics {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok, error)",
+            reloads.clone(),
+        );
+        let metrics = Metrics {
             access_log_dropped,
             registry,
-            rules,
+            requests,
+            rules: std::sync::Mutex::new(Vec::new()),
+            reloads,
             backend_latency,
             store_ops,
             store_latency,
@@ -187,12 +182,61 @@ impl Metrics {
             started: Instant::now(),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             flushing: tokio::sync::Mutex::new(()),
-        }
+        };
+        // Every rule of the first config shows in the exposition from the start.
+        metrics.rule_counters(rule_names);
+        metrics
     }
 
-    /// Counts a request through rule `rule` (its index in the rule set).
-    pub fn record(&self, rule: usize, outcome: &Outcome) {
-        let Some(r) = self.rules.get(rule) else { return };
+    /// The counters of `names` in order (a rule set's), made on first use.
+    pub fn rule_counters(&self, names: &[String]) -> Vec<Arc<RuleCounters>> {
+        let mut all = self.rules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        names
+            .iter()
+            .map(|name| {
+                if let Some(known) = all.iter().find(|r| &r.name == name) {
+                    return known.clone();
+                }
+                let counter = |cache_status| {
+                    self.requests
+                        .get_or_create(&RequestLabels {
+                            rule: name.clone(),
+                            cache_status,
+                        })
+                        .clone()
+                };
+                let made = Arc::new(RuleCounters {
+                    name: name.clone(),
+                    by_status: [
+                        counter(CacheStatus::hit),
+                        counter(CacheStatus::miss),
+                        counter(CacheStatus::stale),
+                        counter(CacheStatus::bypass),
+                    ],
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                });
+                all.push(made.clone());
+                made
+            })
+            .collect()
+    }
+
+    /// Counts a config reload.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    fn all_rules(&self) -> Vec<Arc<RuleCounters>> {
+        self.rules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Counts a request through the rule whose counters are `r`.
+    pub fn record(&self, r: &RuleCounters, outcome: &Outcome) {
         let (status, hit) = match outcome {
             Outcome::Hit { .. } | Outcome::Collapsed { .. } => (0, Some(true)),
             Outcome::Miss { .. } => (1, Some(false)),
@@ -261,7 +305,7 @@ impl Metrics {
     pub fn local(&self) -> (HitMiss, Vec<(String, HitMiss)>) {
         let mut total = (0, 0);
         let per_rule = self
-            .rules
+            .all_rules()
             .iter()
             .map(|r| {
                 let (h, m) = (r.hits.load(Ordering::Relaxed), r.misses.load(Ordering::Relaxed));
@@ -280,9 +324,10 @@ impl Metrics {
         // One flush at a time, so the stats route's own flush waits for a
         // background one already in flight.
         let _one = self.flushing.lock().await;
-        let mut totals = Vec::with_capacity(self.rules.len() * 2 + 2);
+        let rules = self.all_rules();
+        let mut totals = Vec::with_capacity(rules.len() * 2 + 2);
         let (mut hits, mut misses) = (0i64, 0i64);
-        for r in &self.rules {
+        for r in &rules {
             let h = r.hits.load(Ordering::Relaxed) as i64;
             let m = r.misses.load(Ordering::Relaxed) as i64;
             totals.push((format!("rule:{}:hits", r.name), h));

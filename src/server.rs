@@ -4,6 +4,7 @@
 use crate::cache::Gateway;
 use crate::config::Config;
 use crate::proxy::{self, framing, ClientInfo};
+use crate::reload::Live;
 use crate::BoxError;
 use http_body_util::BodyExt;
 use hyper::server::conn::http1;
@@ -22,12 +23,22 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address, when `[admin] listen` is set.
     pub admin_addr: Option<SocketAddr>,
-    pub gateway: Arc<Gateway>,
+    live: Arc<Live>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Running {
+    /// The current config generation (it changes on reload).
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.live.gateway()
+    }
+
+    /// The live generation's holder: reloads go through it.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `grace`);
     /// whether they all did.
     pub async fn shutdown(self, grace: Duration) -> bool {
@@ -86,9 +97,10 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let live = Live::new(gateway.clone());
     let (stop, stopped) = watch::channel(false);
-    let main = tokio::spawn(accept_loop(listener, gateway.clone(), stopped.clone(), Role::Main));
-    let admin = admin_listener.map(|l| tokio::spawn(accept_loop(l, gateway.clone(), stopped, Role::Admin)));
+    let main = tokio::spawn(accept_loop(listener, live.clone(), stopped.clone(), Role::Main));
+    let admin = admin_listener.map(|l| tokio::spawn(accept_loop(l, live.clone(), stopped, Role::Admin)));
     let task = tokio::spawn(async move {
         let _ = main.await;
         if let Some(admin) = admin {
@@ -99,14 +111,17 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     Ok(Running {
         addr,
         admin_addr,
-        gateway,
+        live,
         stop,
         task,
     })
 }
 
-async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: watch::Receiver<bool>, role: Role) {
-    let server = &gateway.config().server;
+async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>, role: Role) {
+    // Connection settings come from the first config: a reload keeps them
+    // (crate::reload lists them as restart-only).
+    let first = live.gateway();
+    let server = &first.config().server;
     let head_buffer = server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096;
     let mut builder = http1::Builder::new();
     builder
@@ -133,7 +148,7 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
             _ = stopped.changed() => break,
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
+        let live = live.clone();
         let builder = builder.clone();
         let mut stop_conn = stopped.clone();
         connections.spawn(async move {
@@ -142,7 +157,8 @@ async fn accept_loop(listener: TcpListener, gateway: Arc<Gateway>, mut stopped: 
             // proxy/framing.rs); the verdicts come in request order.
             let (stream, verdicts) = framing::Guarded::new(stream, head_buffer);
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let gateway = gateway.clone();
+                // The generation the request starts on serves it to the end.
+                let gateway = live.gateway();
                 let refused = verdicts.next_request();
                 async move {
                     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());

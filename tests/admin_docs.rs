@@ -20,7 +20,10 @@ fn examples(doc: &str) -> Vec<Example> {
         .filter(|l| l.starts_with("curl "))
         .map(|line| {
             let line = line.split("    #").next().unwrap_or(line);
-            let method = if line.contains("-X DELETE") { "DELETE" } else { "GET" };
+            let method = ["DELETE", "POST"]
+                .into_iter()
+                .find(|m| line.contains(&format!("-X {m}")))
+                .unwrap_or("GET");
             let url = line
                 .split_whitespace()
                 .map(|w| w.trim_matches('\''))
@@ -77,6 +80,7 @@ async fn every_documented_example_works_as_written() {
             ("GET", "/api/v1/cache/key/task:1") => has(&["key", "value", "ttl", "type"]),
             ("DELETE", "/api/v1/cache/key/task:1") => has(&["status", "key", "deleted"]),
             ("GET", "/healthz") | ("GET", "/readyz") => has(&["status"]),
+            ("POST", "/api/v1/cache/reload") => has(&["reloaded", "generation", "source", "restart_required"]),
             other => panic!("docs/admin-api.md has an example this test does not know: {other:?}"),
         }
     }

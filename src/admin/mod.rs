@@ -28,6 +28,7 @@ enum Route {
     Clear,
     Keys,
     Key(String),
+    Reload,
     Metrics,
     Healthz,
     Readyz,
@@ -39,6 +40,7 @@ impl Route {
     fn methods(&self) -> &'static [Method] {
         match self {
             Route::Clear => &[Method::DELETE],
+            Route::Reload => &[Method::POST],
             Route::Key(_) => &[Method::GET, Method::DELETE],
             _ => &[Method::GET],
         }
@@ -51,6 +53,7 @@ impl Route {
             Route::Health | Route::BasicStats => (Edition::Community, Some(AdminScope::Read)),
             Route::Stats => (Edition::Business, Some(AdminScope::Read)),
             Route::Clear => (Edition::Business, Some(AdminScope::Purge)),
+            Route::Reload => (Edition::Community, Some(AdminScope::Purge)),
             Route::Keys => (Edition::Enterprise, Some(AdminScope::Inspect)),
             Route::Key(_) if method == Method::DELETE => (Edition::Business, Some(AdminScope::Purge)),
             Route::Key(_) => (Edition::Enterprise, Some(AdminScope::Inspect)),
@@ -84,6 +87,7 @@ fn route(prefix: &str, path: &str) -> Option<Route> {
         "stats" => Route::Stats,
         "clear" => Route::Clear,
         "keys" => Route::Keys,
+        "reload" => Route::Reload,
         _ => match rest.strip_prefix("key/") {
             Some(key) => Route::Key(key.to_string()),
             None => Route::Unknown,
@@ -176,6 +180,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
         Route::Keys => routes::keys(gateway, req.uri().query()).await,
         Route::Key(key) if req.method() == Method::DELETE => routes::delete_key(gateway, &key).await,
         Route::Key(key) => routes::get_key(gateway, &key).await,
+        Route::Reload => routes::reload(gateway).await,
         Route::Metrics => routes::metrics(gateway),
         Route::Healthz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "alive"})),
         Route::Readyz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),

@@ -393,6 +393,42 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `POST {prefix}/reload`: reads proxy.toml again and swaps it in, as
+/// SIGHUP does. A file that does not load is a 422 with its place, and the
+/// running config stays.
+pub async fn reload(gw: &Gateway) -> Response<Body> {
+    use crate::reload::ReloadError;
+    let Some(live) = gw.live() else {
+        return proxy::json_error(
+            StatusCode::CONFLICT,
+            "not_reloadable",
+            "this gateway is not served by a listener",
+        );
+    };
+    match live.reload().await {
+        Ok(done) => proxy::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "reloaded": true,
+                "generation": done.generation,
+                "source": done.source,
+                "restart_required": done.restart_required,
+            }),
+        ),
+        Err(ReloadError::Invalid(e)) => proxy::json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({
+                "error": "invalid_config",
+                "message": e.to_string(),
+                "file": e.file,
+                "line": e.position.map(|p| p.0),
+                "column": e.position.map(|p| p.1),
+            }),
+        ),
+        Err(e @ ReloadError::NoSource) => proxy::json_error(StatusCode::CONFLICT, "not_reloadable", &e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,19 +57,28 @@ const LOCK_POLL: Duration = Duration::from_millis(200);
 const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
 
 /// Everything a request needs: config, store, backend client.
+///
+/// One `Gateway` is one generation of the config: a reload
+/// (`crate::reload`) makes a new one that shares everything but the
+/// config, the backend client and the rule counters, so in-flight requests
+/// finish on the generation they started on.
 pub struct Gateway {
     config: Arc<Config>,
-    store: Arc<dyn Store>,
     forwarder: Forwarder,
+    /// This generation's rules' counters, by rule index.
+    rule_counters: Vec<Arc<crate::metrics::RuleCounters>>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    inflight: Inflight,
-    scope_key: OnceLock<ScopeKey>,
+    inflight: Arc<Inflight>,
+    scope_key: Arc<OnceLock<ScopeKey>>,
     /// One keyspace walk (admin `keys`, pattern `clear`) at a time.
-    keyspace_walks: tokio::sync::Semaphore,
+    keyspace_walks: Arc<tokio::sync::Semaphore>,
     /// Purges that failed, replayed before the store is read again.
-    pending_purges: tokio::sync::Mutex<Vec<Purge>>,
-    has_pending_purges: std::sync::atomic::AtomicBool,
-    access_log: Option<AccessLog>,
+    pending_purges: Arc<tokio::sync::Mutex<Vec<Purge>>>,
+    has_pending_purges: Arc<std::sync::atomic::AtomicBool>,
+    access_log: Option<Arc<AccessLog>>,
+    /// The live generations' holder, for the admin reload route.
+    live: Arc<OnceLock<std::sync::Weak<crate::reload::Live>>>,
 }
 
 /// What the access log line needs from inside a request's phases.
@@ -149,16 +158,50 @@ impl Gateway {
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         Ok(Gateway {
             forwarder: Forwarder::new(&config.backend),
+            rule_counters: metrics.rule_counters(&rule_names),
             config,
             store,
             metrics,
-            inflight: Inflight::default(),
-            scope_key: OnceLock::new(),
-            keyspace_walks: tokio::sync::Semaphore::new(1),
-            pending_purges: tokio::sync::Mutex::new(Vec::new()),
-            has_pending_purges: std::sync::atomic::AtomicBool::new(false),
-            access_log,
+            inflight: Arc::default(),
+            scope_key: Arc::default(),
+            keyspace_walks: Arc::new(tokio::sync::Semaphore::new(1)),
+            pending_purges: Arc::default(),
+            has_pending_purges: Arc::default(),
+            access_log: access_log.map(Arc::new),
+            live: Arc::default(),
         })
+    }
+
+    /// The next generation: `config`'s rules, TTLs, tokens, limits and
+    /// backend, with this one's store, metrics, fills in flight, pending
+    /// purges and access log. The caller keeps restart-only settings as
+    /// they are (`crate::reload`).
+    pub fn reconfigured(&self, config: Arc<Config>) -> Gateway {
+        let rule_names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
+        Gateway {
+            forwarder: Forwarder::new(&config.backend),
+            rule_counters: self.metrics.rule_counters(&rule_names),
+            config,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            inflight: self.inflight.clone(),
+            scope_key: self.scope_key.clone(),
+            keyspace_walks: self.keyspace_walks.clone(),
+            pending_purges: self.pending_purges.clone(),
+            has_pending_purges: self.has_pending_purges.clone(),
+            access_log: self.access_log.clone(),
+            live: self.live.clone(),
+        }
+    }
+
+    /// The holder of the live generation, once the server made one.
+    pub fn live(&self) -> Option<Arc<crate::reload::Live>> {
+        self.live.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Links this generation (and the ones made from it) to its holder.
+    pub(crate) fn link_live(&self, live: &Arc<crate::reload::Live>) {
+        let _ = self.live.set(Arc::downgrade(live));
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -335,7 +378,9 @@ impl Gateway {
         });
         let (mut resp, outcome) = self.lookup_or_fill(req, from, rule, key).await;
         outcome.apply(resp.headers_mut());
-        self.metrics.record(rule.index, &outcome);
+        if let Some(counters) = self.rule_counters.get(rule.index) {
+            self.metrics.record(counters, &outcome);
+        }
         resp
     }
 

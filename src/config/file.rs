@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub access_log: RawAccessLog,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,
@@ -158,6 +160,12 @@ pub struct RawAccessLog {
     pub enabled: Option<bool>,
     pub format: Option<Spanned<String>>,
     pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -272,6 +272,9 @@ pub struct Config {
     /// Used with the Redis store only.
     pub tier: TierConfig,
     pub access_log: AccessLogConfig,
+    /// `[log] level`: the log filter (RUST_LOG syntax) when neither
+    /// `--log` nor `RUST_LOG` sets one; applied again on reload.
+    pub log_level: Option<String>,
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub rules: Arc<RuleSet>,
@@ -483,6 +486,18 @@ pub(super) fn resolve(
             .filter(|p| p != "-" && !p.is_empty())
             .map(std::path::PathBuf::from),
     };
+    let log_level = match raw.log.level {
+        None => None,
+        Some(level) => match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) => Some(level.get_ref().clone()),
+            Err(e) => {
+                return Err(at(
+                    level.span(),
+                    format!("invalid log level {:?}: {e}", level.get_ref()),
+                ))
+            }
+        },
+    };
 
     let mut rules = Vec::new();
     for r in raw.rule {
@@ -505,6 +520,7 @@ pub(super) fn resolve(
         memory,
         tier,
         access_log,
+        log_level,
         cache,
         admin,
         rules: Arc::new(rules),

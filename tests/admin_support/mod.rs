@@ -128,7 +128,12 @@ impl Instance {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let running = server::start_on(config, listener).await.expect("start cachegate");
-        let store = running.gateway.store().clone();
+        // A reload (SIGHUP, POST {prefix}/reload) reads the same text again.
+        let again = text.to_string();
+        running.live().set_loader(Box::new(move || {
+            Config::from_toml(&again, "admin-test.toml", &test_env, &Overrides::default())
+        }));
+        let store = running.gateway().store().clone();
         if store.kind() == "redis" && store.is_up() {
             // Credentialed requests bypass until the shared scope secret is known.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -143,8 +148,8 @@ impl Instance {
         }
     }
 
-    pub fn gateway(&self) -> &Arc<cachegate::cache::Gateway> {
-        &self.running.as_ref().unwrap().gateway
+    pub fn gateway(&self) -> Arc<cachegate::cache::Gateway> {
+        self.running.as_ref().unwrap().gateway()
     }
 
     pub fn client(&self) -> Client {

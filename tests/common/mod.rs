@@ -991,7 +991,7 @@ impl Proxy {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let running = server::start_on(config, listener).await.expect("start the proxy");
-        let store = running.gateway.store().clone();
+        let store = running.gateway().store().clone();
         if store.kind() == "redis" && store.is_up() {
             // The Redis store learns the shared scope secret in the
             // background; until then credentialed requests bypass.
@@ -1012,8 +1012,8 @@ impl Proxy {
         Proxy::start(&render(template, kind, &backend.url(), redis_url.as_deref())).await
     }
 
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.running.as_ref().unwrap().gateway
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.running.as_ref().unwrap().gateway()
     }
 
     /// The store field a request with these headers uses under a

@@ -1,0 +1,163 @@
+//! Hot reload: the live config generation, and how a new proxy.toml
+//! replaces it (SIGHUP, `cachegate reload`, `POST {prefix}/reload`).
+//!
+//! Each request takes the current [`Gateway`] when it arrives and keeps it
+//! to the end, so in-flight requests finish on the config they started
+//! with; a new generation shares the store, metrics, fills in flight and
+//! pending purges with the old one (`Gateway::reconfigured`). A file that
+//! does not load is refused with its file:line:col and the old generation
+//! keeps serving.
+//!
+//! Rules, TTLs, tokens, limits, the backend, the admin prefix and the log
+//! level change on reload. What was built at start (the listeners, the
+//! store and its connection, the tier, the access log writer, the edition
+//! that picks the Redis DB) needs a restart: a reload that changes it keeps
+//! the running value and says which settings it kept.
+
+use crate::cache::Gateway;
+use crate::config::{Config, ConfigError};
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Loads the config again from where it came from.
+pub type Loader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// The live generation and the means to replace it.
+pub struct Live {
+    current: ArcSwap<Gateway>,
+    generation: AtomicU64,
+    loader: OnceLock<Loader>,
+    /// One reload at a time: two would race to be the last swapped in.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub source: String,
+    /// Changed settings that need a restart; their running values are kept.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The new file does not load (its file:line:col).
+    Invalid(ConfigError),
+    /// The config did not come from a file (an inline test config).
+    NoSource,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+            ReloadError::NoSource => f.write_str("the config was not loaded from a file"),
+        }
+    }
+}
+
+impl Live {
+    pub fn new(first: Arc<Gateway>) -> Arc<Live> {
+        let live = Arc::new(Live {
+            current: ArcSwap::new(first.clone()),
+            generation: AtomicU64::new(1),
+            loader: OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        first.link_live(&live);
+        live
+    }
+
+    /// The generation a new request starts on.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Where reloads read the config from (set once).
+    pub fn set_loader(&self, loader: Loader) {
+        let _ = self.loader.set(loader);
+    }
+
+    /// Reads the config again and swaps it in.
+    pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock().await;
+        let this = self.clone();
+        // The file is read on a blocking thread, not on the runtime.
+        let loaded = tokio::task::spawn_blocking(move || match this.loader.get() {
+            Some(load) => load().map_err(ReloadError::Invalid),
+            None => Err(ReloadError::NoSource),
+        })
+        .await
+        .unwrap_or(Err(ReloadError::NoSource));
+        let old = self.gateway();
+        let outcome = loaded.map(|config| self.swap_in(&old, config));
+        old.metrics().reloaded(outcome.is_ok());
+        match &outcome {
+            Ok(done) => tracing::info!(
+                generation = done.generation,
+                source = %done.source,
+                restart_required = ?done.restart_required,
+                "config reloaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays"),
+        }
+        outcome
+    }
+
+    fn swap_in(&self, old: &Gateway, mut config: Config) -> Reloaded {
+        let restart_required = keep_restart_only(old.config(), &mut config);
+        crate::logging::apply_config_level(config.log_level.as_deref());
+        let source = config.source.clone();
+        let next = Arc::new(old.reconfigured(Arc::new(config)));
+        self.current.store(next);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        Reloaded {
+            generation,
+            source,
+            restart_required,
+        }
+    }
+}
+
+/// Puts the running values of restart-only settings into `new`; the names
+/// of those that differed.
+fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    // The settings are compared by their Debug form: they are plain data,
+    // and it saves a PartialEq on every config type for this one use.
+    fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") == format!("{b:?}")
+    }
+    macro_rules! keep {
+        ($name:literal, $($field:tt)+) => {
+            if !same(&old.$($field)+, &new.$($field)+) {
+                new.$($field)+ = old.$($field)+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!("edition", edition);
+    keep!("server.listen", server.listen);
+    // hyper's connection settings (its head buffer is sized from the limits).
+    keep!("server.header_read_timeout_ms", server.header_read_timeout);
+    keep!("server.max_uri_bytes", server.max_uri_bytes);
+    keep!("server.max_header_bytes", server.max_header_bytes);
+    keep!("server.max_headers", server.max_headers);
+    keep!("admin.listen", admin.listen);
+    keep!("store", store);
+    keep!("redis", redis);
+    keep!("memory", memory);
+    keep!("tier", tier);
+    keep!("access_log", access_log);
+    keep!("cache.key_prefix", cache.key_prefix);
+    keep!("cache.scope_secret", cache.scope_secret);
+    keep!("cache.store_timeout_ms", cache.store_timeout);
+    kept
+}
