@@ -14,7 +14,11 @@ static CONFIG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::
 pub fn init(json: bool, cli_filter: Option<&str>) {
     let fixed = cli_filter
         .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok());
+        // An empty RUST_LOG counts as unset, as most tools treat it.
+        .or_else(|| match std::env::var("RUST_LOG") {
+            Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(v).ok(),
+            _ => None,
+        });
     let from_config = fixed.is_none();
     let (filter, handle) = reload::Layer::new(fixed.unwrap_or_else(|| EnvFilter::new("info")));
     let registry = tracing_subscriber::registry().with(filter);

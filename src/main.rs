@@ -46,6 +46,9 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config and print the compiled rules; exit 2 on errors.
     Check(ServeArgs),
+    /// Validate proxy.toml, then ask the running proxy to reload it (as
+    /// SIGHUP does); exit 2 if the file is invalid, 1 if the proxy refuses.
+    Reload(ReloadArgs),
     /// Run a sample task API with cachegate in front of it.
     Demo(cachegate::demo::DemoArgs),
     /// Print a new random admin token and the line to paste into proxy.toml.
@@ -58,6 +61,19 @@ enum Command {
         #[arg(long, default_value = "ops")]
         name: String,
     },
+}
+
+#[derive(clap::Args)]
+struct ReloadArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The reload route to call (default: the admin listener, else the main
+    /// listener, from the config, under the admin prefix).
+    #[arg(long)]
+    url: Option<String>,
+    /// An admin token with the purge scope.
+    #[arg(long, env = "CACHEGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +96,7 @@ fn main() -> ExitCode {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(args)),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Reload(args)) => runtime.block_on(reload(args)),
         Some(Command::Token { hash, name }) => {
             let (token, sha) = match hash {
                 Some(t) => (t.clone(), hex::encode(cachegate::admin::hash_token(&t))),
@@ -176,6 +193,30 @@ fn check(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Checks the file here first, so a typo is reported with its place
+/// before the running proxy is asked to read it.
+async fn reload(args: ReloadArgs) -> ExitCode {
+    let config = match load(&args.serve) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let url = args.url.unwrap_or_else(|| cachegate::reload::admin_reload_url(&config));
+    match cachegate::reload::request_reload(&url, args.admin_token.as_deref()).await {
+        Ok((status, body)) if status.is_success() => {
+            println!("{}", body.trim_end());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("cachegate reload: {url} answered {status}: {}", body.trim_end());
+            ExitCode::from(if status == 422 { 2 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("cachegate reload: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Hides the password in a URL printed to the terminal.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -189,6 +230,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    cachegate::logging::apply_config_level(config.log_level.as_deref());
     let mut running = match cachegate::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -196,7 +238,6 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    cachegate::logging::apply_config_level(running.gateway().config().log_level.as_deref());
     let (path, overrides) = (args.config.clone(), overrides(&args));
     running
         .live()

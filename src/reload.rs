@@ -161,3 +161,35 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("cache.store_timeout_ms", cache.store_timeout);
     kept
 }
+
+/// Where `cachegate reload` sends its request for `config`: the admin
+/// listener if there is one, else the main one; an unspecified address
+/// (0.0.0.0, ::) is reached on loopback.
+pub fn admin_reload_url(config: &Config) -> String {
+    let mut addr = config.admin.listen.unwrap_or(config.server.listen);
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}{}/reload", config.admin.prefix)
+}
+
+/// `POST`s to a running proxy's reload route; its status and body.
+pub async fn request_reload(url: &str, token: Option<&str>) -> Result<(http::StatusCode, String), crate::BoxError> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut req = http::Request::post(url);
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(http_body_util::Empty::new())?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| "no answer within 30 s")??;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
