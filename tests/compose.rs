@@ -713,7 +713,7 @@ fn long_running_services_have_healthchecks() {
         let test = healthcheck_test(service(&compose, name));
         let port = (7000 + i).to_string();
         assert!(
-            test.iter().any(|w| w == "redis-cli") && test.iter().any(|w| *w == port),
+            test.iter().any(|w| w == "redis-cli") && test.contains(&port),
             "{name}: healthcheck {test:?} should ping port {port}"
         );
     }

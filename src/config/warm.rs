@@ -54,6 +54,12 @@ pub struct WarmConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// `/readyz` answers 503 "warming" until the start-up run is done.
     pub ready_waits: bool,
+    /// `headers_env` entries whose variable is not set, with the error to
+    /// show (at the table's file:line:col). The server then skips warming
+    /// (a warning, like an admin `token_env` that is not set: the file is
+    /// fine, the environment lacks a secret); `cachegate warm` refuses to
+    /// run unless `--header` gives that header.
+    pub unset_env: Vec<(HeaderName, ConfigError)>,
 }
 
 impl Default for WarmConfig {
@@ -64,6 +70,7 @@ impl Default for WarmConfig {
             rate: None,
             headers: Vec::new(),
             ready_waits: false,
+            unset_env: Vec::new(),
         }
     }
 }
@@ -150,10 +157,13 @@ pub(super) fn resolve(
     if let Some(h) = &raw.headers_env {
         for (name, var) in h.get_ref() {
             let Some(value) = env(var) else {
-                return Err(at(
+                let (name, _) = header(name, "", || at(h.span(), String::new()))?;
+                let unset = at(
                     h.span(),
                     format!("[warm] headers_env: {name}: the environment variable {var} is not set"),
-                ));
+                );
+                warm.unset_env.push((name, unset));
+                continue;
             };
             warm.headers.push(header(name, &value, || at(h.span(), String::new()))?);
         }

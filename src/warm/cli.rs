@@ -163,6 +163,16 @@ async fn prepare(args: &WarmArgs) -> Result<(Config, Vec<String>, Options), Stri
         options.headers.retain(|(n, _)| *n != name);
         options.headers.push((name, value));
     }
+    // A secret the config takes from the environment must be there, unless
+    // --header gives that header.
+    if let Some((_, unset)) = config
+        .warm
+        .unset_env
+        .iter()
+        .find(|(name, _)| !options.headers.iter().any(|(n, _)| n == name))
+    {
+        return Err(unset.to_string());
+    }
     // Access log lines on standard output would run into the summary.
     if config.access_log.path.is_none() {
         config.access_log.enabled = false;

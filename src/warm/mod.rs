@@ -389,6 +389,10 @@ pub fn spawn_at_start(live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     if warm.paths.is_empty() {
         return;
     }
+    if let Some((_, unset)) = warm.unset_env.first() {
+        tracing::warn!(error = %unset, "not warming the cache: a secret for its headers is missing");
+        return;
+    }
     let metrics = gateway.metrics().clone();
     if warm.ready_waits {
         metrics.set_warming(true);
