@@ -23,6 +23,13 @@ name = "mine"
 path = '^/api/v1/me/(?P<what>[^/]+)$'
 key = "me:{what}"
 ttl = 300
+
+[[rule]]
+name = "small"
+path = '^/small/(?P<x>[^/]+)$'
+key = "small:{x}"
+ttl = 300
+max_body_bytes = 16
 "#;
 
 /// `HEAD` + `RULES` + `extra`, rendered for this backend and Redis.
@@ -515,4 +522,38 @@ async fn warming_failures_at_start_are_not_fatal() {
     assert_eq!(client.get("/api/v1/tasks/1").await.x_cache(), Some("HIT"));
     assert_eq!(client.get("/api/v1/tasks/boom").await.status, 500);
     assert_eq!(backend.count_path("/nothing/caches/this"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_unknown_length_are_stored_within_the_limit() {
+    let backend = Backend::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&backend.url(), Some(&redis), "");
+    let config = write(dir.path(), "proxy.toml", &text);
+    backend.on("GET", "/small/fits", Reply::new().chunked(["abc", "def"]));
+    backend.on("GET", "/small/big", Reply::new().chunked(["0123456789", "0123456789"]));
+    let out = cachegate(
+        &["warm", "--config", &arg(&config), "--paths", "-", "--json"],
+        Some("/small/fits\n/small/big\n"),
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = out.json();
+    assert_eq!(s["paths"][0]["result"], "stored", "{s:#}");
+    assert_eq!(s["paths"][0]["reason"], "streamed", "{s:#}");
+    assert_eq!(s["paths"][1]["result"], "skipped", "{s:#}");
+    assert_eq!(
+        s["paths"][1]["reason"], "uncacheable response: too-large (status 200)",
+        "{s:#}"
+    );
+    // What the summary said is what the store holds.
+    assert!(redis.exists("small:fits").await, "the streamed body was not stored");
+    assert!(!redis.exists("small:big").await);
+    let proxy = Proxy::start(&text).await;
+    let resp = Client::new(proxy.addr).get("/small/fits").await;
+    assert_eq!(resp.x_cache(), Some("HIT"), "{}", resp.cache_status());
+    assert_eq!(resp.text(), "abcdef");
+    assert_eq!(backend.count_path("/small/fits"), 1);
 }

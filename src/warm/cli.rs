@@ -67,7 +67,7 @@ pub async fn run(args: WarmArgs) -> ExitCode {
     }
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(paths.len() as u64);
-        if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} {msg}") {
+        if let Ok(style) = ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} ({eta} left) {msg}") {
             bar.set_style(style.progress_chars("=> "));
         }
         bar
@@ -91,6 +91,16 @@ pub async fn run(args: WarmArgs) -> ExitCode {
     )
     .await;
     bar.finish_and_clear();
+    // Bodies of unknown length are stored by a background task once read:
+    // give those a moment (each is one store call, bounded by its timeout)
+    // before the process exits.
+    if summary
+        .paths
+        .iter()
+        .any(|p| p.reason.as_deref() == Some(super::STREAMED))
+    {
+        tokio::time::sleep(gateway.config().cache.store_timeout * 2).await;
+    }
     let out = if args.json {
         serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n"
     } else {

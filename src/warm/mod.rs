@@ -40,6 +40,10 @@ const STORE_WAIT: Duration = Duration::from_secs(10);
 /// The client address warm requests carry (`X-Forwarded-For`, the access log).
 const WARM_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
+/// The note on a stored path whose body had no length: the gateway stores
+/// it in the background once read to its end.
+pub const STREAMED: &str = "streamed";
+
 /// How a warm run goes.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -278,9 +282,13 @@ async fn warm_one(gateway: &Arc<Gateway>, path: &str, headers: &HeaderMap) -> Pa
             None,
         );
     }
-    if config.rules.match_cache(&Method::GET, only_path).is_none() {
+    let Some(max_body_bytes) = config
+        .rules
+        .match_cache(&Method::GET, only_path)
+        .map(|m| m.rule.max_body_bytes)
+    else {
         return report(Verdict::Skipped, not_by_rules("no rule covers it"), None);
-    }
+    };
     let mut req = Request::new(proxy::empty());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = match path.parse() {
@@ -296,11 +304,19 @@ async fn warm_one(gateway: &Arc<Gateway>, path: &str, headers: &HeaderMap) -> Pa
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     // Read the answer to its end: a streamed fill is stored only then.
-    let body_ok = matches!(
-        tokio::time::timeout(config.backend.timeout, resp.into_body().collect()).await,
-        Ok(Ok(_))
-    );
-    let (verdict, reason) = classify(status, cache_status.as_deref(), body_ok);
+    let body = match tokio::time::timeout(config.backend.timeout, resp.into_body().collect()).await {
+        Ok(Ok(body)) => Some(body.to_bytes().len()),
+        _ => None,
+    };
+    let (verdict, reason) = match classify(status, cache_status.as_deref(), body.is_some()) {
+        // A streamed body is stored (in the background) only within the
+        // rule's size limit.
+        (Verdict::Stored, Some(r)) if r == STREAMED && body.is_some_and(|len| len > max_body_bytes) => (
+            Verdict::Skipped,
+            Some(format!("uncacheable response: too-large (status {status})")),
+        ),
+        other => other,
+    };
     report(verdict, reason, Some(status))
 }
 
@@ -357,7 +373,7 @@ fn classify(status: u16, cache_status: Option<&str>, body_ok: bool) -> (Verdict,
         Some(d) if d.starts_with("store-") => store_failed(d),
         // Unknown length: stored in the background once read to its end
         // (which warm_one did), if within the rule's max_body_bytes.
-        Some("streamed") => (Stored, Some("streamed".into())),
+        Some("streamed") => (Stored, Some(STREAMED.into())),
         Some("superseded") => (Skipped, Some("superseded by a purge meanwhile".into())),
         Some(d) => (Skipped, Some(format!("uncacheable response: {d} (status {status})"))),
         None => (Skipped, Some(format!("uncacheable response (status {status})"))),
