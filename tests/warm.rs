@@ -557,3 +557,45 @@ async fn bodies_of_unknown_length_are_stored_within_the_limit() {
     assert_eq!(resp.text(), "abcdef");
     assert_eq!(backend.count_path("/small/fits"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_warming_wins_over_the_fetched_body() {
+    // The write guard applies: a body fetched before a purge is not stored.
+    let backend = Backend::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&backend.url(), Some(&redis), "");
+    let config = write(dir.path(), "proxy.toml", &text);
+    let proxy = Proxy::start(&text).await;
+    let client = Client::new(proxy.addr);
+    backend.on("GET", "/api/v1/tasks/7", Reply::new().delay(Duration::from_millis(800)));
+    let config_arg = arg(&config);
+    let args = ["warm", "--config", &config_arg, "--paths", "-", "--json"];
+    let warm = cachegate(&args, Some("/api/v1/tasks/7\n"), &[]);
+    let write = async {
+        // Once the warm request reached the backend (its body is version
+        // 1), a write goes through the proxy and purges task:7.
+        eventually("the warm GET reaches the backend", Duration::from_secs(10), || async {
+            backend.count("GET", "/api/v1/tasks/7") == 1
+        })
+        .await;
+        assert_eq!(client.put("/api/v1/tasks/7").await.status, 200);
+    };
+    let (out, ()) = tokio::join!(warm, write);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = out.json();
+    assert_eq!(s["paths"][0]["result"], "skipped", "{s:#}");
+    assert_eq!(s["paths"][0]["reason"], "superseded by a purge meanwhile", "{s:#}");
+    assert!(!proxy.stored("task:7", "anon").await, "the pre-write body was stored");
+    backend.reset("/api/v1/tasks/7");
+    let started = std::time::Instant::now();
+    let resp = client.get("/api/v1/tasks/7").await;
+    // Not held up by a fill lock the warm process left behind.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the client waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.x_cache(), Some("MISS"), "{}", resp.cache_status());
+    assert_eq!(resp.version(), 2, "served the body from before the write");
+}

@@ -91,14 +91,16 @@ pub async fn run(args: WarmArgs) -> ExitCode {
     )
     .await;
     bar.finish_and_clear();
-    // Bodies of unknown length are stored by a background task once read:
-    // give those a moment (each is one store call, bounded by its timeout)
-    // before the process exits.
-    if summary
+    // The gateway finishes some work in background tasks: it releases the
+    // fleet-wide fill lock of each fetched path, and stores a body of
+    // unknown length once read. Each is one store call bounded by the store
+    // timeout: give them that before the process exits, or a lock left
+    // behind would hold clients of that entry until it expires.
+    let streamed = summary
         .paths
         .iter()
-        .any(|p| p.reason.as_deref() == Some(super::STREAMED))
-    {
+        .any(|p| p.reason.as_deref() == Some(super::STREAMED));
+    if gateway.store().kind() == "redis" || streamed {
         tokio::time::sleep(gateway.config().cache.store_timeout * 2).await;
     }
     let out = if args.json {
