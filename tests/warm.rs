@@ -602,3 +602,27 @@ async fn a_write_during_warming_wins_over_the_fetched_body() {
     assert_eq!(resp.x_cache(), Some("MISS"), "{}", resp.cache_status());
     assert_eq!(resp.version(), 2, "served the body from before the write");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_fails_every_path_without_loading_the_backend() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = render(
+        &format!("{HEAD}\n{RULES}"),
+        Kind::Redis,
+        &backend.url(),
+        Some(&format!("redis://127.0.0.1:{}", free_port())),
+    );
+    let config = write(dir.path(), "proxy.toml", &text);
+    let out = cachegate(
+        &["warm", "--config", &arg(&config), "--paths", "-", "--json"],
+        Some("/api/v1/tasks/1\n/api/v1/tasks/2\n"),
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let s = out.json();
+    assert_eq!(s["failed"], 2, "{s:#}");
+    assert_eq!(s["failed_reasons"]["store unavailable"], 2, "{s:#}");
+    assert_eq!(backend.total(), 0, "warming went to the backend with nowhere to store");
+}

@@ -15,6 +15,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `cachegate warm` waits for the store to answer.
+const STORE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WarmArgs {
@@ -62,8 +66,9 @@ pub async fn run(args: WarmArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !super::wait_for_store(&gateway).await {
-        tracing::warn!("the store is not ready; warming anyway");
+    // A store that does not come up fails every path (without a request).
+    if !super::wait_for_store(&gateway, STORE_WAIT).await {
+        tracing::warn!("the store is not reachable");
     }
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(paths.len() as u64);

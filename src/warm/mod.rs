@@ -33,9 +33,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How long warming waits for the store (and its shared scope secret)
-/// before it starts anyway.
+/// How long warming at start waits for the store (and its shared scope
+/// secret) before it starts anyway.
 const STORE_WAIT: Duration = Duration::from_secs(10);
+
+/// Failed paths a start-up run logs one by one (the rest are counted).
+const LOGGED_FAILURES: usize = 10;
 
 /// The client address warm requests carry (`X-Forwarded-For`, the access log).
 const WARM_CLIENT: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
@@ -289,6 +292,11 @@ async fn warm_one(gateway: &Arc<Gateway>, path: &str, headers: &HeaderMap) -> Pa
     else {
         return report(Verdict::Skipped, not_by_rules("no rule covers it"), None);
     };
+    // With the store down the gateway would pass the request through
+    // uncached: the backend's work would be for nothing.
+    if !gateway.store().is_up() {
+        return report(Verdict::Failed, Some("store unavailable".into()), None);
+    }
     let mut req = Request::new(proxy::empty());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = match path.parse() {
@@ -380,11 +388,11 @@ fn classify(status: u16, cache_status: Option<&str>, body_ok: bool) -> (Verdict,
     }
 }
 
-/// Waits (bounded) until the store is reachable and knows the shared scope
-/// secret, without which credentialed requests bypass the cache.
-pub async fn wait_for_store(gateway: &Gateway) -> bool {
+/// Waits (up to `within`) until the store is reachable and knows the
+/// shared scope secret, without which credentialed requests bypass the cache.
+pub async fn wait_for_store(gateway: &Gateway, within: Duration) -> bool {
     let store = gateway.store();
-    let deadline = Instant::now() + STORE_WAIT;
+    let deadline = Instant::now() + within;
     loop {
         if store.is_up() && store.scope_secret().is_some() {
             return true;
@@ -417,7 +425,7 @@ pub fn spawn_at_start(live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
     let options = Options::from_config(warm);
     tokio::spawn(async move {
         let work = async {
-            if !wait_for_store(&gateway).await {
+            if !wait_for_store(&gateway, STORE_WAIT).await {
                 tracing::warn!("the store is not ready; warming anyway (paths will fail or bypass)");
             }
             drop(gateway);
@@ -427,20 +435,34 @@ pub fn spawn_at_start(live: Arc<Live>, mut stopped: watch::Receiver<bool>) {
                 rate = options.rate,
                 "warming the cache"
             );
+            // The first failures one by one; then only the count by reason.
+            let mut logged = 0;
             let summary = run(move || live.gateway(), paths, &options, |r| {
-                if r.result == Verdict::Failed {
+                if r.result == Verdict::Failed && logged < LOGGED_FAILURES {
+                    logged += 1;
                     tracing::warn!(path = %r.path, reason = r.reason.as_deref().unwrap_or(""), "warming a path failed");
                 }
             })
             .await;
-            tracing::info!(
-                total = summary.total,
-                stored = summary.stored,
-                skipped = summary.skipped,
-                failed = summary.failed,
-                elapsed_ms = summary.elapsed_ms,
-                "cache warming done"
-            );
+            if summary.failed > 0 {
+                tracing::warn!(
+                    total = summary.total,
+                    stored = summary.stored,
+                    skipped = summary.skipped,
+                    failed = summary.failed,
+                    failed_reasons = ?summary.failed_reasons,
+                    elapsed_ms = summary.elapsed_ms,
+                    "cache warming done, with failures"
+                );
+            } else {
+                tracing::info!(
+                    total = summary.total,
+                    stored = summary.stored,
+                    skipped = summary.skipped,
+                    elapsed_ms = summary.elapsed_ms,
+                    "cache warming done"
+                );
+            }
         };
         tokio::select! {
             _ = work => {}
