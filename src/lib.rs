@@ -16,6 +16,7 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod warm;
 
 /// The error type for start-up paths (never used on the request path).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

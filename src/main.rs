@@ -51,6 +51,9 @@ enum Command {
     Reload(ReloadArgs),
     /// Run a sample task API with cachegate in front of it.
     Demo(cachegate::demo::DemoArgs),
+    /// Fill the cache from a list of paths through the normal fill path;
+    /// exit 1 if any path failed, 2 on a usage or config error.
+    Warm(cachegate::warm::WarmArgs),
     /// Print a new random admin token and the line to paste into proxy.toml.
     #[command(alias = "hash-token")]
     Token {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             println!("scopes = [\"read\", \"purge\", \"inspect\"]");
             ExitCode::SUCCESS
         }
+        Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),
         Some(Command::Demo(args)) => runtime.block_on(async {
             match cachegate::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,

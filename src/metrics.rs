@@ -46,6 +46,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurgeLabels {
     kind: &'static str,
 }
@@ -79,6 +84,12 @@ pub struct Metrics {
     store_up: Gauge,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: Counter,
+    /// Paths warmed (`crate::warm`), by result: stored, skipped, failed.
+    warm_paths: Family<WarmLabels, Counter>,
+    /// Paths a warm run has yet to finish.
+    warm_pending: Gauge,
+    /// A start-up warm run with `ready_waits` is going: `/readyz` says 503.
+    warming: std::sync::atomic::AtomicBool,
     pub started: Instant,
     /// This process's id among the instances sharing the store.
     instance: String,
@@ -165,8 +176,23 @@ impl Metrics {
             "Config reloads, by result (ok, error)",
             reloads.clone(),
         );
+        let warm_paths = Family::<WarmLabels, Counter>::default();
+        registry.register(
+            "warm_paths",
+            "Paths fetched by cache warming, by result (stored, skipped, failed)",
+            warm_paths.clone(),
+        );
+        let warm_pending = Gauge::default();
+        registry.register(
+            "warm_pending",
+            "Paths cache warming has yet to finish",
+            warm_pending.clone(),
+        );
         let metrics = Metrics {
             access_log_dropped,
+            warm_paths,
+            warm_pending,
+            warming: std::sync::atomic::AtomicBool::new(false),
             registry,
             requests,
             rules: std::sync::Mutex::new(Vec::new()),
@@ -286,6 +312,29 @@ impl Metrics {
 
     pub fn stored(&self, bytes: usize) {
         self.stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// Counts a warmed path by result (`stored`, `skipped`, `failed`).
+    pub fn warmed(&self, result: &'static str) {
+        self.warm_paths.get_or_create(&WarmLabels { result }).inc();
+    }
+
+    /// Adds to (or, negative, takes from) the paths warming has to do.
+    pub fn warm_pending_add(&self, n: i64) {
+        self.warm_pending.inc_by(n);
+    }
+
+    pub fn warm_pending(&self) -> i64 {
+        self.warm_pending.get()
+    }
+
+    /// Whether readiness waits for a warm run in progress.
+    pub fn warming(&self) -> bool {
+        self.warming.load(Ordering::Acquire)
+    }
+
+    pub fn set_warming(&self, warming: bool) {
+        self.warming.store(warming, Ordering::Release);
     }
 
     pub fn set_store_up(&self, up: bool) {

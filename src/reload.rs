@@ -159,6 +159,8 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("cache.key_prefix", cache.key_prefix);
     keep!("cache.scope_secret", cache.scope_secret);
     keep!("cache.store_timeout_ms", cache.store_timeout);
+    // [warm] runs once, at start (crate::warm).
+    keep!("warm", warm);
     kept
 }
 

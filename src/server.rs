@@ -99,6 +99,8 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     };
     let live = Live::new(gateway.clone());
     let (stop, stopped) = watch::channel(false);
+    // [warm]: in the background; readiness may wait for it.
+    crate::warm::spawn_at_start(live.clone(), stopped.clone());
     let main = tokio::spawn(accept_loop(listener, live.clone(), stopped.clone(), Role::Main));
     let admin = admin_listener.map(|l| tokio::spawn(accept_loop(l, live.clone(), stopped, Role::Admin)));
     let task = tokio::spawn(async move {

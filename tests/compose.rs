@@ -1,7 +1,12 @@
-//! Consistency of the deployment files: `docker-compose.yml`, `Dockerfile`
-//! and `proxy.toml` must agree on ports, service names and paths. These
-//! tests read the real files, so editing one of them without the others
-//! fails here.
+//! Consistency of the deployment files: `docker-compose.yml`, `Dockerfile`,
+//! `proxy.toml` and the load balancer configs under `deploy/` must agree on
+//! ports, service names and paths. These tests read the real files, so
+//! editing one of them without the others fails here.
+//!
+//! The default stack: the reference Redis, the backend, two cachegate
+//! replicas sharing that Redis and an nginx `lb` in front of both. The
+//! `cluster` profile: a six-node Redis Cluster, its one-shot init, two more
+//! replicas on it and their own `lb-cluster`.
 
 use cachegate::config::{Config, Overrides, StoreKind};
 use serde_yaml::{Mapping, Value};
@@ -10,7 +15,29 @@ use std::path::PathBuf;
 
 const REDIS: &str = "redis-fastapi";
 const BACKEND: &str = "backend";
-const CACHEGATE: &str = "cachegate";
+/// The replicas of the default stack, sharing the one Redis.
+const REPLICAS: [&str; 2] = ["cachegate-1", "cachegate-2"];
+const LB: &str = "lb";
+const LB_CONF: &str = "deploy/lb.conf";
+
+const CLUSTER: &str = "cluster";
+const CLUSTER_NODES: [&str; 6] = [
+    "redis-node-1",
+    "redis-node-2",
+    "redis-node-3",
+    "redis-node-4",
+    "redis-node-5",
+    "redis-node-6",
+];
+const CLUSTER_INIT: &str = "redis-cluster-init";
+const CLUSTER_REPLICAS: [&str; 2] = ["cachegate-cluster-1", "cachegate-cluster-2"];
+const CLUSTER_LB: &str = "lb-cluster";
+const CLUSTER_LB_CONF: &str = "deploy/lb-cluster.conf";
+
+/// Every cachegate service, in both stacks.
+fn all_replicas() -> impl Iterator<Item = &'static str> {
+    REPLICAS.into_iter().chain(CLUSTER_REPLICAS)
+}
 
 fn project_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -170,14 +197,22 @@ fn dockerfile_exec_form(dockerfile: &str, instruction: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_three_services_exist() {
+fn the_services_exist() {
     let compose = compose();
     let services = compose["services"]
         .as_mapping()
         .expect("docker-compose.yml has no services");
-    for name in [REDIS, BACKEND, CACHEGATE] {
+    let mut expected = vec![REDIS, BACKEND, LB, CLUSTER_INIT, CLUSTER_LB];
+    expected.extend(REPLICAS);
+    expected.extend(CLUSTER_NODES);
+    expected.extend(CLUSTER_REPLICAS);
+    for name in expected {
         assert!(services.contains_key(name), "service {name:?} missing");
     }
+    assert!(
+        !services.contains_key("cachegate"),
+        "the single cachegate service became cachegate-1 and cachegate-2"
+    );
     assert!(
         compose["volumes"]
             .as_mapping()
@@ -214,58 +249,137 @@ fn redis_is_the_reference_service() {
         .get("healthcheck")
         .and_then(Value::as_mapping)
         .expect("redis has no healthcheck");
-    let test: Vec<String> = hc["test"]
-        .as_sequence()
-        .expect("healthcheck test")
-        .iter()
-        .map(str_of)
-        .collect();
-    assert_eq!(test, ["CMD", "redis-cli", "ping"]);
+    assert_eq!(healthcheck_test(redis), ["CMD", "redis-cli", "ping"]);
     assert_eq!(str_of(&hc["interval"]), "10s");
     assert_eq!(str_of(&hc["timeout"]), "5s");
     assert_eq!(str_of(&hc["retries"]), "5");
+    assert!(
+        profiles(redis).is_empty(),
+        "the reference Redis is in the default stack"
+    );
 }
 
-#[test]
-fn cachegate_waits_for_a_healthy_redis() {
-    let compose = compose();
-    let cg = service(&compose, CACHEGATE);
-    let depends = cg
-        .get("depends_on")
+/// A service's `depends_on` as (service, condition); the list form has no
+/// condition.
+fn depends_on(svc: &Mapping) -> Vec<(String, Option<String>)> {
+    match svc.get("depends_on") {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => items.iter().map(|i| (str_of(i), None)).collect(),
+        Some(Value::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| (str_of(k), v.get("condition").map(str_of)))
+            .collect(),
+        Some(other) => panic!("depends_on must be a list or a mapping, got {other:?}"),
+    }
+}
+
+fn condition(svc: &Mapping, on: &str) -> Option<String> {
+    depends_on(svc)
+        .into_iter()
+        .find(|(name, _)| name == on)
+        .and_then(|(_, c)| c)
+}
+
+fn profiles(svc: &Mapping) -> Vec<String> {
+    svc.get("profiles")
+        .map(|p| {
+            p.as_sequence()
+                .expect("profiles must be a list")
+                .iter()
+                .map(str_of)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A healthcheck's `test`, as a list (the string form is `CMD-SHELL`).
+fn healthcheck_test(svc: &Mapping) -> Vec<String> {
+    let hc = svc
+        .get("healthcheck")
         .and_then(Value::as_mapping)
-        .expect("cachegate depends_on must be a mapping with conditions");
-    assert_eq!(
-        depends
-            .get(REDIS)
-            .and_then(|d| d.get("condition"))
-            .map(str_of)
-            .as_deref(),
-        Some("service_healthy"),
-        "cachegate must wait for redis to be healthy"
-    );
-    assert!(depends.contains_key(BACKEND), "cachegate must depend on the backend");
+        .expect("no healthcheck");
+    match &hc["test"] {
+        Value::Sequence(items) => items.iter().map(str_of).collect(),
+        other => vec!["CMD-SHELL".to_string(), str_of(other)],
+    }
+}
+
+fn command_words(svc: &Mapping) -> Vec<String> {
+    match svc.get("command").expect("no command") {
+        Value::Sequence(items) => items.iter().map(str_of).collect::<Vec<_>>().join(" "),
+        other => str_of(other),
+    }
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
 }
 
 #[test]
-fn published_port_is_the_one_proxy_toml_listens_on() {
+fn every_replica_waits_for_a_healthy_redis() {
     let compose = compose();
-    let cg = service(&compose, CACHEGATE);
+    for name in REPLICAS {
+        let cg = service(&compose, name);
+        assert_eq!(
+            condition(cg, REDIS).as_deref(),
+            Some("service_healthy"),
+            "{name} must wait for redis to be healthy"
+        );
+        assert!(
+            depends_on(cg).iter().any(|(d, _)| d == BACKEND),
+            "{name} must depend on the backend"
+        );
+    }
+    for name in CLUSTER_REPLICAS {
+        let cg = service(&compose, name);
+        assert_eq!(
+            condition(cg, CLUSTER_INIT).as_deref(),
+            Some("service_completed_successfully"),
+            "{name} must wait until the cluster is formed"
+        );
+        assert!(
+            depends_on(cg).iter().any(|(d, _)| d == BACKEND),
+            "{name} must depend on the backend"
+        );
+        assert!(
+            depends_on(cg).iter().all(|(d, _)| d != REDIS),
+            "{name} runs on the cluster, not the single Redis"
+        );
+    }
+}
+
+#[test]
+fn the_lb_publishes_the_port_proxy_toml_listens_on() {
+    let compose = compose();
     let listen_port = proxy_toml().server.listen.port();
-    let published = ports(cg);
-    assert!(
-        published.contains(&(Some(listen_port), listen_port)),
-        "cachegate publishes {published:?}, proxy.toml listens on port {listen_port}"
+    let lb = service(&compose, LB);
+    let published = ports(lb);
+    assert_eq!(
+        published,
+        vec![(Some(listen_port), lb_listen_port(&read(LB_CONF)))],
+        "the lb publishes {published:?}; the documented port is {listen_port}"
     );
-    // The environment overrides [server] listen; it must agree, and listen
-    // on every interface of the container.
-    let env = environment(cg);
-    let listen = env.get("CACHEGATE_LISTEN").expect("CACHEGATE_LISTEN is not set");
-    let addr: std::net::SocketAddr = listen.parse().expect("CACHEGATE_LISTEN is not an address");
-    assert!(
-        addr.ip().is_unspecified(),
-        "CACHEGATE_LISTEN {listen} is not reachable from outside the container"
-    );
-    assert_eq!(addr.port(), listen_port);
+    for name in all_replicas() {
+        let cg = service(&compose, name);
+        // Only the load balancers publish: a replica's port would clash
+        // with its twin's.
+        assert!(ports(cg).is_empty(), "{name} publishes {:?}", ports(cg));
+        assert!(
+            container_ports(cg).contains(&listen_port),
+            "{name} must expose {listen_port}"
+        );
+        // The environment overrides [server] listen; it must agree, and
+        // listen on every interface of the container.
+        let env = environment(cg);
+        let listen = env
+            .get("CACHEGATE_LISTEN")
+            .unwrap_or_else(|| panic!("{name}: CACHEGATE_LISTEN is not set"));
+        let addr: std::net::SocketAddr = listen.parse().expect("CACHEGATE_LISTEN is not an address");
+        assert!(
+            addr.ip().is_unspecified(),
+            "{name}: CACHEGATE_LISTEN {listen} is not reachable from outside the container"
+        );
+        assert_eq!(addr.port(), listen_port, "{name}");
+    }
     // And the image exposes it.
     let dockerfile = read("Dockerfile");
     let exposed: Vec<String> = dockerfile
@@ -284,34 +398,113 @@ fn published_port_is_the_one_proxy_toml_listens_on() {
 }
 
 #[test]
+fn published_host_ports_do_not_clash() {
+    // With `--profile cluster` the default services run too: every host
+    // port must be unique across both stacks.
+    let compose = compose();
+    let mut seen: HashMap<u16, String> = HashMap::new();
+    for (name, svc) in compose["services"].as_mapping().expect("services") {
+        let name = str_of(name);
+        let svc = svc.as_mapping().expect("service");
+        for (host, _) in ports(svc) {
+            let host = host.unwrap_or_else(|| panic!("{name} publishes a random host port; name one"));
+            if let Some(other) = seen.insert(host, name.clone()) {
+                panic!("host port {host} is published by both {other} and {name}");
+            }
+        }
+    }
+    assert!(seen.contains_key(&8080), "nothing publishes 8080: {seen:?}");
+    let cluster_lb = ports(service(&compose, CLUSTER_LB));
+    assert_eq!(cluster_lb.len(), 1, "{CLUSTER_LB} publishes {cluster_lb:?}");
+    assert_eq!(cluster_lb[0].1, lb_listen_port(&read(CLUSTER_LB_CONF)));
+}
+
+#[test]
 fn redis_url_points_at_the_redis_service() {
     let compose = compose();
-    let env = environment(service(&compose, CACHEGATE));
-    let url = env.get("REDIS_URL").expect("REDIS_URL is not set");
-    let (scheme, host, port) = url_parts(url);
-    assert_eq!(scheme, "redis");
-    assert_eq!(host, REDIS, "REDIS_URL must name the redis service");
-    // The port the redis container listens on (the container side of its
-    // published port), not the host's 6380.
-    let redis_ports = container_ports(service(&compose, REDIS));
-    assert_eq!(port.unwrap_or(6379), 6379);
-    assert!(redis_ports.contains(&6379), "redis container ports {redis_ports:?}");
+    for name in REPLICAS {
+        let env = environment(service(&compose, name));
+        let url = env
+            .get("REDIS_URL")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL is not set"));
+        let (scheme, host, port) = url_parts(url);
+        assert_eq!(scheme, "redis", "{name}");
+        assert_eq!(host, REDIS, "{name}: REDIS_URL must name the redis service");
+        // The port the redis container listens on (the container side of its
+        // published port), not the host's 6380.
+        let redis_ports = container_ports(service(&compose, REDIS));
+        assert_eq!(port.unwrap_or(6379), 6379, "{name}");
+        assert!(redis_ports.contains(&6379), "redis container ports {redis_ports:?}");
+    }
+}
+
+#[test]
+fn the_replicas_share_one_redis_and_one_config() {
+    let compose = compose();
+    for group in [REPLICAS, CLUSTER_REPLICAS] {
+        let envs: Vec<_> = group.iter().map(|n| environment(service(&compose, n))).collect();
+        for key in [
+            "REDIS_URL",
+            "REDIS_DB",
+            "REDIS_PASSWORD",
+            "CACHEGATE_BACKEND",
+            "CACHEGATE_LISTEN",
+        ] {
+            assert_eq!(
+                envs[0].get(key),
+                envs[1].get(key),
+                "{} and {} disagree on {key}",
+                group[0],
+                group[1]
+            );
+        }
+        // Nothing else in the environment may tell them apart either (a
+        // key prefix, an edition, a scope secret of their own).
+        assert_eq!(envs[0], envs[1], "{group:?} run with different environments");
+        let mounts: Vec<_> = group.iter().map(|n| volumes(service(&compose, n))).collect();
+        assert_eq!(mounts[0], mounts[1], "{group:?} mount different files");
+        let builds: Vec<_> = group
+            .iter()
+            .map(|n| service(&compose, n).get("build").cloned())
+            .collect();
+        assert!(builds[0].is_some(), "{} is not built from the Dockerfile", group[0]);
+        assert_eq!(builds[0], builds[1], "{group:?} run different images");
+    }
+    // What the default replicas run with: one Redis, one DB, one key prefix.
+    let configs: Vec<Config> = REPLICAS
+        .iter()
+        .map(|name| {
+            let env = environment(service(&compose, name));
+            let lookup = |v: &str| env.get(v).filter(|v| !v.is_empty()).cloned();
+            Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
+                .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"))
+        })
+        .collect();
+    let store = |c: &Config| {
+        let r = c.redis.as_ref().expect("no redis config");
+        (r.url.clone(), r.db, c.cache.key_prefix.clone())
+    };
+    assert_eq!(store(&configs[0]), store(&configs[1]));
 }
 
 #[test]
 fn backend_url_points_at_the_backend_service() {
     let compose = compose();
-    let env = environment(service(&compose, CACHEGATE));
-    let url = env.get("CACHEGATE_BACKEND").expect("CACHEGATE_BACKEND is not set");
-    let (scheme, host, port) = url_parts(url);
-    assert_eq!(scheme, "http");
-    assert_eq!(host, BACKEND, "CACHEGATE_BACKEND must name the backend service");
-    let backend_ports = container_ports(service(&compose, BACKEND));
-    let port = port.unwrap_or(80);
-    assert!(
-        backend_ports.contains(&port),
-        "CACHEGATE_BACKEND uses port {port}, the backend exposes {backend_ports:?}"
-    );
+    for name in all_replicas() {
+        let env = environment(service(&compose, name));
+        let url = env
+            .get("CACHEGATE_BACKEND")
+            .unwrap_or_else(|| panic!("{name}: CACHEGATE_BACKEND is not set"));
+        let (scheme, host, port) = url_parts(url);
+        assert_eq!(scheme, "http");
+        assert_eq!(host, BACKEND, "{name}: CACHEGATE_BACKEND must name the backend service");
+        let backend_ports = container_ports(service(&compose, BACKEND));
+        let port = port.unwrap_or(80);
+        assert!(
+            backend_ports.contains(&port),
+            "{name}: CACHEGATE_BACKEND uses port {port}, the backend exposes {backend_ports:?}"
+        );
+    }
 }
 
 #[test]
@@ -323,15 +516,17 @@ fn proxy_toml_is_mounted_where_the_image_reads_it() {
     let config_path = cmd.get(i + 1).expect("--config without a path");
 
     let compose = compose();
-    let mounts = volumes(service(&compose, CACHEGATE));
-    let mount = mounts
-        .iter()
-        .find(|(_, target, _)| target == config_path)
-        .unwrap_or_else(|| panic!("nothing is mounted at {config_path}; mounts: {mounts:?}"));
-    let source = mount.0.trim_start_matches("./");
-    assert_eq!(source, "proxy.toml", "the project's proxy.toml must be the one mounted");
-    assert!(project_file(source).is_file());
-    assert!(mount.2, "the config should be mounted read-only");
+    for name in all_replicas() {
+        let mounts = volumes(service(&compose, name));
+        let mount = mounts
+            .iter()
+            .find(|(_, target, _)| target == config_path)
+            .unwrap_or_else(|| panic!("{name}: nothing is mounted at {config_path}; mounts: {mounts:?}"));
+        let source = mount.0.trim_start_matches("./");
+        assert_eq!(source, "proxy.toml", "the project's proxy.toml must be the one mounted");
+        assert!(project_file(source).is_file());
+        assert!(mount.2, "{name}: the config should be mounted read-only");
+    }
 }
 
 #[test]
@@ -339,15 +534,304 @@ fn proxy_toml_with_the_compose_environment_targets_the_services() {
     // What cachegate actually runs with inside the container: proxy.toml
     // plus the compose environment.
     let compose = compose();
-    let env = environment(service(&compose, CACHEGATE));
-    let lookup = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
-    let config = Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
-        .unwrap_or_else(|e| panic!("proxy.toml with the compose environment: {e}"));
-    assert_eq!(config.store, StoreKind::Redis);
-    let redis = config.redis.as_ref().expect("no redis config");
-    let (_, host, port) = url_parts(&redis.url);
-    assert_eq!((host.as_str(), port.unwrap_or(6379)), (REDIS, 6379));
-    assert_eq!(config.backend.url.host(), Some(BACKEND));
-    let cg_ports = ports(service(&compose, CACHEGATE));
-    assert!(cg_ports.iter().any(|(_, c)| *c == config.server.listen.port()));
+    for name in REPLICAS {
+        let env = environment(service(&compose, name));
+        let lookup = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        let config = Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
+            .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"));
+        assert_eq!(config.store, StoreKind::Redis);
+        let redis = config.redis.as_ref().expect("no redis config");
+        let (_, host, port) = url_parts(&redis.url);
+        assert_eq!((host.as_str(), port.unwrap_or(6379)), (REDIS, 6379));
+        assert_eq!(config.backend.url.host(), Some(BACKEND));
+        assert!(container_ports(service(&compose, name)).contains(&config.server.listen.port()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The load balancers (nginx configs under deploy/)
+// ---------------------------------------------------------------------------
+
+/// The nginx config's statements, comments dropped, as word lists; `{` and
+/// `}` are statements of their own.
+fn nginx_statements(conf: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for line in conf.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        for word in line
+            .replace('{', " { ")
+            .replace('}', " } ")
+            .replace(';', " ; ")
+            .split_whitespace()
+        {
+            match word {
+                ";" => out.push(std::mem::take(&mut current)),
+                "{" | "}" => {
+                    current.push(word.to_string());
+                    out.push(std::mem::take(&mut current));
+                }
+                w => current.push(w.to_string()),
+            }
+        }
+    }
+    assert!(current.is_empty(), "unterminated statement {current:?}");
+    out
+}
+
+/// `upstream NAME { server host:port ...; }` blocks: name -> [(host, port)].
+fn nginx_upstreams(conf: &str) -> HashMap<String, Vec<(String, u16)>> {
+    let mut out: HashMap<String, Vec<(String, u16)>> = HashMap::new();
+    let mut inside: Option<String> = None;
+    let mut depth = 0;
+    for st in nginx_statements(conf) {
+        match st.last().map(String::as_str) {
+            Some("{") => {
+                depth += 1;
+                if st.first().map(String::as_str) == Some("upstream") {
+                    inside = Some(st[1].clone());
+                }
+            }
+            Some("}") => {
+                depth -= 1;
+                if depth == 0 {
+                    inside = None;
+                }
+            }
+            _ => {
+                if let (Some(name), Some("server")) = (&inside, st.first().map(String::as_str)) {
+                    let (host, port) = st[1].rsplit_once(':').expect("upstream server needs host:port");
+                    out.entry(name.clone())
+                        .or_default()
+                        .push((host.to_string(), port.parse().expect("upstream port")));
+                }
+            }
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced braces");
+    out
+}
+
+/// The port of the `listen` directive of the config's one server block.
+fn lb_listen_port(conf: &str) -> u16 {
+    let listens: Vec<u16> = nginx_statements(conf)
+        .into_iter()
+        .filter(|st| st.first().map(String::as_str) == Some("listen"))
+        .map(|st| {
+            let addr = &st[1];
+            addr.rsplit(':').next().unwrap_or(addr).parse().expect("listen port")
+        })
+        .collect();
+    assert_eq!(listens.len(), 1, "expected one listen directive, got {listens:?}");
+    listens[0]
+}
+
+fn proxy_pass_targets(conf: &str) -> Vec<String> {
+    nginx_statements(conf)
+        .into_iter()
+        .filter(|st| st.first().map(String::as_str) == Some("proxy_pass"))
+        .map(|st| st[1].trim_start_matches("http://").to_string())
+        .collect()
+}
+
+#[test]
+fn each_lb_balances_over_both_of_its_replicas() {
+    let compose = compose();
+    let listen_port = proxy_toml().server.listen.port();
+    for (lb, conf_path, replicas) in [(LB, LB_CONF, REPLICAS), (CLUSTER_LB, CLUSTER_LB_CONF, CLUSTER_REPLICAS)] {
+        let svc = service(&compose, lb);
+        assert!(
+            svc.get("image").map(str_of).is_some_and(|i| i.starts_with("nginx:")),
+            "{lb} should run nginx"
+        );
+        // The config file is the one mounted where nginx reads it.
+        let mounts = volumes(svc);
+        let mount = mounts
+            .iter()
+            .find(|(src, _, _)| src.trim_start_matches("./") == conf_path)
+            .unwrap_or_else(|| panic!("{lb} does not mount {conf_path}: {mounts:?}"));
+        assert!(
+            mount.1.starts_with("/etc/nginx/conf.d/") && mount.1.ends_with(".conf"),
+            "{lb} mounts {conf_path} at {}, which nginx does not read",
+            mount.1
+        );
+        assert!(mount.2, "{lb}: mount {conf_path} read-only");
+
+        let conf = read(conf_path);
+        let upstreams = nginx_upstreams(&conf);
+        let targets = proxy_pass_targets(&conf);
+        assert_eq!(
+            targets.len(),
+            1,
+            "{conf_path}: one proxy_pass expected, got {targets:?}"
+        );
+        let servers = upstreams
+            .get(&targets[0])
+            .unwrap_or_else(|| panic!("{conf_path}: proxy_pass names no upstream block ({upstreams:?})"));
+        let mut hosts: Vec<&str> = servers.iter().map(|(h, _)| h.as_str()).collect();
+        hosts.sort();
+        assert_eq!(hosts, replicas, "{conf_path} must balance over exactly {replicas:?}");
+        for (host, port) in servers {
+            assert_eq!(*port, listen_port, "{conf_path}: {host} listens on {listen_port}");
+            assert!(container_ports(service(&compose, host)).contains(port));
+        }
+        // The lb starts once both replicas are ready.
+        for r in replicas {
+            assert_eq!(
+                condition(svc, r).as_deref(),
+                Some("service_healthy"),
+                "{lb} must wait for {r} to be healthy"
+            );
+        }
+        // It publishes the port it listens on.
+        assert!(ports(svc).iter().any(|(_, c)| *c == lb_listen_port(&conf)));
+    }
+}
+
+#[test]
+fn long_running_services_have_healthchecks() {
+    let compose = compose();
+    let listen_port = proxy_toml().server.listen.port();
+    for name in all_replicas() {
+        // The image has no curl; the check asks /readyz on the listen port,
+        // so a replica still warming its cache is not sent traffic.
+        let test = healthcheck_test(service(&compose, name)).join(" ");
+        assert!(
+            test.contains("/readyz"),
+            "{name}: healthcheck {test:?} should ask /readyz"
+        );
+        assert!(
+            test.contains(&format!("127.0.0.1/{listen_port}")) || test.contains(&format!(":{listen_port}/")),
+            "{name}: healthcheck {test:?} should ask port {listen_port}"
+        );
+    }
+    for name in [LB, CLUSTER_LB] {
+        let test = healthcheck_test(service(&compose, name));
+        assert!(!test.is_empty(), "{name} has an empty healthcheck");
+    }
+    for (i, name) in CLUSTER_NODES.iter().enumerate() {
+        let test = healthcheck_test(service(&compose, name));
+        let port = (7000 + i).to_string();
+        assert!(
+            test.iter().any(|w| w == "redis-cli") && test.contains(&port),
+            "{name}: healthcheck {test:?} should ping port {port}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cluster profile
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_cluster_services_are_only_in_the_cluster_profile() {
+    let compose = compose();
+    let mut in_profile = vec![CLUSTER_INIT, CLUSTER_LB];
+    in_profile.extend(CLUSTER_NODES);
+    in_profile.extend(CLUSTER_REPLICAS);
+    let services = compose["services"].as_mapping().expect("services");
+    for (name, svc) in services {
+        let name = str_of(name);
+        let svc = svc.as_mapping().expect("service");
+        let profiles = profiles(svc);
+        if in_profile.contains(&name.as_str()) {
+            assert_eq!(profiles, [CLUSTER], "{name} belongs to the cluster profile only");
+        } else {
+            assert!(profiles.is_empty(), "{name} is in the default stack, not {profiles:?}");
+            // A plain `docker compose up` must not need a profile's service.
+            for (dep, _) in depends_on(svc) {
+                assert!(
+                    !in_profile.contains(&dep.as_str()),
+                    "{name} (default stack) depends on {dep} (cluster profile)"
+                );
+            }
+        }
+    }
+}
+
+/// `host:port` of each cluster node, from its service's command.
+fn cluster_node_addrs(compose: &Value) -> Vec<String> {
+    CLUSTER_NODES
+        .iter()
+        .map(|name| {
+            let svc = service(compose, name);
+            assert!(
+                svc.get("image").map(str_of).is_some_and(|i| i.starts_with("redis:7")),
+                "{name} should run redis:7"
+            );
+            let words = command_words(svc);
+            assert_eq!(words.first().map(String::as_str), Some("redis-server"), "{name}");
+            let arg = |flag: &str| {
+                let i = words
+                    .iter()
+                    .position(|w| w == flag)
+                    .unwrap_or_else(|| panic!("{name}: no {flag}"));
+                words.get(i + 1).cloned().unwrap_or_default()
+            };
+            assert_eq!(arg("--cluster-enabled"), "yes", "{name}");
+            let port: u16 = arg("--port").parse().expect("--port");
+            assert!(container_ports(svc).contains(&port), "{name} must expose {port}");
+            assert!(ports(svc).is_empty(), "{name}: cluster nodes stay inside the network");
+            format!("{name}:{port}")
+        })
+        .collect()
+}
+
+#[test]
+fn the_cluster_is_formed_from_all_six_nodes() {
+    let compose = compose();
+    let nodes = cluster_node_addrs(&compose);
+    let init = service(&compose, CLUSTER_INIT);
+    let words = command_words(init);
+    let create = words
+        .iter()
+        .position(|w| w == "--cluster")
+        .filter(|i| words.get(i + 1).map(String::as_str) == Some("create"))
+        .expect("the init container runs no redis-cli --cluster create");
+    assert_eq!(words[..create].last().map(String::as_str), Some("redis-cli"));
+    let named: Vec<&String> = words[create + 2..]
+        .iter()
+        .take_while(|w| !w.starts_with("--"))
+        .collect();
+    assert_eq!(
+        named,
+        nodes.iter().collect::<Vec<_>>(),
+        "cluster create must list every node"
+    );
+    let i = words
+        .iter()
+        .position(|w| w == "--cluster-replicas")
+        .expect("no --cluster-replicas");
+    assert_eq!(words[i + 1], "1", "three primaries with a replica each");
+    assert!(
+        words.iter().any(|w| w == "--cluster-yes"),
+        "create must not wait for a prompt"
+    );
+    // One-shot: it must not be restarted once it has done its job.
+    assert_eq!(init.get("restart").map(str_of).as_deref(), Some("no"));
+    for node in CLUSTER_NODES {
+        assert_eq!(
+            condition(init, node).as_deref(),
+            Some("service_healthy"),
+            "{CLUSTER_INIT} must wait for {node}"
+        );
+    }
+}
+
+#[test]
+fn cluster_replicas_use_the_cluster_url() {
+    let compose = compose();
+    let nodes = cluster_node_addrs(&compose);
+    for name in CLUSTER_REPLICAS {
+        let env = environment(service(&compose, name));
+        let url = env
+            .get("REDIS_URL")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL is not set"));
+        let hosts = url
+            .strip_prefix("redis-cluster://")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL {url:?} is not a redis-cluster:// URL"));
+        let listed: Vec<&str> = hosts.split(',').collect();
+        assert_eq!(listed, nodes, "{name}: REDIS_URL must list every cluster node");
+        assert!(!url.contains(REDIS), "{name} must not use the single Redis");
+    }
 }

@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
+    pub warm: super::warm::RawWarm,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,

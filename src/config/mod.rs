@@ -8,6 +8,7 @@
 mod error;
 mod file;
 mod resolve;
+mod warm;
 
 pub use error::ConfigError;
 pub use resolve::{
@@ -15,6 +16,7 @@ pub use resolve::{
     InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
     TtlMode, When,
 };
+pub use warm::{check_path, parse_path_list, WarmConfig, MAX_CONCURRENCY as MAX_WARM_CONCURRENCY};
 
 use std::path::Path;
 

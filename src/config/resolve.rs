@@ -278,6 +278,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub rules: Arc<RuleSet>,
+    /// `[warm]`: cache warming at start, and `cachegate warm`'s defaults.
+    pub warm: super::warm::WarmConfig,
 }
 
 pub fn process_env() -> impl Fn(&str) -> Option<String> {
@@ -499,6 +501,8 @@ pub(super) fn resolve(
         },
     };
 
+    let warm = super::warm::resolve(raw.warm, file, env, &at)?;
+
     let mut rules = Vec::new();
     for r in raw.rule {
         rules.push(rule_config(r, &at)?);
@@ -524,6 +528,7 @@ pub(super) fn resolve(
         cache,
         admin,
         rules: Arc::new(rules),
+        warm,
     })
 }
 

@@ -606,6 +606,29 @@ struct BackendState {
     versions: Mutex<HashMap<String, u64>>,
     serial: AtomicU64,
     hide_caller: AtomicBool,
+    /// Requests being handled now, and the most at once so far.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    /// When each request arrived, in order.
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+/// Counts a request in flight until dropped (the handler's end).
+struct InFlight<'a>(&'a BackendState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a BackendState) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        state.arrivals.lock().unwrap().push(Instant::now());
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The in-process backend. The default handler answers every path:
@@ -727,6 +750,17 @@ impl Backend {
             .unwrap_or_default()
     }
 
+    /// The most requests the backend was handling at once (a request
+    /// counts from its arrival until its response head is ready).
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
     /// The current version of `path` (1 + number of writes).
     pub fn version(&self, path: &str) -> u64 {
         1 + self.state.versions.lock().unwrap().get(path).copied().unwrap_or(0)
@@ -770,6 +804,7 @@ fn digest(s: &str) -> String {
 }
 
 async fn backend_handle(state: Arc<BackendState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let _in_flight = InFlight::enter(&state);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let target = req
