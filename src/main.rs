@@ -48,6 +48,9 @@ enum Command {
     Check(ServeArgs),
     /// Run a sample task API with cachegate in front of it.
     Demo(cachegate::demo::DemoArgs),
+    /// Check a running deployment: connectivity, hit/miss latency, invalidation,
+    /// concurrency; exit 1 when a check fails, 2 on usage errors.
+    Selftest(cachegate::selftest::SelftestArgs),
     /// Print a new random admin token and the line to paste into proxy.toml.
     #[command(alias = "hash-token")]
     Token {
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             println!("scopes = [\"read\", \"purge\", \"inspect\"]");
             ExitCode::SUCCESS
         }
+        Some(Command::Selftest(args)) => ExitCode::from(runtime.block_on(cachegate::selftest::run(args))),
         Some(Command::Demo(args)) => runtime.block_on(async {
             match cachegate::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
