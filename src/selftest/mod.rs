@@ -444,7 +444,7 @@ async fn hit_miss(ctx: &Ctx<'_>, report: &mut Report, probe: Option<Sample>) {
         let mut detail = format!("{warm_hits}/{} warm fetches were hits", warm.len());
         match (&report.latency.cold, &report.latency.warm, speedup) {
             (Some(c), Some(w), Some(x)) => detail.push_str(&format!(
-                "; p50 warm {:.3} ms vs cold {:.3} ms ({x}× faster)",
+                "; p50 warm {:.3} ms vs cold {:.3} ms ({x:.2}× faster)",
                 w.p50_ms, c.p50_ms
             )),
             _ => detail

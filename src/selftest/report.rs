@@ -338,7 +338,18 @@ pub fn render_text(r: &Report) -> String {
             "\nlatency histogram (ms; each series scaled to its own largest bucket)\n{:>13}  {:<31} {}\n",
             "bucket", "cold (MISS) #", "warm (HIT) ="
         ));
-        for i in first..=last {
+        let mut i = first;
+        while i <= last {
+            // A run of two or more empty buckets (between outliers) is one line.
+            let empty_run = (i..=last).take_while(|&j| !used(j)).count();
+            if empty_run >= 2 {
+                out.push_str(&format!(
+                    "{:>13}  (none)\n",
+                    bucket_label(h.bounds_ms[i], h.bounds_ms[i + empty_run])
+                ));
+                i += empty_run;
+                continue;
+            }
             let (c, w) = (h.cold[i], h.warm[i]);
             let cold = format!(
                 "{} {}",
@@ -356,6 +367,7 @@ pub fn render_text(r: &Report) -> String {
                 cold.trim_start(),
                 warm.trim_start()
             ));
+            i += 1;
         }
     }
     if let Some(c) = &r.concurrency {
