@@ -879,6 +879,16 @@ mod tests {
     }
 
     #[test]
+    fn selftest_command_quotes_what_the_shell_would_split() {
+        let line = selftest_command("http://127.0.0.1:8080", "acme-00ff", "tok_en-1");
+        assert!(line.starts_with("cachegate selftest --url http://127.0.0.1:8080 --path '/api/v1/tasks/{id}' --id 1-3"));
+        assert!(line.contains(" --token acme-00ff --admin-token tok_en-1 --purge-key 'task:{id}' "));
+        assert!(line.ends_with(r#" --write 'PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}'"#));
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
     fn taken_port_is_reported_with_a_hint() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = check_listen(taken.local_addr().unwrap()).unwrap_err().to_string();

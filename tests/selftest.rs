@@ -564,3 +564,63 @@ fn selftest_against_the_demo_on_redis_passes() {
     assert_eq!(check(&r, "invalidation")["status"], "ok");
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_listener_of_its_own_is_reached_with_admin_url() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = cachegate::demo::serve_sample_api(listener).await;
+    let sha = hex::encode(cachegate::admin::hash_token("ops-token"));
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[admin.tokens]]\nname = \"ops\"\nsha256 = \"{sha}\"\nscopes = [\"read\", \"purge\"]\n{}",
+        cachegate::demo::TASK_RULES
+    );
+    let proxy = cachegate::server::start(proxy_config(&api.url(), &admin))
+        .await
+        .unwrap();
+    let admin_addr = proxy.admin_addr.expect("an admin listener");
+    let base: Vec<String> = [
+        "--url",
+        &format!("http://{}", proxy.addr),
+        "--id",
+        "1-3",
+        "--token",
+        api.token("acme").unwrap(),
+        "--admin-token",
+        "ops-token",
+        "-n",
+        "20",
+        "-c",
+        "2",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+
+    // The admin routes are not on the main listener: the health read goes
+    // to the backend, and the reason says where to look.
+    let run = selftest_async(base.clone()).await;
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let r: Value = serde_json::from_str(&run.stdout).unwrap();
+    let store = check(&r, "store");
+    assert!(store["reason"].as_str().unwrap().contains("--admin-url"), "{store}");
+
+    // With --admin-url (and the purge there) everything passes.
+    let mut args = base;
+    args.extend(
+        [
+            "--admin-url",
+            &format!("http://{admin_addr}"),
+            "--purge-key",
+            "task:{id}",
+        ]
+        .map(String::from),
+    );
+    let run = selftest_async(args).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(check(&r, "store")["status"], "ok");
+    assert_eq!(r["hit_miss"]["cold_misses"], 20);
+    assert_eq!(r["target"]["admin_url"], format!("http://{admin_addr}"));
+    proxy.shutdown(Duration::from_secs(2)).await;
+    api.shutdown().await;
+}
