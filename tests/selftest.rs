@@ -383,12 +383,21 @@ fn a_missing_api_token_fails_connectivity_and_skips_the_rest() {
 #[test]
 fn nothing_listening_fails_with_exit_1() {
     let port = common::free_port();
-    let run = selftest(&["--url", &format!("http://127.0.0.1:{port}"), "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("r.html").display().to_string();
+    let run = selftest(&["--url", &format!("http://127.0.0.1:{port}"), "--json", "--html", &html]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     let r: Value = serde_json::from_str(&run.stdout).unwrap();
     let proxy = check(&r, "proxy");
     assert_eq!(proxy["status"], "failed");
     assert!(!proxy["reason"].as_str().unwrap().is_empty());
+    for name in ["backend", "hit_miss", "invalidation", "concurrency"] {
+        assert_eq!(check(&r, name)["status"], "skipped", "{name}");
+    }
+    // The report is still written, its plots saying there is nothing to show.
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg id=\"latency-histogram\"") && page.contains("<svg id=\"throughput\""));
+    assert!(page.contains("no latencies measured") && page.contains("FAILED"));
 }
 
 #[test]
