@@ -11,12 +11,12 @@
 #
 #   bench/selftest-report.sh
 #   CACHEGATE_BIN=target/release/cachegate bench/selftest-report.sh   # skip the build
-#   REQUESTS=2000 CONCURRENCY=32 bench/selftest-report.sh
+#   REQUESTS=5000 CONCURRENCY=32 bench/selftest-report.sh
 #
 # Knobs (environment), defaults in brackets:
 #   CACHEGATE_BIN  use this binary, skip `cargo build --release`
 #   OUT            where the report, JSON, screenshot and demo log go [bench/run/selftest-<ts>]
-#   REQUESTS [500]  CONCURRENCY [16]   selftest's --requests and --concurrency
+#   REQUESTS [2000]  CONCURRENCY [16]   selftest's --requests and --concurrency
 #   REDIS_URL      when set, the demo caches in that Redis instead of memory
 #
 # Needs: a Rust toolchain (unless CACHEGATE_BIN), python3, and Chromium
@@ -30,7 +30,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
-REQUESTS=${REQUESTS:-500}
+REQUESTS=${REQUESTS:-2000}
 CONCURRENCY=${CONCURRENCY:-16}
 OUT=${OUT:-$REPO/bench/run/selftest-$(date +%Y%m%d-%H%M%S)}
 

@@ -108,13 +108,13 @@ pub struct Slice {
     pub errors_per_s: f64,
 }
 
-/// Requests completed per second over time, in 5 to 60 slices of about
+/// Requests completed per second over time, in 10 to 60 slices of about
 /// 100 ms. `done` holds (completion time in µs from the start, failed).
 pub fn timeline(done: &[(u64, bool)], elapsed_us: u64) -> Vec<Slice> {
     if done.is_empty() || elapsed_us == 0 {
         return Vec::new();
     }
-    let n = ((elapsed_us as f64 / 100_000.0).round() as usize).clamp(5, 60);
+    let n = ((elapsed_us as f64 / 100_000.0).round() as usize).clamp(10, 60);
     let width = elapsed_us as f64 / n as f64;
     let mut counts = vec![(0u64, 0u64); n];
     for &(t, failed) in done {
