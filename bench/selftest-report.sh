@@ -73,7 +73,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "starting cachegate demo on 127.0.0.1:$PORT (store: ${REDIS_URL:+redis}${REDIS_URL:-memory})"
+STORE=memory
+[[ -z ${REDIS_URL:-} ]] || STORE=redis
+log "starting cachegate demo on 127.0.0.1:$PORT (store: $STORE)"
 env -u CACHEGATE_ADMIN_TOKEN RUST_LOG=warn "$BIN" demo --listen "127.0.0.1:$PORT" >"$OUT/demo.log" 2>&1 &
 DEMO_PID=$!
 for _ in $(seq 100); do
