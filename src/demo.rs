@@ -6,7 +6,7 @@
 //! auth for two tenants (random tokens made at start) and per-tenant data.
 //! [`serve_sample_api`] is public so that tests can run the same API.
 
-use crate::config::{Config, Overrides};
+use crate::config::{AdminScope, AdminToken, Config, Overrides};
 use crate::BoxError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -32,6 +32,10 @@ pub struct DemoArgs {
     /// Where the proxy listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// The admin token the demo accepts (all scopes); by default a new
+    /// random one, printed with a ready-to-paste `cachegate selftest` line.
+    #[arg(long, env = "CACHEGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// A seeded task: id, name, status.
@@ -544,8 +548,35 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A word for a shell command line: as is when safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@,+".contains(&b));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The `cachegate selftest` line that checks a running demo: reads of the
+/// acme tenant's tasks 1-3, purging `task:{id}` before each cold fetch, and
+/// a PUT whose new name the next read must show.
+pub fn selftest_command(proxy_url: &str, api_token: &str, admin_token: &str) -> String {
+    format!(
+        "cachegate selftest --url {} --path {} --id 1-3 --token {} --admin-token {} --purge-key {} --write {}",
+        shell_word(proxy_url),
+        shell_word("/api/v1/tasks/{id}"),
+        shell_word(api_token),
+        shell_word(admin_token),
+        shell_word("task:{id}"),
+        shell_word(r#"PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}"#),
+    )
+}
+
 /// The banner printed once everything runs.
-fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi) -> String {
+fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi, admin_token: &str) -> String {
     // A proxy on 0.0.0.0 is reached through loopback.
     let host = match proxy.ip() {
         ip if ip.is_unspecified() => match ip {
@@ -580,6 +611,10 @@ fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi) -> String {
     out.push_str("Tokens (new on every start):\n");
     out.push_str(&format!("  acme    {acme}\n"));
     out.push_str(&format!("  globex  {globex}\n"));
+    out.push_str(&format!(
+        "  admin   {admin_token}   (all scopes; {}/health, /stats, ...)\n",
+        config.admin.prefix
+    ));
     out.push('\n');
     out.push_str("Try it (paste one line at a time):\n");
     out.push_str("  # 1. first read: X-Cache: MISS (fetched from the API, then stored)\n");
@@ -596,6 +631,14 @@ fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi) -> String {
     out.push_str(&format!("  curl -si {} {base}/1\n", auth(acme)));
     out.push_str("  # 5. the other tenant cannot see acme's task: 404\n");
     out.push_str(&format!("  curl -si {} {base}/1\n", auth(globex)));
+    out.push('\n');
+    out.push_str(
+        "Self-test (connectivity, hit/miss latency, invalidation, concurrency; add --html report.html for plots):\n",
+    );
+    out.push_str(&format!(
+        "  {}\n",
+        selftest_command(&format!("http://{host}"), acme, admin_token)
+    ));
     out.push('\n');
     out.push_str("Press Ctrl-C to stop.\n");
     out
@@ -616,13 +659,22 @@ pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot start the sample API on 127.0.0.1: {e}"))?;
     let api = serve_sample_api(api_listener).await;
 
-    let config = match demo_config(listen, &api.url(), &process_env) {
+    let mut config = match demo_config(listen, &api.url(), &process_env) {
         Ok(c) => c,
         Err(e) => {
             api.shutdown().await;
             return Err(e);
         }
     };
+    let admin_token = match args.admin_token.filter(|t| !t.trim().is_empty()) {
+        Some(t) => t,
+        None => crate::admin::new_token().0,
+    };
+    config.admin.tokens.push(AdminToken {
+        name: "demo".to_string(),
+        sha256: crate::admin::hash_token(&admin_token),
+        scopes: vec![AdminScope::Read, AdminScope::Purge, AdminScope::Inspect],
+    });
     let banner_config = config.clone();
     let proxy = match crate::server::start(config).await {
         Ok(p) => p,
@@ -632,7 +684,7 @@ pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
         }
     };
 
-    println!("{}", banner(&banner_config, proxy.addr, &api));
+    println!("{}", banner(&banner_config, proxy.addr, &api, &admin_token));
 
     let signal = tokio::signal::ctrl_c().await;
     println!("stopping the demo");
@@ -824,6 +876,16 @@ mod tests {
         assert_eq!((r.url.as_str(), r.db), ("redis://127.0.0.1:6379", 9));
         // Only REDIS_* is read from the environment.
         assert_eq!(redis.server.listen, listen);
+    }
+
+    #[test]
+    fn selftest_command_quotes_what_the_shell_would_split() {
+        let line = selftest_command("http://127.0.0.1:8080", "acme-00ff", "tok_en-1");
+        assert!(line.starts_with("cachegate selftest --url http://127.0.0.1:8080 --path '/api/v1/tasks/{id}' --id 1-3"));
+        assert!(line.contains(" --token acme-00ff --admin-token tok_en-1 --purge-key 'task:{id}' "));
+        assert!(line.ends_with(r#" --write 'PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}'"#));
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod rules;
+pub mod selftest;
 pub mod server;
 pub mod store;
 pub mod warm;

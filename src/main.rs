@@ -54,6 +54,9 @@ enum Command {
     /// Fill the cache from a list of paths through the normal fill path;
     /// exit 1 if any path failed, 2 on a usage or config error.
     Warm(cachegate::warm::WarmArgs),
+    /// Check a running deployment: connectivity, hit/miss latency, invalidation,
+    /// concurrency; exit 1 when a check fails, 2 on usage errors.
+    Selftest(cachegate::selftest::SelftestArgs),
     /// Print a new random admin token and the line to paste into proxy.toml.
     #[command(alias = "hash-token")]
     Token {
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),
+        Some(Command::Selftest(args)) => ExitCode::from(runtime.block_on(cachegate::selftest::run(args))),
         Some(Command::Demo(args)) => runtime.block_on(async {
             match cachegate::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
