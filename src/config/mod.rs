@@ -7,9 +7,11 @@
 
 mod error;
 mod file;
+pub mod redis_url;
 mod resolve;
 
 pub use error::ConfigError;
+pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
     AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,
     InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
