@@ -176,6 +176,54 @@ fn split_single(s: &str) -> Option<(String, Option<u8>)> {
     }
 }
 
+/// The `tls*` options of `[redis]`: TLS is on when the URL says so
+/// (`rediss…://`) or `tls = true`; the file options need it on. Files must
+/// be readable now, so that a typo is a config error, not an outage.
+pub(super) fn resolve_tls(
+    raw: &super::file::RawRedis,
+    url_tls: bool,
+    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+) -> Result<Option<RedisTls>, super::ConfigError> {
+    let on = url_tls || raw.tls.as_ref().is_some_and(|t| *t.get_ref());
+    let file = |f: &Option<toml::Spanned<String>>, what: &str| -> Result<Option<PathBuf>, super::ConfigError> {
+        let Some(f) = f else { return Ok(None) };
+        if !on {
+            return Err(at(
+                f.span(),
+                format!("{what} needs TLS: use a rediss:// URL (or tls = true)"),
+            ));
+        }
+        let path = PathBuf::from(f.get_ref());
+        std::fs::metadata(&path)
+            .map_err(|e| at(f.span(), format!("{what} {:?}: {e}", f.get_ref())))
+            .map(|_| Some(path))
+    };
+    let ca_file = file(&raw.tls_ca_file, "tls_ca_file")?;
+    let cert_file = file(&raw.tls_cert_file, "tls_cert_file")?;
+    let key_file = file(&raw.tls_key_file, "tls_key_file")?;
+    match (&raw.tls_cert_file, &raw.tls_key_file) {
+        (Some(c), None) => return Err(at(c.span(), "tls_cert_file needs tls_key_file".into())),
+        (None, Some(k)) => return Err(at(k.span(), "tls_key_file needs tls_cert_file".into())),
+        _ => {}
+    }
+    let insecure_skip_verify = match &raw.tls_insecure_skip_verify {
+        Some(v) if *v.get_ref() && !on => {
+            return Err(at(
+                v.span(),
+                "tls_insecure_skip_verify needs TLS: use a rediss:// URL (or tls = true)".into(),
+            ))
+        }
+        Some(v) => *v.get_ref(),
+        None => false,
+    };
+    Ok(on.then_some(RedisTls {
+        ca_file,
+        cert_file,
+        key_file,
+        insecure_skip_verify,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,52 +307,4 @@ mod tests {
         let c = load("url = \"redis://a:1\"\ntls = true\ntls_insecure_skip_verify = true").unwrap();
         assert!(c.redis.unwrap().tls.unwrap().insecure_skip_verify);
     }
-}
-
-/// The `tls*` options of `[redis]`: TLS is on when the URL says so
-/// (`rediss…://`) or `tls = true`; the file options need it on. Files must
-/// be readable now, so that a typo is a config error, not an outage.
-pub(super) fn resolve_tls(
-    raw: &super::file::RawRedis,
-    url_tls: bool,
-    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
-) -> Result<Option<RedisTls>, super::ConfigError> {
-    let on = url_tls || raw.tls.as_ref().is_some_and(|t| *t.get_ref());
-    let file = |f: &Option<toml::Spanned<String>>, what: &str| -> Result<Option<PathBuf>, super::ConfigError> {
-        let Some(f) = f else { return Ok(None) };
-        if !on {
-            return Err(at(
-                f.span(),
-                format!("{what} needs TLS: use a rediss:// URL (or tls = true)"),
-            ));
-        }
-        let path = PathBuf::from(f.get_ref());
-        std::fs::metadata(&path)
-            .map_err(|e| at(f.span(), format!("{what} {:?}: {e}", f.get_ref())))
-            .map(|_| Some(path))
-    };
-    let ca_file = file(&raw.tls_ca_file, "tls_ca_file")?;
-    let cert_file = file(&raw.tls_cert_file, "tls_cert_file")?;
-    let key_file = file(&raw.tls_key_file, "tls_key_file")?;
-    match (&raw.tls_cert_file, &raw.tls_key_file) {
-        (Some(c), None) => return Err(at(c.span(), "tls_cert_file needs tls_key_file".into())),
-        (None, Some(k)) => return Err(at(k.span(), "tls_key_file needs tls_cert_file".into())),
-        _ => {}
-    }
-    let insecure_skip_verify = match &raw.tls_insecure_skip_verify {
-        Some(v) if *v.get_ref() && !on => {
-            return Err(at(
-                v.span(),
-                "tls_insecure_skip_verify needs TLS: use a rediss:// URL (or tls = true)".into(),
-            ))
-        }
-        Some(v) => *v.get_ref(),
-        None => false,
-    };
-    Ok(on.then_some(RedisTls {
-        ca_file,
-        cert_file,
-        key_file,
-        insecure_skip_verify,
-    }))
 }
