@@ -291,6 +291,24 @@ mod tests {
     }
 
     #[test]
+    fn redis_url_env_takes_every_form() {
+        let text = "[backend]\nurl = \"http://127.0.0.1:1\"\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n";
+        let load = |url: &str| {
+            let url = url.to_string();
+            let env = move |name: &str| (name == "REDIS_URL").then(|| url.clone());
+            crate::config::Config::from_toml(text, "proxy.toml", &env, &Default::default())
+        };
+        let r = load("rediss-sentinel://:pw@s1:26379/svc/3").unwrap().redis.unwrap();
+        assert_eq!(r.topology.name(), "sentinel");
+        assert_eq!((r.db, r.password.as_deref()), (3, Some("pw")));
+        assert!(r.tls.is_some());
+        let r = load("redis-cluster://a:7000").unwrap().redis.unwrap();
+        assert!(r.topology.is_cluster());
+        let e = load("redis-sentinel://s1:26379").unwrap_err().to_string();
+        assert!(e.contains("environment variable REDIS_URL"), "{e}");
+    }
+
+    #[test]
     fn bad_redis_values_point_at_the_file() {
         let e = load("url = \"redis-cluster://a:7000/3\"").unwrap_err();
         assert!(e.starts_with("<inline>:5:7:"), "{e}");
