@@ -279,6 +279,12 @@ pub async fn admin_routes_see_every_primary(redis: &str) {
 pub async fn two_instances_coalesce_on_one_fill(redis: &str) {
     let e = Env::start(redis, "coalesce:").await;
     let other = Proxy::start(&config(&e.backend, redis, "coalesce:")).await;
+    // Both instances connected (TLS handshakes can outlast Proxy::start's
+    // wait): an instance without its store forwards uncached.
+    eventually("the second instance's store to be up", Duration::from_secs(10), || async {
+        other.gateway().store().is_up() && e.proxy.gateway().store().is_up()
+    })
+    .await;
     let path = "/api/v1/tasks/coalesce";
     e.backend
         .on("GET", path, Reply::new().delay(Duration::from_millis(400)));
