@@ -86,6 +86,9 @@ pub struct RawRedis {
     pub tls_cert_file: Option<Spanned<String>>,
     pub tls_key_file: Option<Spanned<String>>,
     pub tls_insecure_skip_verify: Option<Spanned<bool>>,
+    /// Credentials for the sentinels themselves (none by default).
+    pub sentinel_username: Option<Spanned<String>>,
+    pub sentinel_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

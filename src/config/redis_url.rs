@@ -322,6 +322,13 @@ mod tests {
         assert!(e.starts_with("<inline>:6:15:"), "{e}");
         let e = load("url = \"rediss://a:1\"\ntls_cert_file = \"/etc/hostname\"").unwrap_err();
         assert!(e.contains("needs tls_key_file"), "{e}");
+        let e = load("url = \"redis://a:1\"\nsentinel_password = \"x\"").unwrap_err();
+        assert!(
+            e.starts_with("<inline>:6:21:") && e.contains("redis-sentinel://"),
+            "{e}"
+        );
+        let c = load("url = \"redis-sentinel://s:26379/m\"\nsentinel_password = \"x\"").unwrap();
+        assert_eq!(c.redis.unwrap().sentinel_password.as_deref(), Some("x"));
         let c = load("url = \"redis://a:1\"\ntls = true\ntls_insecure_skip_verify = true").unwrap();
         assert!(c.redis.unwrap().tls.unwrap().insecure_skip_verify);
     }

@@ -137,6 +137,9 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// TLS settings when the connection uses TLS.
     pub tls: Option<super::RedisTls>,
+    /// AUTH for the sentinels (not the data nodes); none when unset.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 /// `[access_log]`: one line per request.
@@ -423,6 +426,18 @@ pub(super) fn resolve(
                     .ok_or_else(|| general("the default Redis URL does not parse".into()))?,
             };
             let tls = super::redis_url::resolve_tls(&raw_redis, parsed.tls, &at)?;
+            let sentinel = matches!(parsed.topology, super::RedisTopology::Sentinel { .. });
+            for s in [&raw_redis.sentinel_username, &raw_redis.sentinel_password]
+                .into_iter()
+                .flatten()
+            {
+                if !sentinel {
+                    return Err(at(
+                        s.span(),
+                        "sentinel_username / sentinel_password need a redis-sentinel:// URL".into(),
+                    ));
+                }
+            }
             let url_db = parsed.db;
             let db = match env("REDIS_DB") {
                 Some(v) => Some(v.parse::<u8>().map_err(|_| {
@@ -454,6 +469,8 @@ pub(super) fn resolve(
                 topology: parsed.topology,
                 username: parsed.username,
                 tls,
+                sentinel_username: raw_redis.sentinel_username.as_ref().map(|s| s.get_ref().clone()),
+                sentinel_password: raw_redis.sentinel_password.as_ref().map(|s| s.get_ref().clone()),
             })
             .map(|r| (r, cluster.then_some(db)))
         }

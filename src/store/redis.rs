@@ -175,6 +175,8 @@ pub struct RedisStore {
     pub(super) commit_script: Script,
     pub(super) abort_script: Script,
     pub(super) tag_add_script: Script,
+    /// When a keyspace walk last re-read the cluster's slot map (ms).
+    pub(super) last_sync_ms: AtomicU64,
 }
 
 /// Consecutive timeouts after which a connected Redis counts as down.
@@ -249,6 +251,7 @@ impl RedisStore {
             commit_script: Script::from_lua(super::redis_cluster::COMMIT_LUA),
             abort_script: Script::from_lua(super::redis_cluster::ABORT_LUA),
             tag_add_script: Script::from_lua(super::redis_cluster::TAG_ADD_LUA),
+            last_sync_ms: AtomicU64::new(0),
         });
         store.is_up_logged();
         tokio::spawn(probe_while_stalled(Arc::downgrade(&store)));

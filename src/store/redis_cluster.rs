@@ -89,8 +89,14 @@ impl RedisStore {
         if !self.cluster {
             return Ok(vec![None]);
         }
-        // After a failover the cached map may still name a dead primary.
-        let _: StoreResult<()> = self.bounded_by(self.bulk_timeout(), client.sync_cluster()).await;
+        // After a failover the cached map may still name a dead primary:
+        // re-read it, at most once a second (writes purge by pattern often).
+        let now = now_ms();
+        let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000 {
+            self.last_sync_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+            let _: StoreResult<()> = self.bounded_by(self.bulk_timeout(), client.sync_cluster()).await;
+        }
         let nodes = client
             .cached_cluster_state()
             .map(|s| s.unique_primary_nodes())

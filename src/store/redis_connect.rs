@@ -35,6 +35,8 @@ pub fn fred_config(cfg: &RedisConfig) -> Result<Config, crate::BoxError> {
             server: ServerConfig::Sentinel {
                 hosts: nodes.iter().map(|(h, p)| Server::new(h.as_str(), *p)).collect(),
                 service_name: service.clone(),
+                username: cfg.sentinel_username.clone(),
+                password: cfg.sentinel_password.clone(),
             },
             username: cfg.username.clone(),
             database: Some(cfg.db),

@@ -281,9 +281,11 @@ pub async fn two_instances_coalesce_on_one_fill(redis: &str) {
     let other = Proxy::start(&config(&e.backend, redis, "coalesce:")).await;
     // Both instances connected (TLS handshakes can outlast Proxy::start's
     // wait): an instance without its store forwards uncached.
-    eventually("the second instance's store to be up", Duration::from_secs(10), || async {
-        other.gateway().store().is_up() && e.proxy.gateway().store().is_up()
-    })
+    eventually(
+        "the second instance's store to be up",
+        Duration::from_secs(10),
+        || async { other.gateway().store().is_up() && e.proxy.gateway().store().is_up() },
+    )
     .await;
     let path = "/api/v1/tasks/coalesce";
     e.backend
