@@ -288,8 +288,11 @@ pub async fn two_instances_coalesce_on_one_fill(redis: &str) {
     )
     .await;
     let path = "/api/v1/tasks/coalesce";
+    // A slow backend: every request reaches its instance (and its lookup
+    // and lock attempt are done) long before the one fill lands, even on a
+    // loaded machine; a request arriving after the fill would be a hit.
     e.backend
-        .on("GET", path, Reply::new().delay(Duration::from_millis(400)));
+        .on("GET", path, Reply::new().delay(Duration::from_millis(1500)));
     let clients = [Arc::new(Client::new(e.proxy.addr)), Arc::new(Client::new(other.addr))];
     let mut tasks = Vec::new();
     for i in 0..20 {
