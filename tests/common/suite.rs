@@ -140,27 +140,39 @@ pub async fn a_write_purges_and_no_fill_from_before_it_stores(redis: &str) {
     assert_eq!(after.x_cache(), Some("MISS"), "a write purges its task");
     assert_eq!(e.backend.count("GET", path), 2);
 
-    // A fill in flight when a write purges must not store its old body.
-    let slow = "/api/v1/tasks/race";
+    // A fill in flight when a write purges must not store its old body:
+    // a key purge (generation), a pattern purge (epoch) and a tag purge
+    // (epoch, tag index) each stop it, on a cluster across slots too.
+    slow_fill_then(&e, "/api/v1/tasks/race", "PUT", "/api/v1/tasks/race").await;
+    slow_fill_then(&e, "/api/v1/tasks?page=race", "POST", "/api/v1/tasks").await;
+    slow_fill_then(&e, "/api/v1/tasks/race2", "POST", "/api/v1/tasks/race2/complete").await;
+}
+
+/// GETs `path` from a slow backend; while that fill is in flight, sends
+/// `method write`; then `path` must still be a miss.
+async fn slow_fill_then(e: &Env, path: &str, method: &str, write: &str) {
+    // The backend programs and counts by path, without the query.
+    let bare = path.split('?').next().unwrap_or(path);
     e.backend
-        .on("GET", slow, Reply::new().delay(Duration::from_millis(700)));
+        .on("GET", bare, Reply::new().delay(Duration::from_millis(700)));
     let c = e.client.clone();
-    let fill = tokio::spawn(async move { c.get(slow).await });
+    let owned = path.to_string();
+    let fill = tokio::spawn(async move { c.get(&owned).await });
     eventually("the slow fill to reach the backend", Duration::from_secs(5), || async {
-        e.backend.count("GET", slow) == 1
+        e.backend.count("GET", bare) == 1
     })
     .await;
-    assert_eq!(e.client.put(slow).await.status, 200);
+    assert_eq!(e.client.method(method, write).await.status, 200, "{method} {write}");
     let old = fill.await.expect("fill task");
     assert_eq!(old.status, 200);
-    e.backend.reset(slow);
-    let next = e.client.get(slow).await;
+    e.backend.reset(bare);
+    let next = e.client.get(path).await;
     assert_eq!(
         next.x_cache(),
         Some("MISS"),
-        "the fill that started before the write must not have stored"
+        "{path}: the fill that started before {method} {write} must not have stored"
     );
-    assert_eq!(e.backend.count("GET", slow), 2);
+    assert_eq!(e.backend.count("GET", bare), 2);
 }
 
 pub async fn pattern_purge_reaches_every_slot(redis: &str) {
