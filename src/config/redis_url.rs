@@ -206,6 +206,34 @@ pub(super) fn resolve_tls(
         (None, Some(k)) => return Err(at(k.span(), "tls_key_file needs tls_cert_file".into())),
         _ => {}
     }
+    // The PEM contents too: a wrong file is a config error with its place,
+    // not a store that never connects.
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &PathBuf| -> bool {
+        CertificateDer::pem_file_iter(path).is_ok_and(|mut it| it.next().is_some_and(|c| c.is_ok()))
+    };
+    for (path, spanned, what) in [
+        (&ca_file, &raw.tls_ca_file, "tls_ca_file"),
+        (&cert_file, &raw.tls_cert_file, "tls_cert_file"),
+    ] {
+        if let (Some(path), Some(s)) = (path, spanned) {
+            if !certs(path) {
+                return Err(at(
+                    s.span(),
+                    format!("{what} {:?} holds no PEM certificate", s.get_ref()),
+                ));
+            }
+        }
+    }
+    if let (Some(path), Some(s)) = (&key_file, &raw.tls_key_file) {
+        if PrivateKeyDer::from_pem_file(path).is_err() {
+            return Err(at(
+                s.span(),
+                format!("tls_key_file {:?} holds no PEM private key", s.get_ref()),
+            ));
+        }
+    }
     let insecure_skip_verify = match &raw.tls_insecure_skip_verify {
         Some(v) if *v.get_ref() && !on => {
             return Err(at(
@@ -320,6 +348,11 @@ mod tests {
         assert!(e.starts_with("<inline>:6:15:") && e.contains("needs TLS"), "{e}");
         let e = load("url = \"rediss://a:1\"\ntls_ca_file = \"/nonexistent/ca.pem\"").unwrap_err();
         assert!(e.starts_with("<inline>:6:15:"), "{e}");
+        let e = load("url = \"rediss://a:1\"\ntls_ca_file = \"/etc/hostname\"").unwrap_err();
+        assert!(
+            e.starts_with("<inline>:6:15:") && e.contains("no PEM certificate"),
+            "{e}"
+        );
         let e = load("url = \"rediss://a:1\"\ntls_cert_file = \"/etc/hostname\"").unwrap_err();
         assert!(e.contains("needs tls_key_file"), "{e}");
         let e = load("url = \"redis://a:1\"\nsentinel_password = \"x\"").unwrap_err();
