@@ -186,7 +186,11 @@ fn check(args: ServeArgs) -> ExitCode {
                     redact(&r.url),
                     r.db,
                     config.cache.key_prefix,
-                    if config.tier.enabled { "on" } else { "off" }
+                    if config.tier.enabled && !r.topology.is_cluster() {
+                        "on"
+                    } else {
+                        "off"
+                    }
                 ),
                 None => format!(
                     "store memory ({} entries, {} bytes)\n",

@@ -133,7 +133,14 @@ impl Gateway {
                     config.cache.scope_secret.as_deref(),
                 )
                 .await?;
-                if config.tier.enabled {
+                // The tier's coherence rests on one CLIENT TRACKING BCAST
+                // connection seeing every write; on a cluster each primary
+                // pushes only its own slots' keys and a failover silently
+                // moves them, so there the tier stays off.
+                if config.tier.enabled && redis.topology.is_cluster() {
+                    tracing::info!(target: "cachegate::store", "in-process tier is off on a Redis Cluster (client tracking cannot follow every primary)");
+                }
+                if config.tier.enabled && !redis.topology.is_cluster() {
                     Arc::new(TieredStore::new(
                         store,
                         redis,

@@ -81,6 +81,16 @@ pub struct RawRedis {
     pub default_ttl: Option<Spanned<i64>>,
     pub key_prefix: Option<Spanned<String>>,
     pub pool_size: Option<usize>,
+    /// Redis Cluster seed nodes (`host:port`), instead of a URL.
+    pub cluster: Option<Spanned<Vec<String>>>,
+    pub tls: Option<Spanned<bool>>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
+    pub tls_insecure_skip_verify: Option<Spanned<bool>>,
+    /// Credentials for the sentinels themselves (none by default).
+    pub sentinel_username: Option<Spanned<String>>,
+    pub sentinel_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

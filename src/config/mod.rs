@@ -7,10 +7,12 @@
 
 mod error;
 mod file;
+pub mod redis_url;
 mod resolve;
 mod warm;
 
 pub use error::ConfigError;
+pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
     AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,
     InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,

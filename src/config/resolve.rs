@@ -122,11 +122,24 @@ pub struct BackendConfig {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// The connection URL without the database part; see `db`.
+    /// The connection URL without the database part; see `db`. For a
+    /// cluster or Sentinel, the URL as given (for display); `topology`
+    /// holds what it says.
     pub url: String,
+    /// Always 0 on a cluster (see `cache.key_prefix` for the editions).
     pub db: u8,
     pub password: Option<String>,
     pub pool_size: usize,
+    /// Single server, cluster or Sentinel.
+    pub topology: super::RedisTopology,
+    /// ACL user for a cluster or Sentinel URL (a single server's URL
+    /// carries its own).
+    pub username: Option<String>,
+    /// TLS settings when the connection uses TLS.
+    pub tls: Option<super::RedisTls>,
+    /// AUTH for the sentinels (not the data nodes); none when unset.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
 }
 
 /// `[access_log]`: one line per request.
@@ -409,10 +422,25 @@ pub(super) fn resolve(
     let redis = match store {
         StoreKind::Memory => None,
         StoreKind::Redis => {
-            let (url, url_db) = match redis_url {
+            let parsed = match redis_url {
                 Some(u) => u,
-                None => ("redis://127.0.0.1:6379".to_string(), None),
+                None => super::redis_url::parse_redis_url("redis://127.0.0.1:6379")
+                    .ok_or_else(|| general("the default Redis URL does not parse".into()))?,
             };
+            let tls = super::redis_url::resolve_tls(&raw_redis, parsed.tls, &at)?;
+            let sentinel = matches!(parsed.topology, super::RedisTopology::Sentinel { .. });
+            for s in [&raw_redis.sentinel_username, &raw_redis.sentinel_password]
+                .into_iter()
+                .flatten()
+            {
+                if !sentinel {
+                    return Err(at(
+                        s.span(),
+                        "sentinel_username / sentinel_password need a redis-sentinel:// URL".into(),
+                    ));
+                }
+            }
+            let url_db = parsed.db;
             let db = match env("REDIS_DB") {
                 Some(v) => Some(v.parse::<u8>().map_err(|_| {
                     general(format!(
@@ -427,16 +455,40 @@ pub(super) fn resolve(
                     None => url_db,
                 },
             };
+            let db = db.unwrap_or(edition.default_db());
+            let cluster = parsed.topology.is_cluster();
             Some(RedisConfig {
-                url,
-                db: db.unwrap_or(edition.default_db()),
-                password: env("REDIS_PASSWORD"),
+                url: parsed.url,
+                // A cluster has DB 0 only; `db` (given or the edition's)
+                // becomes a key prefix below instead.
+                db: if cluster { 0 } else { db },
+                password: env("REDIS_PASSWORD").or(if parsed.topology == super::RedisTopology::Single {
+                    None
+                } else {
+                    parsed.password
+                }),
                 pool_size: raw_redis.pool_size.unwrap_or(4).max(1),
+                topology: parsed.topology,
+                username: parsed.username,
+                tls,
+                sentinel_username: raw_redis.sentinel_username.as_ref().map(|s| s.get_ref().clone()),
+                sentinel_password: raw_redis.sentinel_password.as_ref().map(|s| s.get_ref().clone()),
             })
+            .map(|r| (r, cluster.then_some(db)))
         }
     };
 
-    let key_prefix = raw_redis.key_prefix.map(|p| p.into_inner()).unwrap_or_default();
+    let (redis, cluster_db) = match redis {
+        Some((r, db)) => (Some(r), db),
+        None => (None, None),
+    };
+    let mut key_prefix = raw_redis.key_prefix.map(|p| p.into_inner()).unwrap_or_default();
+    // On a cluster the editions cannot use DBs of their own: a DB other
+    // than 0 (configured, or the edition's default) becomes `db<N>:` at
+    // the end of the key prefix, so editions sharing a cluster stay apart.
+    if let Some(db) = cluster_db.filter(|db| *db != 0) {
+        key_prefix.push_str(&format!("db{db}:"));
+    }
     let mut credential_headers = Vec::new();
     for name in raw
         .cache
@@ -670,7 +722,7 @@ fn resolve_redis_url(
     overrides: &Overrides,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
     general: &dyn Fn(String) -> ConfigError,
-) -> Result<Option<(String, Option<u8>)>, ConfigError> {
+) -> Result<Option<super::redis_url::RedisUrl>, ConfigError> {
     let host_port = match (env("REDIS_HOST"), env("REDIS_PORT")) {
         (None, None) => None,
         (host, port) => Some(format!(
@@ -686,30 +738,45 @@ fn resolve_redis_url(
         "REDIS_URL (or REDIS_HOST/REDIS_PORT)",
         raw.url.as_ref(),
     );
-    match src {
-        None => Ok(None),
-        Some(src) => src
-            .parse(split_redis_url, "a redis:// or rediss:// URL", at, general)
-            .map(Some),
+    if let (Some(_), Some(url)) = (&raw.cluster, &raw.url) {
+        return Err(at(
+            url.span(),
+            "[redis] has both url and cluster: give one of them".into(),
+        ));
     }
-}
-
-/// Splits `redis://h:p/3` into (`redis://h:p`, Some(3)).
-fn split_redis_url(s: &str) -> Option<(String, Option<u8>)> {
-    let rest = s.strip_prefix("redis://").or_else(|| s.strip_prefix("rediss://"))?;
-    let scheme_len = s.len() - rest.len();
-    match rest.find('/') {
-        None => (!rest.is_empty()).then(|| (s.to_string(), None)),
-        Some(i) => {
-            let (authority, path) = rest.split_at(i);
-            let db = path.trim_start_matches('/');
-            let db = if db.is_empty() {
-                None
-            } else {
-                Some(db.parse::<u8>().ok()?)
-            };
-            (!authority.is_empty()).then(|| (format!("{}{}", &s[..scheme_len], authority), db))
-        }
+    match src {
+        // The file's `cluster = [...]` list, when nothing names a URL.
+        None => match &raw.cluster {
+            None => Ok(None),
+            Some(list) => {
+                let nodes =
+                    super::redis_url::parse_nodes(list.get_ref().iter().map(String::as_str)).ok_or_else(|| {
+                        at(
+                            list.span(),
+                            format!(
+                                "cluster must list host:port seed nodes such as [\"10.0.0.1:7000\"], got {:?}",
+                                list.get_ref()
+                            ),
+                        )
+                    })?;
+                Ok(Some(super::redis_url::RedisUrl {
+                    url: format!("redis-cluster://{}", list.get_ref().join(",")),
+                    db: None,
+                    topology: super::RedisTopology::Cluster { nodes },
+                    tls: false,
+                    username: None,
+                    password: None,
+                }))
+            }
+        },
+        Some(src) => src
+            .parse(
+                super::redis_url::parse_redis_url,
+                "a redis://, rediss://, redis[s]-cluster://h1:p1,h2:p2 or redis[s]-sentinel://h1:p1,h2:p2/service URL",
+                at,
+                general,
+            )
+            .map(Some),
     }
 }
 
@@ -888,21 +955,4 @@ fn invalidate_config(
         when,
         soft: i.soft.unwrap_or(false),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redis_url_splits_database() {
-        assert_eq!(split_redis_url("redis://h:1/3"), Some(("redis://h:1".into(), Some(3))));
-        assert_eq!(
-            split_redis_url("rediss://u:p@h:1"),
-            Some(("rediss://u:p@h:1".into(), None))
-        );
-        assert_eq!(split_redis_url("redis://h:1/"), Some(("redis://h:1".into(), None)));
-        assert_eq!(split_redis_url("http://h"), None);
-        assert_eq!(split_redis_url("redis://h/x"), None);
-    }
 }

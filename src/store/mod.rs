@@ -21,6 +21,8 @@ pub mod entry;
 pub mod glob;
 pub mod memory;
 pub mod redis;
+mod redis_cluster;
+pub mod redis_connect;
 pub mod tiered;
 
 use async_trait::async_trait;

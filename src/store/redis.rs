@@ -142,12 +142,12 @@ return removed
 
 /// Keys per SCAN page and per UNLINK batch: small enough that no single
 /// command holds Redis for long.
-const SCAN_BATCH: u32 = 1000;
+pub(super) const SCAN_BATCH: u32 = 1000;
 
 pub struct RedisStore {
     pool: Pool,
     prefix: String,
-    epoch_key: String,
+    pub(super) epoch_key: String,
     timeout: Duration,
     tombstone_ttl: Duration,
     fill_script: Script,
@@ -168,6 +168,15 @@ pub struct RedisStore {
     timeouts: AtomicU64,
     /// While stalled: when the last probing call was let through (ms).
     last_probe_ms: AtomicU64,
+    /// On a Redis Cluster: fills reserve then commit (see `cluster.rs`),
+    /// and keyspace walks visit every primary.
+    pub(super) cluster: bool,
+    pub(super) reserve_script: Script,
+    pub(super) commit_script: Script,
+    pub(super) abort_script: Script,
+    pub(super) tag_add_script: Script,
+    /// When a keyspace walk last re-read the cluster's slot map (ms).
+    pub(super) last_sync_ms: AtomicU64,
 }
 
 /// Consecutive timeouts after which a connected Redis counts as down.
@@ -187,14 +196,7 @@ impl RedisStore {
         connect_wait: Duration,
         configured_secret: Option<&str>,
     ) -> Result<Arc<RedisStore>, crate::BoxError> {
-        let mut config = Config::from_url(&cfg.url)?;
-        config.database = Some(cfg.db);
-        if let Some(p) = &cfg.password {
-            config.password = Some(p.clone());
-        }
-        // Run the reconnect policy for the first connection too: start-up
-        // must not fail because Redis is down.
-        config.fail_fast = false;
+        let config = super::redis_connect::fred_config(cfg)?;
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -244,6 +246,12 @@ impl RedisStore {
             up: AtomicBool::new(true),
             timeouts: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
+            cluster: cfg.topology.is_cluster(),
+            reserve_script: Script::from_lua(super::redis_cluster::RESERVE_LUA),
+            commit_script: Script::from_lua(super::redis_cluster::COMMIT_LUA),
+            abort_script: Script::from_lua(super::redis_cluster::ABORT_LUA),
+            tag_add_script: Script::from_lua(super::redis_cluster::TAG_ADD_LUA),
+            last_sync_ms: AtomicU64::new(0),
         });
         store.is_up_logged();
         tokio::spawn(probe_while_stalled(Arc::downgrade(&store)));
@@ -253,7 +261,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn key(&self, logical: &str) -> String {
+    pub(super) fn key(&self, logical: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + logical.len());
         k.push_str(&self.prefix);
         k.push_str(logical);
@@ -286,7 +294,7 @@ impl RedisStore {
     /// The bound of one page of a bulk operation (purges by pattern or tag,
     /// clear, key listing): these are not on a read's path, and one slow
     /// page must not abandon a purge halfway.
-    fn bulk_timeout(&self) -> Duration {
+    pub(super) fn bulk_timeout(&self) -> Duration {
         self.timeout.max(Duration::from_secs(2))
     }
 
@@ -306,13 +314,17 @@ impl RedisStore {
         now
     }
 
-    async fn bounded<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
+    pub(super) async fn bounded<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
         self.bounded_by(self.timeout, fut).await
     }
 
     /// A store call bounded by `timeout`; timeouts in a row mark Redis as
     /// stalled (see `timeouts`), any answer clears that.
-    async fn bounded_by<T>(&self, timeout: Duration, fut: impl Future<Output = Result<T, Error>>) -> StoreResult<T> {
+    pub(super) async fn bounded_by<T>(
+        &self,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> StoreResult<T> {
         match tokio::time::timeout(timeout, fut).await {
             Ok(result) => {
                 if self.timeouts.swap(0, Ordering::Relaxed) >= STALL_AFTER {
@@ -412,7 +424,7 @@ impl RedisStore {
     }
 
     /// Runs a script by SHA, loading it first when Redis does not know it.
-    async fn run_script(
+    pub(super) async fn run_script(
         &self,
         client: &Client,
         script: &Script,
@@ -432,23 +444,26 @@ impl RedisStore {
         format!("{}{INTERNAL_PREFIX}lock:{field}:{key}", self.prefix)
     }
 
-    fn tag_key(&self, tag: &str) -> String {
+    pub(super) fn tag_key(&self, tag: &str) -> String {
         format!("{}{INTERNAL_PREFIX}tag:{tag}", self.prefix)
     }
 
-    fn internal_prefix(&self) -> String {
+    pub(super) fn internal_prefix(&self) -> String {
         format!("{}{INTERNAL_PREFIX}", self.prefix)
     }
 
     /// One SCAN page of the Redis keys of cachegate's records matching
     /// `full` (an already prefixed pattern): the next cursor and the keys.
     /// Tombstones, foreign keys and internal keys are left out.
-    async fn record_page(&self, client: &Client, cursor: String, full: &str) -> StoreResult<(String, Vec<String>)> {
-        let (next, keys): (String, Vec<String>) = self
-            .bounded_by(
-                self.bulk_timeout(),
-                client.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), Some(ScanType::Hash)),
-            )
+    async fn record_page(
+        &self,
+        client: &Client,
+        node: Option<&Server>,
+        cursor: String,
+        full: &str,
+    ) -> StoreResult<(String, Vec<String>)> {
+        let (next, keys) = self
+            .scan_page_on(client, node, cursor, full, Some(ScanType::Hash))
             .await?;
         let internal = self.internal_prefix();
         let candidates: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
@@ -508,10 +523,29 @@ async fn fetch_shared_secret(store: Arc<RedisStore>) {
     }
 }
 
+/// The admin figures from an `INFO` reply and a key count.
+pub(super) fn parse_info(text: &str, total_keys: u64) -> StoreInfo {
+    let field = |name: &str| -> Option<&str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    StoreInfo {
+        version: field("redis_version").unwrap_or("").to_string(),
+        uptime_seconds: num("uptime_in_seconds"),
+        connected_clients: num("connected_clients"),
+        used_memory: num("used_memory"),
+        peak_memory: num("used_memory_peak"),
+        total_system_memory: num("total_system_memory"),
+        total_keys,
+    }
+}
+
 /// A generation or epoch as the Lua scripts read it (`num` there): 1 to 15
 /// ASCII digits, anything else 0. Both sides must agree, or a fill's guard
 /// never matches a record holding a value like `-1`, `1.5` or `0x10`.
-fn to_u64(v: Option<Bytes>) -> u64 {
+pub(super) fn to_u64(v: Option<Bytes>) -> u64 {
     match v {
         Some(b) if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) => {
             b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0'))
@@ -594,6 +628,11 @@ impl Store for RedisStore {
         tags: &[String],
     ) -> StoreResult<bool> {
         let client = self.client()?;
+        if self.cluster {
+            return self
+                .fill_across_slots(client, key, field, value, ttl, guard, tags)
+                .await;
+        }
         let mut keys = vec![self.key(key), self.epoch_key.clone()];
         keys.extend(tags.iter().map(|t| self.tag_key(t)));
         let args: Vec<Value> = vec![
@@ -642,29 +681,26 @@ impl Store for RedisStore {
         self.bump_epoch(client).await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern);
         let internal = self.internal_prefix();
-        let mut cursor = String::from("0");
         let mut removed = 0u64;
-        loop {
-            let (next, keys): (String, Vec<String>) = self
-                .bounded_by(
-                    self.bulk_timeout(),
-                    client.scan_page(cursor.clone(), full.clone(), Some(SCAN_BATCH), None),
-                )
-                .await?;
-            let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
-            if !keys.is_empty() {
-                if soft {
-                    let logical: Vec<String> = keys.iter().map(|k| self.logical(k).to_string()).collect();
-                    removed += self.purge_keys(&logical, true).await?;
-                } else {
-                    let n: i64 = self.bounded_by(self.bulk_timeout(), client.unlink(keys)).await?;
-                    removed += n as u64;
+        // Every primary of a cluster holds its own part of the keyspace.
+        for node in self.primaries(client).await? {
+            let mut cursor = String::from("0");
+            loop {
+                let (next, keys) = self.scan_page_on(client, node.as_ref(), cursor, &full, None).await?;
+                let keys: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();
+                if !keys.is_empty() {
+                    if soft {
+                        let logical: Vec<String> = keys.iter().map(|k| self.logical(k).to_string()).collect();
+                        removed += self.purge_keys(&logical, true).await?;
+                    } else {
+                        removed += self.unlink_keys(client, keys).await?;
+                    }
                 }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
         Ok(removed)
     }
@@ -676,16 +712,19 @@ impl Store for RedisStore {
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
         let client = self.client()?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern);
-        let (mut total, mut keys, mut cursor) = (0u64, Vec::new(), String::from("0"));
-        loop {
-            let (next, page) = self.record_page(client, cursor, &full).await?;
-            total += page.len() as u64;
-            let room = limit.saturating_sub(keys.len());
-            keys.extend(page.iter().take(room).map(|k| self.logical(k).to_string()));
-            if next == "0" {
-                break;
+        let (mut total, mut keys) = (0u64, Vec::new());
+        for node in self.primaries(client).await? {
+            let mut cursor = String::from("0");
+            loop {
+                let (next, page) = self.record_page(client, node.as_ref(), cursor, &full).await?;
+                total += page.len() as u64;
+                let room = limit.saturating_sub(keys.len());
+                keys.extend(page.iter().take(room).map(|k| self.logical(k).to_string()));
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            cursor = next;
         }
         keys.sort();
         Ok((total, keys))
@@ -702,7 +741,7 @@ impl Store for RedisStore {
         };
         let fields: Vec<(String, Bytes)> = fields
             .into_iter()
-            .filter(|(f, _)| f != GEN_FIELD && f != MARK_FIELD)
+            .filter(|(f, _)| f != GEN_FIELD && f != MARK_FIELD && !f.starts_with(super::redis_cluster::PENDING_PREFIX))
             .collect();
         if fields.is_empty() {
             return Ok(None);
@@ -718,17 +757,19 @@ impl Store for RedisStore {
         let client = self.client()?;
         self.bump_epoch(client).await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern.unwrap_or("*"));
-        let (mut removed, mut cursor) = (0u64, String::from("0"));
-        loop {
-            let (next, page) = self.record_page(client, cursor, &full).await?;
-            if !page.is_empty() {
-                let n: i64 = self.bounded_by(self.bulk_timeout(), client.unlink(page)).await?;
-                removed += n as u64;
+        let mut removed = 0u64;
+        for node in self.primaries(client).await? {
+            let mut cursor = String::from("0");
+            loop {
+                let (next, page) = self.record_page(client, node.as_ref(), cursor, &full).await?;
+                if !page.is_empty() {
+                    removed += self.unlink_keys(client, page).await?;
+                }
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
             }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
         }
         Ok(removed)
     }
@@ -780,23 +821,12 @@ impl Store for RedisStore {
 
     async fn info(&self) -> StoreResult<StoreInfo> {
         let client = self.client()?;
+        if self.cluster {
+            return self.cluster_info(client).await;
+        }
         let text: String = self.bounded(client.info(None)).await?;
         let total_keys: u64 = self.bounded(client.dbsize()).await?;
-        let field = |name: &str| -> Option<&str> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(str::trim)
-        };
-        let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Ok(StoreInfo {
-            version: field("redis_version").unwrap_or("").to_string(),
-            uptime_seconds: num("uptime_in_seconds"),
-            connected_clients: num("connected_clients"),
-            used_memory: num("used_memory"),
-            peak_memory: num("used_memory_peak"),
-            total_system_memory: num("total_system_memory"),
-            total_keys,
-        })
+        Ok(parse_info(&text, total_keys))
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {

@@ -111,12 +111,7 @@ impl TieredStore {
                 .build()
         };
 
-        let mut config = Config::from_url(&cfg.url)?;
-        config.database = Some(cfg.db);
-        if let Some(p) = &cfg.password {
-            config.password = Some(p.clone());
-        }
-        config.fail_fast = false;
+        let mut config = super::redis_connect::fred_config(cfg)?;
         config.version = RespVersion::RESP3;
         let tracker = Builder::from_config(config)
             .with_connection_config(|c| c.connection_timeout = Duration::from_secs(1))

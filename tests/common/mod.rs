@@ -16,6 +16,9 @@
 
 #![allow(dead_code)]
 
+pub mod suite;
+pub mod topology;
+
 use bytes::Bytes;
 use cachegate::cache::{scope_field, Gateway};
 use cachegate::config::{Config, Scope};

@@ -1,0 +1,241 @@
+//! The Redis store on a Redis Cluster.
+//!
+//! A cluster runs a script or a MULTI only when all its keys share one hash
+//! slot, and a record, its tag indexes and the purge epoch live in slots of
+//! their own. So on a cluster:
+//!
+//! - Every single-key operation (lookup, purge of one key, fill locks,
+//!   counters) is as on one server: one slot each.
+//! - A fill cannot check the epoch, write the record and index its tags in
+//!   one script. It *reserves* instead: (1) in the record's slot, if the
+//!   generation is still the guard's, a pending marker `__pend:<field>`
+//!   holding a random token is set; (2) each tag index gets the key; (3) the
+//!   epoch is read, and the fill gives up if it moved; (4) in the record's
+//!   slot again, the entry is written only if the marker still holds the
+//!   token and the generation is unchanged. Any purge that covers the key
+//!   after (3) removes the record (and so the marker) or bumps the
+//!   generation, since the record, and after (2) its tag entries, exist
+//!   before (3); any purge before (3) moved the epoch first. So a fill
+//!   racing a purge never stores, as on one server. See ARCHITECTURE.md.
+//! - Keyspace walks (pattern purges, `keys`, `clear`, key counts in stats)
+//!   visit every primary in turn; deletes are grouped by hash slot.
+
+use super::entry::now_ms;
+use super::redis::{parse_info, to_u64, RedisStore, SCAN_BATCH};
+use super::{FillGuard, StoreError, StoreInfo, StoreResult};
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::scan::ScanType;
+use fred::types::{Key, Value};
+use std::time::Duration;
+
+/// Field-name prefix of a fill's pending marker; never an entry field.
+pub const PENDING_PREFIX: &str = "__pend:";
+
+/// Step 1 of a cluster fill. KEYS[1] record; ARGV: field, token, ttl_ms,
+/// generation. Returns the record's TTL in ms, or -1 when the generation
+/// moved (a purge since the lookup).
+pub const RESERVE_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return -1 end
+redis.call('HSET', KEYS[1], '__pend:' .. ARGV[1], ARGV[2], '__cg', '1')
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < tonumber(ARGV[3]) then
+  pttl = tonumber(ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], pttl)
+end
+return pttl
+"#;
+
+/// Step 4. KEYS[1] record; ARGV: field, token, value, generation. Stores
+/// only if the marker still holds the token and the generation is the same.
+pub const COMMIT_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
+local pend = '__pend:' .. ARGV[1]
+if redis.call('HGET', KEYS[1], pend) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], pend)
+if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], '__cg', '1')
+return 1
+"#;
+
+/// A fill that gave up drops its marker (if still its own).
+pub const ABORT_LUA: &str = r#"
+local pend = '__pend:' .. ARGV[1]
+if redis.call('HGET', KEYS[1], pend) == ARGV[2] then redis.call('HDEL', KEYS[1], pend) end
+return 0
+"#;
+
+/// Step 2, one tag index. KEYS[1] tag; ARGV: score, member, pttl, now.
+pub const TAG_ADD_LUA: &str = r#"
+redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"#;
+
+impl RedisStore {
+    /// The nodes a keyspace walk visits: `[None]` (the one server), or
+    /// every cluster primary, from a freshly synced slot map.
+    pub(super) async fn primaries(&self, client: &Client) -> StoreResult<Vec<Option<Server>>> {
+        if !self.cluster {
+            return Ok(vec![None]);
+        }
+        // After a failover the cached map may still name a dead primary:
+        // re-read it, at most once a second (writes purge by pattern often).
+        let now = now_ms();
+        let last = self.last_sync_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000 {
+            self.last_sync_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+            let _: StoreResult<()> = self.bounded_by(self.bulk_timeout(), client.sync_cluster()).await;
+        }
+        let nodes = client
+            .cached_cluster_state()
+            .map(|s| s.unique_primary_nodes())
+            .unwrap_or_default();
+        if nodes.is_empty() {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(nodes.into_iter().map(Some).collect())
+    }
+
+    /// One SCAN page on `node` (or the one server).
+    pub(super) async fn scan_page_on(
+        &self,
+        client: &Client,
+        node: Option<&Server>,
+        cursor: String,
+        full: &str,
+        kind: Option<ScanType>,
+    ) -> StoreResult<(String, Vec<String>)> {
+        match node {
+            None => {
+                self.bounded_by(
+                    self.bulk_timeout(),
+                    client.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), kind),
+                )
+                .await
+            }
+            Some(node) => {
+                let on = client.with_cluster_node(node.clone());
+                self.bounded_by(
+                    self.bulk_timeout(),
+                    on.scan_page(cursor, full.to_string(), Some(SCAN_BATCH), kind),
+                )
+                .await
+            }
+        }
+    }
+
+    /// UNLINKs keys; on a cluster one UNLINK per hash slot among them.
+    pub(super) async fn unlink_keys(&self, client: &Client, keys: Vec<String>) -> StoreResult<u64> {
+        if !self.cluster {
+            let n: i64 = self.bounded_by(self.bulk_timeout(), client.unlink(keys)).await?;
+            return Ok(n as u64);
+        }
+        let groups = fred::util::group_by_hash_slot(keys).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let calls = groups.into_values().map(|keys| {
+            let keys: Vec<Key> = keys.into_iter().collect();
+            self.bounded_by(self.bulk_timeout(), client.unlink::<i64, _>(keys))
+        });
+        let mut removed = 0u64;
+        for n in futures_util::future::join_all(calls).await {
+            removed += n? as u64;
+        }
+        Ok(removed)
+    }
+
+    /// A fill on a cluster: reserve, index, check the epoch, commit (see
+    /// the module doc).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn fill_across_slots(
+        &self,
+        client: &Client,
+        key: &str,
+        field: &str,
+        value: Bytes,
+        ttl: Duration,
+        guard: FillGuard,
+        tags: &[String],
+    ) -> StoreResult<bool> {
+        let record = self.key(key);
+        let token = hex::encode(rand::random::<[u8; 12]>());
+        let ttl_ms = ttl.as_millis().max(1) as i64;
+        let args: Vec<Value> = vec![
+            field.into(),
+            token.as_str().into(),
+            ttl_ms.into(),
+            (guard.generation as i64).into(),
+        ];
+        let pttl = self
+            .bounded(self.run_script(client, &self.reserve_script, vec![record.clone()], args))
+            .await?;
+        if pttl < 0 {
+            return Ok(false);
+        }
+        let committed: StoreResult<bool> = async {
+            let now = now_ms() as i64;
+            let adds = tags.iter().map(|tag| {
+                let args: Vec<Value> = vec![(now + pttl).into(), key.into(), pttl.into(), now.into()];
+                self.bounded(self.run_script(client, &self.tag_add_script, vec![self.tag_key(tag)], args))
+            });
+            for added in futures_util::future::join_all(adds).await {
+                added?;
+            }
+            let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
+            if to_u64(epoch) != guard.epoch {
+                return Ok(false);
+            }
+            let args: Vec<Value> = vec![
+                field.into(),
+                token.as_str().into(),
+                value.into(),
+                (guard.generation as i64).into(),
+            ];
+            let stored = self
+                .bounded(self.run_script(client, &self.commit_script, vec![record.clone()], args))
+                .await?;
+            Ok(stored == 1)
+        }
+        .await;
+        if !matches!(committed, Ok(true)) {
+            // Best effort: a marker left behind only costs its bytes until
+            // the record expires; it never serves.
+            let args: Vec<Value> = vec![field.into(), token.as_str().into()];
+            let _: StoreResult<i64> = self
+                .bounded(self.run_script(client, &self.abort_script, vec![record], args))
+                .await;
+        }
+        committed
+    }
+
+    /// Server figures summed over every primary (version and uptime are
+    /// the first primary's).
+    pub(super) async fn cluster_info(&self, client: &Client) -> StoreResult<StoreInfo> {
+        let mut total = StoreInfo::default();
+        for node in self.primaries(client).await?.into_iter().flatten() {
+            let on = client.with_cluster_node(node);
+            let text: String = self.bounded_by(self.bulk_timeout(), on.info(None)).await?;
+            let keys: u64 = self.bounded_by(self.bulk_timeout(), on.dbsize()).await?;
+            let one = parse_info(&text, keys);
+            if total.version.is_empty() {
+                total.version = one.version;
+                total.uptime_seconds = one.uptime_seconds;
+                total.total_system_memory = one.total_system_memory;
+            }
+            total.connected_clients += one.connected_clients;
+            total.used_memory += one.used_memory;
+            total.peak_memory += one.peak_memory;
+            total.total_keys += one.total_keys;
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,154 @@
+//! cachegate on a Redis Cluster (3 primaries, 3 replicas, spawned here):
+//! the cache-behaviour suite, and a primary killed mid-run under steady
+//! requests: every request succeeds (fail open), and caching resumes once
+//! a replica is promoted.
+
+mod common;
+
+use common::topology::RedisCluster;
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_suite_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    common::suite::run_all(&format!("url = \"{}\"", cluster.url())).await;
+}
+
+/// The `cluster = [...]` form, and entries spread over every primary (an
+/// independent client sees them there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_list_form_spreads_records_over_every_primary() {
+    let cluster = RedisCluster::start();
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .take(2)
+        .map(|n| format!("\"127.0.0.1:{}\"", n.port))
+        .collect();
+    let e = common::suite::Env::start(&format!("cluster = [{}]", seeds.join(", ")), "list:").await;
+    for i in 0..30 {
+        let p = format!("/api/v1/tasks/{i}");
+        e.client.get(&p).await;
+        e.until_hit(&p).await;
+    }
+    // Enterprise edition: its DB 2 is the `db2:` key prefix on a cluster.
+    let mut per_primary = Vec::new();
+    for port in cluster.primary_ports() {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("list:db2:task:*")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        per_primary.push(keys.len());
+    }
+    assert_eq!(per_primary.iter().sum::<usize>(), 30, "{per_primary:?}");
+    assert!(
+        per_primary.iter().all(|n| *n > 0),
+        "records on every primary: {per_primary:?}"
+    );
+    // The editions' DBs become a key prefix on a cluster.
+    let c = cachegate::config::Config::from_toml_str(&format!(
+        "edition = \"business\"\n[backend]\nurl = \"http://127.0.0.1:1\"\n[redis]\nurl = \"{}\"\n",
+        cluster.url()
+    ))
+    .unwrap();
+    assert_eq!(c.cache.key_prefix, "db1:");
+    assert_eq!(c.redis.unwrap().db, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_primary_fails_open_and_caching_resumes() {
+    let cluster = RedisCluster::start();
+    let e = common::suite::Env::start(&format!("url = \"{}\"", cluster.url()), "failover:").await;
+    let paths: Vec<String> = (0..12).map(|i| format!("/api/v1/tasks/f{i}")).collect();
+    for p in &paths {
+        e.client.get(p).await;
+        e.until_hit(p).await;
+    }
+
+    // Steady requests from 4 workers for the whole run; every one must be a 200.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (client, stop, ok, failed, paths) = (
+            e.client.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            paths.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                match client
+                    .try_send("GET", &paths[i % paths.len()], Vec::new(), empty())
+                    .await
+                {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    eventually("some requests before the kill", Duration::from_secs(10), || async {
+        ok.load(Ordering::Relaxed) > 50
+    })
+    .await;
+
+    let victim = cluster.primary_ports()[0];
+    cluster.kill(victim);
+    cluster.wait_failover(victim).await;
+    let at_failover = ok.load(Ordering::Relaxed);
+    eventually("requests after the failover", Duration::from_secs(20), || async {
+        ok.load(Ordering::Relaxed) > at_failover + 100
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "every request succeeds (fail open)");
+
+    // Caching resumes: every path is a HIT again, after which the backend
+    // sees no more requests; the records are in the cluster.
+    for p in &paths {
+        e.until_hit(p).await;
+    }
+    let backend_before = e.backend.total();
+    for p in &paths {
+        assert_eq!(e.client.get(p).await.x_cache(), Some("HIT"));
+    }
+    assert_eq!(
+        e.backend.total(),
+        backend_before,
+        "hits after the failover never reach the backend"
+    );
+    let keys = cluster.keys("failover:db2:task:*").await;
+    assert_eq!(keys.len(), paths.len(), "{keys:?}");
+    let mut conn = cluster.conn().await;
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("failover:db2:task:f0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        fields.iter().any(|f| !f.starts_with("__")),
+        "an entry field: {fields:?}"
+    );
+    // New fills store too.
+    let fresh = "/api/v1/tasks/after-failover";
+    assert_eq!(e.client.get(fresh).await.x_cache(), Some("MISS"));
+    e.until_hit(fresh).await;
+    assert_eq!(e.backend.count("GET", fresh), 1);
+}
