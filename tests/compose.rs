@@ -8,7 +8,7 @@
 //! `cluster` profile: a six-node Redis Cluster, its one-shot init, two more
 //! replicas on it and their own `lb-cluster`.
 
-use cachegate::config::{Config, Overrides, StoreKind};
+use cachegate::config::{Config, Overrides, RedisTopology, StoreKind};
 use serde_yaml::{Mapping, Value};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -833,5 +833,18 @@ fn cluster_replicas_use_the_cluster_url() {
         let listed: Vec<&str> = hosts.split(',').collect();
         assert_eq!(listed, nodes, "{name}: REDIS_URL must list every cluster node");
         assert!(!url.contains(REDIS), "{name} must not use the single Redis");
+
+        // What the replica runs with: proxy.toml plus its environment,
+        // through the real loader, gives a cluster of the six nodes on DB 0.
+        let lookup = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+        let config = Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
+            .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"));
+        let redis = config.redis.as_ref().expect("no redis config");
+        let RedisTopology::Cluster { nodes: seeds } = &redis.topology else {
+            panic!("{name}: loads as {:?}, not a cluster", redis.topology);
+        };
+        let seeds: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        assert_eq!(seeds, nodes, "{name}: the loaded cluster seeds");
+        assert_eq!(redis.db, 0, "{name}: a cluster has DB 0 only");
     }
 }
