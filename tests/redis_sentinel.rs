@@ -7,8 +7,6 @@ mod common;
 
 use common::topology::RedisSentinel;
 use common::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,49 +25,20 @@ async fn killing_the_primary_fails_open_and_caching_resumes() {
         e.until_hit(p).await;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut workers = Vec::new();
-    for w in 0..4 {
-        let (client, stop, ok, failed, paths) = (
-            e.client.clone(),
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            paths.clone(),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut i = w;
-            while !stop.load(Ordering::Relaxed) {
-                match client
-                    .try_send("GET", &paths[i % paths.len()], Vec::new(), empty())
-                    .await
-                {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
-    eventually("some requests before the kill", Duration::from_secs(10), || async {
-        ok.load(Ordering::Relaxed) > 50
-    })
-    .await;
+    // Steady requests from 4 workers for the whole run; every one must be a 200.
+    let load = {
+        let paths = paths.clone();
+        SteadyLoad::start(e.proxy.addr, 4, Duration::from_millis(5), move |w, n| {
+            paths[(w + n as usize) % paths.len()].clone()
+        })
+    };
+    load.run_for(50, "some requests before the kill").await;
 
     let victim = s.kill_primary();
     s.wait_failover(victim).await;
-    let at_failover = ok.load(Ordering::Relaxed);
-    eventually("requests after the failover", Duration::from_secs(20), || async {
-        ok.load(Ordering::Relaxed) > at_failover + 100
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "every request succeeds (fail open)");
+    load.run_for(100, "requests after the failover").await;
+    let (_, failures) = load.finish().await;
+    assert!(failures.is_empty(), "every request succeeds (fail open): {failures:?}");
 
     // Caching resumes on the new primary: hits that never reach the
     // backend, and the records there, as an independent client sees.

@@ -10,8 +10,7 @@ use cachegate::server::{self, Running};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const OLD_TOKEN: &str = "reload-old-token-0123456789abcdef0123456789";
@@ -122,64 +121,6 @@ fn json(resp: &Resp) -> serde_json::Value {
     serde_json::from_slice(&resp.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", resp.body))
 }
 
-/// Requests from several workers until `stop`: how many were sent, and
-/// every one that failed (transport error or a status other than 200).
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    fn start(addr: std::net::SocketAddr, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let workers = (0..workers)
-            .map(|w| {
-                let (stop, sent) = (stop.clone(), sent.clone());
-                tokio::spawn(async move {
-                    let client = Client::new(addr);
-                    let mut failures = Vec::new();
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        n += 1;
-                        // Mostly hits on a small set, and a steady trickle of misses.
-                        let path = if n % 4 == 0 {
-                            format!("/api/v1/tasks/load-{w}-{n}")
-                        } else {
-                            format!("/api/v1/tasks/{}", n % 20)
-                        };
-                        match client.try_send("GET", &path, Vec::new(), empty()).await {
-                            Ok(r) if r.status == 200 => {}
-                            Ok(r) => failures.push(format!("{path}: {}", r.status)),
-                            Err(e) => failures.push(format!("{path}: {e}")),
-                        }
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    failures
-                })
-            })
-            .collect();
-        Load { stop, sent, workers }
-    }
-
-    async fn wait_for(&self, at_least: u64) {
-        eventually("the load is running", Duration::from_secs(20), || async {
-            self.sent.load(Ordering::Relaxed) >= at_least
-        })
-        .await;
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut failures = Vec::new();
-        for w in self.workers {
-            failures.extend(w.await.expect("load worker"));
-        }
-        (self.sent.load(Ordering::Relaxed), failures)
-    }
-}
-
 /// Under steady load, a reload changes the backend, the rule's key and TTL
 /// and the admin tokens, and not one request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +130,15 @@ async fn reload_under_load_swaps_backend_rules_ttl_and_tokens_without_a_failed_r
     let v1 = Settings::new(&old_backend, Some(&redis));
     let site = Site::start(&v1).await;
 
-    let load = Load::start(site.running.addr, 4);
-    load.wait_for(200).await;
+    // Mostly hits on a small set, and a steady trickle of misses.
+    let load = SteadyLoad::start(site.running.addr, 4, Duration::ZERO, |w, n| {
+        if n % 4 == 0 {
+            format!("/api/v1/tasks/load-{w}-{n}")
+        } else {
+            format!("/api/v1/tasks/{}", n % 20)
+        }
+    });
+    load.run_for(200, "the load before the reload").await;
     let v2 = Settings {
         backend: new_backend.url(),
         key: "v2:task:{task_id}",
@@ -205,12 +153,11 @@ async fn reload_under_load_swaps_backend_rules_ttl_and_tokens_without_a_failed_r
     assert_eq!(body["reloaded"], true);
     assert_eq!(body["generation"], 2);
     assert_eq!(body["restart_required"], serde_json::json!([]));
-    let after = load.sent.load(Ordering::Relaxed);
-    load.wait_for(after + 200).await;
-    let (sent, failures) = load.finish().await;
+    load.run_for(200, "the load after the reload").await;
+    let (ok, failures) = load.finish().await;
     assert!(
         failures.is_empty(),
-        "{} of {sent} requests failed: {:?}",
+        "{} failed, {ok} succeeded: {:?}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );

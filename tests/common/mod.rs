@@ -1237,6 +1237,76 @@ impl Client {
     }
 }
 
+/// Steady GETs from a few workers until `finish`: the tests that change
+/// the world under load (failover, reload) count what succeeded and keep
+/// every failure (a transport error or a status other than 200).
+pub struct SteadyLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl SteadyLoad {
+    /// `path(worker, n)` names the n-th request of a worker; `pause` is the
+    /// wait between one answer and the next request.
+    pub fn start<P>(addr: SocketAddr, workers: usize, pause: Duration, path: P) -> SteadyLoad
+    where
+        P: Fn(usize, u64) -> String + Send + Sync + 'static,
+    {
+        let path = Arc::new(path);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let workers = (0..workers)
+            .map(|w| {
+                let (stop, ok, path) = (stop.clone(), ok.clone(), path.clone());
+                tokio::spawn(async move {
+                    let client = Client::new(addr);
+                    let mut failures = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let p = path(w, n);
+                        match client.try_send("GET", &p, Vec::new(), empty()).await {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failures.push(format!("{p}: {}", r.status)),
+                            Err(e) => failures.push(format!("{p}: {e}")),
+                        }
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        SteadyLoad { stop, ok, workers }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `more` requests beyond those already counted
+    /// have succeeded.
+    pub async fn run_for(&self, more: u64, what: &str) {
+        let target = self.ok() + more;
+        eventually(what, Duration::from_secs(30), || async { self.ok() >= target }).await;
+    }
+
+    /// Stops the workers: the successes and every failure.
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for w in self.workers {
+            failures.extend(w.await.expect("load worker"));
+        }
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
 /// Header pairs as typed names and values.
 pub fn hv(headers: &[(&str, &str)]) -> Vec<(HeaderName, HeaderValue)> {
     headers
