@@ -74,12 +74,14 @@ fn redis_server(port: u16, dir: &Path) -> Command {
 
 /// `redis-cli -p port args...`; stdout, or "" when it fails.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    match out {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args);
+    stdout_of(cmd)
+}
+
+/// A redis-cli run's stdout, or "" when it fails.
+fn stdout_of(mut cmd: Command) -> String {
+    match cmd.stdin(Stdio::null()).output() {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
         Err(_) => String::new(),
@@ -473,27 +475,21 @@ impl TlsRedis {
 
     /// `redis-cli --tls` with the CA and the client certificate.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.server.port.to_string(),
-                "--tls",
-                "--cacert",
-            ])
-            .arg(&self.ca_file)
-            .arg("--cert")
-            .arg(&self.client_cert)
-            .arg("--key")
-            .arg(&self.client_key)
-            .args(args)
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{MISSING}"),
-            Err(_) => String::new(),
-        }
+        let mut cmd = Command::new("redis-cli");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.server.port.to_string(),
+            "--tls",
+            "--cacert",
+        ])
+        .arg(&self.ca_file)
+        .arg("--cert")
+        .arg(&self.client_cert)
+        .arg("--key")
+        .arg(&self.client_key)
+        .args(args);
+        stdout_of(cmd)
     }
 }
