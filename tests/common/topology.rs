@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const MISSING: &str =
-    "redis-server is not installed (not found on PATH); install it with `apt-get install -y redis-server`";
+    "redis-server or redis-cli is not installed (not found on PATH); install them with `apt-get install -y redis-server redis-tools`";
 
 /// One spawned process, killed on Drop.
 pub struct Proc {
