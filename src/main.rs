@@ -182,7 +182,8 @@ fn check(args: ServeArgs) -> ExitCode {
             );
             out.push_str(&match &config.redis {
                 Some(r) => format!(
-                    "store redis {} db {}; key prefix {:?}; in-process tier {}\n",
+                    "store redis ({}) {} db {}; key prefix {:?}; in-process tier {}\n",
+                    r.topology.name(),
                     redact(&r.url),
                     r.db,
                     config.cache.key_prefix,
