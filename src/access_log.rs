@@ -22,6 +22,8 @@ pub struct Line<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
+    /// The `[[rule]]` a read matched, or the first `[[invalidate]]` rule a
+    /// write matched.
     pub rule: Option<&'a str>,
     pub key: Option<&'a str>,
     pub cache: Option<&'a str>,

@@ -35,8 +35,9 @@ async fn json_lines_describe_each_request_and_never_a_credential() {
     w.client.get_h("/api/v1/tasks/1?api_key=q5ecret", &secret).await; // miss
     w.client.get_h("/api/v1/tasks/1", &secret).await; // hit
     w.client.get("/plain/x").await; // pass-through
+    w.client.put("/api/v1/tasks/1").await; // a write: its [[invalidate]] rule
 
-    let got = lines(&path, 3).await;
+    let got = lines(&path, 4).await;
     let text = got.join("\n");
     for needle in ["s3cret-token", "c00kie-value", "q5ecret", "Bearer"] {
         assert!(!text.contains(needle), "{needle} in the access log:\n{text}");
@@ -45,7 +46,7 @@ async fn json_lines_describe_each_request_and_never_a_credential() {
         .iter()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    let (miss, hit, pass) = (&v[0], &v[1], &v[2]);
+    let (miss, hit, pass, write) = (&v[0], &v[1], &v[2], &v[3]);
     assert_eq!(miss["method"], "GET");
     assert_eq!(miss["path"], "/api/v1/tasks/1", "no query string");
     assert_eq!(miss["status"], 200);
@@ -67,6 +68,13 @@ async fn json_lines_describe_each_request_and_never_a_credential() {
         "{pass}"
     );
     assert_eq!(pass["backend_status"], 200);
+
+    assert_eq!(write["method"], "PUT");
+    assert_eq!(
+        write["rule"], "task-write",
+        "a write names the invalidate rule it matched"
+    );
+    assert!(write["cache"].is_null(), "{write}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,6 +85,8 @@ pub struct Gateway {
 #[derive(Default)]
 struct Trace {
     rule: Option<usize>,
+    /// The first `[[invalidate]]` rule a write matched.
+    invalidate: Option<usize>,
     key: Option<String>,
     backend_status: Option<u16>,
     backend_time: Option<Duration>,
@@ -244,10 +246,12 @@ impl Gateway {
                 (resp, TRACE.with(|t| t.take()))
             })
             .await;
-        let rule = t
-            .rule
-            .and_then(|i| self.config.rules.cache.get(i))
-            .map(|r| r.name.as_str());
+        let rules = &self.config.rules;
+        let rule = match (t.rule, t.invalidate) {
+            (Some(i), _) => rules.cache.get(i).map(|r| r.name.as_str()),
+            (None, Some(i)) => rules.invalidate.get(i).map(|r| r.name.as_str()),
+            (None, None) => None,
+        };
         log.log(&crate::access_log::Line {
             client: from.addr.ip(),
             method: method.as_str(),
@@ -914,6 +918,9 @@ impl Gateway {
         let view = request_view(&req);
         let mut due = Vec::new();
         for m in rules.match_invalidate(req.method(), req.uri().path()) {
+            if due.is_empty() {
+                trace(|t| t.invalidate = rules.invalidate.iter().position(|r| std::ptr::eq(r, m.rule)));
+            }
             let render = |t| rules.render_key(t, &view, &m.captures);
             let (when, soft) = (m.rule.when, m.rule.soft);
             due.push((
