@@ -326,17 +326,19 @@ async fn sighup_and_the_reload_command_on_the_binary() {
     std::fs::write(&path, v1.toml()).expect("write");
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cachegate"))
-        .args(["--config", path.to_str().expect("utf-8")])
-        .env_remove("RUST_LOG")
-        .env_remove("CACHEGATE_LISTEN")
-        .env_remove("CACHEGATE_BACKEND")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start cachegate");
-    let pid = child.id().to_string();
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_cachegate"))
+            .args(["--config", path.to_str().expect("utf-8")])
+            .env_remove("RUST_LOG")
+            .env_remove("CACHEGATE_LISTEN")
+            .env_remove("CACHEGATE_BACKEND")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start cachegate"),
+    );
+    let pid = child.0.id().to_string();
     let client = Client::new(([127, 0, 0, 1], port).into());
     eventually("the binary serves", Duration::from_secs(20), || async {
         client
@@ -421,7 +423,7 @@ async fn sighup_and_the_reload_command_on_the_binary() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
             assert_eq!(status.code(), Some(0));
             break;
         }

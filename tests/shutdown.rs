@@ -4,12 +4,13 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The binary on a free port with the memory store in front of `backend`.
 struct Binary {
-    child: Child,
+    /// Killed on drop: a test that fails half-way leaves nothing running.
+    child: ChildGuard,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -34,7 +35,11 @@ impl Binary {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start cachegate");
-        let bin = Binary { child, port, _dir: dir };
+        let bin = Binary {
+            child: ChildGuard(child),
+            port,
+            _dir: dir,
+        };
         eventually("the binary listens", Duration::from_secs(20), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
@@ -48,7 +53,7 @@ impl Binary {
 
     fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
+            .args([sig, &self.child.0.id().to_string()])
             .status()
             .expect("kill")
             .success();
@@ -59,15 +64,15 @@ impl Binary {
     async fn exit(mut self, within: Duration) -> (Option<i32>, String) {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
+            if let Some(status) = self.child.0.try_wait().expect("try_wait") {
                 let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
+                if let Some(mut e) = self.child.0.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
                 return (status.code(), err);
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = self.child.0.kill();
                 panic!("cachegate did not exit within {within:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1237,6 +1237,17 @@ impl Client {
     }
 }
 
+/// A child process (the cachegate binary) killed when the test ends, even
+/// when it fails half-way.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Steady GETs from a few workers until `finish`: the tests that change
 /// the world under load (failover, reload) count what succeeded and keep
 /// every failure (a transport error or a status other than 200).
