@@ -6,8 +6,6 @@
 mod common;
 
 use common::topology::RedisCluster;
-use common::*;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_suite_on_a_cluster() {
@@ -66,27 +64,12 @@ async fn cluster_list_form_spreads_records_over_every_primary() {
 async fn killing_a_primary_fails_open_and_caching_resumes() {
     let cluster = RedisCluster::start();
     let e = common::suite::Env::start(&format!("url = \"{}\"", cluster.url()), "failover:").await;
-    let paths: Vec<String> = (0..12).map(|i| format!("/api/v1/tasks/f{i}")).collect();
-    for p in &paths {
-        e.client.get(p).await;
-        e.until_hit(p).await;
-    }
-
-    // Steady requests from 4 workers for the whole run; every one must be a 200.
-    let load = {
-        let paths = paths.clone();
-        SteadyLoad::start(e.proxy.addr, 4, Duration::from_millis(5), move |w, n| {
-            paths[(w + n as usize) % paths.len()].clone()
-        })
-    };
-    load.run_for(50, "some requests before the kill").await;
-
-    let victim = cluster.primary_ports()[0];
-    cluster.kill(victim);
-    cluster.wait_failover(victim).await;
-    load.run_for(100, "requests after the failover").await;
-    let (_, failures) = load.finish().await;
-    assert!(failures.is_empty(), "every request succeeds (fail open): {failures:?}");
+    let paths = common::suite::fail_over_under_load(&e, 12, async {
+        let victim = cluster.primary_ports()[0];
+        cluster.kill(victim);
+        cluster.wait_failover(victim).await;
+    })
+    .await;
 
     // Caching resumes: every path is a HIT again, after which the backend
     // sees no more requests; the records are in the cluster.

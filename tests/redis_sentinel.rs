@@ -19,26 +19,11 @@ async fn cache_suite_on_sentinel() {
 async fn killing_the_primary_fails_open_and_caching_resumes() {
     let s = RedisSentinel::start();
     let e = common::suite::Env::start(&format!("url = \"{}\"\ndb = 0", s.url()), "failover:").await;
-    let paths: Vec<String> = (0..8).map(|i| format!("/api/v1/tasks/f{i}")).collect();
-    for p in &paths {
-        e.client.get(p).await;
-        e.until_hit(p).await;
-    }
-
-    // Steady requests from 4 workers for the whole run; every one must be a 200.
-    let load = {
-        let paths = paths.clone();
-        SteadyLoad::start(e.proxy.addr, 4, Duration::from_millis(5), move |w, n| {
-            paths[(w + n as usize) % paths.len()].clone()
-        })
-    };
-    load.run_for(50, "some requests before the kill").await;
-
-    let victim = s.kill_primary();
-    s.wait_failover(victim).await;
-    load.run_for(100, "requests after the failover").await;
-    let (_, failures) = load.finish().await;
-    assert!(failures.is_empty(), "every request succeeds (fail open): {failures:?}");
+    let paths = common::suite::fail_over_under_load(&e, 8, async {
+        let victim = s.kill_primary();
+        s.wait_failover(victim).await;
+    })
+    .await;
 
     // Caching resumes on the new primary: hits that never reach the
     // backend, and the records there, as an independent client sees.

@@ -104,6 +104,29 @@ impl Env {
     }
 }
 
+/// The failover tests' common part: `n` task paths cached, then `failover`
+/// run under steady requests from 4 workers, every one of which must be a
+/// 200 (fail open). The paths, for the caller to check caching resumes.
+pub async fn fail_over_under_load(e: &Env, n: usize, failover: impl Future<Output = ()>) -> Vec<String> {
+    let paths: Vec<String> = (0..n).map(|i| format!("/api/v1/tasks/f{i}")).collect();
+    for p in &paths {
+        e.client.get(p).await;
+        e.until_hit(p).await;
+    }
+    let load = {
+        let paths = paths.clone();
+        SteadyLoad::start(e.proxy.addr, 4, Duration::from_millis(5), move |w, n| {
+            paths[(w + n as usize) % paths.len()].clone()
+        })
+    };
+    load.run_for(50, "some requests before the failover").await;
+    failover.await;
+    load.run_for(100, "requests after the failover").await;
+    let (_, failures) = load.finish().await;
+    assert!(failures.is_empty(), "every request succeeds (fail open): {failures:?}");
+    paths
+}
+
 /// Runs every case in turn, each under its own key prefix.
 pub async fn run_all(redis_section: &str) {
     a_hit_never_reaches_the_backend(redis_section).await;
