@@ -187,11 +187,7 @@ fn check(args: ServeArgs) -> ExitCode {
                     redact(&r.url),
                     r.db,
                     config.cache.key_prefix,
-                    if config.tier.enabled && !r.topology.is_cluster() {
-                        "on"
-                    } else {
-                        "off"
-                    }
+                    if config.tier_in_use() { "on" } else { "off" }
                 ),
                 None => format!(
                     "store memory ({} entries, {} bytes)\n",

@@ -123,8 +123,14 @@ const STORE_OPS: [&str; 4] = ["lookup", "fill_guard", "fill", "lock"];
 const SHARED_HITS: &str = "hits";
 const SHARED_MISSES: &str = "misses";
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
-    pub fn new(rule_names: &[String]) -> Metrics {
+    pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("cachegate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -188,7 +194,7 @@ impl Metrics {
             "Paths cache warming has yet to finish",
             warm_pending.clone(),
         );
-        let metrics = Metrics {
+        Metrics {
             access_log_dropped,
             warm_paths,
             warm_pending,
@@ -208,10 +214,7 @@ impl Metrics {
             started: Instant::now(),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             flushing: tokio::sync::Mutex::new(()),
-        };
-        // Every rule of the first config shows in the exposition from the start.
-        metrics.rule_counters(rule_names);
-        metrics
+        }
     }
 
     /// The counters of `names` in order (a rule set's), made on first use.

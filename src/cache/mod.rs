@@ -97,6 +97,13 @@ tokio::task_local! {
     static TRACE: std::cell::RefCell<Trace>;
 }
 
+/// The counters of `config`'s rules, by rule index; made here, before the
+/// generation serves, so every rule shows in `/metrics` from the start.
+fn rule_counters(metrics: &Metrics, config: &Config) -> Vec<Arc<crate::metrics::RuleCounters>> {
+    let names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
+    metrics.rule_counters(&names)
+}
+
 /// Notes something for the access log line (nothing when it is off).
 fn trace(note: impl FnOnce(&mut Trace)) {
     let _ = TRACE.try_with(|t| note(&mut t.borrow_mut()));
@@ -135,14 +142,10 @@ impl Gateway {
                     config.cache.scope_secret.as_deref(),
                 )
                 .await?;
-                // The tier's coherence rests on one CLIENT TRACKING BCAST
-                // connection seeing every write; on a cluster each primary
-                // pushes only its own slots' keys and a failover silently
-                // moves them, so there the tier stays off.
-                if config.tier.enabled && redis.topology.is_cluster() {
+                if config.tier.enabled && !config.tier_in_use() {
                     tracing::info!(target: "cachegate::store", "in-process tier is off on a Redis Cluster (client tracking cannot follow every primary)");
                 }
-                if config.tier.enabled && !redis.topology.is_cluster() {
+                if config.tier_in_use() {
                     Arc::new(TieredStore::new(
                         store,
                         redis,
@@ -160,14 +163,13 @@ impl Gateway {
                 config.cache.scope_secret.as_deref(),
             )),
         };
-        let rule_names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
-        let metrics = Arc::new(Metrics::new(&rule_names));
+        let metrics = Arc::new(Metrics::new());
         crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .map_err(|e| format!("cannot open the access log: {e}"))?;
         Ok(Gateway {
             forwarder: Forwarder::new(&config.backend),
-            rule_counters: metrics.rule_counters(&rule_names),
+            rule_counters: rule_counters(&metrics, &config),
             config,
             store,
             metrics,
@@ -186,10 +188,9 @@ impl Gateway {
     /// purges and access log. The caller keeps restart-only settings as
     /// they are (`crate::reload`).
     pub fn reconfigured(&self, config: Arc<Config>) -> Gateway {
-        let rule_names: Vec<String> = config.rules.cache.iter().map(|r| r.name.clone()).collect();
         Gateway {
             forwarder: Forwarder::new(&config.backend),
-            rule_counters: self.metrics.rule_counters(&rule_names),
+            rule_counters: rule_counters(&self.metrics, &config),
             config,
             store: self.store.clone(),
             metrics: self.metrics.clone(),

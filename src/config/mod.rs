@@ -43,6 +43,16 @@ impl Config {
         resolve::resolve(raw, name, text, env, overrides)
     }
 
+    /// Whether the in-process tier runs: asked for, on the Redis store, and
+    /// not on a cluster (its coherence rests on one CLIENT TRACKING BCAST
+    /// connection seeing every write; on a cluster each primary pushes only
+    /// its own slots' keys and a failover silently moves them).
+    pub fn tier_in_use(&self) -> bool {
+        self.tier.enabled
+            && self.store == StoreKind::Redis
+            && self.redis.as_ref().is_some_and(|r| !r.topology.is_cluster())
+    }
+
     /// Config text parsed with no environment and no overrides: for tests
     /// and the demo.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
