@@ -4,10 +4,43 @@
 //! storable, or the wait times out, a waiter forwards on its own.
 
 use crate::store::entry::Entry;
+use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The cross-instance fill lock this instance holds while it fills. It is
+/// released when dropped: when the fill is done, and also when the request
+/// is dropped mid-fill (its client went away), so no later miss waits for a
+/// lock that nobody will release.
+pub struct HeldFillLock {
+    pub store: Arc<dyn Store>,
+    pub key: String,
+    pub field: String,
+    /// Empty when the store shares no lock (memory): nothing to release.
+    pub token: String,
+}
+
+impl Drop for HeldFillLock {
+    fn drop(&mut self) {
+        if self.token.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, field, token) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.field),
+            std::mem::take(&mut self.token),
+        );
+        runtime.spawn(async move {
+            let _ = store.unlock(&key, &field, &token).await;
+        });
+    }
+}
 
 /// A stored entry shared with followers, and the store field it went to
 /// (a follower whose request selects another `Vary` variant must not use it).

@@ -41,7 +41,7 @@ use crate::store::redis::RedisStore;
 use crate::store::tiered::TieredStore;
 use crate::store::{FillGuard, Store, StoreError, StoreResult};
 use crate::BoxError;
-use coalesce::{Inflight, Leader, Role, Shared};
+use coalesce::{HeldFillLock, Inflight, Leader, Role, Shared};
 use freshness::RequestDirectives;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -475,16 +475,13 @@ impl Gateway {
             .await
         {
             Ok(Some(token)) => {
-                let (lock_key, lock_field) = (key.key.clone(), field.clone());
-                let result = self.fill(req, from, rule, key, guard, stale, Some(leader)).await;
-                // An empty token: the store shares no lock (memory).
-                if !token.is_empty() {
-                    let store = self.store.clone();
-                    tokio::spawn(async move {
-                        let _ = store.unlock(&lock_key, &lock_field, &token).await;
-                    });
-                }
-                result
+                let _held = HeldFillLock {
+                    store: self.store.clone(),
+                    key: key.key.clone(),
+                    field: field.clone(),
+                    token,
+                };
+                self.fill(req, from, rule, key, guard, stale, Some(leader)).await
             }
             Ok(None) => {
                 let deadline = Instant::now() + self.config.cache.coalesce_timeout;

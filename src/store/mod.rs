@@ -23,6 +23,7 @@ pub mod memory;
 pub mod redis;
 mod redis_cluster;
 pub mod redis_connect;
+mod redis_lock;
 pub mod tiered;
 
 use async_trait::async_trait;

@@ -23,7 +23,7 @@ use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 use fred::types::Value;
-use fred::types::{ClusterHash, CustomCommand, Expiration};
+use fred::types::{ClusterHash, CustomCommand};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -114,17 +114,6 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return had
 "#;
 
-/// Deletes a lock only if the token still owns it, then announces it.
-/// KEYS[1] lock, ARGV[1] token, ARGV[2] channel, ARGV[3] message.
-const UNLOCK_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"#;
-
 /// How long an instance's published counters outlive its last flush.
 const STATS_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -153,12 +142,13 @@ pub struct RedisStore {
     fill_script: Script,
     purge_script: Script,
     soft_purge_script: Script,
-    unlock_script: Script,
     untag_script: Script,
+    /// Fill locks: tokens of this instance's running fills (`redis_lock.rs`).
+    pub(super) locks: super::redis_lock::FillLocks,
     /// Receives lock-release notices (pub/sub), for waiters on other
     /// instances' fills.
     notices: SubscriberClient,
-    channel: String,
+    pub(super) channel: String,
     secret: Arc<OnceLock<Bytes>>,
     /// Whether the last call found Redis up; flips are logged once each.
     up: AtomicBool,
@@ -238,8 +228,8 @@ impl RedisStore {
             fill_script: Script::from_lua(FILL_LUA),
             purge_script: Script::from_lua(PURGE_LUA),
             soft_purge_script: Script::from_lua(SOFT_PURGE_LUA),
-            unlock_script: Script::from_lua(UNLOCK_LUA),
             untag_script: Script::from_lua(UNTAG_LUA),
+            locks: super::redis_lock::FillLocks::new(),
             notices,
             channel,
             secret,
@@ -269,7 +259,7 @@ impl RedisStore {
     }
 
     /// A connected client, or `Unavailable`; logs outage start and end once.
-    fn client(&self) -> StoreResult<&Client> {
+    pub(super) fn client(&self) -> StoreResult<&Client> {
         let client = self.pool.next_connected();
         if self.is_up_logged() {
             return Ok(client);
@@ -440,7 +430,7 @@ impl RedisStore {
         }
     }
 
-    fn lock_key(&self, key: &str, field: &str) -> String {
+    pub(super) fn lock_key(&self, key: &str, field: &str) -> String {
         format!("{}{INTERNAL_PREFIX}lock:{field}:{key}", self.prefix)
     }
 
@@ -830,62 +820,15 @@ impl Store for RedisStore {
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
-        let client = self.client()?.clone();
-        let token = hex::encode(rand::random::<[u8; 16]>());
-        let px = Expiration::PX(ttl.as_millis().max(1) as i64);
-        let lock = self.lock_key(key, field);
-        // The SET runs in a task of its own: when our wait for it times out,
-        // Redis may still execute it later (a stall, CLIENT PAUSE), taking a
-        // lock nobody will release; the task then releases it itself, so no
-        // later miss waits out its expiry.
-        let mut set = tokio::spawn({
-            let (client, lock, token) = (client.clone(), lock.clone(), token.clone());
-            async move {
-                client
-                    .set::<Option<String>, _, _>(lock, token.as_str(), Some(px), Some(SetOptions::NX), false)
-                    .await
-            }
-        });
-        let joined = async {
-            match (&mut set).await {
-                Ok(result) => result,
-                Err(e) => Err(Error::new(ErrorKind::Unknown, e.to_string())),
-            }
-        };
-        match self.bounded(joined).await {
-            Ok(taken) => Ok(taken.map(|_| token)),
-            Err(StoreError::Timeout) => {
-                let channel = self.channel.clone();
-                tokio::spawn(async move {
-                    if let Ok(Ok(Some(_))) = set.await {
-                        let args: Vec<Value> = vec![token.into(), channel.into(), lock.as_str().into()];
-                        let released = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            client.eval::<i64, _, _, _>(UNLOCK_LUA, vec![lock.clone()], args),
-                        )
-                        .await;
-                        tracing::debug!(target: "cachegate::store", %lock, ?released, "released a fill lock taken after its caller gave up");
-                    }
-                });
-                Err(StoreError::Timeout)
-            }
-            Err(e) => Err(e),
-        }
+        self.take_fill_lock(key, field, ttl).await
     }
 
     async fn unlock(&self, key: &str, field: &str, token: &str) -> StoreResult<()> {
-        let client = self.client()?;
-        let lock = self.lock_key(key, field);
-        let args: Vec<Value> = vec![token.into(), self.channel.as_str().into(), lock.as_str().into()];
-        self.bounded(self.run_script(client, &self.unlock_script, vec![lock], args))
-            .await
-            .map(|_| ())
+        self.release_fill_lock(key, field, token).await
     }
 
     async fn is_locked(&self, key: &str, field: &str) -> StoreResult<bool> {
-        let client = self.client()?;
-        let n: i64 = self.bounded(client.exists(self.lock_key(key, field))).await?;
-        Ok(n > 0)
+        self.fill_lock_held(key, field).await
     }
 
     async fn wait_unlocked(&self, key: &str, field: &str, timeout: Duration) {
