@@ -22,7 +22,9 @@ pub fn init(json: bool, cli_filter: Option<&str>) {
     let from_config = fixed.is_none();
     let (filter, handle) = reload::Layer::new(fixed.unwrap_or_else(|| EnvFilter::new("info")));
     let registry = tracing_subscriber::registry().with(filter);
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted(std::io::IsTerminal::is_terminal(&std::io::stderr())));
     let installed = if json {
         registry.with(format.json()).try_init()
     } else {
@@ -31,6 +33,13 @@ pub fn init(json: bool, cli_filter: Option<&str>) {
     if installed.is_ok() && from_config {
         let _ = CONFIG_FILTER.set(handle);
     }
+}
+
+/// Colour codes only for a person at a terminal: never into a file, a
+/// pipe, journald or `docker logs`, and never when `NO_COLOR` is set to
+/// anything non-empty (no-color.org).
+fn colour_wanted(stderr_is_terminal: bool) -> bool {
+    stderr_is_terminal && !matches!(std::env::var_os("NO_COLOR"), Some(v) if !v.is_empty())
 }
 
 /// Applies `[log] level` (`None`: the default, `info`), unless `--log` or

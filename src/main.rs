@@ -60,8 +60,10 @@ enum Command {
     /// Print a new random admin token and the line to paste into proxy.toml.
     #[command(alias = "hash-token")]
     Token {
-        /// Hash this token instead of making a new one.
-        #[arg(long)]
+        /// Hash a token of your own instead of making a new one: read from
+        /// standard input (`--hash`, so it stays out of shell history), or
+        /// given here (`--hash TOKEN`, discouraged).
+        #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "TOKEN")]
         hash: Option<String>,
         /// The token's name in proxy.toml.
         #[arg(long, default_value = "ops")]
@@ -73,8 +75,10 @@ enum Command {
 struct ReloadArgs {
     #[command(flatten)]
     serve: ServeArgs,
-    /// The reload route to call (default: the admin listener, else the main
-    /// listener, from the config, under the admin prefix).
+    /// The running proxy: a base URL (`http://host:8080`; the admin prefix
+    /// and `/reload` are appended) or the full reload route. Default: the
+    /// address the instance serving this config noted at start, else the
+    /// admin listener, else the main listener, from the config.
     #[arg(long)]
     url: Option<String>,
     /// An admin token with the purge scope.
@@ -104,11 +108,26 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(args),
         Some(Command::Reload(args)) => runtime.block_on(reload(args)),
         Some(Command::Token { hash, name }) => {
-            let (token, sha) = match hash {
-                Some(t) => (t.clone(), hex::encode(cachegate::admin::hash_token(&t))),
+            let (token, sha) = match hash.as_deref() {
+                Some("-") => match read_token_from_stdin() {
+                    Ok(t) => {
+                        let sha = hex::encode(cachegate::admin::hash_token(&t));
+                        (t, sha)
+                    }
+                    Err(e) => {
+                        eprintln!("cachegate token: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                Some(t) => {
+                    eprintln!("cachegate token: a token given as an argument is kept in shell history; `cachegate token --hash` reads it from standard input");
+                    (t.to_string(), hex::encode(cachegate::admin::hash_token(t)))
+                }
                 None => cachegate::admin::new_token(),
             };
-            println!("token: {token}");
+            if hash.is_none() {
+                println!("token: {token}");
+            }
             println!("# paste into proxy.toml (the token itself is not stored there):");
             println!("[[admin.tokens]]");
             println!("name = {name:?}");
@@ -128,6 +147,20 @@ fn main() -> ExitCode {
             }
         }),
     }
+}
+
+/// The token to hash: the first line of standard input, without its line
+/// end; an empty one is a usage error.
+fn read_token_from_stdin() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the token from standard input: {e}"))?;
+    let token = line.trim_end_matches(['\r', '\n']).to_string();
+    if token.trim().is_empty() {
+        return Err("no token on standard input (pipe it in: `printf %s \"$TOKEN\" | cachegate token --hash`)".into());
+    }
+    Ok(token)
 }
 
 /// A runtime sized to the cores this process may use (its CPU affinity,
@@ -195,6 +228,9 @@ fn check(args: ServeArgs) -> ExitCode {
                 ),
             });
             out.push_str(&config.rules.to_string());
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
             ExitCode::SUCCESS
@@ -209,7 +245,14 @@ async fn reload(args: ReloadArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let url = args.url.unwrap_or_else(|| cachegate::reload::admin_reload_url(&config));
+    // A --listen given here wins; else the address the instance running
+    // this config noted at start; else the config's own.
+    let url = match (&args.url, &args.serve.listen) {
+        (Some(given), _) => cachegate::reload::reload_url_from(given, &config.admin.prefix),
+        (None, Some(_)) => cachegate::reload::admin_reload_url(&config),
+        (None, None) => cachegate::reload::noted_instance(&args.serve.config)
+            .unwrap_or_else(|| cachegate::reload::admin_reload_url(&config)),
+    };
     match cachegate::reload::request_reload(&url, args.admin_token.as_deref()).await {
         Ok((status, body)) if status.is_success() => {
             println!("{}", body.trim_end());
@@ -240,6 +283,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     cachegate::logging::apply_config_level(config.log_level.as_deref());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let mut running = match cachegate::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -247,6 +293,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let prefix = running.gateway().config().admin.prefix.clone();
+    cachegate::reload::note_instance(&args.config, running.admin_addr.unwrap_or(running.addr), &prefix);
     let (path, overrides) = (args.config.clone(), overrides(&args));
     running
         .live()
@@ -267,6 +315,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if !running.shutdown(grace).await {
         tracing::warn!("in-flight requests still running after shutdown_timeout_ms; exiting anyway");
     }
+    cachegate::reload::forget_instance(&args.config);
     ExitCode::SUCCESS
 }
 

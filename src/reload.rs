@@ -168,14 +168,75 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
 /// listener if there is one, else the main one; an unspecified address
 /// (0.0.0.0, ::) is reached on loopback.
 pub fn admin_reload_url(config: &Config) -> String {
-    let mut addr = config.admin.listen.unwrap_or(config.server.listen);
+    let addr = config.admin.listen.unwrap_or(config.server.listen);
+    format!("http://{}{}/reload", reachable(addr), config.admin.prefix)
+}
+
+/// A listening address as a client on this host reaches it (`0.0.0.0` and
+/// `::` are not addresses to connect to).
+fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{addr}{}/reload", config.admin.prefix)
+    addr
+}
+
+/// The reload route from what `cachegate reload --url` was given: a base
+/// URL (`http://host:8080`, or with the admin prefix) gets the route
+/// appended; a URL that already ends in `/reload` is used as it is.
+pub fn reload_url_from(given: &str, prefix: &str) -> String {
+    let given = given.trim_end_matches('/');
+    if given.ends_with("/reload") {
+        return given.to_string();
+    }
+    let path_start = given.find("://").map_or(0, |s| s + 3);
+    let has_path = given[path_start..].contains('/');
+    if has_path {
+        format!("{given}/reload")
+    } else {
+        format!("{given}{prefix}/reload")
+    }
+}
+
+/// Where a serving instance notes the address its reload route answers on,
+/// so that `cachegate reload` with the same config finds it even when the
+/// instance was started with `--listen` or `CACHEGATE_LISTEN`: a file in the
+/// temporary directory named after the config file's canonical path.
+pub fn instance_note_path(config_file: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(config_file).unwrap_or_else(|_| config_file.to_path_buf());
+    let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
+    std::env::temp_dir().join(format!("cachegate-{}.url", hex::encode(&digest[..8])))
+}
+
+/// Notes the running instance's reload route (see [`instance_note_path`]):
+/// its process id and the URL, one per line.
+pub fn note_instance(config_file: &std::path::Path, reload_addr: std::net::SocketAddr, prefix: &str) {
+    let note = format!(
+        "{}\nhttp://{}{prefix}/reload\n",
+        std::process::id(),
+        reachable(reload_addr)
+    );
+    let _ = std::fs::write(instance_note_path(config_file), note);
+}
+
+/// The reload route a running instance noted for this config file, if the
+/// process that wrote it still runs.
+pub fn noted_instance(config_file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(instance_note_path(config_file)).ok()?;
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim();
+    let url = lines.next()?.trim();
+    let alive = std::path::Path::new("/proc").join(pid).exists() || !std::path::Path::new("/proc/self").exists();
+    (alive && !url.is_empty()).then(|| url.to_string())
+}
+
+/// Removes the note at a clean exit.
+pub fn forget_instance(config_file: &std::path::Path) {
+    let _ = std::fs::remove_file(instance_note_path(config_file));
 }
 
 /// `POST`s to a running proxy's reload route; its status and body.

@@ -91,3 +91,124 @@ fn hex_sha256(token: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Runs cachegate with `input` on standard input.
+fn cachegate_with_stdin(args: &[&str], input: &str) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cachegate");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `token --hash` reads the token from standard input, so it never lands
+/// in shell history, and never echoes it; an empty input is a usage error.
+#[test]
+fn token_hash_reads_the_token_from_stdin_and_does_not_echo_it() {
+    let (code, stdout, stderr) = cachegate_with_stdin(&["token", "--hash"], "s3cret-from-stdin\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("sha256 = \"{}\"", hex_sha256("s3cret-from-stdin"))),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("s3cret-from-stdin"), "the token is echoed: {stdout}");
+
+    let (code, _, stderr) = cachegate_with_stdin(&["token", "--hash"], "\n");
+    assert_eq!(code, 2, "an empty token is a usage error: {stderr}");
+    assert!(stderr.contains("standard input"), "{stderr}");
+}
+
+/// Valid but probably not meant: `check` says so on stderr and still
+/// exits 0; the shipped proxy.toml (a backend, no token: it documents
+/// how to add one) warns about the tokens only.
+#[test]
+fn check_warns_about_a_missing_backend_admin_tokens_and_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, stderr) = cachegate(&["check", "--config", &empty.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in ["no backend URL", "no admin tokens", "no [[rule]]"] {
+        assert!(stderr.contains(expected), "missing warning {expected:?}: {stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["check", "--config", "proxy.toml"])
+        .env_remove("CACHEGATE_ADMIN_TOKEN")
+        .env_remove("CACHEGATE_BACKEND")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no admin tokens"), "{stderr}");
+    assert!(!stderr.contains("no backend URL"), "{stderr}");
+    assert!(!stderr.contains("no [[rule]]"), "{stderr}");
+}
+
+/// `-c` is `--config` wherever it exists; selftest's workers are `-j`.
+#[test]
+fn short_c_means_config_in_every_command() {
+    for command in ["check", "warm"] {
+        let (code, _, stderr) = cachegate(&[command, "-c", "/nonexistent/cachegate.toml"]);
+        assert_eq!(code, 2, "{command} -c names a config file: {stderr}");
+        assert!(stderr.contains("/nonexistent/cachegate.toml"), "{command}: {stderr}");
+    }
+    let (_, stdout, _) = cachegate(&["selftest", "--help"]);
+    assert!(stdout.contains("-j, --concurrency"), "{stdout}");
+    assert!(!stdout.contains("-c, --concurrency"), "{stdout}");
+}
+
+/// The process log has no colour codes when standard error is not a
+/// terminal (a file, a pipe, journald, `docker logs`).
+#[test]
+fn logs_carry_no_colour_codes_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    // Serving fails at once, after logging its warnings: 192.0.2.1
+    // (TEST-NET-1) is no address of this machine, so the bind fails.
+    std::fs::write(&empty, "[server]\nlisten = \"192.0.2.1:8080\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["--config", &empty.display().to_string()])
+        .env_remove("REDIS_URL")
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARN"), "the warnings were logged: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "escape codes in a piped log: {stderr:?}");
+}
+
+/// `reload --url` takes a base URL as users give one, and appends the
+/// route; a full route is used as it is.
+#[test]
+fn reload_url_takes_a_base_url() {
+    use cachegate::reload::reload_url_from;
+    let prefix = "/api/v1/cache";
+    assert_eq!(
+        reload_url_from("http://127.0.0.1:8080", prefix),
+        "http://127.0.0.1:8080/api/v1/cache/reload"
+    );
+    assert_eq!(
+        reload_url_from("http://127.0.0.1:8080/", prefix),
+        "http://127.0.0.1:8080/api/v1/cache/reload"
+    );
+    assert_eq!(
+        reload_url_from("http://h:9091/api/v1/cache", prefix),
+        "http://h:9091/api/v1/cache/reload"
+    );
+    assert_eq!(
+        reload_url_from("http://h:9091/api/v1/cache/reload", prefix),
+        "http://h:9091/api/v1/cache/reload"
+    );
+}

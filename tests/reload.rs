@@ -451,3 +451,60 @@ fn reload_command(config: &Path) -> std::process::Output {
         .output()
         .expect("cachegate reload")
 }
+
+/// `cachegate reload` finds an instance started with `--listen` (not the
+/// file's address) without being told, and takes a base URL with `--url`;
+/// the instance's note of its address goes away when it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_command_finds_an_instance_started_with_listen() {
+    let backend = Backend::start().await;
+    let (file_port, real_port) = (free_port(), free_port());
+    let settings = Settings {
+        listen: format!("127.0.0.1:{file_port}"),
+        log_level: Some("error"),
+        ..Settings::new(&backend, None)
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, settings.toml()).expect("write");
+    let real = format!("127.0.0.1:{real_port}");
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_cachegate"))
+            .args(["--config", path.to_str().expect("utf-8"), "--listen", &real])
+            .env_remove("CACHEGATE_LISTEN")
+            .env_remove("CACHEGATE_BACKEND")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cachegate"),
+    );
+    let client = Client::new(([127, 0, 0, 1], real_port).into());
+    eventually("the binary serves", Duration::from_secs(20), || async {
+        client
+            .try_send("GET", "/api/v1/tasks/a", Vec::new(), empty())
+            .await
+            .is_ok()
+    })
+    .await;
+
+    let out = reload_command(&path);
+    assert_eq!(out.status.code(), Some(0), "reload without --url: {out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["reload", "--config", path.to_str().expect("utf-8")])
+        .args(["--url", &format!("http://{real}")])
+        .env("CACHEGATE_ADMIN_TOKEN", OLD_TOKEN)
+        .output()
+        .expect("cachegate reload");
+    assert_eq!(out.status.code(), Some(0), "reload --url with a base URL: {out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the route's JSON on stdout");
+    assert_eq!(answer["generation"], 3);
+
+    let note = cachegate::reload::instance_note_path(&path);
+    assert!(note.exists(), "the running instance noted its address");
+    let pid = child.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = tokio::task::block_in_place(|| child.0.wait()).expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(!note.exists(), "the note is removed at exit");
+}

@@ -274,6 +274,9 @@ pub struct AdminConfig {
 /// The whole resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What is valid but probably not meant (no backend, no admin token,
+    /// no rule): `check` prints these, `serve` logs them.
+    pub warnings: Vec<String>,
     /// Where the config came from (a file name, or `<inline>`).
     pub source: String,
     pub edition: Edition,
@@ -368,6 +371,13 @@ pub(super) fn resolve(
         "CACHEGATE_BACKEND",
         raw.backend.url.as_ref(),
     );
+    let mut warnings = Vec::new();
+    if backend_src.is_none() {
+        warnings.push(
+            "no backend URL ([backend] url, CACHEGATE_BACKEND or --backend): forwarding to the default http://127.0.0.1:8000"
+                .to_string(),
+        );
+    }
     let backend_url = match backend_src {
         None => "http://127.0.0.1:8000"
             .parse::<http::Uri>()
@@ -566,7 +576,17 @@ pub(super) fn resolve(
     let rules =
         RuleSet::compile(&rules, &invalidations, &cache).map_err(|RuleError { span, message }| at(span, message))?;
 
+    if admin.tokens.is_empty() {
+        warnings.push(format!(
+            "no admin tokens ([[admin.tokens]]): every admin route under {} answers 401; `cachegate token` makes one",
+            admin.prefix
+        ));
+    }
+    if rules.cache.is_empty() {
+        warnings.push("no [[rule]]: every request passes through uncached".to_string());
+    }
     Ok(Config {
+        warnings,
         source: file.to_string(),
         edition,
         server,

@@ -32,8 +32,9 @@ pub struct SelftestArgs {
     /// Requests per phase: cold and warm fetches, and per worker in the concurrency phase.
     #[arg(long, short = 'n', default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub requests: u32,
-    /// Workers in the concurrency phase.
-    #[arg(long, short = 'c', default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Workers in the concurrency phase (`-j`, as make and cargo spell it:
+    /// `-c` means `--config` in every command that takes one).
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
     /// The write that must invalidate: `METHOD PATH [BODY]`, e.g.
     /// `PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}`. `{id}` is the first id,
