@@ -26,6 +26,7 @@ mod freshness;
 mod scope;
 mod status;
 mod vary;
+mod write_guard;
 
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
@@ -695,7 +696,9 @@ impl Gateway {
             Ok(r) => r,
             // A stale entry that must not be used unvalidated: the cache
             // could not validate it, so it answers 504 (RFC 9111 §5.2.2.2).
-            Err(ForwardError::Unreachable(_)) if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) => {
+            Err(ForwardError::Unreachable(_) | ForwardError::NotSent(_))
+                if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) =>
+            {
                 return (ForwardError::Timeout.to_response(), miss(false, Some("backend")));
             }
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
@@ -909,11 +912,14 @@ impl Gateway {
 
     /// Phase 7: forward a write, purge what it invalidates, then answer.
     ///
-    /// Besides the `[[invalidate]]` rules, an unsafe method that gets a
-    /// non-error answer purges its own target URI under any rule that would
-    /// cache it, and the same-host `Location` / `Content-Location` URIs
-    /// (RFC 9111 §4.4).
-    async fn invalidate(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+    /// Besides the `[[invalidate]]` rules, an unsafe method purges its own
+    /// target URI under any rule that would cache it when the answer is not
+    /// an error, or its outcome is unknown (5xx, no answer) and no matching
+    /// rule says `when = "success"`; and the
+    /// same-host `Location` / `Content-Location` URIs of a non-error answer
+    /// (RFC 9111 §4.4). If the client goes away while the backend has the
+    /// write, what an unknown outcome purges is still purged (`WriteGuard`).
+    async fn invalidate(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
         let rules = &self.config.rules;
         // Render before the request (and its headers) goes to the forwarder.
         let view = request_view(&req);
@@ -938,13 +944,17 @@ impl Gateway {
         let host = view.host.to_string();
         let headers = req.headers().clone();
 
+        let guard = write_guard::WriteGuard::arm(self, &due, &own_keys);
         let result = self.forward(req, from).await;
+        guard.disarm();
         let status = result.as_ref().ok().map(|r| r.status());
         let success = status.is_some_and(|s| s.is_success());
         let non_error = status.is_some_and(|s| s.as_u16() < 400);
         let mut own = Purge::default();
-        if non_error {
+        if non_error || (write_guard::outcome_unknown(&result) && write_guard::purges_on_unknown(&due)) {
             own.keys.extend(own_keys);
+        }
+        if non_error {
             if let Ok(resp) = &result {
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
                     if let Some(uri) = resp.headers().get(name).and_then(|v| same_host_uri(v, &host)) {
@@ -960,23 +970,8 @@ impl Gateway {
                 }
             }
         }
-        // One hard and at most one soft purge: a write's own URI and a rule
-        // naming the same key cost one Redis call, not two. A key purged
-        // both ways is purged hard.
-        let mut hard = own;
-        let mut soft = Purge {
-            soft: true,
-            ..Purge::default()
-        };
-        for (when, purge) in due {
-            if when == When::Always || success {
-                let into = if purge.soft { &mut soft } else { &mut hard };
-                into.keys.extend(purge.keys);
-                into.patterns.extend(purge.patterns);
-                into.tags.extend(purge.tags);
-            }
-        }
-        soft.keys.retain(|k| !hard.keys.contains(k));
+        let due = due.into_iter().filter(|(when, _)| *when == When::Always || success);
+        let (hard, soft) = write_guard::combine(own, due.map(|(_, purge)| purge));
         self.purge(hard).await;
         self.purge(soft).await;
         match result {
@@ -1106,7 +1101,7 @@ impl Gateway {
 }
 
 /// What one write purges.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Purge {
     soft: bool,
     keys: Vec<String>,

@@ -68,7 +68,8 @@ pub enum Scope {
 pub enum When {
     /// Only after a 2xx answer.
     Success,
-    /// After any answer, a failed or timed-out backend included.
+    /// After any answer, a failed or timed-out backend included (the
+    /// default: a write whose outcome is unknown may have committed).
     Always,
 }
 
@@ -929,8 +930,10 @@ fn invalidate_config(
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<InvalidateConfig, ConfigError> {
     let (methods, methods_span) = methods(i.methods, &["POST", "PUT", "PATCH", "DELETE"], i.name.span());
+    // Default: any outcome. A write that answered 5xx, timed out or was
+    // cut off may have committed (see README, "Invalidation").
     let when = match &i.when {
-        None => When::Success,
+        None => When::Always,
         Some(w) => match w.get_ref().as_str() {
             "success" => When::Success,
             "always" => When::Always,

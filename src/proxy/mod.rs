@@ -48,8 +48,12 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bod
 /// Why forwarding failed.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The backend could not be reached (refused, reset, connect timeout).
+    /// The request was sent (or may have been) but no answer came (reset,
+    /// closed): the write may have committed.
     Unreachable(String),
+    /// The backend could not be reached (refused, connect timeout): the
+    /// request never left, so nothing it asked for happened.
+    NotSent(String),
     /// No response head within the backend timeout.
     Timeout,
 }
@@ -58,7 +62,7 @@ impl ForwardError {
     /// The answer a client gets: 502 or 504 with a JSON body.
     pub fn to_response(&self) -> Response<Body> {
         match self {
-            ForwardError::Unreachable(why) => json_error(
+            ForwardError::Unreachable(why) | ForwardError::NotSent(why) => json_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 &format!("the backend could not be reached: {why}"),
@@ -197,6 +201,7 @@ impl Forwarder {
         let req = Request::from_parts(parts, body);
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(ForwardError::NotSent(describe(&e))),
             Ok(Err(e)) => return Err(ForwardError::Unreachable(describe(&e))),
             Ok(Ok(resp)) => resp,
         };
