@@ -385,7 +385,9 @@ pub(super) fn resolve(
         connect_timeout: Duration::from_millis(raw.backend.connect_timeout_ms.unwrap_or(1000)),
         timeout: Duration::from_millis(raw.backend.timeout_ms.unwrap_or(30_000)),
         pool_idle_per_host: raw.backend.pool_idle_per_host.unwrap_or(256),
-        pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(90_000)),
+        // Below uvicorn's 5 s keep-alive: a connection the backend is closing is
+        // not handed to a request (see proxy/keep_alive.rs).
+        pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(4_000)),
         forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
     };
 
