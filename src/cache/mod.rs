@@ -21,6 +21,7 @@
 //! A store failure anywhere is "no cache" for this request (fail open).
 
 mod coalesce;
+mod credential;
 mod fill;
 mod freshness;
 mod scope;
@@ -716,7 +717,7 @@ impl Gateway {
         let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
             .and_then(|l| fill::unstorable_reason(&resp).map_or(Ok(l), Err))
         {
-            Ok(l) => l,
+            Ok(l) => credential::capped(l, &key.field, self.config.cache.credential_max_ttl),
             Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
         };
         if RequestDirectives::parse(&client).no_store {
@@ -848,7 +849,10 @@ impl Gateway {
             body: stale.body,
         };
         let entry = match freshness::lifetime(rule, entry.status.as_u16(), &entry.headers) {
-            Ok(lifetime) => Entry { lifetime, ..entry },
+            Ok(lifetime) => Entry {
+                lifetime: credential::capped(lifetime, &key.field, self.config.cache.credential_max_ttl),
+                ..entry
+            },
             // No longer storable (e.g. now no-store): answer, keep nothing.
             Err(reason) => return (answer(client, entry, now_ms(), is_head), miss(false, Some(reason))),
         };
@@ -937,6 +941,13 @@ impl Gateway {
                     keys: m.rule.keys.iter().filter_map(render).collect(),
                     patterns: m.rule.patterns.iter().filter_map(render).collect(),
                     tags: m.rule.tags.iter().filter_map(render).collect(),
+                    scopes: m
+                        .rule
+                        .purge_credential
+                        .then(|| self.credential_scope_of(req.headers()))
+                        .flatten()
+                        .into_iter()
+                        .collect(),
                 },
             ));
         }
@@ -1013,6 +1024,7 @@ impl Gateway {
                     p.keys.extend(failed.keys);
                     p.patterns.extend(failed.patterns);
                     p.tags.extend(failed.tags);
+                    p.scopes.extend(failed.scopes);
                 }
                 None => pending.push(failed),
             }
@@ -1060,6 +1072,8 @@ impl Gateway {
         purge.patterns.dedup();
         purge.tags.sort();
         purge.tags.dedup();
+        purge.scopes.sort();
+        purge.scopes.dedup();
         let soft = purge.soft;
         let mut failed = Purge {
             soft,
@@ -1095,7 +1109,18 @@ impl Gateway {
                 }
             }
         }
-        let nothing_failed = failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty();
+        for scope in purge.scopes {
+            match self.timed("purge_scope", self.store.purge_scope(&scope)).await {
+                Ok(n) => self.metrics.purged("scope", n),
+                Err(e) => {
+                    // The scope is an HMAC, never the credential itself.
+                    tracing::warn!(scope, error = %e, "purging a credential's entries failed; retried before the next read");
+                    failed.scopes.push(scope);
+                }
+            }
+        }
+        let nothing_failed =
+            failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty() && failed.scopes.is_empty();
         (!nothing_failed).then_some(failed)
     }
 }
@@ -1107,6 +1132,8 @@ struct Purge {
     keys: Vec<String>,
     patterns: Vec<String>,
     tags: Vec<String>,
+    /// Credential scopes whose every entry goes (always hard).
+    scopes: Vec<String>,
 }
 
 fn request_view(req: &Request<Body>) -> RequestView<'_> {
@@ -1263,7 +1290,8 @@ fn entry_tags(rule_tags: &[String], response: &http::HeaderMap) -> Vec<String> {
             .filter_map(|v| v.to_str().ok())
             .flat_map(move |v| v.split(sep))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 1024)
+            // `__cg:` names cachegate's own indexes (store/scope_index.rs).
+            .filter(|t| !t.is_empty() && t.len() <= 1024 && !t.starts_with(crate::rules::INTERNAL_PREFIX))
             .map(str::to_string)
             .collect::<Vec<_>>()
     };

@@ -98,6 +98,7 @@ pub(super) fn combine(own: Purge, rules: impl Iterator<Item = Purge>) -> (Purge,
         into.keys.extend(purge.keys);
         into.patterns.extend(purge.patterns);
         into.tags.extend(purge.tags);
+        hard.scopes.extend(purge.scopes);
     }
     soft.keys.retain(|k| !hard.keys.contains(k));
     (hard, soft)

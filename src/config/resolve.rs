@@ -177,6 +177,9 @@ pub struct CacheConfig {
     pub store_timeout: Duration,
     /// How long a miss waits for a concurrent fill of the same entry.
     pub coalesce_timeout: Duration,
+    /// `credential_max_ttl`: how long a credential-scoped entry may be
+    /// served without the backend at most (`None`: no cap).
+    pub credential_max_ttl: Option<Duration>,
 }
 
 /// Where a rule's freshness comes from.
@@ -230,6 +233,8 @@ pub struct InvalidateConfig {
     pub when: When,
     /// Mark entries stale instead of removing them.
     pub soft: bool,
+    /// Also purge every entry of the calling credential (a logout).
+    pub purge_credential: bool,
 }
 
 /// What an admin token may do.
@@ -511,6 +516,7 @@ pub(super) fn resolve(
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
+        credential_max_ttl: raw.cache.credential_max_ttl.map(Duration::from_secs),
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
@@ -959,5 +965,6 @@ fn invalidate_config(
         tags: spanned(i.tags),
         when,
         soft: i.soft.unwrap_or(false),
+        purge_credential: i.purge_credential.unwrap_or(false),
     })
 }

@@ -146,15 +146,15 @@ pub(super) const SCAN_BATCH: u32 = 1000;
 
 pub struct RedisStore {
     pool: Pool,
-    prefix: String,
+    pub(super) prefix: String,
     pub(super) epoch_key: String,
     timeout: Duration,
-    tombstone_ttl: Duration,
+    pub(super) tombstone_ttl: Duration,
     fill_script: Script,
     purge_script: Script,
     soft_purge_script: Script,
     unlock_script: Script,
-    untag_script: Script,
+    pub(super) untag_script: Script,
     /// Receives lock-release notices (pub/sub), for waiters on other
     /// instances' fills.
     notices: SubscriberClient,
@@ -269,7 +269,7 @@ impl RedisStore {
     }
 
     /// A connected client, or `Unavailable`; logs outage start and end once.
-    fn client(&self) -> StoreResult<&Client> {
+    pub(super) fn client(&self) -> StoreResult<&Client> {
         let client = self.pool.next_connected();
         if self.is_up_logged() {
             return Ok(client);
@@ -413,7 +413,7 @@ impl RedisStore {
     /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
     /// of memory refuses the INCR, but also every fill the epoch would stop,
     /// so the purge goes on without it rather than leave old entries served.
-    async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
+    pub(super) async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
         match self.bounded(client.incr::<i64, _>(&self.epoch_key)).await {
             Err(StoreError::Backend(e)) if e.contains("OOM") => {
                 tracing::warn!(target: "cachegate::store", error = %e, "Redis is out of memory: purging without bumping the epoch");
@@ -634,7 +634,7 @@ impl Store for RedisStore {
                 .await;
         }
         let mut keys = vec![self.key(key), self.epoch_key.clone()];
-        keys.extend(tags.iter().map(|t| self.tag_key(t)));
+        keys.extend(self.index_keys(field, tags));
         let args: Vec<Value> = vec![
             field.into(),
             value.into(),
@@ -707,6 +707,10 @@ impl Store for RedisStore {
 
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
         self.purge_tags_listing(tags, soft, 0).await.map(|(n, _)| n)
+    }
+
+    async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
+        self.purge_scope_listing(scope, 0).await.map(|(n, _)| n)
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
