@@ -733,14 +733,13 @@ async fn unsafe_methods_invalidate_their_own_uri_without_an_invalidate_rule(kind
 }
 
 async fn error_answers_to_unsafe_methods_do_not_invalidate(kind: Kind) {
-    let w = World::start(kind, &template(ITEM_RULES)).await;
-    for (method, status) in [
-        ("POST", 400u16),
-        ("PUT", 404),
-        ("PATCH", 409),
-        ("DELETE", 500),
-        ("POST", 503),
-    ] {
+    // No pooled connections: the write after the backend stopped must fail
+    // to connect (never sent), not meet a connection the backend is closing
+    // (sent, outcome unknown: purged).
+    let unpooled = template(ITEM_RULES).replace("timeout_ms = 5000", "timeout_ms = 5000\npool_idle_per_host = 0");
+    let w = World::start(kind, &unpooled).await;
+    // A 4xx says the write did not happen: nothing purged.
+    for (method, status) in [("POST", 400u16), ("PUT", 404), ("PATCH", 409)] {
         let path = format!("/items/e{status}");
         assert_stored(&w, &path, &format!("{method} {status}")).await;
         w.backend.on(method, &path, Reply::new().status(status).body("no"));
@@ -754,7 +753,23 @@ async fn error_answers_to_unsafe_methods_do_not_invalidate(kind: Kind) {
             r.cache_status()
         );
     }
-    // The backend being unreachable is no answer at all: nothing purged.
+    // A 5xx leaves the outcome unknown (the write may have committed, as
+    // AICtrlNet's PUT does before its 500): its URI is purged.
+    for (method, status) in [("DELETE", 500u16), ("POST", 503)] {
+        let path = format!("/items/e{status}");
+        assert_stored(&w, &path, &format!("{method} {status}")).await;
+        w.backend.on(method, &path, Reply::new().status(status).body("no"));
+        let write = w.client.method(method, &path).await;
+        assert_eq!(write.status.as_u16(), status);
+        let r = w.client.get(&path).await;
+        assert_eq!(
+            r.x_cache(),
+            Some("MISS"),
+            "{method} answered {status} may have committed: {}",
+            r.cache_status()
+        );
+    }
+    // A backend that cannot be connected to never got the write: nothing purged.
     assert_stored(&w, "/items/kept", "kept").await;
     w.backend.stop().await;
     let write = w.client.method("DELETE", "/items/kept").await;

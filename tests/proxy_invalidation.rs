@@ -14,6 +14,8 @@ both_stores!(
     patterns_purge_every_matching_key,
     a_literal_star_purges_only_its_own_key,
     a_fill_that_started_before_a_write_does_not_store_the_old_answer,
+    by_default_a_write_that_commits_and_answers_500_purges,
+    a_write_whose_client_went_away_still_purges,
 );
 
 async fn a_write_then_a_get_returns_the_new_version(kind: Kind) {
@@ -324,4 +326,79 @@ async fn a_fill_that_started_before_a_write_does_not_store_the_old_answer(kind: 
         Some("HIT"),
         "the fresh answer is stored"
     );
+}
+
+/// A rule that names no `when`, and a cache rule with no invalidation of
+/// its own (`/api/v1/notes/{id}`: only the write's own URI purges it).
+const DEFAULT_WHEN: &str = r#"
+[[rule]]
+name = "task"
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+
+[[rule]]
+name = "note"
+path = '^/api/v1/notes/(?P<id>[^/]+)$'
+key = "note:{id}"
+
+[[invalidate]]
+name = "task-write"
+methods = ["PUT", "PATCH", "DELETE"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+keys = ["task:{task_id}"]
+"#;
+
+/// AICtrlNet's PUT commits and then answers 500: with the default `when`
+/// the next GET gets the new data, through a rule and through the write's
+/// own URI alike; a later normal write and read behave normally.
+async fn by_default_a_write_that_commits_and_answers_500_purges(kind: Kind) {
+    let w = World::start(kind, &format!("{HEAD}\n{DEFAULT_WHEN}")).await;
+    for path in ["/api/v1/tasks/1", "/api/v1/notes/1"] {
+        assert_eq!(w.client.get(path).await.version(), 1);
+        assert_eq!(w.client.get(path).await.x_cache(), Some("HIT"), "{path}");
+        w.backend.on("PUT", path, Reply::new().status(500).body("{}"));
+        assert_eq!(w.client.put(path).await.status, 500);
+        assert_eq!(w.backend.version(path), 2, "{path}: the backend committed");
+        let after = w.client.get(path).await;
+        assert_eq!(
+            (after.x_cache(), after.version()),
+            (Some("MISS"), 2),
+            "{path}: a 500 to a write that committed purges by default"
+        );
+        // Normal service afterwards: stored again, a 200 write purges.
+        assert_eq!(w.client.get(path).await.x_cache(), Some("HIT"), "{path}");
+        w.backend.reset(path);
+        assert_eq!(w.client.put(path).await.status, 200);
+        let after = w.client.get(path).await;
+        assert_eq!((after.x_cache(), after.version()), (Some("MISS"), 3), "{path}");
+    }
+}
+
+/// The client gives up while the backend holds the write (which commits):
+/// the purge runs anyway, and the next GET gets the new data.
+async fn a_write_whose_client_went_away_still_purges(kind: Kind) {
+    let w = World::start(kind, &format!("{HEAD}\n{DEFAULT_WHEN}")).await;
+    let path = "/api/v1/tasks/1";
+    assert_eq!(w.client.get(path).await.version(), 1);
+    assert!(w.proxy.stored("task:1", "anon").await);
+    w.backend
+        .on("PUT", path, Reply::new().delay(Duration::from_secs(2)).body("{}"));
+    let client = Client::new(w.proxy.addr);
+    let put = tokio::spawn(async move { client.put("/api/v1/tasks/1").await });
+    eventually("the backend got the write", Duration::from_secs(10), || async {
+        w.backend.count("PUT", path) == 1
+    })
+    .await;
+    // The client goes away (its connection closes) before the answer.
+    put.abort();
+    let _ = put.await;
+    eventually(
+        "the write's purge ran although its client went away",
+        Duration::from_secs(20),
+        || async { !w.proxy.stored("task:1", "anon").await },
+    )
+    .await;
+    let after = w.client.get(path).await;
+    assert_eq!((after.x_cache(), after.version()), (Some("MISS"), 2));
+    assert_eq!(w.client.get(path).await.x_cache(), Some("HIT"));
 }

@@ -10,6 +10,7 @@
 
 mod auth;
 mod routes;
+mod scope_purge;
 
 pub use auth::{hash_token, new_token};
 
@@ -29,6 +30,7 @@ enum Route {
     Keys,
     Key(String),
     Reload,
+    ScopePurge,
     Metrics,
     Healthz,
     Readyz,
@@ -40,7 +42,7 @@ impl Route {
     fn methods(&self) -> &'static [Method] {
         match self {
             Route::Clear => &[Method::DELETE],
-            Route::Reload => &[Method::POST],
+            Route::Reload | Route::ScopePurge => &[Method::POST],
             Route::Key(_) => &[Method::GET, Method::DELETE],
             _ => &[Method::GET],
         }
@@ -54,6 +56,7 @@ impl Route {
             Route::Stats => (Edition::Business, Some(AdminScope::Read)),
             Route::Clear => (Edition::Business, Some(AdminScope::Purge)),
             Route::Reload => (Edition::Community, Some(AdminScope::Purge)),
+            Route::ScopePurge => (Edition::Business, Some(AdminScope::Purge)),
             Route::Keys => (Edition::Enterprise, Some(AdminScope::Inspect)),
             Route::Key(_) if method == Method::DELETE => (Edition::Business, Some(AdminScope::Purge)),
             Route::Key(_) => (Edition::Enterprise, Some(AdminScope::Inspect)),
@@ -88,6 +91,7 @@ fn route(prefix: &str, path: &str) -> Option<Route> {
         "clear" => Route::Clear,
         "keys" => Route::Keys,
         "reload" => Route::Reload,
+        "scope/purge" => Route::ScopePurge,
         _ => match rest.strip_prefix("key/") {
             Some(key) => Route::Key(key.to_string()),
             None => Route::Unknown,
@@ -181,6 +185,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
         Route::Key(key) if req.method() == Method::DELETE => routes::delete_key(gateway, &key).await,
         Route::Key(key) => routes::get_key(gateway, &key).await,
         Route::Reload => routes::reload(gateway).await,
+        Route::ScopePurge => scope_purge::purge(gateway, req).await,
         Route::Metrics => routes::metrics(gateway),
         Route::Healthz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "alive"})),
         // Not ready while a start-up warm run that readiness waits for goes on.

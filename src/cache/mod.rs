@@ -21,11 +21,13 @@
 //! A store failure anywhere is "no cache" for this request (fail open).
 
 mod coalesce;
+mod credential;
 mod fill;
 mod freshness;
 mod scope;
 mod status;
 mod vary;
+mod write_guard;
 
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
@@ -692,7 +694,9 @@ impl Gateway {
             Ok(r) => r,
             // A stale entry that must not be used unvalidated: the cache
             // could not validate it, so it answers 504 (RFC 9111 §5.2.2.2).
-            Err(ForwardError::Unreachable(_)) if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) => {
+            Err(ForwardError::Unreachable(_) | ForwardError::NotSent(_))
+                if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) =>
+            {
                 return (ForwardError::Timeout.to_response(), miss(false, Some("backend")));
             }
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
@@ -710,7 +714,7 @@ impl Gateway {
         let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
             .and_then(|l| fill::unstorable_reason(&resp).map_or(Ok(l), Err))
         {
-            Ok(l) => l,
+            Ok(l) => credential::capped(l, &key.field, self.config.cache.credential_max_ttl),
             Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
         };
         if RequestDirectives::parse(&client).no_store {
@@ -842,7 +846,10 @@ impl Gateway {
             body: stale.body,
         };
         let entry = match freshness::lifetime(rule, entry.status.as_u16(), &entry.headers) {
-            Ok(lifetime) => Entry { lifetime, ..entry },
+            Ok(lifetime) => Entry {
+                lifetime: credential::capped(lifetime, &key.field, self.config.cache.credential_max_ttl),
+                ..entry
+            },
             // No longer storable (e.g. now no-store): answer, keep nothing.
             Err(reason) => return (answer(client, entry, now_ms(), is_head), miss(false, Some(reason))),
         };
@@ -906,11 +913,14 @@ impl Gateway {
 
     /// Phase 7: forward a write, purge what it invalidates, then answer.
     ///
-    /// Besides the `[[invalidate]]` rules, an unsafe method that gets a
-    /// non-error answer purges its own target URI under any rule that would
-    /// cache it, and the same-host `Location` / `Content-Location` URIs
-    /// (RFC 9111 §4.4).
-    async fn invalidate(&self, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+    /// Besides the `[[invalidate]]` rules, an unsafe method purges its own
+    /// target URI under any rule that would cache it when the answer is not
+    /// an error, or its outcome is unknown (5xx, no answer) and no matching
+    /// rule says `when = "success"`; and the
+    /// same-host `Location` / `Content-Location` URIs of a non-error answer
+    /// (RFC 9111 §4.4). If the client goes away while the backend has the
+    /// write, what an unknown outcome purges is still purged (`WriteGuard`).
+    async fn invalidate(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
         let rules = &self.config.rules;
         // Render before the request (and its headers) goes to the forwarder.
         let view = request_view(&req);
@@ -928,6 +938,13 @@ impl Gateway {
                     keys: m.rule.keys.iter().filter_map(render).collect(),
                     patterns: m.rule.patterns.iter().filter_map(render).collect(),
                     tags: m.rule.tags.iter().filter_map(render).collect(),
+                    scopes: m
+                        .rule
+                        .purge_credential
+                        .then(|| self.credential_scope_of(req.headers()))
+                        .flatten()
+                        .into_iter()
+                        .collect(),
                 },
             ));
         }
@@ -935,13 +952,17 @@ impl Gateway {
         let host = view.host.to_string();
         let headers = req.headers().clone();
 
+        let guard = write_guard::WriteGuard::arm(self, &due, &own_keys);
         let result = self.forward(req, from).await;
+        guard.disarm();
         let status = result.as_ref().ok().map(|r| r.status());
         let success = status.is_some_and(|s| s.is_success());
         let non_error = status.is_some_and(|s| s.as_u16() < 400);
         let mut own = Purge::default();
-        if non_error {
+        if non_error || (write_guard::outcome_unknown(&result) && write_guard::purges_on_unknown(&due)) {
             own.keys.extend(own_keys);
+        }
+        if non_error {
             if let Ok(resp) = &result {
                 for name in [header::LOCATION, header::CONTENT_LOCATION] {
                     if let Some(uri) = resp.headers().get(name).and_then(|v| same_host_uri(v, &host)) {
@@ -957,23 +978,8 @@ impl Gateway {
                 }
             }
         }
-        // One hard and at most one soft purge: a write's own URI and a rule
-        // naming the same key cost one Redis call, not two. A key purged
-        // both ways is purged hard.
-        let mut hard = own;
-        let mut soft = Purge {
-            soft: true,
-            ..Purge::default()
-        };
-        for (when, purge) in due {
-            if when == When::Always || success {
-                let into = if purge.soft { &mut soft } else { &mut hard };
-                into.keys.extend(purge.keys);
-                into.patterns.extend(purge.patterns);
-                into.tags.extend(purge.tags);
-            }
-        }
-        soft.keys.retain(|k| !hard.keys.contains(k));
+        let due = due.into_iter().filter(|(when, _)| *when == When::Always || success);
+        let (hard, soft) = write_guard::combine(own, due.map(|(_, purge)| purge));
         self.purge(hard).await;
         self.purge(soft).await;
         match result {
@@ -1015,6 +1021,7 @@ impl Gateway {
                     p.keys.extend(failed.keys);
                     p.patterns.extend(failed.patterns);
                     p.tags.extend(failed.tags);
+                    p.scopes.extend(failed.scopes);
                 }
                 None => pending.push(failed),
             }
@@ -1062,6 +1069,8 @@ impl Gateway {
         purge.patterns.dedup();
         purge.tags.sort();
         purge.tags.dedup();
+        purge.scopes.sort();
+        purge.scopes.dedup();
         let soft = purge.soft;
         let mut failed = Purge {
             soft,
@@ -1097,18 +1106,31 @@ impl Gateway {
                 }
             }
         }
-        let nothing_failed = failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty();
+        for scope in purge.scopes {
+            match self.timed("purge_scope", self.store.purge_scope(&scope)).await {
+                Ok(n) => self.metrics.purged("scope", n),
+                Err(e) => {
+                    // The scope is an HMAC, never the credential itself.
+                    tracing::warn!(scope, error = %e, "purging a credential's entries failed; retried before the next read");
+                    failed.scopes.push(scope);
+                }
+            }
+        }
+        let nothing_failed =
+            failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty() && failed.scopes.is_empty();
         (!nothing_failed).then_some(failed)
     }
 }
 
 /// What one write purges.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Purge {
     soft: bool,
     keys: Vec<String>,
     patterns: Vec<String>,
     tags: Vec<String>,
+    /// Credential scopes whose every entry goes (always hard).
+    scopes: Vec<String>,
 }
 
 fn request_view(req: &Request<Body>) -> RequestView<'_> {
@@ -1265,7 +1287,8 @@ fn entry_tags(rule_tags: &[String], response: &http::HeaderMap) -> Vec<String> {
             .filter_map(|v| v.to_str().ok())
             .flat_map(move |v| v.split(sep))
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 1024)
+            // `__cg:` names cachegate's own indexes (store/scope_index.rs).
+            .filter(|t| !t.is_empty() && t.len() <= 1024 && !t.starts_with(crate::rules::INTERNAL_PREFIX))
             .map(str::to_string)
             .collect::<Vec<_>>()
     };

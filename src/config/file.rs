@@ -101,6 +101,7 @@ pub struct RawCache {
     pub scope_secret: Option<String>,
     pub max_key_bytes: Option<usize>,
     pub coalesce_timeout_ms: Option<u64>,
+    pub credential_max_ttl: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +146,7 @@ pub struct RawInvalidate {
     pub tags: Vec<Spanned<String>>,
     pub when: Option<Spanned<String>>,
     pub soft: Option<bool>,
+    pub purge_credential: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,7 +68,8 @@ pub enum Scope {
 pub enum When {
     /// Only after a 2xx answer.
     Success,
-    /// After any answer, a failed or timed-out backend included.
+    /// After any answer, a failed or timed-out backend included (the
+    /// default: a write whose outcome is unknown may have committed).
     Always,
 }
 
@@ -176,6 +177,9 @@ pub struct CacheConfig {
     pub store_timeout: Duration,
     /// How long a miss waits for a concurrent fill of the same entry.
     pub coalesce_timeout: Duration,
+    /// `credential_max_ttl`: how long a credential-scoped entry may be
+    /// served without the backend at most (`None`: no cap).
+    pub credential_max_ttl: Option<Duration>,
 }
 
 /// Where a rule's freshness comes from.
@@ -229,6 +233,8 @@ pub struct InvalidateConfig {
     pub when: When,
     /// Mark entries stale instead of removing them.
     pub soft: bool,
+    /// Also purge every entry of the calling credential (a logout).
+    pub purge_credential: bool,
 }
 
 /// What an admin token may do.
@@ -394,7 +400,9 @@ pub(super) fn resolve(
         connect_timeout: Duration::from_millis(raw.backend.connect_timeout_ms.unwrap_or(1000)),
         timeout: Duration::from_millis(raw.backend.timeout_ms.unwrap_or(30_000)),
         pool_idle_per_host: raw.backend.pool_idle_per_host.unwrap_or(256),
-        pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(90_000)),
+        // Below uvicorn's 5 s keep-alive: a connection the backend is closing is
+        // not handed to a request (see proxy/keep_alive.rs).
+        pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(4_000)),
         forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
     };
 
@@ -518,6 +526,7 @@ pub(super) fn resolve(
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
+        credential_max_ttl: raw.cache.credential_max_ttl.map(Duration::from_secs),
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
@@ -949,8 +958,10 @@ fn invalidate_config(
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<InvalidateConfig, ConfigError> {
     let (methods, methods_span) = methods(i.methods, &["POST", "PUT", "PATCH", "DELETE"], i.name.span());
+    // Default: any outcome. A write that answered 5xx, timed out or was
+    // cut off may have committed (see README, "Invalidation").
     let when = match &i.when {
-        None => When::Success,
+        None => When::Always,
         Some(w) => match w.get_ref().as_str() {
             "success" => When::Success,
             "always" => When::Always,
@@ -974,5 +985,6 @@ fn invalidate_config(
         tags: spanned(i.tags),
         when,
         soft: i.soft.unwrap_or(false),
+        purge_credential: i.purge_credential.unwrap_or(false),
     })
 }

@@ -1,9 +1,14 @@
 //! Forwarding to the backend: a pooled HTTP/1 client, hop-by-hop header
 //! removal (RFC 9110 §7.6.1), `X-Forwarded-*`, the response-head timeout,
-//! and the JSON error answers for an unreachable or slow backend.
+//! and the JSON error answers for an unreachable or slow backend. A request
+//! that fails on an established connection is retried once on a fresh one
+//! where that is safe (`retry.rs`); the backend's `Keep-Alive: timeout=`
+//! lowers the pool's idle timeout (`keep_alive.rs`).
 
 pub mod framing;
+mod keep_alive;
 pub mod normalize;
+mod retry;
 
 use crate::config::BackendConfig;
 use crate::BoxError;
@@ -48,8 +53,12 @@ pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bod
 /// Why forwarding failed.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The backend could not be reached (refused, reset, connect timeout).
+    /// The request was sent (or may have been) but no answer came (reset,
+    /// closed): the write may have committed.
     Unreachable(String),
+    /// The backend could not be reached (refused, connect timeout): the
+    /// request never left, so nothing it asked for happened.
+    NotSent(String),
     /// No response head within the backend timeout.
     Timeout,
 }
@@ -58,7 +67,7 @@ impl ForwardError {
     /// The answer a client gets: 502 or 504 with a JSON body.
     pub fn to_response(&self) -> Response<Body> {
         match self {
-            ForwardError::Unreachable(why) => json_error(
+            ForwardError::Unreachable(why) | ForwardError::NotSent(why) => json_error(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 &format!("the backend could not be reached: {why}"),
@@ -74,7 +83,15 @@ impl ForwardError {
 
 /// The pooled client to the one backend.
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    /// Swapped for one with a shorter idle timeout when the backend
+    /// announces a keep-alive timeout below ours (`keep_alive.rs`).
+    client: arc_swap::ArcSwap<Client<HttpConnector, Body>>,
+    /// No pool: every request on a connection of its own (retries).
+    fresh: Client<HttpConnector, Body>,
+    /// The pooled client's idle timeout now, in ms.
+    idle_timeout_ms: std::sync::atomic::AtomicU64,
+    connect_timeout: Duration,
+    pool_idle_per_host: usize,
     base: Uri,
     timeout: Duration,
     forwarded_headers: bool,
@@ -137,16 +154,16 @@ pub fn remove_named(headers: &mut HeaderMap, names: &[HeaderName]) {
 
 impl Forwarder {
     pub fn new(cfg: &BackendConfig) -> Forwarder {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.pool_idle_per_host)
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .build(connector);
         Forwarder {
-            client,
+            client: arc_swap::ArcSwap::from_pointee(pooled_client(
+                cfg.connect_timeout,
+                cfg.pool_idle_per_host,
+                cfg.pool_idle_timeout,
+            )),
+            fresh: pooled_client(cfg.connect_timeout, 0, Duration::ZERO),
+            idle_timeout_ms: (cfg.pool_idle_timeout.as_millis() as u64).into(),
+            connect_timeout: cfg.connect_timeout,
+            pool_idle_per_host: cfg.pool_idle_per_host,
             base: cfg.url.clone(),
             timeout: cfg.timeout,
             forwarded_headers: cfg.forwarded_headers,
@@ -194,16 +211,98 @@ impl Forwarder {
         } else {
             parts.headers.remove(X_FORWARDED_HOST);
         }
-        let req = Request::from_parts(parts, body);
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => return Err(ForwardError::Timeout),
-            Ok(Err(e)) => return Err(ForwardError::Unreachable(describe(&e))),
-            Ok(Ok(resp)) => resp,
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let body = retry::buffer(body)
+            .await
+            .map_err(|e| ForwardError::NotSent(format!("the request body broke off: {e}")))?;
+        let client = self.client.load_full();
+        let result = match body {
+            retry::Outgoing::Streamed(body) => send(&client, Request::from_parts(parts, body), deadline).await,
+            retry::Outgoing::Replayable(bytes) => {
+                let first = retry::again(&parts, bytes.clone());
+                match send(&client, first, deadline).await {
+                    Err(Failure::Client(e)) if retry::worth_retrying(&e, &parts.method) => {
+                        tracing::debug!(error = %describe(&e), "backend connection failed before the answer; retrying once on a fresh one");
+                        send(&self.fresh, retry::again(&parts, bytes), deadline).await
+                    }
+                    other => other,
+                }
+            }
         };
+        let resp = match result {
+            Err(Failure::Timeout) => return Err(ForwardError::Timeout),
+            Err(Failure::Client(e)) if e.is_connect() => return Err(ForwardError::NotSent(describe(&e))),
+            Err(Failure::Client(e)) => return Err(ForwardError::Unreachable(describe(&e))),
+            Ok(resp) => resp,
+        };
+        if let Some(announced) = keep_alive::announced_timeout(resp.headers()) {
+            self.follow_keep_alive(announced);
+        }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
+
+    /// The backend keeps idle connections for `announced`: keep ours
+    /// shorter (a new pool, once per lower value).
+    fn follow_keep_alive(&self, announced: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let current = Duration::from_millis(self.idle_timeout_ms.load(Relaxed));
+        let Some(idle) = keep_alive::idle_timeout_for(announced, current) else {
+            return;
+        };
+        let ms = idle.as_millis() as u64;
+        if self
+            .idle_timeout_ms
+            .compare_exchange(current.as_millis() as u64, ms, Relaxed, Relaxed)
+            .is_ok()
+        {
+            tracing::info!(
+                idle_ms = ms,
+                "the backend announces Keep-Alive: timeout={}s; idle pooled connections are dropped sooner",
+                announced.as_secs()
+            );
+            self.client.store(std::sync::Arc::new(pooled_client(
+                self.connect_timeout,
+                self.pool_idle_per_host,
+                idle,
+            )));
+        }
+    }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    Timeout,
+    Client(hyper_util::client::legacy::Error),
+}
+
+async fn send(
+    client: &Client<HttpConnector, Body>,
+    req: Request<Body>,
+    deadline: tokio::time::Instant,
+) -> Result<Response<hyper::body::Incoming>, Failure> {
+    match tokio::time::timeout_at(deadline, client.request(req)).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(result) => result.map_err(Failure::Client),
+    }
+}
+
+/// A client to the backend keeping up to `idle_per_host` idle connections
+/// for `idle_timeout` (none with 0).
+fn pooled_client(
+    connect_timeout: Duration,
+    idle_per_host: usize,
+    idle_timeout: Duration,
+) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(idle_per_host)
+        .pool_idle_timeout(idle_timeout)
+        .build(connector)
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

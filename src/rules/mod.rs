@@ -71,6 +71,8 @@ pub struct InvalidateRule {
     pub tags: Vec<Template>,
     pub when: When,
     pub soft: bool,
+    /// Also purge every entry of the calling credential (a logout).
+    pub purge_credential: bool,
 }
 
 /// All rules, in file order.
@@ -160,6 +162,7 @@ impl RuleSet {
                 tags,
                 when: i.when,
                 soft: i.soft,
+                purge_credential: i.purge_credential,
             });
         }
         Ok(set)
@@ -267,7 +270,7 @@ impl fmt::Display for RuleSet {
             let tags: Vec<&str> = i.tags.iter().map(|t| t.source()).collect();
             writeln!(
                 f,
-                "invalidate {:?}: {} {} -> keys {:?} patterns {:?} tags {:?}{} when {}",
+                "invalidate {:?}: {} {} -> keys {:?} patterns {:?} tags {:?}{}{} when {}",
                 i.name,
                 methods.join(","),
                 i.path.as_str(),
@@ -275,6 +278,11 @@ impl fmt::Display for RuleSet {
                 patterns,
                 tags,
                 if i.soft { " (soft)" } else { "" },
+                if i.purge_credential {
+                    " + the caller's credential"
+                } else {
+                    ""
+                },
                 match i.when {
                     When::Success => "success",
                     When::Always => "always",

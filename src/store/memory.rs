@@ -33,6 +33,7 @@
 
 use super::entry::TTL_OFFSET;
 use super::glob::glob_match;
+use super::scope_index;
 use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
 use crate::rules::INTERNAL_PREFIX;
 use async_trait::async_trait;
@@ -404,6 +405,8 @@ impl MemoryStore {
             let (mut fields, mut record_tags) = current.map(|r| (r.fields.clone(), r.tags.clone())).unwrap_or_default();
             fields.insert(field.to_string(), value);
             record_tags.extend(tags.iter().cloned());
+            // A credential scope's entries are indexed like a tag's.
+            record_tags.extend(scope_index::credential_scope(field).map(scope_index::internal_tag));
             let record = Rec {
                 fields,
                 generation,
@@ -473,6 +476,52 @@ impl MemoryStore {
                 tags: BTreeSet::new(),
                 id: self.next_id(),
             }))
+        });
+        had
+    }
+
+    /// Removes `scope`'s fields (and variants) from `key`'s record, under
+    /// the next generation, unindexed from the scope's `tag`; a record left
+    /// without fields becomes a tombstone. Returns whether it held any.
+    fn unscope_now(&self, key: &str, scope: &str, tag: &str) -> bool {
+        let mut had = false;
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let now = Instant::now();
+            let Some(record) = current.map(|e| e.into_value()).filter(|r| r.alive(now)) else {
+                return Op::Nop;
+            };
+            let fields: BTreeMap<String, Bytes> = record
+                .fields
+                .iter()
+                .filter(|(f, _)| !scope_index::belongs_to(f, scope))
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect();
+            had = fields.len() != record.fields.len();
+            self.unindex(key, Some(&record));
+            let generation = record.generation.wrapping_add(1);
+            let replacement = if fields.is_empty() {
+                Rec {
+                    fields,
+                    generation,
+                    marked: false,
+                    expires_at: now.checked_add(self.tombstone_ttl),
+                    tags: BTreeSet::new(),
+                    id: self.next_id(),
+                }
+            } else {
+                let mut tags = record.tags.clone();
+                tags.remove(tag);
+                Rec {
+                    fields,
+                    generation,
+                    marked: record.marked,
+                    expires_at: record.expires_at,
+                    tags,
+                    id: self.next_id(),
+                }
+            };
+            self.index(key, &replacement, now);
+            Op::Put(Arc::new(replacement))
         });
         had
     }
@@ -679,6 +728,32 @@ impl Store for MemoryStore {
             for (tag, key, id) in &indexed {
                 index.remove(tag, key, *id);
             }
+        }
+        Ok(purged)
+    }
+
+    async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
+        // As a tag purge: once the bump is done, every fill that passed the
+        // old epoch is in the index.
+        self.bump_epoch();
+        let tag = scope_index::internal_tag(scope);
+        let indexed: Vec<(String, u64)> = {
+            let mut index = lock_tags(&self.tags);
+            index.prune(Instant::now());
+            index.members(&tag).map(|(key, id)| (key.clone(), id)).collect()
+        };
+        let mut purged = 0;
+        for (i, (key, _)) in indexed.iter().enumerate() {
+            if i % SWEEP_BATCH == SWEEP_BATCH - 1 {
+                tokio::task::yield_now().await;
+            }
+            if self.unscope_now(key, scope, &tag) {
+                purged += 1;
+            }
+        }
+        let mut index = lock_tags(&self.tags);
+        for (key, id) in &indexed {
+            index.remove(&tag, key, *id);
         }
         Ok(purged)
     }

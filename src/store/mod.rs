@@ -24,6 +24,8 @@ pub mod redis;
 mod redis_cluster;
 pub mod redis_connect;
 mod redis_lock;
+mod redis_scope;
+pub mod scope_index;
 pub mod tiered;
 
 use async_trait::async_trait;
@@ -161,6 +163,13 @@ pub trait Store: Send + Sync + 'static {
     /// not to the keyspace); returns how many held entries. Bumps the purge
     /// epoch first: a fill in flight may be about to add its key to the tag.
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64>;
+
+    /// Removes every entry of one credential scope (its field and `Vary`
+    /// variants, in every record the scope's index names; other scopes'
+    /// entries stay); returns how many records held one. Bumps the purge
+    /// epoch first: a fill in flight for the scope must not store after it.
+    /// See `scope_index.rs`.
+    async fn purge_scope(&self, scope: &str) -> StoreResult<u64>;
 
     /// Logical keys of records cachegate wrote that match `pattern` (tombstones
     /// and internal keys left out): how many matched, and up to `limit` of them.

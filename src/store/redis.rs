@@ -135,14 +135,14 @@ pub(super) const SCAN_BATCH: u32 = 1000;
 
 pub struct RedisStore {
     pool: Pool,
-    prefix: String,
+    pub(super) prefix: String,
     pub(super) epoch_key: String,
     timeout: Duration,
-    tombstone_ttl: Duration,
+    pub(super) tombstone_ttl: Duration,
     fill_script: Script,
     purge_script: Script,
     soft_purge_script: Script,
-    untag_script: Script,
+    pub(super) untag_script: Script,
     /// Fill locks: tokens of this instance's running fills (`redis_lock.rs`).
     pub(super) locks: super::redis_lock::FillLocks,
     /// Receives lock-release notices (pub/sub), for waiters on other
@@ -403,7 +403,7 @@ impl RedisStore {
     /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
     /// of memory refuses the INCR, but also every fill the epoch would stop,
     /// so the purge goes on without it rather than leave old entries served.
-    async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
+    pub(super) async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
         match self.bounded(client.incr::<i64, _>(&self.epoch_key)).await {
             Err(StoreError::Backend(e)) if e.contains("OOM") => {
                 tracing::warn!(target: "cachegate::store", error = %e, "Redis is out of memory: purging without bumping the epoch");
@@ -624,7 +624,7 @@ impl Store for RedisStore {
                 .await;
         }
         let mut keys = vec![self.key(key), self.epoch_key.clone()];
-        keys.extend(tags.iter().map(|t| self.tag_key(t)));
+        keys.extend(self.index_keys(field, tags));
         let args: Vec<Value> = vec![
             field.into(),
             value.into(),
@@ -697,6 +697,10 @@ impl Store for RedisStore {
 
     async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
         self.purge_tags_listing(tags, soft, 0).await.map(|(n, _)| n)
+    }
+
+    async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
+        self.purge_scope_listing(scope, 0).await.map(|(n, _)| n)
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {

@@ -183,9 +183,10 @@ impl RedisStore {
         }
         let committed: StoreResult<bool> = async {
             let now = now_ms() as i64;
-            let adds = tags.iter().map(|tag| {
+            // Tag indexes and the credential scope's index alike.
+            let adds = self.index_keys(field, tags).into_iter().map(|index| {
                 let args: Vec<Value> = vec![(now + pttl).into(), key.into(), pttl.into(), now.into()];
-                self.bounded(self.run_script(client, &self.tag_add_script, vec![self.tag_key(tag)], args))
+                self.bounded(self.run_script(client, &self.tag_add_script, vec![index], args))
             });
             for added in futures_util::future::join_all(adds).await {
                 added?;

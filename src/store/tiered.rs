@@ -343,6 +343,24 @@ impl Store for TieredStore {
         }
     }
 
+    async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
+        // As a tag purge: drop just the keys touched, or everything.
+        match self.inner.purge_scope_listing(scope, TAG_DROP_LIST).await {
+            Ok((purged, Some(keys))) => {
+                keys.iter().for_each(|key| self.drop_key(key));
+                Ok(purged)
+            }
+            Ok((purged, None)) => {
+                self.drop_all();
+                Ok(purged)
+            }
+            Err(e) => {
+                self.drop_all();
+                Err(e)
+            }
+        }
+    }
+
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
         self.inner.scan_keys(pattern, limit).await
     }
