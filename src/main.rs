@@ -194,6 +194,7 @@ fn check(args: ServeArgs) -> ExitCode {
                     config.memory.max_entries, config.memory.max_bytes
                 ),
             });
+            out.push_str(&config.inputs_summary());
             out.push_str(&config.rules.to_string());
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());

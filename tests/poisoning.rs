@@ -1,9 +1,133 @@
-//! Headers that make a backend serve another URL or method than the one the
-//! cache keyed on never reach it (unless the operator keeps them).
+//! No input that reaches the backend but not the key changes a shared
+//! answer. Each case runs against a backend that reads requests the way
+//! common frameworks do (`common/framework.rs`), and ends with a normal
+//! request getting the normal answer.
+//!
+//! Also: headers that make a backend serve another URL or method than the
+//! one the cache keyed on never reach it (unless the operator keeps them).
 
 mod common;
+#[path = "common/framework.rs"]
+mod framework;
 
 use common::*;
+use framework::Framework;
+
+both_stores!(
+    a_client_host_never_reaches_the_backend_by_default,
+    a_preserved_host_is_part_of_every_key,
+);
+
+/// Rules keyed on a query parameter, a header and a path capture.
+const RULES: &str = r#"
+[[rule]]
+name = "search"
+path = '^/search$'
+key = "search:{query.q}"
+
+[[rule]]
+name = "page"
+path = '^/page$'
+key = "page:{header.x-lang}"
+
+[[rule]]
+name = "task"
+path = '^/api/v1/tasks/(?P<id>[^/]+)$'
+key = "task:{id}"
+"#;
+
+/// The framework-like backend, a store, cachegate in front, a client.
+struct Fw {
+    backend: Framework,
+    _redis: Option<RedisServer>,
+    proxy: Proxy,
+    client: Client,
+}
+
+/// `backend` and `cache` are lines added to those sections; `rest` follows
+/// the rules (more sections, or rule settings for the last rule).
+async fn fw_world(kind: Kind, backend: &str, cache: &str, rest: &str) -> Fw {
+    let fw = Framework::start().await;
+    let redis = (kind == Kind::Redis).then(RedisServer::start);
+    let template = format!(
+        "{}\n[cache]\n{cache}\n{RULES}{rest}",
+        HEAD.replace("timeout_ms = 5000\n", &format!("timeout_ms = 5000\n{backend}\n"))
+    );
+    let text = render(&template, kind, &fw.url(), redis.as_ref().map(|r| r.url()).as_deref());
+    let proxy = Proxy::start(&text).await;
+    let client = Client::new(proxy.addr);
+    Fw {
+        backend: fw,
+        _redis: redis,
+        proxy,
+        client,
+    }
+}
+
+impl Fw {
+    /// `http://<the client's own Host><path>`: what a normal request's
+    /// links look like when the backend builds them from the client's Host.
+    fn client_link(&self, path: &str) -> String {
+        format!("http://{}{path}", self.client.host())
+    }
+}
+
+async fn a_client_host_never_reaches_the_backend_by_default(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    let path = "/api/v1/tasks/1";
+    let backend_link = format!("{}{path}", w.backend.url());
+    let evil = w.client.get_h(path, &[("host", "evil.example")]).await;
+    assert_eq!(evil.status, 200);
+    assert_eq!(
+        evil.json()["self"],
+        backend_link.as_str(),
+        "the backend got its own name as Host"
+    );
+    // A Host with userinfo is no host at all: refused, nothing forwarded.
+    let at = w.client.get_h(path, &[("host", "good.example@evil.example")]).await;
+    assert_eq!(at.status, 400);
+    assert_eq!(at.json()["error"], "bad_host");
+    assert_eq!(w.backend.count(path), 1);
+    // A normal request gets the normal answer.
+    let normal = w.client.get(path).await;
+    assert_eq!(normal.json()["self"], backend_link.as_str());
+    assert!(!normal.text().contains("evil"), "{}", normal.text());
+    // Links the backend builds on its own name are relative again.
+    let redirect = w.client.get_h("/redirect", &[("host", "evil.example")]).await;
+    assert_eq!(redirect.status, 307);
+    assert_eq!(redirect.header("location"), Some("/target"));
+}
+
+async fn a_preserved_host_is_part_of_every_key(kind: Kind) {
+    let w = fw_world(kind, "preserve_host = true", "", "").await;
+    let path = "/api/v1/tasks/1";
+    let evil = w.client.get_h(path, &[("host", "evil.example")]).await;
+    assert_eq!(evil.json()["self"], "http://evil.example/api/v1/tasks/1");
+    assert_eq!(evil.x_cache(), Some("MISS"));
+    // Another spelling of the same host shares its entry...
+    let same = w.client.get_h(path, &[("host", "EVIL.example:80")]).await;
+    assert_eq!(same.x_cache(), Some("HIT"));
+    assert_eq!(same.json()["serial"], evil.json()["serial"]);
+    // ...a Host with userinfo is refused...
+    let at = w.client.get_h(path, &[("host", "good.example@evil.example")]).await;
+    assert_eq!(at.status, 400);
+    // ...and a normal request gets the normal answer, from the backend.
+    let normal = w.client.get(path).await;
+    assert_eq!(normal.x_cache(), Some("MISS"));
+    assert_eq!(normal.json()["self"], w.client_link(path).as_str());
+    assert_eq!(w.backend.count(path), 2);
+    assert_eq!(w.client.get(path).await.x_cache(), Some("HIT"));
+    // Purging the key drops every host's entry at once.
+    let store = w.proxy.gateway().store().clone();
+    store.purge_keys(&["task:1".to_string()], false).await.expect("purge");
+    assert_eq!(w.client.get(path).await.x_cache(), Some("MISS"));
+    assert_eq!(
+        w.client.get_h(path, &[("host", "evil.example")]).await.x_cache(),
+        Some("MISS")
+    );
+    let redirect = w.client.get_h("/redirect", &[("host", "good.example")]).await;
+    assert_eq!(redirect.header("location"), Some("http://good.example/target"));
+}
 
 const PATH: &str = "/api/v1/tasks/1";
 const POISON: [(&str, &str); 6] = [

@@ -23,6 +23,7 @@
 mod coalesce;
 mod fill;
 mod freshness;
+mod implicit;
 mod scope;
 mod status;
 mod vary;
@@ -327,6 +328,13 @@ impl Gateway {
                 ),
             ));
         }
+        if proxy::host::is_bad(req.headers()) {
+            return Some(proxy::json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request needs one Host of the form host[:port]",
+            ));
+        }
         None
     }
 
@@ -357,6 +365,7 @@ impl Gateway {
             self.scope_key(),
         )
         .ok_or("scope-secret")?;
+        let field = implicit::field(field, req.headers(), &self.config);
         let tags = rule
             .tags
             .iter()

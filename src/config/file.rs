@@ -55,6 +55,7 @@ pub struct RawBackend {
     pub pool_idle_per_host: Option<usize>,
     pub pool_idle_timeout_ms: Option<u64>,
     pub forwarded_headers: Option<bool>,
+    pub preserve_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

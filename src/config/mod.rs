@@ -7,6 +7,7 @@
 
 mod error;
 mod file;
+mod inputs;
 pub mod redis_url;
 mod resolve;
 mod warm;

@@ -118,6 +118,9 @@ pub struct BackendConfig {
     /// Whether `X-Forwarded-For` / `-Proto` / `-Host` are added. Off, a
     /// client's `X-Forwarded-Host` is still dropped (it could steer links).
     pub forwarded_headers: bool,
+    /// Forward the client's `Host` (and make it part of every entry's
+    /// identity) instead of the backend URL's authority.
+    pub preserve_host: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -386,6 +389,7 @@ pub(super) fn resolve(
         pool_idle_per_host: raw.backend.pool_idle_per_host.unwrap_or(256),
         pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(90_000)),
         forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
+        preserve_host: raw.backend.preserve_host.unwrap_or(false),
     };
 
     // [redis] and the environment variables of the reference deployment.

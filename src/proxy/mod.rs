@@ -3,6 +3,7 @@
 //! and the JSON error answers for an unreachable or slow backend.
 
 pub mod framing;
+pub mod host;
 pub mod normalize;
 
 use crate::config::BackendConfig;
@@ -78,6 +79,9 @@ pub struct Forwarder {
     base: Uri,
     timeout: Duration,
     forwarded_headers: bool,
+    /// `None` with `preserve_host`; else the backend URL's authority, the
+    /// `Host` the backend gets, and the prefix of the links it builds on it.
+    own_host: Option<(HeaderValue, String)>,
 }
 
 /// Where a request came from, for `X-Forwarded-*`.
@@ -150,6 +154,7 @@ impl Forwarder {
             base: cfg.url.clone(),
             timeout: cfg.timeout,
             forwarded_headers: cfg.forwarded_headers,
+            own_host: own_host(cfg),
         }
     }
 
@@ -194,6 +199,10 @@ impl Forwarder {
         } else {
             parts.headers.remove(X_FORWARDED_HOST);
         }
+        // After add_forwarded has copied the client's Host.
+        if let Some((host, _)) = &self.own_host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let req = Request::from_parts(parts, body);
         let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout),
@@ -202,8 +211,22 @@ impl Forwarder {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some((_, links)) = &self.own_host {
+            host::relativize_links(&mut parts.headers, links);
+        }
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
+}
+
+/// The backend's own `Host` and link prefix, unless the client's is kept.
+fn own_host(cfg: &BackendConfig) -> Option<(HeaderValue, String)> {
+    if cfg.preserve_host {
+        return None;
+    }
+    let authority = cfg.url.authority()?.as_str();
+    let value = HeaderValue::from_str(authority).ok()?;
+    let links = format!("http://{authority}{}", cfg.url.path().trim_end_matches('/')).to_ascii_lowercase();
+    Some((value, links))
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {
