@@ -16,7 +16,11 @@ use framework::Framework;
 both_stores!(
     a_client_host_never_reaches_the_backend_by_default,
     a_preserved_host_is_part_of_every_key,
+    a_repeated_keyed_query_parameter_is_neither_served_nor_stored,
+    a_repeated_keyed_header_is_neither_served_nor_stored,
 );
+
+const AMBIGUOUS: &str = "cachegate; fwd=bypass; detail=ambiguous-input";
 
 /// Rules keyed on a query parameter, a header and a path capture.
 const RULES: &str = r#"
@@ -127,6 +131,86 @@ async fn a_preserved_host_is_part_of_every_key(kind: Kind) {
     );
     let redirect = w.client.get_h("/redirect", &[("host", "good.example")]).await;
     assert_eq!(redirect.header("location"), Some("http://good.example/target"));
+}
+
+async fn a_repeated_keyed_query_parameter_is_neither_served_nor_stored(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    // A last-value-wins backend answers for `evil`; the key would say `a`.
+    for poison in ["/search?q=a&q=evil", "/search?q=a&%71=evil", "/search?%71=a&x=1&q=evil"] {
+        let r = w.client.get(poison).await;
+        assert_eq!(r.cache_status(), AMBIGUOUS, "{poison}");
+        assert_eq!(r.json()["q"], "evil", "{poison}: the backend's own answer");
+    }
+    let normal = w.client.get("/search?q=a").await;
+    assert_eq!(normal.x_cache(), Some("MISS"), "nothing was stored for q=a");
+    assert_eq!(normal.json()["q"], "a");
+    let again = w.client.get("/search?q=a").await;
+    assert_eq!(again.x_cache(), Some("HIT"));
+    assert_eq!(again.json()["q"], "a");
+    // Nor is a stored answer served to an ambiguous request.
+    let r = w.client.get("/search?q=a&q=evil").await;
+    assert_eq!(r.cache_status(), AMBIGUOUS);
+    assert_eq!(r.json()["q"], "evil");
+    // Other parameters may repeat: the key does not read them.
+    assert_eq!(w.client.get("/search?q=a&x=1&x=2").await.x_cache(), Some("HIT"));
+    assert_eq!(w.client.get("/search?q=a").await.json()["q"], "a");
+    assert_eq!(w.backend.count("/search"), 5);
+}
+
+async fn a_repeated_keyed_header_is_neither_served_nor_stored(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    let twice = [("x-lang", "en"), ("x-lang", "evil")];
+    let r = w.client.get_h("/page", &twice).await;
+    assert_eq!(r.cache_status(), AMBIGUOUS);
+    assert_eq!(r.json()["lang"], "en,evil", "the backend joined them");
+    let normal = w.client.get_h("/page", &[("x-lang", "en")]).await;
+    assert_eq!(normal.x_cache(), Some("MISS"));
+    assert_eq!(normal.json()["lang"], "en");
+    assert_eq!(
+        w.client.get_h("/page", &[("x-lang", "en")]).await.x_cache(),
+        Some("HIT")
+    );
+    assert_eq!(w.client.get_h("/page", &twice).await.cache_status(), AMBIGUOUS);
+    let again = w.client.get_h("/page", &[("x-lang", "en")]).await;
+    assert_eq!(again.x_cache(), Some("HIT"));
+    assert_eq!(again.json()["lang"], "en");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_may_keep_the_first_input_or_refuse_repeats() {
+    let rest = r#"
+[[rule]]
+name = "search-first"
+path = '^/first$'
+key = "first:{query.q}:{header.x-lang}"
+duplicate_inputs = "first"
+
+[[rule]]
+name = "search-reject"
+path = '^/reject$'
+key = "reject:{query.q}"
+duplicate_inputs = "reject"
+"#;
+    let w = fw_world(Kind::Memory, "", "", rest).await;
+    // "first": the backend reads what the key reads.
+    let r = w
+        .client
+        .get_h("/first?q=a&x=1&q=evil", &[("x-lang", "en"), ("x-lang", "evil")])
+        .await;
+    assert_eq!(r.x_cache(), Some("MISS"));
+    assert_eq!(r.json()["q"], "a");
+    assert_eq!(r.json()["lang"], "en");
+    let normal = w.client.get_h("/first?q=a&x=1", &[("x-lang", "en")]).await;
+    assert_eq!(normal.x_cache(), Some("HIT"));
+    assert_eq!(normal.json()["q"], "a");
+    // "reject": a JSON 400, nothing forwarded.
+    let r = w.client.get("/reject?q=a&q=evil").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "ambiguous_input");
+    assert_eq!(w.backend.count("/reject"), 0);
+    let normal = w.client.get("/reject?q=a").await;
+    assert_eq!(normal.status, 200);
+    assert_eq!(normal.json()["q"], "a");
 }
 
 const PATH: &str = "/api/v1/tasks/1";

@@ -24,6 +24,7 @@ mod coalesce;
 mod fill;
 mod freshness;
 mod implicit;
+mod inputs;
 mod scope;
 mod status;
 mod vary;
@@ -32,7 +33,7 @@ pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, Scope, StoreKind, TtlMode, When};
+use crate::config::{Config, DuplicateInputs, Scope, StoreKind, TtlMode, When};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
@@ -297,6 +298,23 @@ impl Gateway {
         }
         if let Some(m) = rules.match_cache(req.method(), path) {
             let rule = m.rule;
+            if inputs::is_ambiguous(&req, rule) {
+                match rule.duplicate_inputs {
+                    DuplicateInputs::Bypass => return self.cached(req, from, rule, Err(inputs::AMBIGUOUS)).await,
+                    DuplicateInputs::Reject => return inputs::rejection(rule),
+                    DuplicateInputs::First => {
+                        drop(m);
+                        inputs::keep_first(&mut req, rule);
+                        let Some(m) = rules.match_cache(req.method(), req.uri().path()) else {
+                            return self.pass(req, from).await;
+                        };
+                        let rule = m.rule;
+                        let key = self.cache_key(&req, rule, &m.captures);
+                        drop(m);
+                        return self.cached(req, from, rule, key).await;
+                    }
+                }
+            }
             let key = self.cache_key(&req, rule, &m.captures);
             return self.cached(req, from, rule, key).await;
         }

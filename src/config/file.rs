@@ -122,6 +122,7 @@ pub struct RawRule {
     pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
     #[serde(default)]
     pub tags: Vec<Spanned<String>>,
+    pub duplicate_inputs: Option<Spanned<String>>,
 }
 
 /// `ttl = 300` or `ttl = "origin"`.

@@ -1,7 +1,52 @@
 //! What `cachegate check` says about the request inputs that reach the
 //! backend and how each is kept from changing a shared answer.
 
+use super::error::ConfigError;
 use super::Config;
+use std::ops::Range;
+use toml::Spanned;
+
+/// What a request gets whose query or headers give an input the rule's
+/// key reads more than once (`[[rule]] duplicate_inputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicateInputs {
+    /// Forwarded uncached: neither served from nor stored into the cache.
+    #[default]
+    Bypass,
+    /// Only the first occurrence is kept, for the key and the backend alike.
+    First,
+    /// A JSON 400.
+    Reject,
+}
+
+impl DuplicateInputs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicateInputs::Bypass => "bypass",
+            DuplicateInputs::First => "first",
+            DuplicateInputs::Reject => "reject",
+        }
+    }
+}
+
+/// `duplicate_inputs = "bypass" | "first" | "reject"`.
+pub(super) fn duplicate_inputs(
+    raw: &Option<Spanned<String>>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<DuplicateInputs, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(DuplicateInputs::default());
+    };
+    match v.get_ref().as_str() {
+        "bypass" => Ok(DuplicateInputs::Bypass),
+        "first" => Ok(DuplicateInputs::First),
+        "reject" => Ok(DuplicateInputs::Reject),
+        other => Err(at(
+            v.span(),
+            format!("unknown duplicate_inputs {other:?}; expected bypass, first or reject"),
+        )),
+    }
+}
 
 impl Config {
     /// One line per input setting, as `cachegate check` prints them.

@@ -13,6 +13,7 @@ mod resolve;
 mod warm;
 
 pub use error::ConfigError;
+pub use inputs::DuplicateInputs;
 pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
     AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,

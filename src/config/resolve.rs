@@ -216,6 +216,8 @@ pub struct RuleConfig {
     pub max_body_bytes: Option<usize>,
     /// Tag templates attached to every entry the rule stores.
     pub tags: Vec<(String, Range<usize>)>,
+    /// What a request repeating an input the key reads gets.
+    pub duplicate_inputs: super::DuplicateInputs,
 }
 
 /// An `[[invalidate]]` rule as written.
@@ -925,6 +927,7 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         scope,
         max_body_bytes: r.max_body_bytes,
         tags: r.tags.iter().map(|t| (t.get_ref().clone(), t.span())).collect(),
+        duplicate_inputs: super::inputs::duplicate_inputs(&r.duplicate_inputs, at)?,
     })
 }
 

@@ -1,0 +1,67 @@
+//! A request that gives an input its rule's key reads more than once
+//! (`?q=a&q=evil`, two `X-Lang` headers) is ambiguous: the key reads the
+//! first, the backend may read the last or all of them, so its answer must
+//! not be stored under the key, nor a stored answer served for it. What it
+//! gets is the rule's `duplicate_inputs`: bypass (default), first, reject.
+//!
+//! Rules whose key reads no query parameter or header by name (the usual
+//! `task:{task_id}`) cost nothing here.
+
+use crate::proxy::{self, Body};
+use crate::rules::CacheRule;
+use http::{Request, Response, StatusCode};
+
+/// The `detail` of the `Cache-Status` of a request bypassed as ambiguous.
+pub const AMBIGUOUS: &str = "ambiguous-input";
+
+/// Whether the request gives a keyed input more than once.
+pub fn is_ambiguous(req: &Request<Body>, rule: &CacheRule) -> bool {
+    let inputs = &rule.inputs;
+    if inputs.is_empty() {
+        return false;
+    }
+    inputs.query_repeats(req.uri().query())
+        || inputs
+            .headers
+            .iter()
+            .any(|name| req.headers().get_all(name).iter().nth(1).is_some())
+}
+
+/// Keeps only the first occurrence of each keyed input, so the key and the
+/// backend read the same values (`duplicate_inputs = "first"`).
+pub fn keep_first(req: &mut Request<Body>, rule: &CacheRule) {
+    let inputs = &rule.inputs;
+    for name in &inputs.headers {
+        if let Some(first) = req.headers().get(name).cloned() {
+            req.headers_mut().insert(name.clone(), first);
+        }
+    }
+    let Some(query) = req.uri().query().filter(|q| inputs.query_repeats(Some(q))) else {
+        return;
+    };
+    let kept = inputs.first_params_only(query);
+    let path_and_query = if kept.is_empty() {
+        req.uri().path().to_string()
+    } else {
+        format!("{}?{kept}", req.uri().path())
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(path_and_query)) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The answer under `duplicate_inputs = "reject"`.
+pub fn rejection(rule: &CacheRule) -> Response<Body> {
+    proxy::json_error(
+        StatusCode::BAD_REQUEST,
+        "ambiguous_input",
+        &format!(
+            "the request gives one of {} more than once; give each once",
+            rule.inputs
+        ),
+    )
+}
