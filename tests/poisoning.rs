@@ -18,6 +18,7 @@ both_stores!(
     a_preserved_host_is_part_of_every_key,
     a_repeated_keyed_query_parameter_is_neither_served_nor_stored,
     a_repeated_keyed_header_is_neither_served_nor_stored,
+    a_header_name_with_an_underscore_never_reaches_the_backend,
 );
 
 const AMBIGUOUS: &str = "cachegate; fwd=bypass; detail=ambiguous-input";
@@ -211,6 +212,38 @@ duplicate_inputs = "reject"
     let normal = w.client.get("/reject?q=a").await;
     assert_eq!(normal.status, 200);
     assert_eq!(normal.json()["q"], "a");
+}
+
+async fn a_header_name_with_an_underscore_never_reaches_the_backend(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    // A WSGI-style backend reads X_Lang as X-Lang; the key reads no X-Lang.
+    let r = w.client.get_h("/page", &[("x_lang", "evil")]).await;
+    assert_eq!(r.json()["lang"], serde_json::Value::Null, "X_Lang reached the backend");
+    let normal = w.client.get("/page").await;
+    assert_eq!(normal.json()["lang"], serde_json::Value::Null);
+    assert!(!normal.text().contains("evil"));
+    // Nor does it reach a pass-through request.
+    let r = w.client.get_h("/elsewhere", &[("x_lang", "evil")]).await;
+    assert_eq!(r.json()["lang"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_underscore_headers_count_as_another_spelling_of_a_keyed_one() {
+    let fw = Framework::start().await;
+    let template = format!("[server]\nunderscores_in_headers = true\n\n{HEAD}\n{RULES}");
+    let proxy = Proxy::start(&render(&template, Kind::Memory, &fw.url(), None)).await;
+    let client = Client::new(proxy.addr);
+    let r = client.get_h("/page", &[("x_lang", "evil")]).await;
+    assert_eq!(r.json()["lang"], "evil", "kept, as configured");
+    assert_eq!(r.cache_status(), AMBIGUOUS);
+    let r = client.get_h("/page", &[("x-lang", "en"), ("x_lang", "evil")]).await;
+    assert_eq!(r.cache_status(), AMBIGUOUS);
+    let normal = client.get("/page").await;
+    assert_eq!(normal.x_cache(), Some("MISS"));
+    assert_eq!(normal.json()["lang"], serde_json::Value::Null);
+    let en = client.get_h("/page", &[("x-lang", "en")]).await;
+    assert_eq!(en.x_cache(), Some("MISS"));
+    assert_eq!(en.json()["lang"], "en");
 }
 
 const PATH: &str = "/api/v1/tasks/1";

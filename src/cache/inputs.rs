@@ -9,13 +9,15 @@
 
 use crate::proxy::{self, Body};
 use crate::rules::CacheRule;
-use http::{Request, Response, StatusCode};
+use http::{HeaderName, Request, Response, StatusCode};
 
 /// The `detail` of the `Cache-Status` of a request bypassed as ambiguous.
 pub const AMBIGUOUS: &str = "ambiguous-input";
 
-/// Whether the request gives a keyed input more than once.
-pub fn is_ambiguous(req: &Request<Body>, rule: &CacheRule) -> bool {
+/// Whether the request gives a keyed input more than once. With
+/// `underscores` (headers with `_` kept), `X_Lang` counts as another
+/// `X-Lang`: WSGI-style backends read both as `HTTP_X_LANG`.
+pub fn is_ambiguous(req: &Request<Body>, rule: &CacheRule, underscores: bool) -> bool {
     let inputs = &rule.inputs;
     if inputs.is_empty() {
         return false;
@@ -25,12 +27,33 @@ pub fn is_ambiguous(req: &Request<Body>, rule: &CacheRule) -> bool {
             .headers
             .iter()
             .any(|name| req.headers().get_all(name).iter().nth(1).is_some())
+        || (underscores && req.headers().keys().any(|n| is_underscored_twin(n, rule)))
+}
+
+/// Another spelling of a keyed header with `_` for `-` or back (`x_lang`
+/// when the key reads `x-lang`), which WSGI reads as the same header.
+fn is_underscored_twin(name: &HeaderName, rule: &CacheRule) -> bool {
+    let name = name.as_str();
+    rule.inputs.headers.iter().any(|keyed| {
+        keyed.as_str().len() == name.len()
+            && keyed != name
+            && keyed
+                .as_str()
+                .bytes()
+                .zip(name.bytes())
+                .all(|(k, n)| k == n || (k == b'-' || k == b'_') && (n == b'-' || n == b'_'))
+    })
 }
 
 /// Keeps only the first occurrence of each keyed input, so the key and the
 /// backend read the same values (`duplicate_inputs = "first"`).
-pub fn keep_first(req: &mut Request<Body>, rule: &CacheRule) {
+pub fn keep_first(req: &mut Request<Body>, rule: &CacheRule, underscores: bool) {
     let inputs = &rule.inputs;
+    if underscores {
+        while let Some(twin) = req.headers().keys().find(|n| is_underscored_twin(n, rule)).cloned() {
+            req.headers_mut().remove(twin);
+        }
+    }
     for name in &inputs.headers {
         if let Some(first) = req.headers().get(name).cloned() {
             req.headers_mut().insert(name.clone(), first);

@@ -288,6 +288,9 @@ impl Gateway {
         // before anything reads the request.
         proxy::strip_hop_by_hop(req.headers_mut());
         proxy::remove_named(req.headers_mut(), &self.config.server.strip_request_headers);
+        if !self.config.server.underscores_in_headers {
+            proxy::drop_underscored(req.headers_mut());
+        }
         let path = req.uri().path();
         if self.config.admin.listen.is_none() && crate::admin::owns(self, path) {
             return crate::admin::handle(self, req).await;
@@ -298,13 +301,13 @@ impl Gateway {
         }
         if let Some(m) = rules.match_cache(req.method(), path) {
             let rule = m.rule;
-            if inputs::is_ambiguous(&req, rule) {
+            if inputs::is_ambiguous(&req, rule, self.config.server.underscores_in_headers) {
                 match rule.duplicate_inputs {
                     DuplicateInputs::Bypass => return self.cached(req, from, rule, Err(inputs::AMBIGUOUS)).await,
                     DuplicateInputs::Reject => return inputs::rejection(rule),
                     DuplicateInputs::First => {
                         drop(m);
-                        inputs::keep_first(&mut req, rule);
+                        inputs::keep_first(&mut req, rule, self.config.server.underscores_in_headers);
                         let Some(m) = rules.match_cache(req.method(), req.uri().path()) else {
                             return self.pass(req, from).await;
                         };

@@ -43,6 +43,7 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
     pub strip_request_headers: Option<Vec<String>>,
+    pub underscores_in_headers: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
 }
 

@@ -61,6 +61,14 @@ impl Config {
                 if self.backend.forwarded_headers { "on" } else { "off" }
             ));
         }
+        out.push_str(&format!(
+            "request headers with '_' in their name: {}\n",
+            if self.server.underscores_in_headers {
+                "kept (underscores_in_headers)"
+            } else {
+                "dropped"
+            }
+        ));
         out
     }
 }

@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Request headers dropped on arrival: neither a key nor the backend
     /// sees them (headers that rewrite the URL or the method behind a cache).
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// Keep request headers whose names contain `_` (nginx's
+    /// `underscores_in_headers`); off, they are dropped on arrival.
+    pub underscores_in_headers: bool,
     /// On SIGTERM/SIGINT: how long in-flight requests may take to finish
     /// before the process exits anyway.
     pub shutdown_timeout: Duration,
@@ -358,6 +361,7 @@ pub(super) fn resolve(
     let server = ServerConfig {
         listen,
         strip_request_headers,
+        underscores_in_headers: raw.server.underscores_in_headers.unwrap_or(false),
         max_uri_bytes: raw.server.max_uri_bytes.unwrap_or(8 * 1024),
         max_header_bytes: raw.server.max_header_bytes.unwrap_or(32 * 1024),
         max_headers: raw.server.max_headers.unwrap_or(100),

@@ -139,6 +139,15 @@ pub fn remove_named(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Removes every header whose name contains `_` (nginx's default,
+/// `underscores_in_headers off`): WSGI-style backends read `X_Lang` as
+/// `X-Lang`, so it could change an answer keyed on `X-Lang` unseen.
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
+        headers.remove(name);
+    }
+}
+
 impl Forwarder {
     pub fn new(cfg: &BackendConfig) -> Forwarder {
         let mut connector = HttpConnector::new();
