@@ -91,3 +91,23 @@ fn hex_sha256(token: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[test]
+fn check_prints_the_credential_headers_and_how_inputs_are_handled() {
+    let mut files = vec!["proxy.toml".to_string()];
+    for entry in std::fs::read_dir("config").unwrap() {
+        files.push(entry.unwrap().path().display().to_string());
+    }
+    for file in files {
+        let (code, stdout, stderr) = cachegate(&["check", "--config", &file]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        for line in [
+            "credential headers: authorization, cookie, x-api-key, api-key, x-auth-token, x-access-token",
+            "other headers named like a credential (containing auth, token, key, session, secret): bypass",
+            "backend Host: 127.0.0.1:8000 (the client's in X-Forwarded-Host",
+            "request headers with '_' in their name: dropped",
+        ] {
+            assert!(stdout.contains(line), "{file}: no {line:?} in\n{stdout}");
+        }
+    }
+}

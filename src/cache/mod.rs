@@ -21,6 +21,7 @@
 //! A store failure anywhere is "no cache" for this request (fail open).
 
 mod coalesce;
+mod credentials;
 mod fill;
 mod freshness;
 mod implicit;
@@ -379,13 +380,7 @@ impl Gateway {
             tracing::debug!(rule = %rule.name, "key renders empty or too long; bypassing the cache");
             return Err("key");
         };
-        let field = scope_field_keyed(
-            rule.scope,
-            req.headers(),
-            &self.config.cache.credential_headers,
-            self.scope_key(),
-        )
-        .ok_or("scope-secret")?;
+        let field = credentials::scope_field(rule.scope, req.headers(), &self.config.cache, self.scope_key())?;
         let field = implicit::field(field, req.headers(), &self.config);
         let tags = rule
             .tags

@@ -100,6 +100,8 @@ pub struct RawRedis {
 pub struct RawCache {
     pub max_body_bytes: Option<usize>,
     pub credential_headers: Option<Vec<String>>,
+    pub suspect_credential_headers: Option<Spanned<String>>,
+    pub non_credential_headers: Option<Spanned<Vec<String>>>,
     pub scope_secret: Option<String>,
     pub max_key_bytes: Option<usize>,
     pub coalesce_timeout_ms: Option<u64>,

@@ -6,6 +6,96 @@ use super::Config;
 use std::ops::Range;
 use toml::Spanned;
 
+/// The request headers that identify a caller by default: the standard
+/// ones and the API-key spellings common APIs and gateways use (AICtrlNet
+/// and AWS API Gateway `X-API-Key`, Azure `api-key` and
+/// `Ocp-Apim-Subscription-Key`, OpenStack `X-Auth-Token`, JWT apps'
+/// `X-Access-Token`, AWS STS `X-Amz-Security-Token`, Google
+/// `X-Goog-Api-Key`, GitLab `Private-Token`, Vault `X-Vault-Token`, CSRF
+/// tokens, which are per session). Others that look like one are caught
+/// by [`SuspectCredentials`].
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 14] = [
+    "authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-amz-security-token",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "private-token",
+    "x-vault-token",
+    "x-session-token",
+    "x-csrf-token",
+    "x-xsrf-token",
+];
+
+/// Parts of a header name that make it look like a credential.
+pub const CREDENTIAL_WORDS: [&str; 5] = ["auth", "token", "key", "session", "secret"];
+
+/// What a request gets that carries a header looking like a credential
+/// (a name containing one of [`CREDENTIAL_WORDS`]) that is neither a
+/// listed credential header nor a listed non-credential
+/// (`[cache] suspect_credential_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SuspectCredentials {
+    /// Not served from, nor stored into, a shared scope (anon, public):
+    /// forwarded uncached.
+    #[default]
+    Bypass,
+    /// Treated as a credential: part of the scope's hash.
+    Scope,
+    /// Not a credential (the behaviour before the check existed).
+    Ignore,
+}
+
+impl SuspectCredentials {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspectCredentials::Bypass => "bypass",
+            SuspectCredentials::Scope => "scope",
+            SuspectCredentials::Ignore => "ignore",
+        }
+    }
+}
+
+/// `suspect_credential_headers = "bypass" | "scope" | "ignore"`.
+pub(super) fn suspect_credentials(
+    raw: &Option<Spanned<String>>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<SuspectCredentials, ConfigError> {
+    let Some(v) = raw else {
+        return Ok(SuspectCredentials::default());
+    };
+    match v.get_ref().as_str() {
+        "bypass" => Ok(SuspectCredentials::Bypass),
+        "scope" => Ok(SuspectCredentials::Scope),
+        "ignore" => Ok(SuspectCredentials::Ignore),
+        other => Err(at(
+            v.span(),
+            format!("unknown suspect_credential_headers {other:?}; expected bypass, scope or ignore"),
+        )),
+    }
+}
+
+/// A list of header names, lower-cased; an error at the list otherwise.
+pub(super) fn header_names(
+    raw: &Option<Spanned<Vec<String>>>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<http::HeaderName>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    list.get_ref()
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                .map_err(|_| at(list.span(), format!("{name:?} is not a header name")))
+        })
+        .collect()
+}
+
 /// What a request gets whose query or headers give an input the rule's
 /// key reads more than once (`[[rule]] duplicate_inputs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +151,27 @@ impl Config {
                 if self.backend.forwarded_headers { "on" } else { "off" }
             ));
         }
+        let names = |list: &[http::HeaderName]| {
+            let names: Vec<&str> = list.iter().map(|n| n.as_str()).collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let cache = &self.cache;
+        out.push_str(&format!("credential headers: {}\n", names(&cache.credential_headers)));
+        out.push_str(&format!(
+            "other headers named like a credential (containing {}): {}{}; not credentials: {}\n",
+            CREDENTIAL_WORDS.join(", "),
+            cache.suspect_credentials.as_str(),
+            match cache.suspect_credentials {
+                SuspectCredentials::Bypass => " (never cached in a shared scope)",
+                SuspectCredentials::Scope => " (hashed into the scope as credentials)",
+                SuspectCredentials::Ignore => " (not credentials)",
+            },
+            names(&cache.non_credential_headers)
+        ));
         out.push_str(&format!(
             "request headers with '_' in their name: {}\n",
             if self.server.underscores_in_headers {

@@ -13,7 +13,7 @@ mod resolve;
 mod warm;
 
 pub use error::ConfigError;
-pub use inputs::DuplicateInputs;
+pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
     AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,

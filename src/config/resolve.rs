@@ -178,6 +178,11 @@ pub struct CacheConfig {
     pub max_key_bytes: usize,
     /// Lower-case names of the request headers that identify a caller.
     pub credential_headers: Vec<http::HeaderName>,
+    /// What a request gets that carries a header whose name looks like a
+    /// credential but is neither listed above nor in `non_credential_headers`.
+    pub suspect_credentials: super::SuspectCredentials,
+    /// Header names that look like credentials but are not.
+    pub non_credential_headers: Vec<http::HeaderName>,
     pub scope_secret: Option<String>,
     pub store_timeout: Duration,
     /// How long a miss waits for a concurrent fill of the same entry.
@@ -503,7 +508,7 @@ pub(super) fn resolve(
     for name in raw
         .cache
         .credential_headers
-        .unwrap_or_else(|| vec!["authorization".into(), "cookie".into()])
+        .unwrap_or_else(|| super::inputs::DEFAULT_CREDENTIAL_HEADERS.map(String::from).to_vec())
     {
         let h = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
             .map_err(|_| general(format!("[cache] credential_headers: {name:?} is not a header name")))?;
@@ -515,6 +520,8 @@ pub(super) fn resolve(
         max_body_bytes: raw.cache.max_body_bytes.unwrap_or(1024 * 1024),
         max_key_bytes: raw.cache.max_key_bytes.unwrap_or(1024),
         credential_headers,
+        suspect_credentials: super::inputs::suspect_credentials(&raw.cache.suspect_credential_headers, &at)?,
+        non_credential_headers: super::inputs::header_names(&raw.cache.non_credential_headers, &at)?,
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),

@@ -6,8 +6,9 @@
 //! - `X_Lang` is `X-Lang` (WSGI's `HTTP_X_LANG` for both);
 //! - absolute links (`self`, and `Location` on `/redirect`) built from `Host`
 //!   (FastAPI's `url_for`);
-//! - a caller known by `X-API-Key` (or `Authorization`) gets that tenant's
-//!   private data, anyone else the public view;
+//! - a caller known by `X-API-Key` (or `Authorization`, or `X-Tenant-Token`)
+//!   gets that tenant's private data (`tenant-*`; any other key is a 401),
+//!   anyone else the public view;
 //! - CORS: any `Origin` is echoed in `Access-Control-Allow-Origin`, with no
 //!   `Vary: Origin` (Starlette's middleware for a wildcard-like allow list).
 //!
@@ -114,7 +115,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     *state.counts.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
     let serial = state.serial.fetch_add(1, Ordering::SeqCst) + 1;
     let host = wsgi_header(&req, "host").unwrap_or_default();
-    let key = wsgi_header(&req, "x-api-key").or_else(|| wsgi_header(&req, "authorization"));
+    let key = wsgi_header(&req, "x-api-key")
+        .or_else(|| wsgi_header(&req, "authorization"))
+        .or_else(|| wsgi_header(&req, "x-tenant-token"));
     let data = match &key {
         Some(k) if k.starts_with("tenant-") => {
             serde_json::json!({ "tenant": k, "private": format!("{k}'s secret task") })
