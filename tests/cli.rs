@@ -106,6 +106,7 @@ fn check_prints_the_credential_headers_and_how_inputs_are_handled() {
             "other headers named like a credential (containing auth, token, key, session, secret): bypass",
             "backend Host: 127.0.0.1:8000 (the client's in X-Forwarded-Host",
             "request headers with '_' in their name: dropped",
+            "Origin: part of the variant in shared scopes",
         ] {
             assert!(stdout.contains(line), "{file}: no {line:?} in\n{stdout}");
         }

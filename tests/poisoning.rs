@@ -19,6 +19,7 @@ both_stores!(
     a_repeated_keyed_query_parameter_is_neither_served_nor_stored,
     a_repeated_keyed_header_is_neither_served_nor_stored,
     a_header_name_with_an_underscore_never_reaches_the_backend,
+    cors_answers_never_cross_origins,
 );
 
 const AMBIGUOUS: &str = "cachegate; fwd=bypass; detail=ambiguous-input";
@@ -244,6 +245,46 @@ async fn kept_underscore_headers_count_as_another_spelling_of_a_keyed_one() {
     let en = client.get_h("/page", &[("x-lang", "en")]).await;
     assert_eq!(en.x_cache(), Some("MISS"));
     assert_eq!(en.json()["lang"], "en");
+}
+
+async fn cors_answers_never_cross_origins(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    let path = "/api/v1/tasks/2";
+    let acao = "access-control-allow-origin";
+    // Filled without Origin: no Access-Control-Allow-Origin, no Vary.
+    let plain = w.client.get(path).await;
+    assert_eq!(plain.x_cache(), Some("MISS"));
+    assert_eq!(plain.header(acao), None);
+    // A browser's GET with Origin is not given that entry.
+    let app = [("origin", "https://app.example")];
+    let cors = w.client.get_h(path, &app).await;
+    assert_eq!(cors.x_cache(), Some("MISS"), "the backend must be asked");
+    assert_eq!(cors.header(acao), Some("https://app.example"));
+    assert_eq!(
+        w.client.get_h(path, &app).await.header(acao),
+        Some("https://app.example")
+    );
+    // Another origin gets its own answer, not app.example's.
+    let evil = w.client.get_h(path, &[("origin", "https://evil.example")]).await;
+    assert_eq!(evil.x_cache(), Some("MISS"));
+    assert_eq!(evil.header(acao), Some("https://evil.example"));
+    assert_eq!(w.backend.count(path), 3);
+    // And a normal request gets the normal answer.
+    let again = w.client.get(path).await;
+    assert_eq!(again.x_cache(), Some("HIT"));
+    assert_eq!(again.header(acao), None);
+    let cors = w.client.get_h(path, &app).await;
+    assert_eq!(cors.x_cache(), Some("HIT"));
+    assert_eq!(cors.header(acao), Some("https://app.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_can_be_left_out_of_the_variant() {
+    let w = fw_world(Kind::Memory, "", "vary_on_origin = false", "").await;
+    let path = "/api/v1/tasks/3";
+    assert_eq!(w.client.get(path).await.x_cache(), Some("MISS"));
+    let cors = w.client.get_h(path, &[("origin", "https://app.example")]).await;
+    assert_eq!(cors.x_cache(), Some("HIT"), "as configured: one entry for every origin");
 }
 
 const PATH: &str = "/api/v1/tasks/1";

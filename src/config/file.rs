@@ -102,6 +102,7 @@ pub struct RawCache {
     pub credential_headers: Option<Vec<String>>,
     pub suspect_credential_headers: Option<Spanned<String>>,
     pub non_credential_headers: Option<Spanned<Vec<String>>>,
+    pub vary_on_origin: Option<bool>,
     pub scope_secret: Option<String>,
     pub max_key_bytes: Option<usize>,
     pub coalesce_timeout_ms: Option<u64>,

@@ -173,6 +173,14 @@ impl Config {
             names(&cache.non_credential_headers)
         ));
         out.push_str(&format!(
+            "Origin: {}\n",
+            if cache.vary_on_origin {
+                "part of the variant in shared scopes (vary_on_origin)"
+            } else {
+                "not keyed (vary_on_origin = false)"
+            }
+        ));
+        out.push_str(&format!(
             "request headers with '_' in their name: {}\n",
             if self.server.underscores_in_headers {
                 "kept (underscores_in_headers)"

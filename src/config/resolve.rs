@@ -183,6 +183,9 @@ pub struct CacheConfig {
     pub suspect_credentials: super::SuspectCredentials,
     /// Header names that look like credentials but are not.
     pub non_credential_headers: Vec<http::HeaderName>,
+    /// `Origin` is part of the variant in shared scopes (an implicit
+    /// `Vary: Origin`), so CORS answers never cross origins.
+    pub vary_on_origin: bool,
     pub scope_secret: Option<String>,
     pub store_timeout: Duration,
     /// How long a miss waits for a concurrent fill of the same entry.
@@ -522,6 +525,7 @@ pub(super) fn resolve(
         credential_headers,
         suspect_credentials: super::inputs::suspect_credentials(&raw.cache.suspect_credential_headers, &at)?,
         non_credential_headers: super::inputs::header_names(&raw.cache.non_credential_headers, &at)?,
+        vary_on_origin: raw.cache.vary_on_origin.unwrap_or(true),
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
