@@ -20,6 +20,7 @@ both_stores!(
     a_repeated_keyed_header_is_neither_served_nor_stored,
     a_header_name_with_an_underscore_never_reaches_the_backend,
     cors_answers_never_cross_origins,
+    a_get_with_a_body_is_neither_served_nor_stored,
 );
 
 const AMBIGUOUS: &str = "cachegate; fwd=bypass; detail=ambiguous-input";
@@ -285,6 +286,20 @@ async fn origin_can_be_left_out_of_the_variant() {
     assert_eq!(w.client.get(path).await.x_cache(), Some("MISS"));
     let cors = w.client.get_h(path, &[("origin", "https://app.example")]).await;
     assert_eq!(cors.x_cache(), Some("HIT"), "as configured: one entry for every origin");
+}
+
+async fn a_get_with_a_body_is_neither_served_nor_stored(kind: Kind) {
+    let w = fw_world(kind, "", "", "").await;
+    let r = w.client.send("GET", "/search?q=a", &[], full("evil")).await;
+    assert_eq!(r.cache_status(), "cachegate; fwd=bypass; detail=request-body");
+    assert_eq!(r.json()["body"], "evil", "the backend read the body");
+    let normal = w.client.get("/search?q=a").await;
+    assert_eq!(normal.x_cache(), Some("MISS"));
+    assert!(!normal.text().contains("evil"), "{}", normal.text());
+    // Nor is the stored entry served to a GET with a body.
+    let r = w.client.send("GET", "/search?q=a", &[], full("evil")).await;
+    assert_eq!(r.x_cache(), Some("BYPASS"));
+    assert_eq!(w.client.get("/search?q=a").await.x_cache(), Some("HIT"));
 }
 
 const PATH: &str = "/api/v1/tasks/1";

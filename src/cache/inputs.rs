@@ -5,7 +5,8 @@
 //! gets is the rule's `duplicate_inputs`: bypass (default), first, reject.
 //!
 //! Rules whose key reads no query parameter or header by name (the usual
-//! `task:{task_id}`) cost nothing here.
+//! `task:{task_id}`) cost nothing here. A GET with a body is bypassed too:
+//! no key holds a body.
 
 use crate::proxy::{self, Body};
 use crate::rules::CacheRule;
@@ -13,6 +14,16 @@ use http::{HeaderName, Request, Response, StatusCode};
 
 /// The `detail` of the `Cache-Status` of a request bypassed as ambiguous.
 pub const AMBIGUOUS: &str = "ambiguous-input";
+
+/// The `detail` of a GET or HEAD bypassed because it has a body.
+pub const REQUEST_BODY: &str = "request-body";
+
+/// Whether a request a rule covers has a body: it is forwarded, and a
+/// backend that reads GET bodies (search APIs) would answer for it, but no
+/// key holds it, so such a request is neither served nor stored.
+pub fn has_body(req: &Request<Body>) -> bool {
+    http_body::Body::size_hint(req.body()).exact() != Some(0)
+}
 
 /// Whether the request gives a keyed input more than once. With
 /// `underscores` (headers with `_` kept), `X_Lang` counts as another

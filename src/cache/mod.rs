@@ -302,6 +302,9 @@ impl Gateway {
         }
         if let Some(m) = rules.match_cache(req.method(), path) {
             let rule = m.rule;
+            if inputs::has_body(&req) {
+                return self.cached(req, from, rule, Err(inputs::REQUEST_BODY)).await;
+            }
             if inputs::is_ambiguous(&req, rule, self.config.server.underscores_in_headers) {
                 match rule.duplicate_inputs {
                     DuplicateInputs::Bypass => return self.cached(req, from, rule, Err(inputs::AMBIGUOUS)).await,

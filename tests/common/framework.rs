@@ -9,6 +9,7 @@
 //! - a caller known by `X-API-Key` (or `Authorization`, or `X-Tenant-Token`)
 //!   gets that tenant's private data (`tenant-*`; any other key is a 401),
 //!   anyone else the public view;
+//! - a GET body is read (search APIs do) and echoed as `body`;
 //! - CORS: any `Origin` is echoed in `Access-Control-Allow-Origin`, with no
 //!   `Vary: Origin` (Starlette's middleware for a wildcard-like allow list).
 //!
@@ -147,8 +148,17 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     if let Some(origin) = req.headers().get("origin") {
         resp = resp.header("access-control-allow-origin", origin.clone());
     }
+    let mut body = body;
+    let received = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !received.is_empty() {
+        body["body"] = String::from_utf8_lossy(&received).into();
+    }
     let bytes = Bytes::from(body.to_string());
-    let _ = req.into_body().collect().await;
     Ok(resp
         .header("content-length", bytes.len())
         .body(Full::new(bytes).map_err(|n| match n {}).boxed())
