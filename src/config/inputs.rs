@@ -2,7 +2,8 @@
 //! backend and how each is kept from changing a shared answer.
 
 use super::error::ConfigError;
-use super::Config;
+use super::{Config, RuleConfig};
+use crate::rules::RuleSet;
 use std::ops::Range;
 use toml::Spanned;
 
@@ -117,6 +118,32 @@ impl DuplicateInputs {
             DuplicateInputs::Reject => "reject",
         }
     }
+}
+
+/// A key or tag that reads a header with `_` in its name while such headers
+/// are dropped on arrival would never see it: an error at the rule's key.
+pub(super) fn check_dropped_key_headers(
+    configs: &[RuleConfig],
+    rules: &RuleSet,
+    underscores_in_headers: bool,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if underscores_in_headers {
+        return Ok(());
+    }
+    for (config, rule) in configs.iter().zip(&rules.cache) {
+        if let Some(name) = rule.inputs.headers.iter().find(|h| h.as_str().contains('_')) {
+            return Err(at(
+                config.key_span.clone(),
+                format!(
+                    "rule {:?} reads the header {name:?}, but headers with '_' in their name are dropped on arrival; \
+                     name it with '-', or set [server] underscores_in_headers = true",
+                    config.name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `duplicate_inputs = "bypass" | "first" | "reject"`.

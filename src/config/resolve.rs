@@ -584,8 +584,10 @@ pub(super) fn resolve(
     for i in raw.invalidate {
         invalidations.push(invalidate_config(i, &at)?);
     }
-    let rules =
+    let compiled =
         RuleSet::compile(&rules, &invalidations, &cache).map_err(|RuleError { span, message }| at(span, message))?;
+    super::inputs::check_dropped_key_headers(&rules, &compiled, server.underscores_in_headers, &at)?;
+    let rules = compiled;
 
     Ok(Config {
         source: file.to_string(),
