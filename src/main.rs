@@ -227,6 +227,7 @@ fn check(args: ServeArgs) -> ExitCode {
                     config.memory.max_entries, config.memory.max_bytes
                 ),
             });
+            out.push_str(&config.inputs_summary());
             out.push_str(&config.rules.to_string());
             for warning in &config.warnings {
                 eprintln!("warning: {warning}");

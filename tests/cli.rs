@@ -212,3 +212,70 @@ fn reload_url_takes_a_base_url() {
         "http://h:9091/api/v1/cache/reload"
     );
 }
+
+#[test]
+fn check_prints_the_credential_headers_and_how_inputs_are_handled() {
+    let mut files = vec!["proxy.toml".to_string()];
+    for entry in std::fs::read_dir("config").unwrap() {
+        files.push(entry.unwrap().path().display().to_string());
+    }
+    for file in files {
+        let (code, stdout, stderr) = cachegate(&["check", "--config", &file]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        for line in [
+            "credential headers: authorization, cookie, x-api-key, api-key, x-auth-token, x-access-token",
+            "other headers named like a credential (containing auth, token, key, session, secret): bypass",
+            "backend Host: 127.0.0.1:8000 (the client's in X-Forwarded-Host",
+            "request headers with '_' in their name: dropped",
+            "Origin: part of the variant in shared scopes",
+        ] {
+            assert!(stdout.contains(line), "{file}: no {line:?} in\n{stdout}");
+        }
+    }
+}
+
+#[test]
+fn check_reports_bad_input_settings_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "[[rule]]\nname = \"t\"\npath = '^/t$'\n";
+    let cases = [
+        (
+            "duplicates.toml",
+            format!("{rule}key = \"t:{{query.q}}\"\nduplicate_inputs = \"last\"\n"),
+            ":5:20:",
+        ),
+        (
+            "suspect.toml",
+            "[cache]\nsuspect_credential_headers = \"maybe\"\n".to_string(),
+            ":2:30:",
+        ),
+        (
+            "names.toml",
+            "[cache]\nnon_credential_headers = [\"a b\"]\n".to_string(),
+            ":2:26:",
+        ),
+        // A key reading a header that is dropped on arrival.
+        (
+            "underscore.toml",
+            format!("{rule}key = \"t:{{header.x_lang}}\"\n"),
+            ":4:7:",
+        ),
+    ];
+    for (name, text, position) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &text).unwrap();
+        let file = path.display().to_string();
+        let (code, _, stderr) = cachegate(&["check", "--config", &file]);
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(stderr.contains(&format!("{file}{position}")), "{name}: {stderr}");
+    }
+    // With underscore headers kept, that key is fine.
+    let path = dir.path().join("kept.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nunderscores_in_headers = true\n\n{rule}key = \"t:{{header.x_lang}}\"\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = cachegate(&["check", "--config", &path.display().to_string()]);
+    assert_eq!(code, 0, "{stderr}");
+}

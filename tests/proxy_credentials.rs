@@ -3,14 +3,19 @@
 //! shares; Redis never holds a raw token; purging a key drops every scope.
 
 mod common;
+#[path = "common/framework.rs"]
+mod framework;
 
 use common::*;
+use framework::Framework;
 
 both_stores!(
     tenants_and_anonymous_callers_never_see_each_others_entries,
     a_cookie_is_a_credential,
     a_public_rule_shares_one_entry,
     purging_a_key_removes_every_scope,
+    an_api_key_is_a_credential_by_default,
+    a_header_named_like_a_credential_is_never_shared,
 );
 
 const A: &[(&str, &str)] = &[("authorization", "Bearer token-a")];
@@ -237,4 +242,90 @@ async fn redis_never_holds_a_raw_token() {
             }
         }
     }
+}
+
+/// cachegate in front of the framework-like backend (`common/framework.rs`),
+/// with `cache` lines in `[cache]`; the rule caches `/api/v1/tasks/{id}`.
+async fn framework_proxy(kind: Kind, cache: &str) -> (Framework, Option<RedisServer>, Proxy, Client) {
+    let fw = Framework::start().await;
+    let redis = (kind == Kind::Redis).then(RedisServer::start);
+    let template = format!(
+        "{HEAD}\n[cache]\n{cache}\n\n[[rule]]\nname = \"task\"\npath = '^/api/v1/tasks/(?P<id>[^/]+)$'\nkey = \"task:{{id}}\"\n"
+    );
+    let text = render(&template, kind, &fw.url(), redis.as_ref().map(|r| r.url()).as_deref());
+    let proxy = Proxy::start(&text).await;
+    let client = Client::new(proxy.addr);
+    (fw, redis, proxy, client)
+}
+
+const PRIVATE: &str = "tenant-a's secret task";
+
+async fn an_api_key_is_a_credential_by_default(kind: Kind) {
+    let (fw, _redis, proxy, client) = framework_proxy(kind, "").await;
+    let path = "/api/v1/tasks/7";
+    let a = client.get_h(path, &[("x-api-key", "tenant-a")]).await;
+    assert_eq!(a.x_cache(), Some("MISS"));
+    assert_eq!(a.json()["data"]["private"], PRIVATE);
+    assert_eq!(
+        client.get_h(path, &[("x-api-key", "tenant-a")]).await.x_cache(),
+        Some("HIT")
+    );
+    // No credentials: the backend is asked, the public view comes back.
+    let anon = client.get(path).await;
+    assert_eq!(anon.x_cache(), Some("MISS"));
+    assert!(!anon.text().contains("secret"), "{}", anon.text());
+    // A bogus key: the backend is asked and refuses.
+    let bogus = client.get_h(path, &[("x-api-key", "bogus")]).await;
+    assert_eq!(bogus.status, 401);
+    assert!(!bogus.text().contains("secret"), "{}", bogus.text());
+    // Another spelling of the same header is the same credential.
+    let other_case = client.get_h(path, &[("X-API-KEY", "tenant-a")]).await;
+    assert_eq!(other_case.x_cache(), Some("HIT"));
+    assert_eq!(fw.count(path), 3);
+    // And the normal answer for a later anonymous request.
+    let anon = client.get(path).await;
+    assert_eq!(anon.x_cache(), Some("HIT"));
+    assert_eq!(anon.json()["data"]["tenant"], serde_json::Value::Null);
+    assert_ne!(proxy.scope_of(&[("x-api-key", "tenant-a")]), "anon");
+}
+
+async fn a_header_named_like_a_credential_is_never_shared(kind: Kind) {
+    let (fw, _redis, _proxy, client) = framework_proxy(kind, "").await;
+    let path = "/api/v1/tasks/8";
+    let token = [("x-tenant-token", "tenant-a")];
+    let r = client.get_h(path, &token).await;
+    assert_eq!(r.cache_status(), "cachegate; fwd=bypass; detail=unlisted-credential");
+    assert_eq!(r.json()["data"]["private"], PRIVATE);
+    let anon = client.get(path).await;
+    assert_eq!(anon.x_cache(), Some("MISS"), "nothing was stored for anonymous callers");
+    assert!(!anon.text().contains("secret"), "{}", anon.text());
+    // Nor is the anonymous entry served to it.
+    let r = client.get_h(path, &token).await;
+    assert_eq!(r.x_cache(), Some("BYPASS"));
+    assert_eq!(r.json()["data"]["private"], PRIVATE);
+    let anon = client.get(path).await;
+    assert_eq!(anon.x_cache(), Some("HIT"));
+    assert!(!anon.text().contains("secret"), "{}", anon.text());
+    assert_eq!(fw.count(path), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_named_like_a_credential_may_be_scoped_or_declared_harmless() {
+    let cache = "suspect_credential_headers = \"scope\"\nnon_credential_headers = [\"X-Idempotency-Key\"]";
+    let (fw, _redis, _proxy, client) = framework_proxy(Kind::Memory, cache).await;
+    let path = "/api/v1/tasks/9";
+    let token = [("x-tenant-token", "tenant-a")];
+    // "scope": a scope of its own, like a listed credential.
+    assert_eq!(client.get_h(path, &token).await.x_cache(), Some("MISS"));
+    let again = client.get_h(path, &token).await;
+    assert_eq!(again.x_cache(), Some("HIT"));
+    assert_eq!(again.json()["data"]["private"], PRIVATE);
+    let anon = client.get(path).await;
+    assert_eq!(anon.x_cache(), Some("MISS"));
+    assert!(!anon.text().contains("secret"));
+    // A name declared harmless shares the anonymous entry.
+    let harmless = client.get_h(path, &[("x-idempotency-key", "1")]).await;
+    assert_eq!(harmless.x_cache(), Some("HIT"));
+    assert!(!harmless.text().contains("secret"));
+    assert_eq!(fw.count(path), 2);
 }

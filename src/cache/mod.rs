@@ -21,11 +21,14 @@
 //! A store failure anywhere is "no cache" for this request (fail open).
 
 mod coalesce;
-mod credential;
+mod credential_end;
 mod fill;
 mod freshness;
+mod implicit;
+mod inputs;
 mod scope;
 mod status;
+mod suspect_credentials;
 mod vary;
 mod write_guard;
 
@@ -33,7 +36,7 @@ pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 pub use status::Outcome;
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, Scope, StoreKind, TtlMode, When};
+use crate::config::{Config, DuplicateInputs, Scope, StoreKind, TtlMode, When};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
@@ -288,6 +291,9 @@ impl Gateway {
         // before anything reads the request.
         proxy::strip_hop_by_hop(req.headers_mut());
         proxy::remove_named(req.headers_mut(), &self.config.server.strip_request_headers);
+        if !self.config.server.underscores_in_headers {
+            proxy::drop_underscored(req.headers_mut());
+        }
         let path = req.uri().path();
         if self.config.admin.listen.is_none() && crate::admin::owns(self, path) {
             return crate::admin::handle(self, req).await;
@@ -298,6 +304,26 @@ impl Gateway {
         }
         if let Some(m) = rules.match_cache(req.method(), path) {
             let rule = m.rule;
+            if inputs::has_body(&req) {
+                return self.cached(req, from, rule, Err(inputs::REQUEST_BODY)).await;
+            }
+            if inputs::is_ambiguous(&req, rule, self.config.server.underscores_in_headers) {
+                match rule.duplicate_inputs {
+                    DuplicateInputs::Bypass => return self.cached(req, from, rule, Err(inputs::AMBIGUOUS)).await,
+                    DuplicateInputs::Reject => return inputs::rejection(rule),
+                    DuplicateInputs::First => {
+                        drop(m);
+                        inputs::keep_first(&mut req, rule, self.config.server.underscores_in_headers);
+                        let Some(m) = rules.match_cache(req.method(), req.uri().path()) else {
+                            return self.pass(req, from).await;
+                        };
+                        let rule = m.rule;
+                        let key = self.cache_key(&req, rule, &m.captures);
+                        drop(m);
+                        return self.cached(req, from, rule, key).await;
+                    }
+                }
+            }
             let key = self.cache_key(&req, rule, &m.captures);
             return self.cached(req, from, rule, key).await;
         }
@@ -329,6 +355,13 @@ impl Gateway {
                 ),
             ));
         }
+        if proxy::host::is_bad(req.headers()) {
+            return Some(proxy::json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_host",
+                "the request needs one Host of the form host[:port]",
+            ));
+        }
         None
     }
 
@@ -352,13 +385,8 @@ impl Gateway {
             tracing::debug!(rule = %rule.name, "key renders empty or too long; bypassing the cache");
             return Err("key");
         };
-        let field = scope_field_keyed(
-            rule.scope,
-            req.headers(),
-            &self.config.cache.credential_headers,
-            self.scope_key(),
-        )
-        .ok_or("scope-secret")?;
+        let field = suspect_credentials::scope_field(rule.scope, req.headers(), &self.config.cache, self.scope_key())?;
+        let field = implicit::field(field, req.headers(), &self.config);
         let tags = rule
             .tags
             .iter()
@@ -714,7 +742,7 @@ impl Gateway {
         let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
             .and_then(|l| fill::unstorable_reason(&resp).map_or(Ok(l), Err))
         {
-            Ok(l) => credential::capped(l, &key.field, self.config.cache.credential_max_ttl),
+            Ok(l) => credential_end::capped(l, &key.field, self.config.cache.credential_max_ttl),
             Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
         };
         if RequestDirectives::parse(&client).no_store {
@@ -847,7 +875,7 @@ impl Gateway {
         };
         let entry = match freshness::lifetime(rule, entry.status.as_u16(), &entry.headers) {
             Ok(lifetime) => Entry {
-                lifetime: credential::capped(lifetime, &key.field, self.config.cache.credential_max_ttl),
+                lifetime: credential_end::capped(lifetime, &key.field, self.config.cache.credential_max_ttl),
                 ..entry
             },
             // No longer storable (e.g. now no-store): answer, keep nothing.

@@ -43,6 +43,7 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     pub header_read_timeout_ms: Option<u64>,
     pub strip_request_headers: Option<Vec<String>>,
+    pub underscores_in_headers: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
 }
 
@@ -55,6 +56,7 @@ pub struct RawBackend {
     pub pool_idle_per_host: Option<usize>,
     pub pool_idle_timeout_ms: Option<u64>,
     pub forwarded_headers: Option<bool>,
+    pub preserve_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +100,9 @@ pub struct RawRedis {
 pub struct RawCache {
     pub max_body_bytes: Option<usize>,
     pub credential_headers: Option<Vec<String>>,
+    pub suspect_credential_headers: Option<Spanned<String>>,
+    pub non_credential_headers: Option<Spanned<Vec<String>>>,
+    pub vary_on_origin: Option<bool>,
     pub scope_secret: Option<String>,
     pub max_key_bytes: Option<usize>,
     pub coalesce_timeout_ms: Option<u64>,
@@ -122,6 +127,7 @@ pub struct RawRule {
     pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
     #[serde(default)]
     pub tags: Vec<Spanned<String>>,
+    pub duplicate_inputs: Option<Spanned<String>>,
 }
 
 /// `ttl = 300` or `ttl = "origin"`.

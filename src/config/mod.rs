@@ -7,11 +7,13 @@
 
 mod error;
 mod file;
+mod inputs;
 pub mod redis_url;
 mod resolve;
 mod warm;
 
 pub use error::ConfigError;
+pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
     AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,

@@ -91,6 +91,9 @@ pub struct ServerConfig {
     /// Request headers dropped on arrival: neither a key nor the backend
     /// sees them (headers that rewrite the URL or the method behind a cache).
     pub strip_request_headers: Vec<http::HeaderName>,
+    /// Keep request headers whose names contain `_` (nginx's
+    /// `underscores_in_headers`); off, they are dropped on arrival.
+    pub underscores_in_headers: bool,
     /// On SIGTERM/SIGINT: how long in-flight requests may take to finish
     /// before the process exits anyway.
     pub shutdown_timeout: Duration,
@@ -119,6 +122,9 @@ pub struct BackendConfig {
     /// Whether `X-Forwarded-For` / `-Proto` / `-Host` are added. Off, a
     /// client's `X-Forwarded-Host` is still dropped (it could steer links).
     pub forwarded_headers: bool,
+    /// Forward the client's `Host` (and make it part of every entry's
+    /// identity) instead of the backend URL's authority.
+    pub preserve_host: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +179,14 @@ pub struct CacheConfig {
     pub max_key_bytes: usize,
     /// Lower-case names of the request headers that identify a caller.
     pub credential_headers: Vec<http::HeaderName>,
+    /// What a request gets that carries a header whose name looks like a
+    /// credential but is neither listed above nor in `non_credential_headers`.
+    pub suspect_credentials: super::SuspectCredentials,
+    /// Header names that look like credentials but are not.
+    pub non_credential_headers: Vec<http::HeaderName>,
+    /// `Origin` is part of the variant in shared scopes (an implicit
+    /// `Vary: Origin`), so CORS answers never cross origins.
+    pub vary_on_origin: bool,
     pub scope_secret: Option<String>,
     pub store_timeout: Duration,
     /// How long a miss waits for a concurrent fill of the same entry.
@@ -217,6 +231,8 @@ pub struct RuleConfig {
     pub max_body_bytes: Option<usize>,
     /// Tag templates attached to every entry the rule stores.
     pub tags: Vec<(String, Range<usize>)>,
+    /// What a request repeating an input the key reads gets.
+    pub duplicate_inputs: super::DuplicateInputs,
 }
 
 /// An `[[invalidate]]` rule as written.
@@ -362,6 +378,7 @@ pub(super) fn resolve(
     let server = ServerConfig {
         listen,
         strip_request_headers,
+        underscores_in_headers: raw.server.underscores_in_headers.unwrap_or(false),
         max_uri_bytes: raw.server.max_uri_bytes.unwrap_or(8 * 1024),
         max_header_bytes: raw.server.max_header_bytes.unwrap_or(32 * 1024),
         max_headers: raw.server.max_headers.unwrap_or(100),
@@ -404,6 +421,7 @@ pub(super) fn resolve(
         // not handed to a request (see proxy/keep_alive.rs).
         pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(4_000)),
         forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
+        preserve_host: raw.backend.preserve_host.unwrap_or(false),
     };
 
     // [redis] and the environment variables of the reference deployment.
@@ -511,7 +529,7 @@ pub(super) fn resolve(
     for name in raw
         .cache
         .credential_headers
-        .unwrap_or_else(|| vec!["authorization".into(), "cookie".into()])
+        .unwrap_or_else(|| super::inputs::DEFAULT_CREDENTIAL_HEADERS.map(String::from).to_vec())
     {
         let h = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
             .map_err(|_| general(format!("[cache] credential_headers: {name:?} is not a header name")))?;
@@ -523,6 +541,9 @@ pub(super) fn resolve(
         max_body_bytes: raw.cache.max_body_bytes.unwrap_or(1024 * 1024),
         max_key_bytes: raw.cache.max_key_bytes.unwrap_or(1024),
         credential_headers,
+        suspect_credentials: super::inputs::suspect_credentials(&raw.cache.suspect_credential_headers, &at)?,
+        non_credential_headers: super::inputs::header_names(&raw.cache.non_credential_headers, &at)?,
+        vary_on_origin: raw.cache.vary_on_origin.unwrap_or(true),
         scope_secret: env("CACHEGATE_SCOPE_SECRET").or(raw.cache.scope_secret),
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
@@ -582,8 +603,10 @@ pub(super) fn resolve(
     for i in raw.invalidate {
         invalidations.push(invalidate_config(i, &at)?);
     }
-    let rules =
+    let compiled =
         RuleSet::compile(&rules, &invalidations, &cache).map_err(|RuleError { span, message }| at(span, message))?;
+    super::inputs::check_dropped_key_headers(&rules, &compiled, server.underscores_in_headers, &at)?;
+    let rules = compiled;
 
     if admin.tokens.is_empty() {
         warnings.push(format!(
@@ -950,6 +973,7 @@ fn rule_config(r: RawRule, at: &dyn Fn(Range<usize>, String) -> ConfigError) -> 
         scope,
         max_body_bytes: r.max_body_bytes,
         tags: r.tags.iter().map(|t| (t.get_ref().clone(), t.span())).collect(),
+        duplicate_inputs: super::inputs::duplicate_inputs(&r.duplicate_inputs, at)?,
     })
 }
 

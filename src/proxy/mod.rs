@@ -6,6 +6,7 @@
 //! lowers the pool's idle timeout (`keep_alive.rs`).
 
 pub mod framing;
+pub mod host;
 mod keep_alive;
 pub mod normalize;
 mod retry;
@@ -95,6 +96,9 @@ pub struct Forwarder {
     base: Uri,
     timeout: Duration,
     forwarded_headers: bool,
+    /// `None` with `preserve_host`; else the backend URL's authority, the
+    /// `Host` the backend gets, and the prefix of the links it builds on it.
+    own_host: Option<(HeaderValue, String)>,
 }
 
 /// Where a request came from, for `X-Forwarded-*`.
@@ -152,6 +156,15 @@ pub fn remove_named(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Removes every header whose name contains `_` (nginx's default,
+/// `underscores_in_headers off`): WSGI-style backends read `X_Lang` as
+/// `X-Lang`, so it could change an answer keyed on `X-Lang` unseen.
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    while let Some(name) = headers.keys().find(|n| n.as_str().contains('_')).cloned() {
+        headers.remove(name);
+    }
+}
+
 impl Forwarder {
     pub fn new(cfg: &BackendConfig) -> Forwarder {
         Forwarder {
@@ -167,6 +180,7 @@ impl Forwarder {
             base: cfg.url.clone(),
             timeout: cfg.timeout,
             forwarded_headers: cfg.forwarded_headers,
+            own_host: own_host(cfg),
         }
     }
 
@@ -211,6 +225,10 @@ impl Forwarder {
         } else {
             parts.headers.remove(X_FORWARDED_HOST);
         }
+        // After add_forwarded has copied the client's Host.
+        if let Some((host, _)) = &self.own_host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let body = retry::buffer(body)
             .await
@@ -240,6 +258,9 @@ impl Forwarder {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some((_, links)) = &self.own_host {
+            host::relativize_links(&mut parts.headers, links);
+        }
         Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()))
     }
 
@@ -303,6 +324,17 @@ fn pooled_client(
         .pool_max_idle_per_host(idle_per_host)
         .pool_idle_timeout(idle_timeout)
         .build(connector)
+}
+
+/// The backend's own `Host` and link prefix, unless the client's is kept.
+fn own_host(cfg: &BackendConfig) -> Option<(HeaderValue, String)> {
+    if cfg.preserve_host {
+        return None;
+    }
+    let authority = cfg.url.authority()?.as_str();
+    let value = HeaderValue::from_str(authority).ok()?;
+    let links = format!("http://{authority}{}", cfg.url.path().trim_end_matches('/')).to_ascii_lowercase();
+    Some((value, links))
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

@@ -4,11 +4,13 @@
 //! request path only runs [`RuleSet::match_cache`] and
 //! [`RuleSet::match_invalidate`] and renders templates into strings.
 
+mod inputs;
 mod template;
 
+pub use inputs::KeyInputs;
 pub use template::{glob_escape, query_param, RequestView, Template};
 
-use crate::config::{CacheConfig, InvalidateConfig, RuleConfig, Scope, TtlMode, When};
+use crate::config::{CacheConfig, DuplicateInputs, InvalidateConfig, RuleConfig, Scope, TtlMode, When};
 use http::Method;
 use regex::{Captures, Regex};
 use std::fmt;
@@ -43,6 +45,11 @@ pub struct CacheRule {
     pub scope: Scope,
     pub max_body_bytes: usize,
     pub tags: Vec<Template>,
+    /// The query parameters and headers the key and tags read, found once
+    /// here so a request is checked for repeats without parsing templates.
+    pub inputs: KeyInputs,
+    /// What a request that repeats one of them gets.
+    pub duplicate_inputs: DuplicateInputs,
 }
 
 impl CacheRule {
@@ -117,8 +124,11 @@ impl RuleSet {
                     format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself"),
                 ));
             }
+            let inputs = KeyInputs::of(std::iter::once(&key).chain(&tags));
             set.cache.push(CacheRule {
                 index: set.cache.len(),
+                inputs,
+                duplicate_inputs: r.duplicate_inputs,
                 name: r.name.clone(),
                 methods,
                 path,
@@ -244,7 +254,7 @@ impl fmt::Display for RuleSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for r in &self.cache {
             let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
-            writeln!(
+            write!(
                 f,
                 "rule {:?}: {} {} -> key {:?} ttl {} statuses {:?} scope {} max_body {} B",
                 r.name,
@@ -262,6 +272,15 @@ impl fmt::Display for RuleSet {
                 },
                 r.max_body_bytes
             )?;
+            if !r.inputs.is_empty() {
+                write!(
+                    f,
+                    " key inputs {} (repeated: {})",
+                    r.inputs,
+                    r.duplicate_inputs.as_str()
+                )?;
+            }
+            writeln!(f)?;
         }
         for i in &self.invalidate {
             let methods: Vec<&str> = i.methods.iter().map(|m| m.as_str()).collect();

@@ -99,6 +99,22 @@ impl Template {
         &self.source
     }
 
+    /// The query parameter names (`{query.NAME}`) the template reads.
+    pub fn query_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Query(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The header names (`{header.NAME}`) the template reads.
+    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Header(name) => Some(name),
+            _ => None,
+        })
+    }
+
     /// Renders the template; `None` when a header value is not valid text,
     /// or a percent-decoded query value is not valid UTF-8 (lossy decoding
     /// would give different values one key).
