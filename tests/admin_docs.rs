@@ -8,17 +8,43 @@ mod common;
 use admin_support::*;
 use common::{Backend, Client, RedisServer};
 
-/// One `curl` line: method, path and query, whether it sends the token.
+/// One `curl` command: method, path and query, whether it sends the token,
+/// and its `-d` body.
 struct Example {
     method: String,
     path: String,
     token: bool,
+    body: Option<String>,
+}
+
+/// The `curl` commands of a document, each with its `\`-continued lines
+/// joined into one.
+fn curl_commands(doc: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with("curl ") {
+            continue;
+        }
+        let mut command = line.to_string();
+        while command.ends_with('\\') {
+            command.pop();
+            command.push_str(lines.next().unwrap_or("").trim());
+        }
+        commands.push(command);
+    }
+    commands
 }
 
 fn examples(doc: &str) -> Vec<Example> {
-    doc.lines()
-        .filter(|l| l.starts_with("curl "))
+    curl_commands(doc)
+        .into_iter()
         .map(|line| {
+            let body = line
+                .split_once("-d '")
+                .and_then(|(_, rest)| rest.split_once('\''))
+                .map(|(body, _)| body.to_string());
+            let line = line.as_str();
             let line = line.split("    #").next().unwrap_or(line);
             let method = ["DELETE", "POST"]
                 .into_iter()
@@ -33,6 +59,7 @@ fn examples(doc: &str) -> Vec<Example> {
                 method: method.to_string(),
                 path: url.trim_start_matches("http://localhost:8080").to_string(),
                 token: line.contains("$TOKEN"),
+                body,
             }
         })
         .collect()
@@ -58,7 +85,16 @@ async fn every_documented_example_works_as_written() {
     for ex in &examples {
         // DELETE key/task:1 would remove what later examples read: refill.
         client.get("/api/v1/tasks/1").await;
-        let r = call(&client, &ex.method, &ex.path, ex.token.then_some(ALL)).await;
+        let r = match &ex.body {
+            None => call(&client, &ex.method, &ex.path, ex.token.then_some(ALL)).await,
+            Some(body) => {
+                let auth = format!("Bearer {ALL}");
+                let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+                client
+                    .send(&ex.method, &ex.path, &headers, common::full(body.clone()))
+                    .await
+            }
+        };
         assert!(r.status == 200, "{} {}: {} {}", ex.method, ex.path, r.status, r.text());
         let route = ex.path.split('?').next().unwrap_or(&ex.path);
         if route == "/metrics" {
@@ -80,6 +116,7 @@ async fn every_documented_example_works_as_written() {
             ("GET", "/api/v1/cache/key/task:1") => has(&["key", "value", "ttl", "type"]),
             ("DELETE", "/api/v1/cache/key/task:1") => has(&["status", "key", "deleted"]),
             ("GET", "/healthz") | ("GET", "/readyz") => has(&["status"]),
+            ("POST", "/api/v1/cache/scope/purge") => has(&["status", "scope", "purged"]),
             ("POST", "/api/v1/cache/reload") => has(&["reloaded", "generation", "source", "restart_required"]),
             other => panic!("docs/admin-api.md has an example this test does not know: {other:?}"),
         }
