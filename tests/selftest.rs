@@ -348,7 +348,7 @@ fn skipped_checks_do_not_fail_the_run() {
     let url = &args[args.iter().position(|a| a == "--url").unwrap() + 1];
     let token = &args[args.iter().position(|a| a == "--token").unwrap() + 1];
     let run = selftest(&[
-        "--url", url, "--id", "1-3", "--token", token, "-n", "20", "-c", "2", "--json",
+        "--url", url, "--id", "1-3", "--token", token, "-n", "20", "-j", "2", "--json",
     ]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let r: Value = serde_json::from_str(&run.stdout).unwrap();
@@ -486,7 +486,7 @@ async fn a_backend_that_ignores_writes_fails_the_invalidation_check() {
         "1",
         "-n",
         "20",
-        "-c",
+        "-j",
         "2",
         "--write",
         r#"PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}"#,
@@ -531,7 +531,7 @@ async fn a_proxy_without_invalidation_rules_fails_the_invalidation_check() {
         api.token("acme").unwrap(),
         "-n",
         "20",
-        "-c",
+        "-j",
         "2",
         "--write",
         r#"PUT /api/v1/tasks/{id}/ {"name":"selftest {nonce}"}"#,
@@ -598,7 +598,7 @@ async fn an_admin_listener_of_its_own_is_reached_with_admin_url() {
         "ops-token",
         "-n",
         "20",
-        "-c",
+        "-j",
         "2",
         "--json",
     ]
