@@ -131,6 +131,7 @@ impl Gateway {
     /// is down (fail open); fails only on a store URL fred cannot use.
     pub async fn new(config: Arc<Config>) -> Result<Gateway, BoxError> {
         let tombstone_ttl = Duration::from_secs(60).max(config.backend.timeout * 2);
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match (&config.store, &config.redis) {
             (StoreKind::Redis, Some(redis)) => {
                 let store = RedisStore::connect(
@@ -150,7 +151,8 @@ impl Gateway {
                         store,
                         redis,
                         &config.cache.key_prefix,
-                        config.tier.max_bytes,
+                        &config.tier,
+                        metrics.coherence(),
                     )?)
                 } else {
                     store
@@ -163,7 +165,6 @@ impl Gateway {
                 config.cache.scope_secret.as_deref(),
             )),
         };
-        let metrics = Arc::new(Metrics::new());
         crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .map_err(|e| format!("cannot open the access log: {e}"))?;
@@ -542,6 +543,7 @@ impl Gateway {
         // The in-process tier's decoded entry: no store call, no decoding.
         if let Some(entry) = self.store.peek(&key.key, &key.field) {
             if entry.is_fresh(now_ms()) {
+                self.metrics.tier_hit();
                 return Ok(Found {
                     entry: Some(Entry::clone(&entry)),
                     field: key.field.clone(),
@@ -979,6 +981,10 @@ impl Gateway {
         soft.keys.retain(|k| !hard.keys.contains(k));
         self.purge(hard).await;
         self.purge(soft).await;
+        // Read-your-writes across instances: answer once no tier in the
+        // fleet can serve what was purged (a failed purge too: peers' leases
+        // must run out before the answer).
+        self.store.fence().await;
         match result {
             Ok(resp) => resp,
             Err(e) => e.to_response(),

@@ -14,7 +14,7 @@ mod warm;
 pub use error::ConfigError;
 pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
-    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,
+    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Consistency, Edition,
     InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
     TtlMode, When,
 };

@@ -341,6 +341,22 @@ impl RedisStore {
         }
     }
 
+    /// `SET <prefix><logical> 1 PX <ttl>`: the tier's heartbeats and fences
+    /// (`coherence.rs`), whose only use is the invalidation push they cause.
+    pub(super) async fn mark(&self, logical: &str, ttl: Duration) -> StoreResult<()> {
+        let client = self.client()?;
+        let px = Expiration::PX(ttl.as_millis().max(1) as i64);
+        let set = Box::pin(client.set::<Value, _, _>(self.key(logical), 1, Some(px), None, false));
+        self.bounded(set).await.map(|_| ())
+    }
+
+    /// `PUBLISH <prefix><logical channel> message`.
+    pub(super) async fn publish(&self, channel: &str, message: String) -> StoreResult<()> {
+        let client = self.client()?;
+        let publish = Box::pin(client.publish::<Value, _, _>(self.key(channel), message));
+        self.bounded(publish).await.map(|_| ())
+    }
+
     /// Purges every key the tags index; with `list` > 0, also returns the
     /// keys it purged (up to `list`; `None` past that), so the in-process
     /// tier can drop just those.
