@@ -30,7 +30,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CLIENTS: usize = 24;
-const MIN_OPS: usize = 20_000;
+
+/// Operations per run: 20,000, or `FLEET_OPS` (the longer runs of
+/// `bench/fleet_history.sh`).
+fn min_ops() -> usize {
+    std::env::var("FLEET_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+        .max(20_000)
+}
 
 /// The store sections: Redis, the tier on with `consistency`, the default
 /// store timeout (a stalled Redis is the case under test, not avoided).
@@ -80,11 +89,11 @@ where
     Fut: std::future::Future<Output = ()> + Send,
 {
     let before = figures(addrs).await;
-    let progress = Progress::new(MIN_OPS);
+    let progress = Progress::new(min_ops());
     let faulting = {
         let progress = progress.clone();
         tokio::spawn(async move {
-            progress.wait_for(MIN_OPS / 3).await;
+            progress.wait_for(min_ops() / 3).await;
             progress.hold.store(true, Ordering::SeqCst);
             fault().await;
             progress.wait_for(3_000).await;

@@ -12,7 +12,11 @@
 //! the tier only if no invalidation of that key arrived meanwhile (a per-key
 //! sequence check), so a purge racing the read cannot leave an old copy.
 //! Every write this instance makes (fill, purge) also drops its own copy at
-//! once, so it reads its own writes without waiting for the push.
+//! once, so it reads its own writes without waiting for the push. Other
+//! instances' writes reach it a little later; with read-your-writes (the
+//! default) the tier serves only under a lease and every purge is fenced
+//! (`coherence.rs`), so no instance serves the old entry once a write was
+//! answered.
 
 use super::coherence::{Coherence, Signals};
 use super::entry::Entry;
