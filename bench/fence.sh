@@ -62,15 +62,15 @@ keys = ["task:{task_id}"]
 TOML
 }
 
-# start NAME CONSISTENCY CORE -> port
+# start NAME CONSISTENCY CORE: sets PORT
 start() {
-  local port; port=$(free_port)
+  PORT=$(free_port)
   conf "$2" > "$RUN/$1.toml"
-  CACHEGATE_LISTEN=127.0.0.1:$port taskset -c "$3" "$BIN" --config "$RUN/$1.toml" --log warn &
+  CACHEGATE_LISTEN=127.0.0.1:$PORT taskset -c "$3" "$BIN" --config "$RUN/$1.toml" --log warn \
+    >"$RUN/$1.log" 2>&1 &
   pids+=($!)
   echo "$!" > "$RUN/$1.pid"
-  wait_up "http://127.0.0.1:$port/healthz"
-  echo "$port"
+  wait_up "http://127.0.0.1:$PORT/healthz" || { cat "$RUN/$1.log" >&2; exit 1; }
 }
 stop() { kill "$(cat "$RUN/$1.pid")" 2>/dev/null || true; wait "$(cat "$RUN/$1.pid")" 2>/dev/null || true; }
 
@@ -88,12 +88,13 @@ declare -A results
 for round in $(seq "$ROUNDS"); do
   for mode in eventual read-your-writes; do
     for n in 1 2; do
-      a=$(start a "$mode" "$CORE")
-      [ "$n" = 2 ] && b=$(start b "$mode" 1)
+      start a "$mode" "$CORE"; a=$PORT
+      if [ "$n" = 2 ]; then start b "$mode" 1; fi
       out=$(wrk -t1 -c1 -d"$DURATION"s --latency -s "$RUN/put.lua" "http://127.0.0.1:$a/api/v1/tasks/1")
       p50=$(echo "$out" | percentile 50%); p99=$(echo "$out" | percentile 99%)
       results["put,$mode,$n,p50"]+="$p50 "; results["put,$mode,$n,p99"]+="$p99 "
-      echo "round $round: PUT $mode, $n instance(s): p50 ${p50} ms p99 ${p99} ms"
+      fences=$(curl -s "http://127.0.0.1:$a/metrics" | awk '$1 ~ /^cachegate_fence_(waits|peers_acked|peers_timed_out)_total$/ {printf "%s=%s ", substr($1,18), $2}')
+      echo "round $round: PUT $mode, $n instance(s): p50 ${p50} ms p99 ${p99} ms ${fences}"
       if [ "$n" = 2 ]; then
         curl -s "http://127.0.0.1:$a/api/v1/tasks/1" >/dev/null
         curl -s "http://127.0.0.1:$a/api/v1/tasks/1" >/dev/null

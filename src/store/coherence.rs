@@ -9,8 +9,8 @@
 //!   tier may serve until `sent_at(n) + L`. The hit path is one atomic load.
 //! - **Registry.** The pushes of other instances' heartbeats say which peers
 //!   are alive (seen within `L + margin`).
-//! - **Fence.** After a purge, the purging instance writes
-//!   `__cg:fence:<id>:<m>` and waits until either its own push of it arrived
+//! - **Fence.** After a purge, the purging instance writes (and at once
+//!   deletes, so no expiry pushes it again) `__cg:fence:<id>:<m>` and waits until either its own push of it arrived
 //!   and every live peer acknowledged `m` (each peer acknowledges after
 //!   handling the whole push message carrying it, so after the purge's
 //!   invalidation), or `L + margin` passed since the purge completed (then
@@ -33,8 +33,6 @@ use tokio::sync::{mpsc, watch};
 
 /// Heartbeat keys live this many leases: the registry an operator can list.
 const BEAT_TTL_LEASES: u32 = 10;
-/// How long a fence key lives; nothing reads it, only its push matters.
-const FENCE_TTL: Duration = Duration::from_secs(10);
 /// Send times of recent heartbeats kept, so that a late push of an older
 /// heartbeat (one that timed out, then ran) is still understood.
 const BEATS_REMEMBERED: usize = 64;
@@ -117,7 +115,7 @@ impl Signal<'_> {
 #[derive(Default)]
 pub struct Signals {
     own_beats: Vec<u64>,
-    peer_beats: Vec<String>,
+    peer_beats: Vec<(String, u64)>,
     own_fences: Vec<u64>,
     peer_fences: Vec<(String, u64)>,
 }
@@ -139,13 +137,35 @@ impl FenceWait {
     }
 }
 
+/// What this instance knows of a peer's heartbeats.
+#[derive(Default, Debug)]
+struct Peer {
+    /// The highest heartbeat number seen.
+    n: u64,
+    /// When its push arrived.
+    seen: u64,
+}
+
+impl Peer {
+    /// Notes the push of heartbeat `n`. A number not above the highest seen
+    /// is not a sign of life: Redis also pushes a key when it *expires*, so
+    /// a peer that died keeps "beating" for the keys' lifetime. Ignoring an
+    /// old number is safe: it was sent before the one already seen.
+    fn saw(&mut self, n: u64, now: u64) {
+        if n > self.n {
+            self.n = n;
+            self.seen = now;
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     next_beat: u64,
     /// `(n, sent_at)` of recent heartbeats.
     beats: VecDeque<(u64, u64)>,
-    /// Peer id → when its last heartbeat push arrived.
-    peers: HashMap<String, u64>,
+    /// Peer id → when the push of its latest heartbeat arrived.
+    peers: HashMap<String, Peer>,
     next_fence: u64,
     fences: HashMap<u64, FenceWait>,
     /// A lease was granted and has not lapsed or been revoked since (for
@@ -226,7 +246,7 @@ impl Coherence {
     pub fn note(&self, internal: &str, signals: &mut Signals) {
         match Signal::parse(internal) {
             Some(Signal::Beat { from, n }) if from == self.id => signals.own_beats.push(n),
-            Some(Signal::Beat { from, .. }) => signals.peer_beats.push(from.to_string()),
+            Some(Signal::Beat { from, n }) => signals.peer_beats.push((from.to_string(), n)),
             Some(Signal::Fence { from, m }) if from == self.id => signals.own_fences.push(m),
             Some(Signal::Fence { from, m }) => signals.peer_fences.push((from.to_string(), m)),
             None => {}
@@ -257,14 +277,14 @@ impl Coherence {
                     }
                 }
             }
-            for peer in signals.peer_beats {
-                st.peers.insert(peer, now);
+            for (peer, n) in signals.peer_beats {
+                st.peers.entry(peer).or_default().saw(n, now);
             }
             for m in signals.own_fences {
                 let live: Vec<String> = st
                     .peers
                     .iter()
-                    .filter(|(_, seen)| self.math.live(**seen, now))
+                    .filter(|(_, peer)| self.math.live(peer.seen, now))
                     .map(|(peer, _)| peer.clone())
                     .collect();
                 if let Some(wait) = st.fences.get_mut(&m) {
@@ -318,7 +338,7 @@ impl Coherence {
         };
         if tracking_up {
             let key = format!("{INTERNAL_PREFIX}fence:{}:{m}", self.id);
-            let _ = tokio::time::timeout_at(deadline, store.mark(&key, FENCE_TTL)).await;
+            let _ = tokio::time::timeout_at(deadline, store.touch(&key)).await;
         }
         loop {
             if self.state().fences.get(&m).is_some_and(FenceWait::done) {
@@ -341,7 +361,10 @@ impl Coherence {
                 // counts as waited out.
                 None => {
                     let now = self.now();
-                    (0, st.peers.values().filter(|seen| self.math.live(**seen, now)).count())
+                    (
+                        0,
+                        st.peers.values().filter(|peer| self.math.live(peer.seen, now)).count(),
+                    )
                 }
             }
         };
@@ -362,7 +385,7 @@ impl Coherence {
         }
         // Peers silent for long are forgotten (they are not live anyway).
         let forget_after = 100 * self.math.lease;
-        st.peers.retain(|_, seen| now.saturating_sub(*seen) <= forget_after);
+        st.peers.retain(|_, peer| now.saturating_sub(peer.seen) <= forget_after);
         format!("{INTERNAL_PREFIX}hb:{}:{n}", self.id)
     }
 
@@ -511,6 +534,19 @@ mod tests {
             LeaseMath::new(Duration::from_millis(1)).beat_every(),
             Duration::from_millis(1)
         );
+    }
+
+    #[test]
+    fn an_expiring_old_heartbeat_is_no_sign_of_life() {
+        let mut peer = Peer::default();
+        peer.saw(5, 100);
+        assert_eq!((peer.n, peer.seen), (5, 100));
+        // The push of key hb:<peer>:3 expiring, later: ignored.
+        peer.saw(3, 900);
+        peer.saw(5, 950);
+        assert_eq!((peer.n, peer.seen), (5, 100));
+        peer.saw(6, 1000);
+        assert_eq!((peer.n, peer.seen), (6, 1000));
     }
 
     #[test]
