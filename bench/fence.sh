@@ -72,6 +72,17 @@ start() {
   echo "$!" > "$RUN/$1.pid"
   wait_up "http://127.0.0.1:$PORT/healthz" || { cat "$RUN/$1.log" >&2; exit 1; }
 }
+# Waits until the instance on $1 answers a tier hit (tracking up and, for
+# read-your-writes, a lease): writes before that wait out the fence.
+wait_tier() {
+  for _ in $(seq 200); do
+    curl -s "http://127.0.0.1:$1/api/v1/tasks/warm" >/dev/null
+    hits=$(curl -s "http://127.0.0.1:$1/metrics" | awk '$1=="cachegate_tier_hits_total" {print $2}')
+    [ "${hits:-0}" != 0 ] && return 0
+    sleep 0.05
+  done
+  echo "no tier hit on $1" >&2; exit 1
+}
 stop() { kill "$(cat "$RUN/$1.pid")" 2>/dev/null || true; wait "$(cat "$RUN/$1.pid")" 2>/dev/null || true; }
 
 cat > "$RUN/put.lua" <<'LUA'
@@ -89,7 +100,8 @@ for round in $(seq "$ROUNDS"); do
   for mode in eventual read-your-writes; do
     for n in 1 2; do
       start a "$mode" "$CORE"; a=$PORT
-      if [ "$n" = 2 ]; then start b "$mode" 1; fi
+      if [ "$n" = 2 ]; then start b "$mode" 1; wait_tier "$PORT"; fi
+      wait_tier "$a"
       out=$(wrk -t1 -c1 -d"$DURATION"s --latency -s "$RUN/put.lua" "http://127.0.0.1:$a/api/v1/tasks/1")
       p50=$(echo "$out" | percentile 50%); p99=$(echo "$out" | percentile 99%)
       results["put,$mode,$n,p50"]+="$p50 "; results["put,$mode,$n,p99"]+="$p99 "
