@@ -220,7 +220,12 @@ fn check(args: ServeArgs) -> ExitCode {
                     redact(&r.url),
                     r.db,
                     config.cache.key_prefix,
-                    if config.tier_in_use() { "on" } else { "off" }
+                    match (config.tier_in_use(), config.tier.consistency) {
+                        (false, _) => "off".to_string(),
+                        (true, cachegate::config::Consistency::Eventual) => "on (eventual)".to_string(),
+                        (true, cachegate::config::Consistency::ReadYourWrites) =>
+                            format!("on (read-your-writes, lease {} ms)", config.tier.lease.as_millis()),
+                    }
                 ),
                 None => format!(
                     "store memory ({} entries, {} bytes)\n",

@@ -65,8 +65,74 @@ pub struct RuleCounters {
     misses: AtomicU64,
 }
 
+/// The in-process tier's lease and fence figures (`src/store/coherence.rs`),
+/// handed to the store when it is built. Clones share the series.
+#[derive(Clone)]
+pub struct CoherenceMetrics {
+    /// Fences a purge waited on.
+    pub fence_waits: Counter,
+    /// How long each fence held the purge's answer.
+    pub fence_wait_seconds: Histogram,
+    /// Live peers that acknowledged a fence in time.
+    pub peers_acked: Counter,
+    /// Live peers that did not: the fence waited the lease out for them.
+    pub peers_timed_out: Counter,
+    /// Leases that lapsed while the tracking connection was up (Redis
+    /// stalled, heartbeats late): the tier stopped serving until renewed.
+    pub leases_lost: Counter,
+}
+
+impl Default for CoherenceMetrics {
+    fn default() -> CoherenceMetrics {
+        CoherenceMetrics::new()
+    }
+}
+
+impl CoherenceMetrics {
+    pub fn new() -> CoherenceMetrics {
+        CoherenceMetrics {
+            fence_waits: Counter::default(),
+            fence_wait_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 14)),
+            peers_acked: Counter::default(),
+            peers_timed_out: Counter::default(),
+            leases_lost: Counter::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fence_waits",
+            "Purges that waited for the fleet's tiers to pass them",
+            self.fence_waits.clone(),
+        );
+        registry.register(
+            "fence_wait_seconds",
+            "Time a purge's answer waited for its fence",
+            self.fence_wait_seconds.clone(),
+        );
+        registry.register(
+            "fence_peers_acked",
+            "Peers that acknowledged a fence",
+            self.peers_acked.clone(),
+        );
+        registry.register(
+            "fence_peers_timed_out",
+            "Live peers that did not acknowledge a fence within the lease",
+            self.peers_timed_out.clone(),
+        );
+        registry.register(
+            "tier_leases_lost",
+            "Tier leases that lapsed while the tracking connection was up",
+            self.leases_lost.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Hits answered from the in-process tier (no store call).
+    tier_hits: Counter,
+    coherence: CoherenceMetrics,
     requests: Family<RequestLabels, Counter>,
     /// Every rule counted since start, the current config's and earlier ones.
     rules: std::sync::Mutex<Vec<Arc<RuleCounters>>>,
@@ -194,7 +260,17 @@ impl Metrics {
             "Paths cache warming has yet to finish",
             warm_pending.clone(),
         );
+        let tier_hits = Counter::default();
+        registry.register(
+            "tier_hits",
+            "Hits answered from the in-process tier, without a store call",
+            tier_hits.clone(),
+        );
+        let coherence = CoherenceMetrics::new();
+        coherence.register(&mut registry);
         Metrics {
+            tier_hits,
+            coherence,
             access_log_dropped,
             warm_paths,
             warm_pending,
@@ -338,6 +414,16 @@ impl Metrics {
 
     pub fn set_warming(&self, warming: bool) {
         self.warming.store(warming, Ordering::Release);
+    }
+
+    /// Counts a hit answered from the in-process tier.
+    pub fn tier_hit(&self) {
+        self.tier_hits.inc();
+    }
+
+    /// The lease and fence series, for the store to count into.
+    pub fn coherence(&self) -> CoherenceMetrics {
+        self.coherence.clone()
     }
 
     pub fn set_store_up(&self, up: bool) {

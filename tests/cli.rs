@@ -53,6 +53,9 @@ fn check_reports_file_line_col_and_exits_2() {
         ("unknown.toml", "[server]\nlisen = \"x\"\n", ":2:1:"),
         // A value of the wrong kind.
         ("edition.toml", "edition = \"gold\"\n", ":1:11:"),
+        // [tier]: a lease of 0 would never serve; a consistency not known.
+        ("lease.toml", "[tier]\nlease_ms = 0\n", ":2:12:"),
+        ("consistency.toml", "[tier]\nconsistency = \"strong\"\n", ":2:15:"),
     ];
     for (name, text, position) in cases {
         let path = dir.path().join(name);

@@ -205,6 +205,7 @@ pub async fn clear(gw: &Gateway, query: Option<&str>) -> Response<Body> {
         (None, None) if soft => (store.purge_pattern("*", true).await, "pattern"),
         (p, None) => (store.clear(p.as_deref()).await, "clear"),
     };
+    store.fence().await;
     match result {
         Ok(deleted) => {
             gw.metrics().purged(kind, deleted);
@@ -272,7 +273,9 @@ pub async fn delete_key(gw: &Gateway, raw: &str) -> Response<Body> {
         Ok(k) => k,
         Err((param, msg)) => return bad_param(param, msg),
     };
-    match gw.store().purge_keys(std::slice::from_ref(&key), false).await {
+    let purged = gw.store().purge_keys(std::slice::from_ref(&key), false).await;
+    gw.store().fence().await;
+    match purged {
         Ok(n) => {
             gw.metrics().purged("key", n);
             proxy::json(StatusCode::OK, &json!({"status": "deleted", "key": key, "deleted": n}))

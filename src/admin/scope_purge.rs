@@ -81,6 +81,9 @@ pub async fn purge(gw: &Gateway, req: Request<Body>) -> Response<Body> {
     match gw.store().purge_scope(&scope).await {
         Ok(n) => {
             gw.metrics().purged("scope", n);
+            // No instance's tier may serve that credential's entries after
+            // this answer (read-your-writes, `store/coherence.rs`).
+            gw.store().fence().await;
             proxy::json(
                 StatusCode::OK,
                 &json!({"status": "purged", "scope": scope, "purged": n}),

@@ -136,6 +136,7 @@ impl Gateway {
     /// is down (fail open); fails only on a store URL fred cannot use.
     pub async fn new(config: Arc<Config>) -> Result<Gateway, BoxError> {
         let tombstone_ttl = Duration::from_secs(60).max(config.backend.timeout * 2);
+        let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match (&config.store, &config.redis) {
             (StoreKind::Redis, Some(redis)) => {
                 let store = RedisStore::connect(
@@ -155,7 +156,8 @@ impl Gateway {
                         store,
                         redis,
                         &config.cache.key_prefix,
-                        config.tier.max_bytes,
+                        &config.tier,
+                        metrics.coherence(),
                     )?)
                 } else {
                     store
@@ -168,7 +170,6 @@ impl Gateway {
                 config.cache.scope_secret.as_deref(),
             )),
         };
-        let metrics = Arc::new(Metrics::new());
         crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .map_err(|e| format!("cannot open the access log: {e}"))?;
@@ -569,6 +570,7 @@ impl Gateway {
         // The in-process tier's decoded entry: no store call, no decoding.
         if let Some(entry) = self.store.peek(&key.key, &key.field) {
             if entry.is_fresh(now_ms()) {
+                self.metrics.tier_hit();
                 return Ok(Found {
                     entry: Some(Entry::clone(&entry)),
                     field: key.field.clone(),
@@ -1008,8 +1010,15 @@ impl Gateway {
         }
         let due = due.into_iter().filter(|(when, _)| *when == When::Always || success);
         let (hard, soft) = write_guard::combine(own, due.map(|(_, purge)| purge));
+        let purged_any = !hard.is_empty() || !soft.is_empty();
         self.purge(hard).await;
         self.purge(soft).await;
+        // Read-your-writes across instances: answer once no tier in the
+        // fleet can serve what was purged (a failed purge too: peers' leases
+        // must run out before the answer).
+        if purged_any {
+            self.store.fence().await;
+        }
         match result {
             Ok(resp) => resp,
             Err(e) => e.to_response(),
@@ -1144,9 +1153,7 @@ impl Gateway {
                 }
             }
         }
-        let nothing_failed =
-            failed.keys.is_empty() && failed.patterns.is_empty() && failed.tags.is_empty() && failed.scopes.is_empty();
-        (!nothing_failed).then_some(failed)
+        (!failed.is_empty()).then_some(failed)
     }
 }
 
@@ -1159,6 +1166,12 @@ struct Purge {
     tags: Vec<String>,
     /// Credential scopes whose every entry goes (always hard).
     scopes: Vec<String>,
+}
+
+impl Purge {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.patterns.is_empty() && self.tags.is_empty() && self.scopes.is_empty()
+    }
 }
 
 fn request_view(req: &Request<Body>) -> RequestView<'_> {

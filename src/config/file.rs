@@ -193,4 +193,6 @@ pub struct RawLog {
 pub struct RawTier {
     pub enabled: Option<bool>,
     pub max_bytes: Option<u64>,
+    pub consistency: Option<Spanned<String>>,
+    pub lease_ms: Option<Spanned<u64>>,
 }

@@ -16,7 +16,7 @@ pub use error::ConfigError;
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use resolve::{
-    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Edition,
+    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Consistency, Edition,
     InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
     TtlMode, When,
 };

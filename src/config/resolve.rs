@@ -163,6 +163,22 @@ pub struct AccessLogConfig {
 pub struct TierConfig {
     pub enabled: bool,
     pub max_bytes: u64,
+    /// What a read through another instance may see after a write.
+    pub consistency: Consistency,
+    /// How long one heartbeat round trip lets the tier serve
+    /// (`src/store/coherence.rs`).
+    pub lease: Duration,
+}
+
+/// `[tier] consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Leases and fences: no instance serves, from its tier, an entry from
+    /// before a purge whose write was answered.
+    ReadYourWrites,
+    /// Tier entries are dropped when Redis's invalidation push arrives; a
+    /// read through another instance may see the old entry until then.
+    Eventual,
 }
 
 #[derive(Debug, Clone)]
@@ -558,6 +574,29 @@ pub(super) fn resolve(
     let tier = TierConfig {
         enabled: raw.tier.enabled.unwrap_or(true),
         max_bytes: raw.tier.max_bytes.unwrap_or(64 * 1024 * 1024),
+        consistency: match &raw.tier.consistency {
+            None => Consistency::ReadYourWrites,
+            Some(c) => match c.get_ref().as_str() {
+                "read-your-writes" => Consistency::ReadYourWrites,
+                "eventual" => Consistency::Eventual,
+                other => {
+                    return Err(at(
+                        c.span(),
+                        format!("[tier] consistency must be \"read-your-writes\" or \"eventual\", got {other:?}"),
+                    ))
+                }
+            },
+        },
+        lease: match &raw.tier.lease_ms {
+            None => Duration::from_millis(100),
+            Some(l) if *l.get_ref() == 0 || *l.get_ref() > 60_000 => {
+                return Err(at(
+                    l.span(),
+                    format!("[tier] lease_ms must be 1 to 60000, got {}", l.get_ref()),
+                ))
+            }
+            Some(l) => Duration::from_millis(*l.get_ref()),
+        },
     };
     let access_log = AccessLogConfig {
         enabled: raw.access_log.enabled.unwrap_or(true),

@@ -17,6 +17,7 @@
 //! generation nor the epoch moved in between, atomically. So a body fetched
 //! before a purge that covers it is never stored.
 
+pub mod coherence;
 pub mod entry;
 pub mod glob;
 pub mod memory;
@@ -127,6 +128,12 @@ pub trait Store: Send + Sync + 'static {
     fn peek(&self, _key: &str, _field: &str) -> Option<Arc<Entry>> {
         None
     }
+
+    /// Called after a purge completed (or failed): returns once no other
+    /// instance sharing the store can serve, from an in-process tier, an
+    /// entry the purge removed (`coherence.rs`). Nothing to wait for where
+    /// no instance keeps such a tier.
+    async fn fence(&self) {}
 
     /// Reads `field` of `key`; on a miss, also the guard a fill must present.
     async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup>;

@@ -114,6 +114,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return had
 "#;
 
+/// A key written and removed at once (the tier's fences, `coherence.rs`).
+const TOUCH_LUA: &str = "redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1]) return 1";
+
 /// How long an instance's published counters outlive its last flush.
 const STATS_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -329,6 +332,31 @@ impl RedisStore {
                 Err(StoreError::Timeout)
             }
         }
+    }
+
+    /// `SET <prefix><logical> 1 PX <ttl>`: the tier's heartbeats and fences
+    /// (`coherence.rs`), whose only use is the invalidation push they cause.
+    pub(super) async fn mark(&self, logical: &str, ttl: Duration) -> StoreResult<()> {
+        let client = self.client()?;
+        let px = Expiration::PX(ttl.as_millis().max(1) as i64);
+        let set = Box::pin(client.set::<Value, _, _>(self.key(logical), 1, Some(px), None, false));
+        self.bounded(set).await.map(|_| ())
+    }
+
+    /// Sets and deletes `<prefix><logical>` in one script: one invalidation
+    /// push of the key to every tracking client, and nothing left behind
+    /// (an expiring key would be pushed a second time when it expires).
+    pub(super) async fn touch(&self, logical: &str) -> StoreResult<()> {
+        let client = self.client()?;
+        let eval = Box::pin(client.eval::<Value, _, _, _>(TOUCH_LUA, vec![self.key(logical)], Vec::<Value>::new()));
+        self.bounded(eval).await.map(|_| ())
+    }
+
+    /// `PUBLISH <prefix><logical channel> message`.
+    pub(super) async fn publish(&self, channel: &str, message: String) -> StoreResult<()> {
+        let client = self.client()?;
+        let publish = Box::pin(client.publish::<Value, _, _>(self.key(channel), message));
+        self.bounded(publish).await.map(|_| ())
     }
 
     /// Purges every key the tags index; with `list` > 0, also returns the

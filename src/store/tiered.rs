@@ -12,17 +12,24 @@
 //! the tier only if no invalidation of that key arrived meanwhile (a per-key
 //! sequence check), so a purge racing the read cannot leave an old copy.
 //! Every write this instance makes (fill, purge) also drops its own copy at
-//! once, so it reads its own writes without waiting for the push.
+//! once, so it reads its own writes without waiting for the push. Other
+//! instances' writes reach it a little later; with read-your-writes (the
+//! default) the tier serves only under a lease and every purge is fenced
+//! (`coherence.rs`), so no instance serves the old entry once a write was
+//! answered.
 
+use super::coherence::{Coherence, Signals};
 use super::entry::Entry;
 use super::redis::RedisStore;
 use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
-use crate::config::RedisConfig;
+use crate::config::{Consistency, RedisConfig, TierConfig};
+use crate::metrics::CoherenceMetrics;
 use crate::rules::INTERNAL_PREFIX;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::interfaces::TrackingInterface;
 use fred::prelude::*;
+use fred::types::client::Invalidation;
 use fred::types::RespVersion;
 use moka::sync::Cache;
 use std::collections::HashMap;
@@ -74,19 +81,73 @@ pub struct TieredStore {
     /// The `seq` of the last time everything was dropped (a clear, a lost
     /// tracking connection, or `dropped` forgetting a key for room).
     cleared_at: Arc<AtomicU64>,
+    /// Leases and fences (`consistency = "read-your-writes"`); `None` for
+    /// `"eventual"`.
+    coherence: Option<Arc<Coherence>>,
     _tracker: Client,
 }
 
+/// What the tracking connection's pushes act on.
+#[derive(Clone)]
+struct Invalidator {
+    tier: Cache<String, Fields>,
+    seq: Arc<AtomicU64>,
+    dropped: Cache<String, u64>,
+    cleared_at: Arc<AtomicU64>,
+    prefix: String,
+    /// `<prefix>__cg:`: cachegate's own keys, never in the tier.
+    internal: String,
+    coherence: Option<Arc<Coherence>>,
+}
+
+impl Invalidator {
+    fn clear(&self) {
+        self.cleared_at
+            .store(self.seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.tier.invalidate_all();
+    }
+
+    /// One push message: every key is dropped (or noted, for heartbeats and
+    /// fences) before any lease, fence or acknowledgement is acted on, since
+    /// Redis puts the keys of one event-loop pass in one message.
+    fn push(&self, keys: Vec<fred::types::Key>) {
+        if keys.is_empty() {
+            // FLUSHDB / FLUSHALL: everything goes.
+            self.clear();
+            return;
+        }
+        let mut signals = Signals::default();
+        for key in keys {
+            let Some(name) = key.as_str() else { continue };
+            if let Some(internal) = name.strip_prefix(self.internal.as_str()) {
+                if let Some(c) = &self.coherence {
+                    c.note(internal, &mut signals);
+                }
+                continue;
+            }
+            let logical = name.strip_prefix(self.prefix.as_str()).unwrap_or(name).to_string();
+            let now = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            self.tier.invalidate(&logical);
+            self.dropped.insert(logical, now);
+        }
+        if let Some(c) = &self.coherence {
+            c.apply(signals);
+        }
+    }
+}
+
 impl TieredStore {
-    /// Wraps a connected Redis store; starts the tracking connection.
+    /// Wraps a connected Redis store; starts the tracking connection (and,
+    /// for read-your-writes, heartbeats and fence acknowledgements).
     pub fn new(
         inner: Arc<RedisStore>,
         cfg: &RedisConfig,
         prefix: &str,
-        max_bytes: u64,
+        settings: &TierConfig,
+        metrics: CoherenceMetrics,
     ) -> Result<TieredStore, crate::BoxError> {
         let tier: Cache<String, Fields> = Cache::builder()
-            .max_capacity(max_bytes)
+            .max_capacity(settings.max_bytes)
             .weigher(|k: &String, v: &Fields| {
                 let size = k.len() + v.iter().map(|(f, h)| f.len() + h.weight()).sum::<usize>();
                 u32::try_from(size).unwrap_or(u32::MAX)
@@ -115,60 +176,73 @@ impl TieredStore {
         config.version = RespVersion::RESP3;
         let tracker = Builder::from_config(config)
             .with_connection_config(|c| c.connection_timeout = Duration::from_secs(1))
+            // A burst of pushes larger than this, unread, is a clear.
+            .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
             .build()?;
+        let coherence = match settings.consistency {
+            Consistency::ReadYourWrites => Some(Coherence::start(
+                &inner,
+                cfg,
+                settings.lease,
+                tracking.clone(),
+                metrics,
+            )?),
+            Consistency::Eventual => None,
+        };
+        let invalidator = Invalidator {
+            tier: tier.clone(),
+            seq: seq.clone(),
+            dropped: dropped.clone(),
+            cleared_at: cleared_at.clone(),
+            prefix: prefix.to_string(),
+            internal: format!("{prefix}{INTERNAL_PREFIX}"),
+            coherence: coherence.clone(),
+        };
+        // Subscribed before the connection exists, so no push is missed.
+        tokio::spawn(receive_pushes(tracker.invalidation_rx(), invalidator.clone()));
+        {
+            // fred does not re-enable tracking on a new connection: a
+            // reconnect is a lost tracking connection, even one too quick
+            // for `keep_tracking` to see.
+            let (tracking, invalidator) = (tracking.clone(), invalidator.clone());
+            tracker.on_reconnect(move |_| {
+                if tracking.swap(false, Ordering::SeqCst) {
+                    lose_tracking(&invalidator);
+                }
+                async { Ok(()) }
+            });
+        }
         tracker.connect();
 
         let store = TieredStore {
             inner,
             tier,
-            tracking,
+            tracking: tracking.clone(),
             seq,
             dropped,
             cleared_at,
+            coherence,
             _tracker: tracker.clone(),
         };
-        let internal = format!("{prefix}{INTERNAL_PREFIX}");
-        {
-            let (tier, seq, dropped, cleared_at, prefix) = (
-                store.tier.clone(),
-                store.seq.clone(),
-                store.dropped.clone(),
-                store.cleared_at.clone(),
-                prefix.to_string(),
-            );
-            tracker.on_invalidation(move |inv| {
-                if inv.keys.is_empty() {
-                    // FLUSHDB / FLUSHALL: everything goes.
-                    cleared_at.store(seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                    tier.invalidate_all();
-                    return Ok(());
-                }
-                for key in inv.keys {
-                    let Some(name) = key.as_str() else { continue };
-                    if name.starts_with(&internal) {
-                        continue;
-                    }
-                    let logical = name.strip_prefix(prefix.as_str()).unwrap_or(name).to_string();
-                    let now = seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    tier.invalidate(&logical);
-                    dropped.insert(logical, now);
-                }
-                Ok(())
-            });
-        }
-        tokio::spawn(keep_tracking(
-            tracker,
-            prefix.to_string(),
-            store.tracking.clone(),
-            store.tier.clone(),
-            store.seq.clone(),
-            store.cleared_at.clone(),
-        ));
+        tokio::spawn(keep_tracking(tracker, prefix.to_string(), tracking, invalidator));
         Ok(store)
     }
 
+    /// Whether a tier hit may be served: tracking is up and, for
+    /// read-your-writes, the lease holds.
     fn serving(&self) -> bool {
+        self.tracking.load(Ordering::SeqCst)
+            && match &self.coherence {
+                Some(c) => c.serving(),
+                None => true,
+            }
+    }
+
+    /// Whether a record read from Redis may enter the tier: tracking is up,
+    /// so any later write to it will drop it (a lapsed lease does not stop
+    /// invalidations, it only delays them).
+    fn filling(&self) -> bool {
         self.tracking.load(Ordering::SeqCst)
     }
 
@@ -191,28 +265,42 @@ impl TieredStore {
     }
 }
 
+/// Applies the tracking connection's pushes in order. Pushes that were
+/// lost because this task fell behind empty the tier.
+async fn receive_pushes(mut pushes: tokio::sync::broadcast::Receiver<Invalidation>, invalidator: Invalidator) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match pushes.recv().await {
+            Ok(push) => invalidator.push(push.keys),
+            Err(RecvError::Lagged(lost)) => {
+                tracing::warn!(target: "cachegate::store", lost, "invalidations were lost (the tier fell behind); the tier is emptied");
+                invalidator.clear();
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The tracking connection is gone: the tier is emptied and, for
+/// read-your-writes, loses its lease.
+fn lose_tracking(invalidator: &Invalidator) {
+    if let Some(c) = &invalidator.coherence {
+        c.revoke();
+    }
+    invalidator.clear();
+}
+
 /// Watches the tracking connection: while it is down the tier is empty and
 /// unused; after every (re)connect tracking is enabled again, then the tier
 /// (emptied once more, since pushes may have been missed) serves again.
-async fn keep_tracking(
-    tracker: Client,
-    prefix: String,
-    tracking: Arc<AtomicBool>,
-    tier: Cache<String, Fields>,
-    seq: Arc<AtomicU64>,
-    cleared_at: Arc<AtomicU64>,
-) {
-    let clear = || {
-        cleared_at.store(seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-        tier.invalidate_all();
-    };
+async fn keep_tracking(tracker: Client, prefix: String, tracking: Arc<AtomicBool>, invalidator: Invalidator) {
     let prefixes: Vec<String> = if prefix.is_empty() { Vec::new() } else { vec![prefix] };
     loop {
         let up = tracker.is_connected();
         if !up {
             if tracking.swap(false, Ordering::SeqCst) {
                 tracing::warn!(target: "cachegate::store", "tracking connection lost; the in-process tier is off until it is back");
-                clear();
+                lose_tracking(&invalidator);
             }
         } else if !tracking.load(Ordering::SeqCst) {
             let started = tokio::time::timeout(
@@ -221,7 +309,7 @@ async fn keep_tracking(
             )
             .await;
             if matches!(started, Ok(Ok(()))) {
-                clear();
+                invalidator.clear();
                 tracking.store(true, Ordering::SeqCst);
                 tracing::info!(target: "cachegate::store", "tracking established; the in-process tier serves");
             }
@@ -263,7 +351,7 @@ impl Store for TieredStore {
         let since = self.seq.load(Ordering::SeqCst);
         let lookup = self.inner.lookup(key, field).await?;
         if let Some(value) = &lookup.entry {
-            if self.serving() && !self.moved_since(key, since) {
+            if self.filling() && !self.moved_since(key, since) {
                 let mut fields: HashMap<String, Held> = self.tier.get(key).map(|f| (*f).clone()).unwrap_or_default();
                 // A copy of its own: the value fred read is a slice of the
                 // connection's read buffer, which it would keep alive (the
@@ -286,6 +374,12 @@ impl Store for TieredStore {
 
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
         self.inner.fill_guard(key).await
+    }
+
+    async fn fence(&self) {
+        if let Some(c) = &self.coherence {
+            c.fence(&self.inner, self.tracking.load(Ordering::SeqCst)).await;
+        }
     }
 
     async fn fill(
