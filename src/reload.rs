@@ -203,35 +203,75 @@ pub fn reload_url_from(given: &str, prefix: &str) -> String {
 
 /// Where a serving instance notes the address its reload route answers on,
 /// so that `cachegate reload` with the same config finds it even when the
-/// instance was started with `--listen` or `CACHEGATE_LISTEN`: a file in the
-/// temporary directory named after the config file's canonical path.
+/// instance was started with `--listen` or `CACHEGATE_LISTEN`: a file in
+/// `$XDG_RUNTIME_DIR` (else the temporary directory) named after the
+/// config file's canonical path.
 pub fn instance_note_path(config_file: &std::path::Path) -> std::path::PathBuf {
     use sha2::Digest;
     let canonical = std::fs::canonicalize(config_file).unwrap_or_else(|_| config_file.to_path_buf());
     let digest = sha2::Sha256::digest(canonical.to_string_lossy().as_bytes());
-    std::env::temp_dir().join(format!("cachegate-{}.url", hex::encode(&digest[..8])))
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("cachegate-{}.url", hex::encode(&digest[..8])))
 }
 
 /// Notes the running instance's reload route (see [`instance_note_path`]):
-/// its process id and the URL, one per line.
+/// its process id and the URL, one per line. The file is made anew, only
+/// by us, readable by us only (a link or a file someone else left there is
+/// removed, never followed).
 pub fn note_instance(config_file: &std::path::Path, reload_addr: std::net::SocketAddr, prefix: &str) {
-    let note = format!(
-        "{}\nhttp://{}{prefix}/reload\n",
-        std::process::id(),
-        reachable(reload_addr)
-    );
-    let _ = std::fs::write(instance_note_path(config_file), note);
+    use std::io::Write;
+    let path = instance_note_path(config_file);
+    let _ = std::fs::remove_file(&path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if let Ok(mut file) = options.open(&path) {
+        let note = format!(
+            "{}\nhttp://{}{prefix}/reload\n",
+            std::process::id(),
+            reachable(reload_addr)
+        );
+        let _ = file.write_all(note.as_bytes());
+    }
 }
 
 /// The reload route a running instance noted for this config file, if the
-/// process that wrote it still runs.
+/// note is a plain file of this user's that only this user may write, the
+/// process that wrote it still runs, and the route is on this host's
+/// loopback (the admin token is sent there, so nothing else is trusted).
 pub fn noted_instance(config_file: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(instance_note_path(config_file)).ok()?;
+    let path = instance_note_path(config_file);
+    if !note_is_ours(&path) {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
     let mut lines = text.lines();
     let pid = lines.next()?.trim();
     let url = lines.next()?.trim();
-    let alive = std::path::Path::new("/proc").join(pid).exists() || !std::path::Path::new("/proc/self").exists();
-    (alive && !url.is_empty()).then(|| url.to_string())
+    let alive = pid.parse::<u32>().is_ok() && std::path::Path::new("/proc").join(pid).exists();
+    let authority = url.strip_prefix("http://")?.split('/').next()?;
+    let loopback = authority
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_loopback());
+    (alive && loopback).then(|| url.to_string())
+}
+
+#[cfg(unix)]
+fn note_is_ours(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(note), Ok(me)) = (std::fs::symlink_metadata(path), std::fs::metadata("/proc/self")) else {
+        return false;
+    };
+    note.file_type().is_file() && note.uid() == me.uid() && note.mode() & 0o022 == 0
+}
+
+#[cfg(not(unix))]
+fn note_is_ours(_path: &std::path::Path) -> bool {
+    false
 }
 
 /// Removes the note at a clean exit.

@@ -59,9 +59,38 @@ fn every_shipped_config_fits_the_reference_backend() {
             Some(("task".into(), format!("task:{id}"))),
             "{file}"
         );
+        // FastAPI reads a UUID in any case: every spelling shares the
+        // lower-case key, and a write through any spelling purges it.
+        let upper = TASK.to_uppercase().replace("/API/V1/TASKS", "/api/v1/tasks");
+        assert_eq!(
+            cached(&config, &upper),
+            Some(("task".into(), format!("task:{id}"))),
+            "{file}: {upper}"
+        );
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::PUT,
+            host: "api.example",
+            path: &upper,
+            query: None,
+            headers: &headers,
+        };
+        let purged: Vec<String> = config
+            .rules
+            .match_invalidate(&Method::PUT, &upper)
+            .flat_map(|m| {
+                let keys: Vec<_> = m
+                    .rule
+                    .keys
+                    .iter()
+                    .filter_map(|t| t.render(&view, &m.captures))
+                    .collect();
+                keys
+            })
+            .collect();
         assert!(
-            cached(&config, &TASK.to_uppercase().replace("/API/V1/TASKS", "/api/v1/tasks")).is_some(),
-            "{file}"
+            purged.contains(&format!("task:{id}")),
+            "{file}: PUT {upper} purges {purged:?}"
         );
         // Other routes under /api/v1/tasks/ are not tasks.
         for other in [

@@ -1010,14 +1010,19 @@ impl Gateway {
         }
         let due = due.into_iter().filter(|(when, _)| *when == When::Always || success);
         let (hard, soft) = write_guard::combine(own, due.map(|(_, purge)| purge));
-        let purged_any = !hard.is_empty() || !soft.is_empty();
-        self.purge(hard).await;
-        self.purge(soft).await;
-        // Read-your-writes across instances: answer once no tier in the
-        // fleet can serve what was purged (a failed purge too: peers' leases
-        // must run out before the answer).
-        if purged_any {
-            self.store.fence().await;
+        if !hard.is_empty() || !soft.is_empty() {
+            // In a task of its own: a client that goes away now must not
+            // cancel the purge of a write the backend has taken.
+            let gateway = self.clone();
+            let settle = tokio::spawn(async move {
+                gateway.purge(hard).await;
+                gateway.purge(soft).await;
+                // Read-your-writes across instances: answer once no tier in
+                // the fleet can serve what was purged (a failed purge too:
+                // peers' leases must run out before the answer).
+                gateway.store.fence().await;
+            });
+            let _ = settle.await;
         }
         match result {
             Ok(resp) => resp,

@@ -12,10 +12,12 @@ use toml::Spanned;
 /// and AWS API Gateway `X-API-Key`, Azure `api-key` and
 /// `Ocp-Apim-Subscription-Key`, OpenStack `X-Auth-Token`, JWT apps'
 /// `X-Access-Token`, AWS STS `X-Amz-Security-Token`, Google
-/// `X-Goog-Api-Key`, GitLab `Private-Token`, Vault `X-Vault-Token`, CSRF
-/// tokens, which are per session). Others that look like one are caught
-/// by [`SuspectCredentials`].
-pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 14] = [
+/// `X-Goog-Api-Key`, GitLab `Private-Token`, Vault `X-Vault-Token`).
+/// Others that look like one are caught by [`SuspectCredentials`]. CSRF
+/// tokens are not listed: browsers send them on writes but not on reads,
+/// so a logout carrying one would hash to another scope than the reads it
+/// must purge (as suspects they still keep a request out of shared scopes).
+pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 12] = [
     "authorization",
     "cookie",
     "x-api-key",
@@ -28,8 +30,6 @@ pub const DEFAULT_CREDENTIAL_HEADERS: [&str; 14] = [
     "private-token",
     "x-vault-token",
     "x-session-token",
-    "x-csrf-token",
-    "x-xsrf-token",
 ];
 
 /// Parts of a header name that make it look like a credential.

@@ -230,10 +230,15 @@ impl Forwarder {
             parts.headers.insert(header::HOST, host.clone());
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let body = retry::buffer(body)
-            .await
-            .map_err(|e| ForwardError::NotSent(format!("the request body broke off: {e}")))?;
+        // A slow upload counts against the backend timeout like the rest.
+        let body = match tokio::time::timeout_at(deadline, retry::buffer(body)).await {
+            Err(_) => return Err(ForwardError::NotSent("the request body did not arrive in time".into())),
+            Ok(body) => body.map_err(|e| ForwardError::NotSent(format!("the request body broke off: {e}")))?,
+        };
         let client = self.client.load_full();
+        // Whether an attempt before the last may have reached the backend:
+        // then the outcome is unknown whatever the retry's error says.
+        let mut first_may_have_arrived = false;
         let result = match body {
             retry::Outgoing::Streamed(body) => send(&client, Request::from_parts(parts, body), deadline).await,
             retry::Outgoing::Replayable(bytes) => {
@@ -241,6 +246,7 @@ impl Forwarder {
                 match send(&client, first, deadline).await {
                     Err(Failure::Client(e)) if retry::worth_retrying(&e, &parts.method) => {
                         tracing::debug!(error = %describe(&e), "backend connection failed before the answer; retrying once on a fresh one");
+                        first_may_have_arrived = !e.is_connect() && !retry::never_sent(&e);
                         send(&self.fresh, retry::again(&parts, bytes), deadline).await
                     }
                     other => other,
@@ -249,7 +255,9 @@ impl Forwarder {
         };
         let resp = match result {
             Err(Failure::Timeout) => return Err(ForwardError::Timeout),
-            Err(Failure::Client(e)) if e.is_connect() => return Err(ForwardError::NotSent(describe(&e))),
+            Err(Failure::Client(e)) if e.is_connect() && !first_may_have_arrived => {
+                return Err(ForwardError::NotSent(describe(&e)))
+            }
             Err(Failure::Client(e)) => return Err(ForwardError::Unreachable(describe(&e))),
             Ok(resp) => resp,
         };

@@ -68,7 +68,7 @@ pub fn worth_retrying(error: &hyper_util::client::legacy::Error, method: &Method
 
 /// hyper's "canceled": the request was not written before the connection
 /// was found closed.
-fn never_sent(error: &hyper_util::client::legacy::Error) -> bool {
+pub fn never_sent(error: &hyper_util::client::legacy::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {

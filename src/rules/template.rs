@@ -26,6 +26,10 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone)]
 enum Part {
     Literal(String),
+    /// `{name|lower}`: the value ASCII-lowercased, for inputs the backend
+    /// reads case-insensitively (a UUID, a hostname), so that every
+    /// spelling shares one key and a purge through any spelling finds it.
+    Lower(Box<Part>),
     Capture(usize),
     Query(String),
     Header(HeaderName),
@@ -101,7 +105,7 @@ impl Template {
 
     /// The query parameter names (`{query.NAME}`) the template reads.
     pub fn query_names(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
+        self.parts.iter().filter_map(|p| match p.unfiltered() {
             Part::Query(name) => Some(name.as_str()),
             _ => None,
         })
@@ -109,7 +113,7 @@ impl Template {
 
     /// The header names (`{header.NAME}`) the template reads.
     pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
-        self.parts.iter().filter_map(|p| match p {
+        self.parts.iter().filter_map(|p| match p.unfiltered() {
             Part::Header(name) => Some(name),
             _ => None,
         })
@@ -130,29 +134,53 @@ impl Template {
         let mut out = String::with_capacity(self.source.len() + 32);
         let mut key_len = 0;
         for part in &self.parts {
-            let value: std::borrow::Cow<'_, str> = match part {
-                Part::Literal(s) => {
-                    out.push_str(s);
-                    key_len += if self.escape_values { glob_min_len(s) } else { s.len() };
-                    continue;
-                }
-                Part::Capture(i) => captures.get(*i).map(|m| m.as_str()).unwrap_or("").into(),
-                Part::Query(name) => match find_param(req.query, name) {
-                    Some(v) => String::from_utf8(v).ok()?.into(),
-                    None => "".into(),
-                },
-                Part::Header(name) => match req.headers.get(name) {
-                    Some(v) => v.to_str().ok()?.into(),
-                    None => "".into(),
-                },
-                Part::Method => req.method.as_str().into(),
-                Part::Host => req.host.into(),
-                Part::Path => req.path.into(),
-                Part::QueryString => req.query.unwrap_or("").into(),
-            };
+            if let Part::Literal(s) = part {
+                out.push_str(s);
+                key_len += if self.escape_values { glob_min_len(s) } else { s.len() };
+                continue;
+            }
+            let value = part.value(req, captures)?;
             key_len += push_value(&value, self.escape_values, &mut out);
         }
         Some((out, key_len))
+    }
+}
+
+impl Part {
+    /// The part under its filter, if it has one.
+    fn unfiltered(&self) -> &Part {
+        match self {
+            Part::Lower(inner) => inner.unfiltered(),
+            other => other,
+        }
+    }
+
+    /// A placeholder's value for a request (a literal has none of its own).
+    fn value<'a>(&self, req: &'a RequestView<'_>, captures: &'a Captures<'_>) -> Option<std::borrow::Cow<'a, str>> {
+        Some(match self {
+            Part::Literal(_) => "".into(),
+            Part::Lower(inner) => {
+                let value = inner.value(req, captures)?;
+                if value.bytes().any(|b| b.is_ascii_uppercase()) {
+                    value.to_ascii_lowercase().into()
+                } else {
+                    value
+                }
+            }
+            Part::Capture(i) => captures.get(*i).map(|m| m.as_str()).unwrap_or("").into(),
+            Part::Query(name) => match find_param(req.query, name) {
+                Some(v) => String::from_utf8(v).ok()?.into(),
+                None => "".into(),
+            },
+            Part::Header(name) => match req.headers.get(name) {
+                Some(v) => v.to_str().ok()?.into(),
+                None => "".into(),
+            },
+            Part::Method => req.method.as_str().into(),
+            Part::Host => req.host.into(),
+            Part::Path => req.path.into(),
+            Part::QueryString => req.query.unwrap_or("").into(),
+        })
     }
 }
 
@@ -216,6 +244,14 @@ fn glob_min_len(glob: &str) -> usize {
 }
 
 fn placeholder(name: &str, regex: &Regex, src: &str) -> Result<Part, String> {
+    if let Some((inner, filter)) = name.rsplit_once('|') {
+        return match filter {
+            "lower" => Ok(Part::Lower(Box::new(placeholder(inner, regex, src)?))),
+            other => Err(format!(
+                "unknown filter {other:?} in {{{name}}} (template {src:?}); the one filter is |lower"
+            )),
+        };
+    }
     if let Some(q) = name.strip_prefix("query.") {
         if q.is_empty() {
             return Err(format!("empty query parameter name in template {src:?}"));
@@ -301,6 +337,25 @@ mod tests {
             query,
             headers,
         }
+    }
+
+    #[test]
+    fn lower_filter_lowercases_the_value_and_still_names_its_input() {
+        let re = Regex::new(r"^/t/(?P<id>[^/]+)$").unwrap();
+        let t = Template::parse("t:{id|lower}:{query.Q|lower}", &re, false).unwrap();
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            host: "h",
+            path: "/t/AbC",
+            query: Some("Q=XyZ"),
+            headers: &headers,
+        };
+        let caps = re.captures("/t/AbC").unwrap();
+        assert_eq!(t.render(&view, &caps).as_deref(), Some("t:abc:xyz"));
+        assert_eq!(t.query_names().collect::<Vec<_>>(), ["Q"]);
+        assert!(Template::parse("t:{id|upper}", &re, false).is_err());
+        assert!(Template::parse("t:{nope|lower}", &re, false).is_err());
     }
 
     #[test]

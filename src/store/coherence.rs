@@ -171,6 +171,12 @@ struct State {
     /// A lease was granted and has not lapsed or been revoked since (for
     /// `cachegate_tier_leases_lost_total`).
     lease_held: bool,
+    /// Since when this instance's tracking connection has been receiving
+    /// pushes without a break (`None` while it is down). Until it has for
+    /// `L + margin`, the peer list may miss a peer whose heartbeat ran
+    /// before it came up, so a fence may not trust it: it waits out the
+    /// lease instead.
+    watching_since: Option<u64>,
 }
 
 pub struct Coherence {
@@ -280,7 +286,12 @@ impl Coherence {
             for (peer, n) in signals.peer_beats {
                 st.peers.entry(peer).or_default().saw(n, now);
             }
-            for m in signals.own_fences {
+            // The peer list covers the last `L + margin` only if pushes
+            // came in without a break for that long (see `watching_since`).
+            let peers_known = st
+                .watching_since
+                .is_some_and(|since| now.saturating_sub(since) >= self.math.lease + self.math.margin);
+            for m in signals.own_fences.into_iter().filter(|_| peers_known) {
                 let live: Vec<String> = st
                     .peers
                     .iter()
@@ -305,7 +316,15 @@ impl Coherence {
     /// until a heartbeat's push arrives on the next one.
     pub fn revoke(&self) {
         self.lease_until.store(0, Ordering::SeqCst);
-        self.state().lease_held = false;
+        let mut st = self.state();
+        st.lease_held = false;
+        st.watching_since = None;
+    }
+
+    /// Tracking is (re-)established: pushes flow from now on.
+    pub fn watching(&self) {
+        let now = self.now();
+        self.state().watching_since = Some(now);
     }
 
     /// A peer acknowledged fence `m`.

@@ -348,8 +348,11 @@ impl RedisStore {
     /// (an expiring key would be pushed a second time when it expires).
     pub(super) async fn touch(&self, logical: &str) -> StoreResult<()> {
         let client = self.client()?;
-        let eval = Box::pin(client.eval::<Value, _, _, _>(TOUCH_LUA, vec![self.key(logical)], Vec::<Value>::new()));
-        self.bounded(eval).await.map(|_| ())
+        // EVALSHA like every other script: the documented ACL has no EVAL.
+        static TOUCH: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+        let script = TOUCH.get_or_init(|| Script::from_lua(TOUCH_LUA));
+        let run = Box::pin(self.run_script(client, script, vec![self.key(logical)], Vec::new()));
+        self.bounded(run).await.map(|_| ())
     }
 
     /// `PUBLISH <prefix><logical channel> message`.
@@ -404,20 +407,8 @@ impl RedisStore {
                         }
                     }
                 }
-                if !soft && !pairs.is_empty() {
-                    // Drop the members read, unless a fill re-indexed them
-                    // since (ZADD GT raised the score): those stay findable.
-                    let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
-                    for (member, score) in pairs {
-                        args.push(member.into());
-                        args.push(score.into());
-                    }
-                    let _: i64 = self
-                        .bounded_by(
-                            self.bulk_timeout(),
-                            self.run_script(client, &self.untag_script, vec![tag_key.clone()], args),
-                        )
-                        .await?;
+                if !soft {
+                    self.drop_index_members(client, &tag_key, pairs).await?;
                 }
                 if next == "0" {
                     break;
@@ -464,6 +455,28 @@ impl RedisStore {
 
     pub(super) fn tag_key(&self, tag: &str) -> String {
         format!("{}{INTERNAL_PREFIX}tag:{tag}", self.prefix)
+    }
+
+    /// Drops the members a purge read from an index (a tag's or a scope's),
+    /// unless a fill re-indexed them since (ZADD GT raised the score):
+    /// those stay findable.
+    pub(super) async fn drop_index_members(
+        &self,
+        client: &Client,
+        index: &str,
+        pairs: Vec<(String, String)>,
+    ) -> StoreResult<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
+        for (member, score) in pairs {
+            args.push(member.into());
+            args.push(score.into());
+        }
+        let script = self.run_script(client, &self.untag_script, vec![index.to_string()], args);
+        let _: i64 = self.bounded_by(self.bulk_timeout(), script).await?;
+        Ok(())
     }
 
     pub(super) fn internal_prefix(&self) -> String {

@@ -106,20 +106,7 @@ impl RedisStore {
                     keys.extend(pairs.iter().map(|(member, _)| member.clone()));
                 }
             }
-            if !pairs.is_empty() {
-                // Drop the members read, unless a fill re-indexed them since.
-                let mut args: Vec<Value> = Vec::with_capacity(pairs.len() * 2);
-                for (member, score) in pairs {
-                    args.push(member.into());
-                    args.push(score.into());
-                }
-                let _: i64 = self
-                    .bounded_by(
-                        self.bulk_timeout(),
-                        self.run_script(client, &self.untag_script, vec![index.clone()], args),
-                    )
-                    .await?;
-            }
+            self.drop_index_members(client, &index, pairs).await?;
             if next == "0" {
                 break;
             }

@@ -127,8 +127,10 @@ impl Invalidator {
             }
             let logical = name.strip_prefix(self.prefix.as_str()).unwrap_or(name).to_string();
             let now = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+            // Noted before the drop: a read inserting between the two then
+            // sees the note in its re-check (see `lookup`).
+            self.dropped.insert(logical.clone(), now);
             self.tier.invalidate(&logical);
-            self.dropped.insert(logical, now);
         }
         if let Some(c) = &self.coherence {
             c.apply(signals);
@@ -249,8 +251,9 @@ impl TieredStore {
     /// Drops a key from the tier, as an invalidation would.
     fn drop_key(&self, key: &str) {
         let now = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        self.tier.invalidate(key);
+        // Noted before the drop, as for a push (see `lookup`).
         self.dropped.insert(key.to_string(), now);
+        self.tier.invalidate(key);
     }
 
     fn drop_all(&self) {
@@ -275,6 +278,11 @@ async fn receive_pushes(mut pushes: tokio::sync::broadcast::Receiver<Invalidatio
             Err(RecvError::Lagged(lost)) => {
                 tracing::warn!(target: "cachegate::store", lost, "invalidations were lost (the tier fell behind); the tier is emptied");
                 invalidator.clear();
+                // Peers' heartbeats may be among the lost: the peer list
+                // is complete again only after a full window of pushes.
+                if let Some(c) = &invalidator.coherence {
+                    c.watching();
+                }
             }
             Err(RecvError::Closed) => return,
         }
@@ -310,6 +318,9 @@ async fn keep_tracking(tracker: Client, prefix: String, tracking: Arc<AtomicBool
             .await;
             if matches!(started, Ok(Ok(()))) {
                 invalidator.clear();
+                if let Some(c) = &invalidator.coherence {
+                    c.watching();
+                }
                 tracking.store(true, Ordering::SeqCst);
                 tracing::info!(target: "cachegate::store", "tracking established; the in-process tier serves");
             }
