@@ -260,3 +260,77 @@ async fn a_post_that_may_have_arrived_is_not_sent_twice() {
     let r = client.get("/api/v1/tasks/1").await;
     assert_eq!((r.status.as_u16(), version(&r)), (200, 2));
 }
+
+/// A backend that takes a PUT (the version moves: it committed), then goes
+/// away: it stops listening and resets the connection without answering,
+/// as a backend restarting mid-write does.
+async fn vanishing_backend(version: Arc<AtomicU64>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gone = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+                // Dropping the listener: new connections are refused.
+                _ = gone.notified() => return,
+            };
+            let (version, gone) = (version.clone(), gone.clone());
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                while let Some(method) = read_request(&mut stream, &mut buf).await {
+                    if method == "PUT" {
+                        version.fetch_add(1, Ordering::SeqCst);
+                        gone.notify_one();
+                        let _ = stream.set_zero_linger();
+                        return;
+                    }
+                    let body = format!(r#"{{"version":{}}}"#, version.load(Ordering::SeqCst));
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A PUT sent on a pooled connection that breaks before any answer may
+/// have committed. When its retry then cannot even connect (the backend
+/// is gone), the outcome is still unknown, not "never sent": the write's
+/// own URI is purged (RFC 9111 §4.4 on an unknown outcome), so the old
+/// entry is not served once the backend is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_may_have_arrived_is_purged_when_its_retry_cannot_connect() {
+    let committed = Arc::new(AtomicU64::new(1));
+    let addr = vanishing_backend(committed.clone()).await;
+    // No [[invalidate]] rule: only the write's own-URI purge can act.
+    let rules = format!(
+        "[backend]\nurl = \"http://{addr}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"memory\"\n\n\
+         [[rule]]\nname = \"task\"\npath = '^/api/v1/tasks/(?P<task_id>[^/]+)$'\nkey = \"task:{{task_id}}\"\n"
+    );
+    let proxy = Proxy::start(&rules).await;
+    let client = Client::new(proxy.addr);
+    let path = "/api/v1/tasks/1";
+    assert_eq!(version(&client.get(path).await), 1);
+    assert_eq!(client.get(path).await.x_cache(), Some("HIT"));
+
+    let put = client.put(path).await;
+    assert!(put.status.is_server_error(), "the PUT got no answer: {}", put.status);
+    assert_eq!(committed.load(Ordering::SeqCst), 2, "the backend took the write");
+    assert!(
+        !proxy.stored("task:1", "anon").await,
+        "the entry from before a write that may have committed is still stored"
+    );
+    let after = client.get(path).await;
+    assert_ne!(after.x_cache(), Some("HIT"), "{}", after.cache_status());
+}
