@@ -179,6 +179,18 @@ struct State {
     watching_since: Option<u64>,
 }
 
+/// Removes a fence's wait entry however the fence ends.
+struct FenceSlot<'a> {
+    coherence: &'a Coherence,
+    m: u64,
+}
+
+impl Drop for FenceSlot<'_> {
+    fn drop(&mut self) {
+        self.coherence.state().fences.remove(&self.m);
+    }
+}
+
 pub struct Coherence {
     id: String,
     math: LeaseMath,
@@ -355,6 +367,8 @@ impl Coherence {
             st.fences.insert(m, FenceWait::default());
             m
         };
+        // A fence dropped half-way (its request cancelled) leaves no entry.
+        let _slot = FenceSlot { coherence: self, m };
         if tracking_up {
             let key = format!("{INTERNAL_PREFIX}fence:{}:{m}", self.id);
             let _ = tokio::time::timeout_at(deadline, store.touch(&key)).await;
