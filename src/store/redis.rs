@@ -382,16 +382,7 @@ impl RedisStore {
             // score, which would shift an offset window and skip members.
             let mut cursor = String::from("0");
             loop {
-                let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
-                let args: Vec<Value> = vec![
-                    tag_key.as_str().into(),
-                    cursor.as_str().into(),
-                    "COUNT".into(),
-                    (SCAN_BATCH as i64).into(),
-                ];
-                let (next, flat): (String, Vec<String>) =
-                    self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
-                let pairs: Vec<(String, String)> = flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+                let (next, pairs) = self.index_page(client, &tag_key, &cursor).await?;
                 let live: Vec<String> = pairs
                     .iter()
                     .filter(|(_, score)| score.parse::<f64>().is_ok_and(|s| s >= now))
@@ -455,6 +446,26 @@ impl RedisStore {
 
     pub(super) fn tag_key(&self, tag: &str) -> String {
         format!("{}{INTERNAL_PREFIX}tag:{tag}", self.prefix)
+    }
+
+    /// One `ZSCAN` page of an index (a tag's or a scope's): the next cursor
+    /// and the `(member, score)` pairs read.
+    pub(super) async fn index_page(
+        &self,
+        client: &Client,
+        index: &str,
+        cursor: &str,
+    ) -> StoreResult<(String, Vec<(String, String)>)> {
+        let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
+        let args: Vec<Value> = vec![index.into(), cursor.into(), "COUNT".into(), (SCAN_BATCH as i64).into()];
+        let (next, flat): (String, Vec<String>) =
+            self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
+        let mut flat = flat.into_iter();
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        while let (Some(member), Some(score)) = (flat.next(), flat.next()) {
+            pairs.push((member, score));
+        }
+        Ok((next, pairs))
     }
 
     /// Drops the members a purge read from an index (a tag's or a scope's),

@@ -2,13 +2,12 @@
 //! per credential scope, walked with ZSCAN; each indexed record loses the
 //! scope's fields in one script on its own key (one slot on a cluster).
 
-use super::redis::{RedisStore, SCAN_BATCH};
+use super::redis::RedisStore;
 use super::scope_index::credential_scope;
 use super::StoreResult;
 use crate::rules::INTERNAL_PREFIX;
-use fred::prelude::*;
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, CustomCommand, Value};
+use fred::types::Value;
 use std::sync::OnceLock;
 
 /// Removes the fields of scope ARGV[1] (its own and its `#` variants, and a
@@ -79,16 +78,7 @@ impl RedisStore {
         let mut listed = Some(Vec::new());
         let mut cursor = String::from("0");
         loop {
-            let zscan = CustomCommand::new_static("ZSCAN", ClusterHash::FirstKey, false);
-            let args: Vec<Value> = vec![
-                index.as_str().into(),
-                cursor.as_str().into(),
-                "COUNT".into(),
-                (SCAN_BATCH as i64).into(),
-            ];
-            let (next, flat): (String, Vec<String>) =
-                self.bounded_by(self.bulk_timeout(), client.custom(zscan, args)).await?;
-            let pairs: Vec<(String, String)> = flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+            let (next, pairs) = self.index_page(client, &index, &cursor).await?;
             let calls = pairs.iter().map(|(member, _)| {
                 let args: Vec<Value> = vec![scope.into(), tombstone_ttl.into()];
                 self.bounded_by(
