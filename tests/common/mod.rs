@@ -656,7 +656,7 @@ impl Backend {
             .expect("bind backend");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(BackendState::default());
-        let task = tokio::spawn(backend_accept(listener, state.clone()));
+        let task = tokio::spawn(serve_http1(listener, state.clone(), backend_handle));
         Backend {
             addr,
             state,
@@ -778,8 +778,18 @@ impl Drop for Backend {
     }
 }
 
-async fn backend_accept(listener: tokio::net::TcpListener, state: Arc<BackendState>) {
-    // Dropping this future (abort) drops the set, which aborts every connection.
+/// Serves HTTP/1.1 on `listener`, each request answered by `handle` with
+/// `state`: the accept loop of every in-process test backend. Dropping this
+/// future (abort) drops its set of connections, which aborts them all.
+pub async fn serve_http1<S, H, Fut, B>(listener: tokio::net::TcpListener, state: Arc<S>, handle: H)
+where
+    S: Send + Sync + 'static,
+    H: Fn(Arc<S>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -787,7 +797,7 @@ async fn backend_accept(listener: tokio::net::TcpListener, state: Arc<BackendSta
         };
         let state = state.clone();
         conns.spawn(async move {
-            let service = service_fn(move |req| backend_handle(state.clone(), req));
+            let service = service_fn(move |req| handle(state.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

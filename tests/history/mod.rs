@@ -15,8 +15,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use rand::Rng;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -54,25 +52,7 @@ impl VersionedBackend {
             gets: AtomicU64::new(0),
             puts: AtomicU64::new(0),
         });
-        let task = tokio::spawn({
-            let state = state.clone();
-            async move {
-                let mut conns = tokio::task::JoinSet::new();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let state = state.clone();
-                    conns.spawn(async move {
-                        let service = service_fn(move |req| handle(state.clone(), req));
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                    while conns.try_join_next().is_some() {}
-                }
-            }
-        });
+        let task = tokio::spawn(crate::common::serve_http1(listener, state.clone(), handle));
         VersionedBackend { addr, state, task }
     }
 
