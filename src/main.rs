@@ -319,7 +319,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         "shutting down: finishing in-flight requests"
     );
     if !running.shutdown(grace).await {
-        tracing::warn!("in-flight requests still running after shutdown_timeout_ms; exiting anyway");
+        tracing::warn!(
+            "in-flight requests or pending purges still unfinished after shutdown_timeout_ms; exiting anyway"
+        );
     }
     cachegate::reload::forget_instance(&args.config);
     ExitCode::SUCCESS

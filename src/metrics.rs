@@ -154,6 +154,8 @@ pub struct Metrics {
     warm_paths: Family<WarmLabels, Counter>,
     /// Paths a warm run has yet to finish.
     warm_pending: Gauge,
+    purges_pending: Gauge,
+    purges_replayed: Counter,
     /// A start-up warm run with `ready_waits` is going: `/readyz` says 503.
     warming: std::sync::atomic::AtomicBool,
     pub started: Instant,
@@ -260,6 +262,18 @@ impl Metrics {
             "Paths cache warming has yet to finish",
             warm_pending.clone(),
         );
+        let purges_pending = Gauge::default();
+        registry.register(
+            "purges_pending",
+            "Purges that failed and wait to be replayed (journalled); 0 when every purge is applied",
+            purges_pending.clone(),
+        );
+        let purges_replayed = Counter::default();
+        registry.register(
+            "purges_replayed",
+            "Purges replayed after a store outage (failed ones, and recent ones a failover may have lost)",
+            purges_replayed.clone(),
+        );
         let tier_hits = Counter::default();
         registry.register(
             "tier_hits",
@@ -269,6 +283,8 @@ impl Metrics {
         let coherence = CoherenceMetrics::new();
         coherence.register(&mut registry);
         Metrics {
+            purges_pending,
+            purges_replayed,
             tier_hits,
             coherence,
             access_log_dropped,
@@ -366,6 +382,11 @@ impl Metrics {
     }
 
     /// Records a store call's latency and, if it failed, its error kind.
+    /// This process's id among the instances sharing the store.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     pub fn store_call<T>(&self, op: &'static str, took: Duration, result: &Result<T, StoreError>) {
         match self.store_ops.iter().find(|(known, _)| *known == op) {
             Some((_, histogram)) => histogram.observe(took.as_secs_f64()),
@@ -424,6 +445,15 @@ impl Metrics {
     /// The lease and fence series, for the store to count into.
     pub fn coherence(&self) -> CoherenceMetrics {
         self.coherence.clone()
+    }
+
+    /// Purges waiting to be replayed (parts of a write's purge count one each).
+    pub fn set_purges_pending(&self, n: usize) {
+        self.purges_pending.set(n as i64);
+    }
+
+    pub fn purges_replayed(&self, n: usize) {
+        self.purges_replayed.inc_by(n as u64);
     }
 
     pub fn set_store_up(&self, up: bool) {

@@ -39,11 +39,15 @@ impl Running {
         &self.live
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `grace`);
-    /// whether they all did.
+    /// Stops accepting, lets in-flight requests finish, then applies the
+    /// purges still pending (all within `grace`; what is left stays in the
+    /// purge journal for the next start); whether all of it finished.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        let gateway = self.live.gateway();
         let _ = self.stop.send(true);
-        tokio::time::timeout(grace, self.task).await.is_ok()
+        let finished = tokio::time::timeout(grace, self.task).await.is_ok();
+        gateway.flush_pending_purges(deadline).await && finished
     }
 
     /// Resolves if the server stops without being asked to.

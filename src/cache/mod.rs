@@ -26,6 +26,7 @@ mod fill;
 mod freshness;
 mod implicit;
 mod inputs;
+mod pending_purges;
 mod scope;
 mod status;
 mod suspect_credentials;
@@ -50,6 +51,7 @@ use coalesce::{HeldFillLock, Inflight, Leader, Role, Shared};
 use freshness::RequestDirectives;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use pending_purges::{PendingPurges, Purge};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -78,9 +80,9 @@ pub struct Gateway {
     scope_key: Arc<OnceLock<ScopeKey>>,
     /// One keyspace walk (admin `keys`, pattern `clear`) at a time.
     keyspace_walks: Arc<tokio::sync::Semaphore>,
-    /// Purges that failed, replayed before the store is read again.
-    pending_purges: Arc<tokio::sync::Mutex<Vec<Purge>>>,
-    has_pending_purges: Arc<std::sync::atomic::AtomicBool>,
+    /// Purges that failed (or may have been lost), replayed as soon as the
+    /// store answers; and whether an outage repair is under way.
+    pending: Arc<PendingPurges>,
     access_log: Option<Arc<AccessLog>>,
     /// The live generations' holder, for the admin reload route.
     live: Arc<OnceLock<std::sync::Weak<crate::reload::Live>>>,
@@ -173,6 +175,8 @@ impl Gateway {
         crate::metrics::spawn_flusher(metrics.clone(), store.clone(), Duration::from_millis(500));
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .map_err(|e| format!("cannot open the access log: {e}"))?;
+        let pending = Arc::new(PendingPurges::open(config.cache.purge_journal.clone()));
+        pending_purges::spawn_repair(&pending, store.clone(), metrics.clone());
         Ok(Gateway {
             forwarder: Forwarder::new(&config.backend),
             rule_counters: rule_counters(&metrics, &config),
@@ -182,8 +186,7 @@ impl Gateway {
             inflight: Arc::default(),
             scope_key: Arc::default(),
             keyspace_walks: Arc::new(tokio::sync::Semaphore::new(1)),
-            pending_purges: Arc::default(),
-            has_pending_purges: Arc::default(),
+            pending,
             access_log: access_log.map(Arc::new),
             live: Arc::default(),
         })
@@ -203,8 +206,7 @@ impl Gateway {
             inflight: self.inflight.clone(),
             scope_key: self.scope_key.clone(),
             keyspace_walks: self.keyspace_walks.clone(),
-            pending_purges: self.pending_purges.clone(),
-            has_pending_purges: self.has_pending_purges.clone(),
+            pending: self.pending.clone(),
             access_log: self.access_log.clone(),
             live: self.live.clone(),
         }
@@ -569,7 +571,8 @@ impl Gateway {
         self.settle_pending_purges().await?;
         // The in-process tier's decoded entry: no store call, no decoding.
         if let Some(entry) = self.store.peek(&key.key, &key.field) {
-            if entry.is_fresh(now_ms()) {
+            self.pending.note_outages(self.store.outages());
+            if entry.is_fresh(now_ms()) && !self.pending.must_revalidate(entry.stored_at_ms) {
                 self.metrics.tier_hit();
                 return Ok(Found {
                     entry: Some(Entry::clone(&entry)),
@@ -594,6 +597,7 @@ impl Gateway {
                 (variant.entry.as_ref().and_then(Entry::decode), field)
             }
         };
+        let entry = entry.map(|e| self.unless_repairing(e));
         if entry.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
             return Ok(Found {
                 entry,
@@ -605,6 +609,18 @@ impl Gateway {
         // needs the guard covering the record as it is now.
         let guard = self.timed("fill_guard", self.store.fill_guard(&key.key)).await?;
         Ok(Found { entry, field, guard })
+    }
+
+    /// An entry as it may be used now: while an outage repair is under way
+    /// somewhere (`pending_purges.rs`), one stored before it is stale, so it
+    /// is revalidated, not served (a purge of it may not be applied yet).
+    fn unless_repairing(&self, mut entry: Entry) -> Entry {
+        self.pending.note_outages(self.store.outages());
+        if self.pending.must_revalidate(entry.stored_at_ms) {
+            entry.lifetime.ttl = Duration::ZERO;
+            entry.lifetime.stale_while_revalidate = Duration::ZERO;
+        }
+        entry
     }
 
     /// Within stale-while-revalidate: one background request (coalesced with
@@ -1052,130 +1068,34 @@ impl Gateway {
     }
 
     /// Runs a write's purges; whatever fails (the store down or stalled) is
-    /// kept and replayed before this instance reads the store again.
+    /// kept, journalled, and replayed as soon as the store answers.
     async fn purge(&self, purge: Purge) {
-        if let Some(failed) = self.try_purge(purge).await {
-            let mut pending = self.pending_purges.lock().await;
-            // One pending purge per kind (hard, soft): a stall with many
-            // writes must not leave a long list to replay one by one.
-            match pending.iter_mut().find(|p| p.soft == failed.soft) {
-                Some(p) => {
-                    p.keys.extend(failed.keys);
-                    p.patterns.extend(failed.patterns);
-                    p.tags.extend(failed.tags);
-                    p.scopes.extend(failed.scopes);
-                }
-                None => pending.push(failed),
-            }
-            self.has_pending_purges.store(true, std::sync::atomic::Ordering::SeqCst);
+        if purge.is_empty() {
+            return;
+        }
+        match pending_purges::apply(self.store.as_ref(), &self.metrics, purge.clone()).await {
+            None => self.pending.went_through(&purge),
+            Some(failed) => self.pending.keep(failed, &self.metrics).await,
         }
     }
 
     /// Replays purges that failed. Until they all went through, reads do
     /// not use the store (`Unavailable`: answered uncached), so an entry from
-    /// before a write this instance answered is never served after it.
+    /// before a write this instance answered is never served after it. While
+    /// the store is down, or another task is replaying, this read is answered
+    /// uncached at once: it must not queue behind a replay.
     async fn settle_pending_purges(&self) -> StoreResult<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if !self.has_pending_purges.load(SeqCst) {
-            return Ok(());
-        }
-        // While the store is down, or another request is replaying, this
-        // read is answered uncached at once: it must not queue behind a
-        // replay that may wait out the store timeout.
-        if !self.store.is_up() {
-            return Err(StoreError::Unavailable);
-        }
-        let Ok(mut pending) = self.pending_purges.try_lock() else {
-            return Err(StoreError::Unavailable);
-        };
-        let mut still = Vec::new();
-        for purge in std::mem::take(&mut *pending) {
-            still.extend(self.try_purge(purge).await);
-        }
-        let settled = still.is_empty();
-        *pending = still;
-        self.has_pending_purges.store(!settled, SeqCst);
-        if settled {
-            tracing::info!("purges that failed while the store was unreachable went through");
+        if self.pending.replay(self.store.as_ref(), &self.metrics).await {
             Ok(())
         } else {
             Err(StoreError::Unavailable)
         }
     }
 
-    /// One purge; the parts that failed, if any.
-    async fn try_purge(&self, mut purge: Purge) -> Option<Purge> {
-        purge.keys.sort();
-        purge.keys.dedup();
-        purge.patterns.sort();
-        purge.patterns.dedup();
-        purge.tags.sort();
-        purge.tags.dedup();
-        purge.scopes.sort();
-        purge.scopes.dedup();
-        let soft = purge.soft;
-        let mut failed = Purge {
-            soft,
-            ..Purge::default()
-        };
-        if !purge.keys.is_empty() {
-            match self.timed("purge_keys", self.store.purge_keys(&purge.keys, soft)).await {
-                Ok(n) => self.metrics.purged("key", n),
-                Err(e) => {
-                    tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed; retried before the next read");
-                    failed.keys = purge.keys;
-                }
-            }
-        }
-        for pattern in purge.patterns {
-            match self
-                .timed("purge_pattern", self.store.purge_pattern(&pattern, soft))
-                .await
-            {
-                Ok(n) => self.metrics.purged("pattern", n),
-                Err(e) => {
-                    tracing::warn!(pattern, error = %e, "purging pattern failed; retried before the next read");
-                    failed.patterns.push(pattern);
-                }
-            }
-        }
-        if !purge.tags.is_empty() {
-            match self.timed("purge_tags", self.store.purge_tags(&purge.tags, soft)).await {
-                Ok(n) => self.metrics.purged("tag", n),
-                Err(e) => {
-                    tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed; retried before the next read");
-                    failed.tags = purge.tags;
-                }
-            }
-        }
-        for scope in purge.scopes {
-            match self.timed("purge_scope", self.store.purge_scope(&scope)).await {
-                Ok(n) => self.metrics.purged("scope", n),
-                Err(e) => {
-                    // The scope is an HMAC, never the credential itself.
-                    tracing::warn!(scope, error = %e, "purging a credential's entries failed; retried before the next read");
-                    failed.scopes.push(scope);
-                }
-            }
-        }
-        (!failed.is_empty()).then_some(failed)
-    }
-}
-
-/// What one write purges.
-#[derive(Default, Clone)]
-struct Purge {
-    soft: bool,
-    keys: Vec<String>,
-    patterns: Vec<String>,
-    tags: Vec<String>,
-    /// Credential scopes whose every entry goes (always hard).
-    scopes: Vec<String>,
-}
-
-impl Purge {
-    fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.patterns.is_empty() && self.tags.is_empty() && self.scopes.is_empty()
+    /// Applies what is pending before a graceful exit, until `deadline`;
+    /// whether nothing is left (what is left stays in the journal).
+    pub async fn flush_pending_purges(&self, deadline: Instant) -> bool {
+        self.pending.flush(self.store.as_ref(), &self.metrics, deadline).await
     }
 }
 

@@ -107,6 +107,7 @@ pub struct RawCache {
     pub max_key_bytes: Option<usize>,
     pub coalesce_timeout_ms: Option<u64>,
     pub credential_max_ttl: Option<u64>,
+    pub purge_journal: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

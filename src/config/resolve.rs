@@ -210,6 +210,9 @@ pub struct CacheConfig {
     /// `credential_max_ttl`: how long a credential-scoped entry may be
     /// served without the backend at most (`None`: no cap).
     pub credential_max_ttl: Option<Duration>,
+    /// `purge_journal`: where purges not yet applied are kept across a
+    /// crash or restart (`None`: off, or nothing to keep with a memory store).
+    pub purge_journal: Option<std::path::PathBuf>,
 }
 
 /// Where a rule's freshness comes from.
@@ -551,6 +554,7 @@ pub(super) fn resolve(
             .map_err(|_| general(format!("[cache] credential_headers: {name:?} is not a header name")))?;
         credential_headers.push(h);
     }
+    let purge_journal = purge_journal(raw.cache.purge_journal.as_ref(), redis.as_ref(), &key_prefix, listen);
     let cache = CacheConfig {
         default_ttl: Duration::from_secs(default_ttl),
         key_prefix,
@@ -564,6 +568,7 @@ pub(super) fn resolve(
         store_timeout: Duration::from_millis(raw.store.timeout_ms.unwrap_or(100)),
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
         credential_max_ttl: raw.cache.credential_max_ttl.map(Duration::from_secs),
+        purge_journal,
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
@@ -807,6 +812,30 @@ fn parse_backend_url(s: &str) -> Option<http::Uri> {
 
 /// The Redis URL from flag, `REDIS_URL`, `REDIS_HOST`/`REDIS_PORT` or the
 /// file, split into the URL without its database path and that database.
+/// `[cache] purge_journal`: the path given (`""` turns the journal off), or,
+/// with Redis, a file in the temporary directory named after what this
+/// instance is (its address, its Redis and key prefix), so a restart finds
+/// the journal of the run before it.
+fn purge_journal(
+    given: Option<&toml::Spanned<String>>,
+    redis: Option<&RedisConfig>,
+    key_prefix: &str,
+    listen: SocketAddr,
+) -> Option<std::path::PathBuf> {
+    let redis = redis?;
+    match given.map(|g| g.get_ref().as_str()) {
+        Some("") => None,
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None => {
+            let identity = format!("{listen}|{}|{}|{key_prefix}", redis.url, redis.db);
+            let hash = identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+            Some(std::env::temp_dir().join(format!("cachegate-purges-{hash:016x}.json")))
+        }
+    }
+}
+
 fn resolve_redis_url(
     raw: &super::file::RawRedis,
     env: &dyn Fn(&str) -> Option<String>,

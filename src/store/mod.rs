@@ -25,6 +25,7 @@ pub mod redis;
 mod redis_cluster;
 pub mod redis_connect;
 mod redis_lock;
+mod redis_repair;
 mod redis_scope;
 pub mod scope_index;
 pub mod tiered;
@@ -117,6 +118,13 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable right now (cheap; no I/O).
     fn is_up(&self) -> bool;
 
+    /// How many times the store came back after being unreachable (cheap;
+    /// no I/O). A read that sees this move knows an outage just ended, even
+    /// before any background task does (`cache/pending_purges.rs`).
+    fn outages(&self) -> u64 {
+        0
+    }
+
     /// The secret that keys credential-scope hashes. Shared by every
     /// instance on the same Redis, so they share scopes; `None` until known.
     fn scope_secret(&self) -> Option<Bytes>;
@@ -199,6 +207,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Server and memory figures.
     async fn info(&self) -> StoreResult<StoreInfo>;
+
+    /// Says (`Some(until_ms)`, renewed while it lasts) or unsays (`None`)
+    /// that `instance` is replaying purges after an outage; every instance
+    /// revalidates old entries while any such mark is live
+    /// (`cache/pending_purges.rs`). A store no other instance shares has
+    /// nobody to tell.
+    async fn mark_repairing(&self, _instance: &str, _until_ms: Option<u64>) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Whether any instance's repairing mark is live.
+    async fn repairing(&self) -> StoreResult<bool> {
+        Ok(false)
+    }
 
     /// Takes the cross-instance fill lock for one entry (`SET NX PX` with a
     /// random token), so that instances sharing the store make one backend

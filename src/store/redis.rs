@@ -159,6 +159,8 @@ pub struct RedisStore {
     /// not answer (paused, overloaded) counts as down after a few, so that
     /// requests stop paying the store timeout one after another.
     timeouts: AtomicU64,
+    /// How many times Redis came back after being unreachable.
+    outages: AtomicU64,
     /// While stalled: when the last probing call was let through (ms).
     last_probe_ms: AtomicU64,
     /// On a Redis Cluster: fills reserve then commit (see `cluster.rs`),
@@ -238,6 +240,7 @@ impl RedisStore {
             secret,
             up: AtomicBool::new(true),
             timeouts: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
             cluster: cfg.topology.is_cluster(),
             reserve_script: Script::from_lua(super::redis_cluster::RESERVE_LUA),
@@ -299,6 +302,7 @@ impl RedisStore {
         let now = self.pool.next_connected().is_connected() && !self.stalled();
         if self.up.swap(now, Ordering::Relaxed) != now {
             if now {
+                self.outages.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(target: "cachegate::store", "redis is reachable again; caching resumes");
             } else {
                 tracing::warn!(target: "cachegate::store", "redis is unreachable; forwarding uncached until it is back");
@@ -606,6 +610,10 @@ impl Store for RedisStore {
         self.is_up_logged()
     }
 
+    fn outages(&self) -> u64 {
+        self.outages.load(Ordering::SeqCst)
+    }
+
     fn scope_secret(&self) -> Option<Bytes> {
         self.secret.get().cloned()
     }
@@ -873,6 +881,14 @@ impl Store for RedisStore {
         let text: String = self.bounded(client.info(None)).await?;
         let total_keys: u64 = self.bounded(client.dbsize()).await?;
         Ok(parse_info(&text, total_keys))
+    }
+
+    async fn mark_repairing(&self, instance: &str, until_ms: Option<u64>) -> StoreResult<()> {
+        self.set_repairing(instance, until_ms).await
+    }
+
+    async fn repairing(&self) -> StoreResult<bool> {
+        self.any_repairing().await
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {

@@ -339,6 +339,10 @@ impl Store for TieredStore {
         self.inner.is_up()
     }
 
+    fn outages(&self) -> u64 {
+        self.inner.outages()
+    }
+
     fn scope_secret(&self) -> Option<Bytes> {
         self.inner.scope_secret()
     }
@@ -490,6 +494,14 @@ impl Store for TieredStore {
 
     async fn info(&self) -> StoreResult<StoreInfo> {
         self.inner.info().await
+    }
+
+    async fn mark_repairing(&self, instance: &str, until_ms: Option<u64>) -> StoreResult<()> {
+        self.inner.mark_repairing(instance, until_ms).await
+    }
+
+    async fn repairing(&self) -> StoreResult<bool> {
+        self.inner.repairing().await
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {

@@ -1093,6 +1093,15 @@ impl Proxy {
         }
     }
 
+    /// Shuts down within `grace` (pending purges included); whether all
+    /// of it finished.
+    pub async fn shutdown_within(mut self, grace: Duration) -> bool {
+        match self.running.take() {
+            Some(r) => r.shutdown(grace).await,
+            None => true,
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(2)).await;
