@@ -568,7 +568,7 @@ impl Gateway {
     /// points to if it holds a marker. Returns the decoded entry (fresh or
     /// not), the field it lives in, and the guard a fill must present.
     async fn read(&self, key: &CacheKey, request: &http::HeaderMap) -> StoreResult<Found> {
-        self.settle_pending_purges().await?;
+        self.unsettled(key)?;
         // The in-process tier's decoded entry: no store call, no decoding.
         if let Some(entry) = self.store.peek(&key.key, &key.field) {
             self.pending.note_outages(self.store.outages());
@@ -1067,28 +1067,47 @@ impl Gateway {
         keys
     }
 
-    /// Runs a write's purges; whatever fails (the store down or stalled) is
-    /// kept, journalled, and replayed as soon as the store answers.
+    /// Runs a write's purges; whatever fails (the store down or stalled, or
+    /// on a cluster one primary) is kept, journalled, announced to the other
+    /// instances, and replayed as soon as that part of the store answers.
     async fn purge(&self, purge: Purge) {
         if purge.is_empty() {
             return;
         }
-        match pending_purges::apply(self.store.as_ref(), &self.metrics, purge.clone()).await {
+        match pending_purges::apply(
+            self.store.as_ref(),
+            &self.metrics,
+            purge.clone(),
+            pending_purges::Log::Warn,
+        )
+        .await
+        {
             None => self.pending.went_through(&purge),
-            Some(failed) => self.pending.keep(failed, &self.metrics).await,
+            Some(failed) => {
+                self.pending.keep(failed, &self.metrics).await;
+                // Where the store still takes the announcement (a cluster
+                // with one primary down), the other instances read it within
+                // a tick: wait that long before the write is answered, so
+                // none of them serves what it covers after the answer.
+                if self
+                    .pending
+                    .announce(self.store.as_ref(), self.metrics.instance())
+                    .await
+                {
+                    tokio::time::sleep(pending_purges::PEERS_READ_WITHIN).await;
+                }
+            }
         }
     }
 
-    /// Replays purges that failed. Until they all went through, reads do
-    /// not use the store (`Unavailable`: answered uncached), so an entry from
-    /// before a write this instance answered is never served after it. While
-    /// the store is down, or another task is replaying, this read is answered
-    /// uncached at once: it must not queue behind a replay.
-    async fn settle_pending_purges(&self) -> StoreResult<()> {
-        if self.pending.replay(self.store.as_ref(), &self.metrics).await {
-            Ok(())
-        } else {
+    /// Whether a purge not yet applied (this instance's or a peer's) covers
+    /// the entry: then it is neither served nor filled (`Unavailable`:
+    /// answered uncached) until the purge goes through.
+    fn unsettled(&self, key: &CacheKey) -> StoreResult<()> {
+        if self.pending.covers(&key.key, &key.tags, &key.field) {
             Err(StoreError::Unavailable)
+        } else {
+            Ok(())
         }
     }
 

@@ -36,6 +36,9 @@ const RECENT_MAX: usize = 4096;
 /// are revalidated for this long even if no peer has said it is repairing
 /// yet: a peer's replay task notices the store within a tick or two.
 const GRACE: Duration = Duration::from_millis(1500);
+/// Other instances read a new announcement within this (two ticks of
+/// their repair task, which polls the marks every tick).
+pub(super) const PEERS_READ_WITHIN: Duration = Duration::from_millis(2 * TICK.as_millis() as u64 + 50);
 /// A repairing mark lives this long unless renewed, so a crashed instance's
 /// mark does not keep the fleet revalidating.
 const MARK_LIFE: Duration = Duration::from_secs(5);
@@ -101,10 +104,19 @@ pub(super) struct PendingPurges {
     /// Purges that went through lately, with when (ms), for the replay after
     /// an outage.
     recent: Mutex<VecDeque<(u64, Purge)>>,
+    /// Recent purges set aside when an outage began, queued when it ends.
+    aside: Mutex<Vec<Purge>>,
     /// Entries stored before this (ms) are revalidated while `until_ms` has
     /// not passed; 0 when no repair is under way.
     revalidate_before_ms: AtomicU64,
     until_ms: AtomicU64,
+    /// What reads must not take from the store: this instance's pending
+    /// purges and those other instances' repairing marks announce. Read on
+    /// every lookup (`covers`), so behind a flag that is false nearly always.
+    covering: std::sync::RwLock<Vec<Purge>>,
+    any_covering: AtomicBool,
+    /// How many of `covering`'s first purges are this instance's.
+    own_len: std::sync::atomic::AtomicUsize,
     /// The store's outage count last seen (`Store::outages`).
     seen_outages: AtomicU64,
     /// Wakes the repair task early (a purge just failed).
@@ -124,10 +136,14 @@ impl PendingPurges {
             );
         }
         PendingPurges {
+            any_covering: AtomicBool::new(!left.is_empty()),
+            own_len: std::sync::atomic::AtomicUsize::new(left.len()),
+            covering: std::sync::RwLock::new(left.clone()),
             has_pending: AtomicBool::new(!left.is_empty()),
             queue: tokio::sync::Mutex::new(left),
             journal,
             recent: Mutex::default(),
+            aside: Mutex::default(),
             revalidate_before_ms: AtomicU64::new(0),
             until_ms: AtomicU64::new(0),
             seen_outages: AtomicU64::new(0),
@@ -145,6 +161,40 @@ impl PendingPurges {
     pub fn must_revalidate(&self, stored_at_ms: u64) -> bool {
         let before = self.revalidate_before_ms.load(SeqCst);
         before != 0 && stored_at_ms < before && now_ms() < self.until_ms.load(SeqCst)
+    }
+
+    /// Whether a pending purge (this instance's, or one another instance
+    /// announced) covers `key`, its `tags` or the scope of `field`: such an
+    /// entry is neither served nor filled until the purge is applied.
+    pub fn covers(&self, key: &str, tags: &[String], field: &str) -> bool {
+        if !self.any_covering.load(SeqCst) {
+            return false;
+        }
+        let covering = self.covering.read().unwrap_or_else(|p| p.into_inner());
+        let scope = crate::store::scope_index::credential_scope(field);
+        covering.iter().any(|p| {
+            p.keys.iter().any(|k| k == key)
+                || p.patterns
+                    .iter()
+                    .any(|pat| crate::store::glob::glob_match(pat.as_bytes(), key.as_bytes()))
+                || p.tags.iter().any(|t| tags.contains(t))
+                || scope.is_some_and(|s| p.scopes.iter().any(|x| x == s))
+        })
+    }
+
+    /// Sets what `covers` checks: this instance's queue and the peers'
+    /// announced purges.
+    fn set_covering(&self, own: &[Purge], peers: Option<Vec<Purge>>) {
+        let mut covering = self.covering.write().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Purge> = own.to_vec();
+        match peers {
+            Some(peers) => all.extend(peers),
+            // Keep the peers' part as last read.
+            None => all.extend(covering.iter().skip(self.own_len.load(SeqCst)).cloned()),
+        }
+        self.own_len.store(own.len(), SeqCst);
+        self.any_covering.store(!all.is_empty(), SeqCst);
+        *covering = all;
     }
 
     /// Notes the store's outage count (`Store::outages`): when it moved, an
@@ -177,16 +227,26 @@ impl PendingPurges {
         merge(&mut queue, failed);
         metrics.set_purges_pending(queue.iter().map(Purge::len).sum());
         self.has_pending.store(true, SeqCst);
+        self.set_covering(&queue, None);
         self.write_journal(&queue).await;
         drop(queue);
         self.wake.notify_one();
     }
 
-    /// Moves the recent purges into the queue: an outage began, and the store
-    /// that comes back may have lost them.
-    async fn keep_recent(&self, metrics: &Metrics) {
-        let recent: Vec<Purge> = match self.recent.lock() {
-            Ok(mut r) => r.drain(..).map(|(_, p)| p).collect(),
+    /// Sets the recent purges aside: an outage began, and the store that
+    /// comes back (a promoted replica, a restart from disk) may have lost
+    /// them. They are queued when it ends (`requeue_lost`), not now: the
+    /// parts of the store still up keep them, and serve meanwhile.
+    fn set_recent_aside(&self) {
+        let Ok(mut recent) = self.recent.lock() else { return };
+        let Ok(mut aside) = self.aside.lock() else { return };
+        aside.extend(recent.drain(..).map(|(_, p)| p));
+    }
+
+    /// Queues what `set_recent_aside` kept, for replay: the outage ended.
+    async fn requeue_lost(&self, metrics: &Metrics) {
+        let recent: Vec<Purge> = match self.aside.lock() {
+            Ok(mut r) => r.drain(..).collect(),
             Err(_) => return,
         };
         if recent.is_empty() {
@@ -198,7 +258,24 @@ impl PendingPurges {
         }
         metrics.set_purges_pending(queue.iter().map(Purge::len).sum());
         self.has_pending.store(true, SeqCst);
+        self.set_covering(&queue, None);
         self.write_journal(&queue).await;
+    }
+
+    /// Tells the other instances what this one could not purge yet (they
+    /// neither serve nor fill what it covers); whether the store took it.
+    pub async fn announce(&self, store: &dyn Store, instance: &str) -> bool {
+        let mark = Mark {
+            until: now_ms() + MARK_LIFE.as_millis() as u64,
+            purges: self.queue.lock().await.clone(),
+        };
+        if mark.purges.is_empty() {
+            return false;
+        }
+        let Ok(text) = serde_json::to_string(&mark) else {
+            return false;
+        };
+        store.mark_repairing(instance, Some(&text)).await.is_ok()
     }
 
     /// Replays what is pending; whether nothing is left. Concurrent callers
@@ -207,16 +284,13 @@ impl PendingPurges {
         if !self.has_pending() {
             return true;
         }
-        if !store.is_up() {
-            return false;
-        }
         let Ok(mut queue) = self.queue.try_lock() else {
             return false;
         };
         let before: usize = queue.iter().map(Purge::len).sum();
         let mut still = Vec::new();
         for purge in std::mem::take(&mut *queue) {
-            match apply(store, metrics, purge.clone()).await {
+            match apply(store, metrics, purge.clone(), Log::Quiet).await {
                 Some(failed) => still.push(failed),
                 None => self.went_through(&purge),
             }
@@ -226,7 +300,10 @@ impl PendingPurges {
         metrics.purges_replayed(replayed);
         metrics.set_purges_pending(still.iter().map(Purge::len).sum());
         *queue = still;
-        self.write_journal(&queue).await;
+        if replayed > 0 {
+            self.write_journal(&queue).await;
+        }
+        self.set_covering(&queue, None);
         self.has_pending.store(!settled, SeqCst);
         if settled {
             tracing::info!("purges that failed while the store was unreachable went through");
@@ -317,8 +394,16 @@ fn save_journal(path: &std::path::Path, journal: &Journal) -> std::io::Result<()
     Ok(())
 }
 
+/// How loudly `apply` reports a failure: a write's own purge warns; the
+/// replays that follow, tick after tick, would repeat it.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Log {
+    Warn,
+    Quiet,
+}
+
 /// Runs one purge against the store; the parts that failed, if any.
-pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge) -> Option<Purge> {
+pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge, log: Log) -> Option<Purge> {
     purge.dedup();
     let soft = purge.soft;
     let mut failed = Purge {
@@ -328,8 +413,24 @@ pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge
     if !purge.keys.is_empty() {
         match timed(metrics, "purge_keys", store.purge_keys(&purge.keys, soft)).await {
             Ok(n) => metrics.purged("key", n),
+            // Key by key, so that only the keys of the part of the store
+            // that failed (one cluster primary) stay pending.
+            Err(_) if purge.keys.len() > 1 => {
+                for key in purge.keys {
+                    let one = std::slice::from_ref(&key);
+                    match timed(metrics, "purge_keys", store.purge_keys(one, soft)).await {
+                        Ok(n) => metrics.purged("key", n),
+                        Err(_) => failed.keys.push(key),
+                    }
+                }
+                if log == Log::Warn && !failed.keys.is_empty() {
+                    tracing::warn!(keys = ?failed.keys, "purging keys failed; replayed when the store answers");
+                }
+            }
             Err(e) => {
-                tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed; replayed when the store answers");
+                if log == Log::Warn {
+                    tracing::warn!(keys = ?purge.keys, error = %e, "purging keys failed; replayed when the store answers");
+                }
                 failed.keys = purge.keys;
             }
         }
@@ -338,7 +439,9 @@ pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge
         match timed(metrics, "purge_pattern", store.purge_pattern(&pattern, soft)).await {
             Ok(n) => metrics.purged("pattern", n),
             Err(e) => {
-                tracing::warn!(pattern, error = %e, "purging pattern failed; replayed when the store answers");
+                if log == Log::Warn {
+                    tracing::warn!(pattern, error = %e, "purging pattern failed; replayed when the store answers");
+                }
                 failed.patterns.push(pattern);
             }
         }
@@ -347,7 +450,9 @@ pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge
         match timed(metrics, "purge_tags", store.purge_tags(&purge.tags, soft)).await {
             Ok(n) => metrics.purged("tag", n),
             Err(e) => {
-                tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed; replayed when the store answers");
+                if log == Log::Warn {
+                    tracing::warn!(tags = ?purge.tags, error = %e, "purging tags failed; replayed when the store answers");
+                }
                 failed.tags = purge.tags;
             }
         }
@@ -357,7 +462,9 @@ pub(super) async fn apply(store: &dyn Store, metrics: &Metrics, mut purge: Purge
             Ok(n) => metrics.purged("scope", n),
             Err(e) => {
                 // The scope is an HMAC, never the credential itself.
-                tracing::warn!(scope, error = %e, "purging a credential's entries failed; replayed when the store answers");
+                if log == Log::Warn {
+                    tracing::warn!(scope, error = %e, "purging a credential's entries failed; replayed when the store answers");
+                }
                 failed.scopes.push(scope);
             }
         }
@@ -376,11 +483,21 @@ async fn timed<T>(
     result
 }
 
-/// The repair task: watches the store, keeps recent purges when an outage
-/// starts, and when the store answers again marks this instance repairing,
-/// replays, and clears the mark; meanwhile it follows the fleet's marks so
-/// `must_revalidate` is true while any instance repairs. Ends when the
-/// process drops `pending`.
+/// A repairing mark as stored (`Store::mark_repairing`).
+#[derive(Serialize, Deserialize)]
+struct Mark {
+    /// When the mark lapses unless renewed (ms).
+    until: u64,
+    purges: Vec<Purge>,
+}
+
+/// The repair task: replays what is pending every tick (each part goes
+/// through as soon as its part of the store answers), announces it to the
+/// other instances meanwhile, and reads their announcements into what
+/// `covers` checks. Its poll of the marks doubles as a health probe: an
+/// instance with no traffic still notices an outage, keeps the purges made
+/// just before it, and revalidates old entries for a grace period after it.
+/// Ends when the process drops `pending`.
 pub(super) fn spawn_repair(pending: &Arc<PendingPurges>, store: Arc<dyn Store>, metrics: Arc<Metrics>) {
     let weak = Arc::downgrade(pending);
     tokio::spawn(async move {
@@ -397,39 +514,37 @@ pub(super) fn spawn_repair(pending: &Arc<PendingPurges>, store: Arc<dyn Store>, 
                 }
                 return;
             };
-            // The marks poll doubles as a health probe: an instance with no
-            // traffic of its own still notices a stall or an outage.
-            let health = if store.is_up() {
-                store.repairing().await
-            } else {
-                Err(crate::store::StoreError::Unavailable)
-            };
-            match health {
-                Err(_) => {
-                    if was_up {
-                        was_up = false;
-                        pending.keep_recent(&metrics).await;
-                    }
+            if pending.has_pending() {
+                marked |= pending.announce(store.as_ref(), &instance).await;
+                if pending.replay(store.as_ref(), &metrics).await && marked {
+                    marked = store.mark_repairing(&instance, None).await.is_err();
                 }
-                Ok(others_repairing) => {
-                    if !was_up {
-                        was_up = true;
-                        // This instance saw an outage end: revalidate what was
-                        // stored before it until peers have had time to say
-                        // whether they are repairing.
-                        pending.begin_revalidating(now_ms() + GRACE.as_millis() as u64);
-                    }
-                    if pending.has_pending() {
-                        let until = now_ms() + MARK_LIFE.as_millis() as u64;
-                        marked = store.mark_repairing(&instance, Some(until)).await.is_ok() || marked;
-                        if pending.replay(store.as_ref(), &metrics).await && marked {
-                            marked = store.mark_repairing(&instance, None).await.is_err();
-                        }
-                    }
-                    if others_repairing {
-                        pending.begin_revalidating(now_ms() + 2 * TICK.as_millis() as u64);
-                    }
-                }
+            }
+            let marks = store.repairing().await;
+            // An outage of any part of the store (on a cluster, the cluster
+            // client is down while one primary is) keeps the recent purges;
+            // its end starts a grace in which old entries are revalidated
+            // until peers have had time to announce what they could not purge.
+            let up = marks.is_ok() && store.is_up();
+            if !up && was_up {
+                was_up = false;
+                pending.set_recent_aside();
+            } else if up && !was_up {
+                was_up = true;
+                pending.begin_revalidating(now_ms() + GRACE.as_millis() as u64);
+                pending.requeue_lost(&metrics).await;
+            }
+            if let Ok(marks) = marks {
+                let now = now_ms();
+                let peers = marks
+                    .iter()
+                    .filter(|(id, _)| *id != instance)
+                    .filter_map(|(_, mark)| serde_json::from_str::<Mark>(mark).ok())
+                    .filter(|m| m.until > now)
+                    .flat_map(|m| m.purges)
+                    .collect();
+                let own = pending.queue.lock().await.clone();
+                pending.set_covering(&own, Some(peers));
             }
             // Holding `pending` for one tick at most delays the end by that.
             let _ = tokio::time::timeout(TICK, pending.wake.notified()).await;

@@ -27,6 +27,7 @@ pub mod redis_connect;
 mod redis_lock;
 mod redis_repair;
 mod redis_scope;
+mod redis_shards;
 pub mod scope_index;
 pub mod tiered;
 
@@ -208,18 +209,18 @@ pub trait Store: Send + Sync + 'static {
     /// Server and memory figures.
     async fn info(&self) -> StoreResult<StoreInfo>;
 
-    /// Says (`Some(until_ms)`, renewed while it lasts) or unsays (`None`)
-    /// that `instance` is replaying purges after an outage; every instance
-    /// revalidates old entries while any such mark is live
-    /// (`cache/pending_purges.rs`). A store no other instance shares has
+    /// Announces (`Some(mark)`, renewed while it lasts) or withdraws
+    /// (`None`) that `instance` has purges not yet applied; `mark` is opaque
+    /// here (the gateway's JSON: until when, and which purges;
+    /// `cache/pending_purges.rs`). A store no other instance shares has
     /// nobody to tell.
-    async fn mark_repairing(&self, _instance: &str, _until_ms: Option<u64>) -> StoreResult<()> {
+    async fn mark_repairing(&self, _instance: &str, _mark: Option<&str>) -> StoreResult<()> {
         Ok(())
     }
 
-    /// Whether any instance's repairing mark is live.
-    async fn repairing(&self) -> StoreResult<bool> {
-        Ok(false)
+    /// Every instance's mark, as `(instance, mark)`.
+    async fn repairing(&self) -> StoreResult<Vec<(String, String)>> {
+        Ok(Vec::new())
     }
 
     /// Takes the cross-instance fill lock for one entry (`SET NX PX` with a

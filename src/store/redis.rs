@@ -172,6 +172,9 @@ pub struct RedisStore {
     pub(super) tag_add_script: Script,
     /// When a keyspace walk last re-read the cluster's slot map (ms).
     pub(super) last_sync_ms: AtomicU64,
+    /// On a cluster: a client per primary for single-key commands, so one
+    /// primary's outage stays its own (`redis_shards.rs`).
+    pub(super) shards: Option<super::redis_shards::Shards>,
 }
 
 /// Consecutive timeouts after which a connected Redis counts as down.
@@ -192,6 +195,10 @@ impl RedisStore {
         configured_secret: Option<&str>,
     ) -> Result<Arc<RedisStore>, crate::BoxError> {
         let config = super::redis_connect::fred_config(cfg)?;
+        let shards = cfg
+            .topology
+            .is_cluster()
+            .then(|| super::redis_shards::Shards::new(config.clone()));
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -248,13 +255,27 @@ impl RedisStore {
             abort_script: Script::from_lua(super::redis_cluster::ABORT_LUA),
             tag_add_script: Script::from_lua(super::redis_cluster::TAG_ADD_LUA),
             last_sync_ms: AtomicU64::new(0),
+            shards,
         });
         store.is_up_logged();
         tokio::spawn(probe_while_stalled(Arc::downgrade(&store)));
+        if store.shards.is_some() {
+            tokio::spawn(super::redis_shards::follow_cluster(Arc::downgrade(&store)));
+        }
         if store.secret.get().is_none() {
             tokio::spawn(fetch_shared_secret(store.clone()));
         }
         Ok(store)
+    }
+
+    /// The store timeout of one request-path call.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A pool client, connected or not (for reading its slot map).
+    pub(super) fn pool_client(&self) -> &Client {
+        self.pool.next()
     }
 
     pub(super) fn key(&self, logical: &str) -> String {
@@ -375,13 +396,14 @@ impl RedisStore {
         soft: bool,
         list: usize,
     ) -> StoreResult<(u64, Option<Vec<String>>)> {
-        let client = self.client()?;
-        self.bump_epoch(client).await?;
+        self.bump_epoch().await?;
         let now = now_ms() as f64;
         let mut purged = 0u64;
         let mut listed = (list > 0).then(Vec::new);
         for tag in tags {
             let tag_key = self.tag_key(tag);
+            // On a cluster, the primary serving the index's slot.
+            let client = &*self.on(&tag_key)?;
             // ZSCAN, not offsets: a fill landing meanwhile raises its key's
             // score, which would shift an offset window and skip members.
             let mut cursor = String::from("0");
@@ -417,8 +439,25 @@ impl RedisStore {
     /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
     /// of memory refuses the INCR, but also every fill the epoch would stop,
     /// so the purge goes on without it rather than leave old entries served.
-    pub(super) async fn bump_epoch(&self, client: &Client) -> StoreResult<()> {
-        match self.bounded(client.incr::<i64, _>(&self.epoch_key)).await {
+    /// The purge epoch (on a cluster, from the primary serving its slot).
+    pub(super) async fn epoch(&self) -> StoreResult<u64> {
+        let client = match self.on(&self.epoch_key) {
+            // On a cluster whose primary serving the epoch is down, no
+            // pattern, tag or scope purge can bump it, so none can complete:
+            // fills elsewhere go on, under a guard saying so
+            // (`redis_cluster.rs`, step 3).
+            Err(StoreError::Unavailable) if self.shards.is_some() && self.is_up_elsewhere() => {
+                return Ok(super::redis_cluster::EPOCH_UNREACHABLE)
+            }
+            other => other?,
+        };
+        let epoch: Option<Bytes> = self.bounded_on(&client, Box::pin(client.get(&self.epoch_key))).await?;
+        Ok(to_u64(epoch))
+    }
+
+    pub(super) async fn bump_epoch(&self) -> StoreResult<()> {
+        let client = self.on(&self.epoch_key)?;
+        match self.bounded_on(&client, client.incr::<i64, _>(&self.epoch_key)).await {
             Err(StoreError::Backend(e)) if e.contains("OOM") => {
                 tracing::warn!(target: "cachegate::store", error = %e, "Redis is out of memory: purging without bumping the epoch");
                 Ok(())
@@ -619,13 +658,13 @@ impl Store for RedisStore {
     }
 
     async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
-        let client = self.client()?;
         let key = self.key(key);
+        let client = self.on(&key)?;
         // fred's command futures are ~7 KB; boxed once here, the rest of this
         // call (and async_trait's box around it) moves a pointer, not 7 KB,
         // at each step. Measured: 3 copies of it were 27% of a Redis hit.
         let hmget = Box::pin(client.hmget(&key, vec![field, GEN_FIELD]));
-        let got: Result<Vec<Option<Bytes>>, StoreError> = self.bounded(hmget).await;
+        let got: Result<Vec<Option<Bytes>>, StoreError> = self.bounded_on(&client, hmget).await;
         let (entry, generation) = match got {
             Ok(mut v) if v.len() == 2 => {
                 let generation = v.pop().flatten();
@@ -643,28 +682,26 @@ impl Store for RedisStore {
                 guard: FillGuard::default(),
             });
         }
-        let epoch: Option<Bytes> = self.bounded(Box::pin(client.get(&self.epoch_key))).await?;
+        let epoch = self.epoch().await?;
         Ok(Lookup {
             entry: None,
-            guard: FillGuard {
-                generation,
-                epoch: to_u64(epoch),
-            },
+            guard: FillGuard { generation, epoch },
         })
     }
 
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
-        let client = self.client()?;
-        let generation: Result<Option<Bytes>, StoreError> = self.bounded(client.hget(self.key(key), GEN_FIELD)).await;
+        let key = self.key(key);
+        let client = self.on(&key)?;
+        let generation: Result<Option<Bytes>, StoreError> =
+            self.bounded_on(&client, client.hget(&key, GEN_FIELD)).await;
         let generation = match generation {
             Ok(g) => to_u64(g),
             Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => 0,
             Err(e) => return Err(e),
         };
-        let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
         Ok(FillGuard {
             generation,
-            epoch: to_u64(epoch),
+            epoch: self.epoch().await?,
         })
     }
 
@@ -677,12 +714,10 @@ impl Store for RedisStore {
         guard: FillGuard,
         tags: &[String],
     ) -> StoreResult<bool> {
-        let client = self.client()?;
         if self.cluster {
-            return self
-                .fill_across_slots(client, key, field, value, ttl, guard, tags)
-                .await;
+            return self.fill_across_slots(key, field, value, ttl, guard, tags).await;
         }
+        let client = self.client()?;
         let mut keys = vec![self.key(key), self.epoch_key.clone()];
         keys.extend(self.index_keys(field, tags));
         let args: Vec<Value> = vec![
@@ -701,7 +736,6 @@ impl Store for RedisStore {
     }
 
     async fn purge_keys(&self, keys: &[String], soft: bool) -> StoreResult<u64> {
-        let client = self.client()?;
         let tombstone_ttl = self.tombstone_ttl.as_millis() as i64;
         let (script, args): (&Script, Vec<Value>) = if soft {
             (
@@ -714,9 +748,12 @@ impl Store for RedisStore {
         let mut purged = 0;
         // One script call per key: each key may live in its own cluster slot.
         for batch in keys.chunks(SCAN_BATCH as usize) {
-            let calls = batch
-                .iter()
-                .map(|k| self.bounded(self.run_script(client, script, vec![self.key(k)], args.clone())));
+            let calls = batch.iter().map(|k| async {
+                let key = self.key(k);
+                let client = self.on(&key)?;
+                self.bounded_on(&client, self.run_script(&client, script, vec![key], args.clone()))
+                    .await
+            });
             for result in futures_util::future::join_all(calls).await {
                 purged += result? as u64;
             }
@@ -728,7 +765,7 @@ impl Store for RedisStore {
         let client = self.client()?;
         // Bump the epoch first: a fill that looked up before this point will
         // not store, even for a key this scan never sees.
-        self.bump_epoch(client).await?;
+        self.bump_epoch().await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern);
         let internal = self.internal_prefix();
         let mut removed = 0u64;
@@ -809,7 +846,7 @@ impl Store for RedisStore {
 
     async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64> {
         let client = self.client()?;
-        self.bump_epoch(client).await?;
+        self.bump_epoch().await?;
         let full = format!("{}{}", glob_escape(&self.prefix), pattern.unwrap_or("*"));
         let mut removed = 0u64;
         for node in self.primaries(client).await? {
@@ -883,12 +920,12 @@ impl Store for RedisStore {
         Ok(parse_info(&text, total_keys))
     }
 
-    async fn mark_repairing(&self, instance: &str, until_ms: Option<u64>) -> StoreResult<()> {
-        self.set_repairing(instance, until_ms).await
+    async fn mark_repairing(&self, instance: &str, mark: Option<&str>) -> StoreResult<()> {
+        self.set_repairing(instance, mark).await
     }
 
-    async fn repairing(&self) -> StoreResult<bool> {
-        self.any_repairing().await
+    async fn repairing(&self) -> StoreResult<Vec<(String, String)>> {
+        self.all_repairing().await
     }
 
     async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {

@@ -21,13 +21,20 @@
 //!   visit every primary in turn; deletes are grouped by hash slot.
 
 use super::entry::now_ms;
-use super::redis::{parse_info, to_u64, RedisStore, SCAN_BATCH};
+use super::redis::{parse_info, RedisStore, SCAN_BATCH};
 use super::{FillGuard, StoreError, StoreInfo, StoreResult};
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::{Key, Value};
 use std::time::Duration;
+
+/// The epoch a guard holds when the primary serving the epoch key was
+/// down as it was read. Every purge that bumps the epoch bumps it first, so
+/// while that primary stays down none completes: a fill under this guard
+/// may store if the epoch is still unreachable at step 3, and never once
+/// it is readable again (it then cannot know what it missed).
+pub const EPOCH_UNREACHABLE: u64 = u64::MAX;
 
 /// Field-name prefix of a fill's pending marker; never an entry field.
 pub const PENDING_PREFIX: &str = "__pend:";
@@ -155,10 +162,8 @@ impl RedisStore {
 
     /// A fill on a cluster: reserve, index, check the epoch, commit (see
     /// the module doc).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn fill_across_slots(
         &self,
-        client: &Client,
         key: &str,
         field: &str,
         value: Bytes,
@@ -175,8 +180,13 @@ impl RedisStore {
             ttl_ms.into(),
             (guard.generation as i64).into(),
         ];
+        // Every step goes to the primary serving its own key's slot.
+        let client = self.on(&record)?;
         let pttl = self
-            .bounded(self.run_script(client, &self.reserve_script, vec![record.clone()], args))
+            .bounded_on(
+                &client,
+                self.run_script(&client, &self.reserve_script, vec![record.clone()], args),
+            )
             .await?;
         if pttl < 0 {
             return Ok(false);
@@ -184,15 +194,21 @@ impl RedisStore {
         let committed: StoreResult<bool> = async {
             let now = now_ms() as i64;
             // Tag indexes and the credential scope's index alike.
-            let adds = self.index_keys(field, tags).into_iter().map(|index| {
+            let adds = self.index_keys(field, tags).into_iter().map(|index| async move {
                 let args: Vec<Value> = vec![(now + pttl).into(), key.into(), pttl.into(), now.into()];
-                self.bounded(self.run_script(client, &self.tag_add_script, vec![index], args))
+                let on = self.on(&index)?;
+                self.bounded_on(
+                    &on,
+                    self.run_script(&on, &self.tag_add_script, vec![index.clone()], args),
+                )
+                .await
             });
             for added in futures_util::future::join_all(adds).await {
                 added?;
             }
-            let epoch: Option<Bytes> = self.bounded(client.get(&self.epoch_key)).await?;
-            if to_u64(epoch) != guard.epoch {
+            // (An unreachable epoch reads as EPOCH_UNREACHABLE: equal only
+            // to a guard read while it was unreachable too.)
+            if self.epoch().await? != guard.epoch {
                 return Ok(false);
             }
             let args: Vec<Value> = vec![
@@ -202,7 +218,10 @@ impl RedisStore {
                 (guard.generation as i64).into(),
             ];
             let stored = self
-                .bounded(self.run_script(client, &self.commit_script, vec![record.clone()], args))
+                .bounded_on(
+                    &client,
+                    self.run_script(&client, &self.commit_script, vec![record.clone()], args),
+                )
                 .await?;
             Ok(stored == 1)
         }
@@ -212,7 +231,10 @@ impl RedisStore {
             // the record expires; it never serves.
             let args: Vec<Value> = vec![field.into(), token.as_str().into()];
             let _: StoreResult<i64> = self
-                .bounded(self.run_script(client, &self.abort_script, vec![record], args))
+                .bounded_on(
+                    &client,
+                    self.run_script(&client, &self.abort_script, vec![record], args),
+                )
                 .await;
         }
         committed

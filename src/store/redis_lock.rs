@@ -100,11 +100,12 @@ impl FillLocks {
 impl RedisStore {
     /// See the module doc. `Some(token)` when this caller holds the lock.
     pub(super) async fn take_fill_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
-        let client = self.client()?.clone();
+        let lock = self.lock_key(key, field);
+        let on = self.on(&lock)?;
+        let client = on.clone();
         let locks = &self.locks;
         let token = locks.new_token();
         let px = ttl.as_millis().max(1) as i64;
-        let lock = self.lock_key(key, field);
         // The script runs in a task of its own: when our wait for it times
         // out, Redis may still run it later (a stall, CLIENT PAUSE); the task
         // then deletes the lock if it took it.
@@ -122,7 +123,7 @@ impl RedisStore {
                 Err(e) => Err(Error::new(ErrorKind::Unknown, e.to_string())),
             }
         };
-        let holder = match self.bounded(joined).await {
+        let holder = match self.bounded_on(&on, joined).await {
             Ok(holder) => holder,
             Err(e) => {
                 locks.finished(&token);
@@ -191,19 +192,23 @@ impl RedisStore {
         // First, before any await: the fill is over, so a lock still
         // holding this token is an orphan from now on.
         self.locks.finished(token);
-        let client = self.client()?;
         let lock = self.lock_key(key, field);
+        let client = self.on(&lock)?;
         let args: Vec<Value> = vec![token.into(), self.channel.as_str().into(), lock.as_str().into()];
-        self.bounded(self.run_script(client, &self.locks.unlock_script, vec![lock], args))
-            .await
-            .map(|_| ())
+        self.bounded_on(
+            &client,
+            self.run_script(&client, &self.locks.unlock_script, vec![lock.clone()], args),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Whether a fill holds the lock: an orphan of this instance does not
     /// count (the caller then fills itself, taking the lock over).
     pub(super) async fn fill_lock_held(&self, key: &str, field: &str) -> StoreResult<bool> {
-        let client = self.client()?;
-        let holder: Option<String> = self.bounded(client.get(self.lock_key(key, field))).await?;
+        let lock = self.lock_key(key, field);
+        let client = self.on(&lock)?;
+        let holder: Option<String> = self.bounded_on(&client, client.get(&lock)).await?;
         Ok(holder.is_some_and(|h| !self.locks.is_orphan(&h)))
     }
 }

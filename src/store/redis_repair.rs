@@ -1,8 +1,8 @@
 //! The fleet's repairing marks in Redis: one hash, `{prefix}__cg:repair`,
-//! with a field per instance replaying purges after an outage, whose value
-//! is when the mark lapses (ms). See `cache/pending_purges.rs`.
+//! with a field per instance that has purges not yet applied, holding what
+//! the gateway wrote (when the mark lapses, and the purges). See
+//! `cache/pending_purges.rs`.
 
-use super::entry::now_ms;
 use super::redis::RedisStore;
 use super::StoreResult;
 use fred::prelude::*;
@@ -15,32 +15,31 @@ impl RedisStore {
         format!("{}repair", self.internal_prefix())
     }
 
-    pub(super) async fn set_repairing(&self, instance: &str, until_ms: Option<u64>) -> StoreResult<()> {
-        let client = self.client()?;
+    pub(super) async fn set_repairing(&self, instance: &str, mark: Option<&str>) -> StoreResult<()> {
         let key = self.repair_key();
-        match until_ms {
-            Some(until) => {
+        let client = self.on(&key)?;
+        match mark {
+            Some(mark) => {
                 let pipeline = client.pipeline();
                 let queued: Result<(), Error> = async {
-                    let _: () = pipeline.hset(&key, (instance, until as i64)).await?;
+                    let _: () = pipeline.hset(&key, (instance, mark)).await?;
                     let _: () = pipeline.pexpire(&key, HASH_LIFE_MS, None).await?;
                     Ok(())
                 }
                 .await;
                 queued.map_err(|e| super::StoreError::Backend(e.to_string()))?;
-                let _: Vec<Value> = self.bounded(pipeline.all()).await?;
+                let _: Vec<Value> = self.bounded_on(&client, pipeline.all()).await?;
             }
             None => {
-                let _: i64 = self.bounded(client.hdel(&key, instance)).await?;
+                let _: i64 = self.bounded_on(&client, client.hdel(&key, instance)).await?;
             }
         }
         Ok(())
     }
 
-    pub(super) async fn any_repairing(&self) -> StoreResult<bool> {
-        let client = self.client()?;
-        let marks: Vec<(String, i64)> = self.bounded(client.hgetall(self.repair_key())).await?;
-        let now = now_ms() as i64;
-        Ok(marks.iter().any(|(_, until)| *until > now))
+    pub(super) async fn all_repairing(&self) -> StoreResult<Vec<(String, String)>> {
+        let key = self.repair_key();
+        let client = self.on(&key)?;
+        self.bounded_on(&client, client.hgetall(&key)).await
     }
 }

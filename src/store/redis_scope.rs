@@ -70,9 +70,9 @@ impl RedisStore {
     /// and the keys touched (up to `list`; `None` past that), so that the
     /// in-process tier can drop just those.
     pub async fn purge_scope_listing(&self, scope: &str, list: usize) -> StoreResult<(u64, Option<Vec<String>>)> {
-        let client = self.client()?;
-        self.bump_epoch(client).await?;
+        self.bump_epoch().await?;
         let index = self.scope_index_key(scope);
+        let client = self.client()?;
         let tombstone_ttl = self.tombstone_ttl.as_millis() as i64;
         let mut purged = 0u64;
         let mut listed = Some(Vec::new());

@@ -496,11 +496,11 @@ impl Store for TieredStore {
         self.inner.info().await
     }
 
-    async fn mark_repairing(&self, instance: &str, until_ms: Option<u64>) -> StoreResult<()> {
-        self.inner.mark_repairing(instance, until_ms).await
+    async fn mark_repairing(&self, instance: &str, mark: Option<&str>) -> StoreResult<()> {
+        self.inner.mark_repairing(instance, mark).await
     }
 
-    async fn repairing(&self) -> StoreResult<bool> {
+    async fn repairing(&self) -> StoreResult<Vec<(String, String)>> {
         self.inner.repairing().await
     }
 
