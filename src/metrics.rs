@@ -41,6 +41,11 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -148,6 +153,7 @@ pub struct Metrics {
     purged_keys: Counter,
     stored_bytes: Counter,
     store_up: Gauge,
+    store_shard_up: Family<ShardLabels, Gauge>,
     /// Access log lines dropped because the writer could not keep up.
     pub access_log_dropped: Counter,
     /// Paths warmed (`crate::warm`), by result: stored, skipped, failed.
@@ -237,7 +243,17 @@ impl Metrics {
             stored_bytes.clone(),
         );
         let store_up = Gauge::default();
-        registry.register("store_up", "1 while the store is reachable", store_up.clone());
+        registry.register(
+            "store_up",
+            "1 while the whole store is reachable (on a cluster, every primary: see store_shard_up)",
+            store_up.clone(),
+        );
+        let store_shard_up = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "store_shard_up",
+            "On a Redis Cluster, 1 while the primary is reachable (its keys are cached), by primary",
+            store_shard_up.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -303,6 +319,7 @@ impl Metrics {
             purged_keys,
             stored_bytes,
             store_up,
+            store_shard_up,
             started: Instant::now(),
             instance: hex::encode(rand::random::<[u8; 8]>()),
             flushing: tokio::sync::Mutex::new(()),
@@ -456,8 +473,17 @@ impl Metrics {
         self.purges_replayed.inc_by(n as u64);
     }
 
-    pub fn set_store_up(&self, up: bool) {
-        self.store_up.set(up as i64);
+    /// Sets `store_up`, and on a cluster `store_shard_up` for each primary
+    /// (a primary no longer serving slots is dropped).
+    pub fn set_store_health(&self, store: &dyn Store) {
+        self.store_up.set(store.is_up() as i64);
+        let shards = store.shards();
+        if !shards.is_empty() {
+            self.store_shard_up.clear();
+            for (shard, up) in shards {
+                self.store_shard_up.get_or_create(&ShardLabels { shard }).set(up as i64);
+            }
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -546,7 +572,7 @@ pub fn spawn_flusher(metrics: Arc<Metrics>, store: Arc<dyn Store>, every: Durati
         loop {
             tick.tick().await;
             let Some(metrics) = weak.upgrade() else { return };
-            metrics.set_store_up(store.is_up());
+            metrics.set_store_health(store.as_ref());
             metrics.flush(store.as_ref()).await;
         }
     });

@@ -134,8 +134,9 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
     // The documented rules (no tag index shared by every entry: see
     // ARCHITECTURE.md on what a dead primary holding a tag index costs).
     let text = format!(
-        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n{}",
+        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n[[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\n{}",
         backend.url(),
+        hex::encode(cachegate::admin::hash_token(common::suite::TOKEN)),
         common::STD_RULES
     );
     let proxies = [Proxy::start(&text).await, Proxy::start(&text).await];
@@ -235,6 +236,43 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
     .await;
     let killed_at = Instant::now();
     cluster.kill(victim);
+    // Health per primary: the victim down, the others up, in /metrics and
+    // in admin health.
+    let victim_name = format!("127.0.0.1:{victim}");
+    eventually(
+        "the dead primary is reported down, alone",
+        Duration::from_secs(10),
+        || async {
+            let states = proxies[0].gateway().store().shards();
+            states.len() == 3 && states.iter().all(|(name, up)| *up == (*name != victim_name))
+        },
+    )
+    .await;
+    let metrics = proxies[0].gateway().metrics().clone();
+    metrics.set_store_health(proxies[0].gateway().store().as_ref());
+    let text = metrics.encode();
+    assert!(
+        text.contains(&format!("cachegate_store_shard_up{{shard=\"{victim_name}\"}} 0")),
+        "{text}"
+    );
+    assert_eq!(text.matches("cachegate_store_shard_up{").count(), 3);
+    let health = clients[0]
+        .send(
+            "GET",
+            "/api/v1/cache/health",
+            &[("authorization", &format!("Bearer {}", common::suite::TOKEN))],
+            empty(),
+        )
+        .await
+        .json();
+    let down: Vec<&serde_json::Value> = health["shards"]
+        .as_array()
+        .expect("health lists the primaries")
+        .iter()
+        .filter(|s| s["up"] == false)
+        .collect();
+    assert_eq!(down.len(), 1, "{health}");
+    assert_eq!(down[0]["shard"], victim_name.as_str());
     cluster.wait_failover(victim).await;
     let failed_over_at = Instant::now();
     let after = ops() + 600;

@@ -61,9 +61,13 @@ fn features(edition: Edition) -> Value {
 pub async fn health(gw: &Gateway) -> Response<Body> {
     let config = gw.config();
     let up = gw.store().is_up();
-    proxy::json(
-        StatusCode::OK,
-        &json!({
+    let shards: Vec<Value> = gw
+        .store()
+        .shards()
+        .into_iter()
+        .map(|(shard, up)| json!({"shard": shard, "up": up}))
+        .collect();
+    let mut body = json!({
             "status": if up { "healthy" } else { "degraded" },
             "store": gw.store().kind(),
             "store_up": up,
@@ -71,8 +75,13 @@ pub async fn health(gw: &Gateway) -> Response<Body> {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
             "features": features(config.edition),
-        }),
-    )
+    });
+    // On a cluster, each primary's state: one down leaves the others' keys
+    // cached.
+    if !shards.is_empty() {
+        body["shards"] = Value::Array(shards);
+    }
+    proxy::json(StatusCode::OK, &body)
 }
 
 /// Fleet-wide figures when the store answers, else this instance's.
@@ -366,7 +375,7 @@ fn type_name(v: &Value, binary: bool) -> &'static str {
 }
 
 pub fn metrics(gw: &Gateway) -> Response<Body> {
-    gw.metrics().set_store_up(gw.store().is_up());
+    gw.metrics().set_store_health(gw.store().as_ref());
     let mut resp = Response::new(proxy::full(gw.metrics().encode()));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -119,6 +119,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store is reachable right now (cheap; no I/O).
     fn is_up(&self) -> bool;
 
+    /// On a Redis Cluster, each primary's address and whether it is
+    /// reachable (cheap; no I/O); empty for other stores.
+    fn shards(&self) -> Vec<(String, bool)> {
+        Vec::new()
+    }
+
     /// How many times the store came back after being unreachable (cheap;
     /// no I/O). A read that sees this move knows an outage just ended, even
     /// before any background task does (`cache/pending_purges.rs`).

@@ -309,10 +309,11 @@ impl RedisStore {
     }
 
     /// The bound of one page of a bulk operation (purges by pattern or tag,
-    /// clear, key listing): these are not on a read's path, and one slow
-    /// page must not abandon a purge halfway.
+    /// clear, key listing): longer than a read's, since a page does more
+    /// work; short enough that a write whose pattern purge meets a dying
+    /// primary is not held long (the purge is kept and replayed).
     pub(super) fn bulk_timeout(&self) -> Duration {
-        self.timeout.max(Duration::from_secs(2))
+        self.timeout.max(Duration::from_millis(500))
     }
 
     fn stalled(&self) -> bool {
@@ -651,6 +652,10 @@ impl Store for RedisStore {
 
     fn outages(&self) -> u64 {
         self.outages.load(Ordering::SeqCst)
+    }
+
+    fn shards(&self) -> Vec<(String, bool)> {
+        self.shard_states()
     }
 
     fn scope_secret(&self) -> Option<Bytes> {

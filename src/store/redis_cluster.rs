@@ -96,6 +96,12 @@ impl RedisStore {
         if !self.cluster {
             return Ok(vec![None]);
         }
+        // A walk must visit every primary: with one down it cannot, so it
+        // fails at once (a pattern purge is then kept and replayed) rather
+        // than wait on the cluster client's reconnection.
+        if self.shard_states().iter().any(|(_, up)| !up) {
+            return Err(StoreError::Unavailable);
+        }
         // After a failover the cached map may still name a dead primary:
         // re-read it, at most once a second (writes purge by pattern often).
         let now = now_ms();

@@ -34,11 +34,25 @@ pub(super) struct Shard {
     timeouts: AtomicU64,
     /// Last health reported, for logging flips once each.
     up: AtomicBool,
+    /// Whether this client has connected once. Until then its primary's
+    /// commands go through the cluster client, as before the map was known.
+    ready: AtomicBool,
 }
 
 impl Shard {
     pub fn is_up(&self) -> bool {
         self.client.is_connected() && self.timeouts.load(Ordering::Relaxed) < STALL_AFTER
+    }
+
+    fn is_ready(&self) -> bool {
+        if self.ready.load(Ordering::Relaxed) {
+            return true;
+        }
+        let connected = self.client.is_connected();
+        if connected {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        connected
     }
 
     fn note_health(&self) {
@@ -101,6 +115,9 @@ impl Shards {
             .get_server(slot)
             .and_then(|server| routes.shards.get(server))
             .ok_or(StoreError::Unavailable)?;
+        if !shard.is_ready() {
+            return Ok(None);
+        }
         if shard.is_up() {
             Ok(Some(shard.clone()))
         } else {
@@ -111,7 +128,13 @@ impl Shards {
     /// Each primary's name and health.
     pub fn states(&self) -> Vec<(String, bool)> {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        let mut states: Vec<(String, bool)> = routes.shards.values().map(|s| (s.name.clone(), s.is_up())).collect();
+        // A client still making its first connection is not a primary
+        // down: its commands go through the cluster client meanwhile.
+        let mut states: Vec<(String, bool)> = routes
+            .shards
+            .values()
+            .map(|s| (s.name.clone(), !s.is_ready() || s.is_up()))
+            .collect();
         states.sort();
         states
     }
@@ -173,6 +196,7 @@ impl Shards {
             client,
             timeouts: AtomicU64::new(0),
             up: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
         })
     }
 
@@ -258,7 +282,9 @@ pub(super) async fn follow_cluster(store: std::sync::Weak<RedisStore>) {
                     shard.timeouts.store(0, Ordering::Relaxed);
                 }
             }
-            shard.note_health();
+            if shard.is_ready() {
+                shard.note_health();
+            }
         }
     }
 }

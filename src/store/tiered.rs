@@ -343,6 +343,10 @@ impl Store for TieredStore {
         self.inner.outages()
     }
 
+    fn shards(&self) -> Vec<(String, bool)> {
+        self.inner.shards()
+    }
+
     fn scope_secret(&self) -> Option<Bytes> {
         self.inner.scope_secret()
     }

@@ -217,7 +217,8 @@ pub async fn pattern_purge_reaches_every_slot(redis: &str) {
         "the pattern purge visits every primary"
     );
     for p in &paths {
-        assert_eq!(e.client.get(p).await.x_cache(), Some("MISS"), "{p} after the purge");
+        let r = e.client.get(p).await;
+        assert_eq!(r.x_cache(), Some("MISS"), "{p} after the purge: {:?}", r.headers);
     }
     // n list GETs after the purge, plus the POST itself.
     assert_eq!(e.backend.count_path("/api/v1/tasks"), before + n as u64 + 1);
