@@ -1285,3 +1285,52 @@ async fn a_refresh_that_breaks_off_leaves_the_stored_entry_intact() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], path);
 }
+
+/// The 3-timeouts rule: once three store calls in a row timed out against a
+/// paused Redis, the stall is detected and later requests bypass at once,
+/// without waiting the store timeout. The timeout is 2 s here so that "at
+/// once" is far from it on a loaded machine: the bound is the behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_three_timeouts_a_stalled_redis_is_bypassed_at_once() {
+    let redis = RedisServer::start();
+    let backend = Backend::start().await;
+    let text = render(&no_tier_config(), Kind::Redis, &backend.url(), Some(&redis.url()))
+        .replace("timeout_ms = 100", "timeout_ms = 2000");
+    let proxy = Proxy::start(&text).await;
+    let client = Client::new(proxy.addr);
+    let timeout = Duration::from_millis(2000);
+    redis.pause();
+    // Three requests trip the rule, each waiting (at most) the timeout.
+    let mut tripping = Vec::new();
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = client.get(&format!("/api/v1/tasks/trip{i}")).await;
+        assert_eq!(r.status, 200, "fail open");
+        tripping.push(started.elapsed());
+    }
+    assert!(
+        !proxy.gateway().store().is_up(),
+        "three timeouts mark the store down (took {tripping:?})"
+    );
+    let mut after = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = client.get(&format!("/api/v1/tasks/after{i}")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.x_cache(), Some("BYPASS"));
+        after.push(started.elapsed());
+    }
+    let slowest = after.iter().max().copied().unwrap();
+    println!("tripping requests {tripping:?}; 20 after the trip, slowest {slowest:?}");
+    assert!(
+        slowest < timeout / 2,
+        "a request during a detected stall took {slowest:?}: it waited on the store"
+    );
+    redis.resume();
+    eventually(
+        "the store is up again after SIGCONT",
+        Duration::from_secs(10),
+        || async { proxy.gateway().store().is_up() },
+    )
+    .await;
+}

@@ -161,8 +161,6 @@ pub struct RedisStore {
     timeouts: AtomicU64,
     /// How many times Redis came back after being unreachable.
     outages: AtomicU64,
-    /// While stalled: when the last probing call was let through (ms).
-    last_probe_ms: AtomicU64,
     /// On a Redis Cluster: fills reserve then commit (see `cluster.rs`),
     /// and keyspace walks visit every primary.
     pub(super) cluster: bool,
@@ -248,7 +246,6 @@ impl RedisStore {
             up: AtomicBool::new(true),
             timeouts: AtomicU64::new(0),
             outages: AtomicU64::new(0),
-            last_probe_ms: AtomicU64::new(0),
             cluster: cfg.topology.is_cluster(),
             reserve_script: Script::from_lua(super::redis_cluster::RESERVE_LUA),
             commit_script: Script::from_lua(super::redis_cluster::COMMIT_LUA),
@@ -286,24 +283,13 @@ impl RedisStore {
     }
 
     /// A connected client, or `Unavailable`; logs outage start and end once.
+    /// While Redis counts as stalled no request's call goes through: the
+    /// background PING (`probe_while_stalled`) finds out when it answers
+    /// again, so no request waits the store timeout on a stalled Redis.
     pub(super) fn client(&self) -> StoreResult<&Client> {
         let client = self.pool.next_connected();
         if self.is_up_logged() {
             return Ok(client);
-        }
-        // Stalled but connected: let one call through now and then to see
-        // whether Redis answers again.
-        if client.is_connected() && self.stalled() {
-            let now = now_ms();
-            let last = self.last_probe_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= PROBE_EVERY_MS
-                && self
-                    .last_probe_ms
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Ok(client);
-            }
         }
         Err(StoreError::Unavailable)
     }
