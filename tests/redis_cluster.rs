@@ -30,6 +30,22 @@ async fn cluster_list_form_spreads_records_over_every_primary() {
         e.client.get(&p).await;
         e.until_hit(&p).await;
     }
+    // The in-process tier is off on a cluster (on by default elsewhere):
+    // all those hits were answered from Redis, none from the tier.
+    let gw = e.proxy.gateway();
+    assert!(gw.config().tier.enabled, "[tier] is on by default");
+    assert!(!gw.config().tier_in_use(), "but not used on a cluster");
+    for i in 0..30 {
+        assert_eq!(e.client.get(&format!("/api/v1/tasks/{i}")).await.x_cache(), Some("HIT"));
+    }
+    let text = gw.metrics().encode();
+    assert!(
+        text.lines().any(|l| l == "cachegate_tier_hits_total 0"),
+        "no tier hit on a cluster: {}",
+        text.lines()
+            .find(|l| l.starts_with("cachegate_tier_hits_total"))
+            .unwrap_or("(missing)")
+    );
     // Enterprise edition: its DB 2 is the `db2:` key prefix on a cluster.
     let mut per_primary = Vec::new();
     for port in cluster.primary_ports() {
@@ -72,7 +88,15 @@ async fn killing_a_primary_fails_open_and_caching_resumes() {
     .await;
 
     // Caching resumes: every path is a HIT again, after which the backend
-    // sees no more requests; the records are in the cluster.
+    // sees no more requests; the records are in the cluster. (Entries from
+    // before the outage are revalidated for a grace after it ends: wait
+    // for that to be over, ARCHITECTURE.md "Purges that are never lost".)
+    common::eventually(
+        "the store is back and the grace is over",
+        std::time::Duration::from_secs(30),
+        || async { e.proxy.gateway().store().is_up() && !e.proxy.gateway().revalidating_after_outage() },
+    )
+    .await;
     for p in &paths {
         e.until_hit(p).await;
     }
@@ -109,66 +133,110 @@ struct Op {
     start: std::time::Instant,
     end: std::time::Instant,
     write: bool,
-    id: usize,
+    /// The resource read or written (a task id, or [`LISTS`] for the list
+    /// pages, which share one version).
+    group: usize,
+    /// The entry read (index into the paths), for the per-primary figures.
+    entry: usize,
     version: u64,
     hit: bool,
     cache: String,
     failed: Option<String>,
 }
 
+const IDS: usize = 24;
+const PAGES: usize = 6;
+/// The group of the list pages.
+const LISTS: usize = IDS;
+
+/// Rules with per-task tags and tag purges, and list pages purged by
+/// pattern: the variant with tags and patterns in flight. No tag is shared
+/// by every entry (ARCHITECTURE.md: what a dead primary holding one costs).
+const TAGGED_RULES: &str = r#"
+[[rule]]
+name = "task"
+methods = ["GET", "HEAD"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+ttl = 300
+tags = ["task:{task_id}"]
+
+[[rule]]
+name = "task-list"
+path = '^/api/v1/tasks$'
+key = "tasks:{query}"
+ttl = 300
+
+[[invalidate]]
+name = "task-write"
+methods = ["PUT"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+tags = ["task:{task_id}"]
+
+[[invalidate]]
+name = "task-create"
+methods = ["POST"]
+path = '^/api/v1/tasks$'
+patterns = ["tasks:*"]
+"#;
+
 /// Issue 15's failover under load: two instances in front of a versioned
-/// backend, 4 clients (10 % PUT) on ids spread over the 3 primaries, one
-/// primary killed with SIGKILL. Checked over the whole history: no client
-/// error; no read returns a version older than a write that completed
-/// before the read started (no lost purge, no read going backwards); and
-/// keys on the healthy primaries keep hitting (within 10 % of before).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() {
+/// backend, 4 clients (10 % writes) on entries spread over the 3 primaries,
+/// one primary killed with SIGKILL. Checked over the whole history: no
+/// client error; no read returns a version older than a write that
+/// completed before the read started (no lost purge, no read going
+/// backwards); and entries on the healthy primaries keep hitting (within
+/// 10 % of before). `tagged`: writes purge by tag (PUT) and by pattern
+/// (POST to the list) instead of by key.
+async fn failover_history(tagged: bool) {
     use common::*;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    const IDS: usize = 24;
     let cluster = RedisCluster::start();
     let section = format!("url = \"{}\"", cluster.url());
     let backend = Backend::start().await;
-    // The documented rules (no tag index shared by every entry: see
-    // ARCHITECTURE.md on what a dead primary holding a tag index costs).
+    let rules = if tagged { TAGGED_RULES } else { common::STD_RULES };
     let text = format!(
-        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n[[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\n{}",
+        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n[[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\n{rules}",
         backend.url(),
         hex::encode(cachegate::admin::hash_token(common::suite::TOKEN)),
-        common::STD_RULES
     );
     let proxies = [Proxy::start(&text).await, Proxy::start(&text).await];
     let clients: Arc<Vec<Client>> = Arc::new(proxies.iter().map(|p| Client::new(p.addr)).collect());
-    let path = |id: usize| format!("/api/v1/tasks/fo{id}");
-    for id in 0..IDS {
+    // Entries: the tasks, then (tagged) the list pages.
+    let entries = if tagged { IDS + PAGES } else { IDS };
+    let path = |entry: usize| {
+        if entry < IDS {
+            format!("/api/v1/tasks/fo{entry}")
+        } else {
+            format!("/api/v1/tasks?page={}", entry - IDS)
+        }
+    };
+    let redis_key = |entry: usize| {
+        if entry < IDS {
+            format!("fo:db2:task:fo{entry}")
+        } else {
+            format!("fo:db2:tasks:page={}", entry - IDS)
+        }
+    };
+    for entry in 0..entries {
         for c in clients.iter() {
             eventually("cached before the kill", Duration::from_secs(10), || async {
-                c.get(&path(id)).await.x_cache() == Some("HIT")
+                c.get(&path(entry)).await.x_cache() == Some("HIT")
             })
             .await;
         }
     }
-    // Which primary holds which id.
+    // Which primary holds which entry.
     let victim = cluster.primary_ports()[0];
     let on_victim: Vec<bool> = {
-        let held = {
-            let c = redis::Client::open(format!("redis://127.0.0.1:{victim}")).unwrap();
-            let mut c = c.get_multiplexed_async_connection().await.unwrap();
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("fo:db2:task:*")
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            keys
-        };
-        (0..IDS)
-            .map(|id| held.contains(&format!("fo:db2:task:fo{id}")))
-            .collect()
+        let c = redis::Client::open(format!("redis://127.0.0.1:{victim}")).unwrap();
+        let mut c = c.get_multiplexed_async_connection().await.unwrap();
+        let held: Vec<String> = redis::cmd("KEYS").arg("fo:db2:*").query_async(&mut c).await.unwrap();
+        (0..entries).map(|e| held.contains(&redis_key(e))).collect()
     };
     let victims = on_victim.iter().filter(|v| **v).count();
-    assert!(victims > 0 && victims < IDS, "ids on the victim: {victims}");
+    assert!(victims > 0 && victims < entries, "entries on the victim: {victims}");
 
     let history: Arc<Mutex<Vec<Op>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -184,45 +252,38 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
                     rng % n
                 };
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let id = next(IDS as u64) as usize;
+                    let entry = next(entries as u64) as usize;
+                    let group = entry.min(LISTS);
                     let client = &clients[next(2) as usize];
                     let write = next(10) == 0;
-                    let start = Instant::now();
-                    let method = if write { "PUT" } else { "GET" };
-                    let result = client.try_send(method, &path(id), Vec::new(), empty()).await;
-                    let end = Instant::now();
-                    let op = match result {
-                        Ok(r) if r.status == 200 => Op {
-                            start,
-                            end,
-                            write,
-                            id,
-                            version: r.version(),
-                            hit: r.x_cache() == Some("HIT"),
-                            cache: r.x_cache().unwrap_or("-").to_string(),
-                            failed: None,
-                        },
-                        Ok(r) => Op {
-                            start,
-                            end,
-                            write,
-                            id,
-                            version: 0,
-                            hit: false,
-                            cache: String::new(),
-                            failed: Some(format!("{method} {id}: {}", r.status)),
-                        },
-                        Err(e) => Op {
-                            start,
-                            end,
-                            write,
-                            id,
-                            version: 0,
-                            hit: false,
-                            cache: String::new(),
-                            failed: Some(format!("{method} {id}: {e}")),
-                        },
+                    let (method, target) = match (write, entry < IDS) {
+                        (false, _) => ("GET", path(entry)),
+                        (true, true) => ("PUT", path(entry)),
+                        (true, false) => ("POST", "/api/v1/tasks".to_string()),
                     };
+                    let start = Instant::now();
+                    let result = client.try_send(method, &target, Vec::new(), empty()).await;
+                    let end = Instant::now();
+                    let mut op = Op {
+                        start,
+                        end,
+                        write,
+                        group,
+                        entry,
+                        version: 0,
+                        hit: false,
+                        cache: String::new(),
+                        failed: None,
+                    };
+                    match result {
+                        Ok(r) if r.status == 200 => {
+                            op.version = r.version();
+                            op.hit = r.x_cache() == Some("HIT");
+                            op.cache = r.x_cache().unwrap_or("-").to_string();
+                        }
+                        Ok(r) => op.failed = Some(format!("{method} {target}: {}", r.status)),
+                        Err(e) => op.failed = Some(format!("{method} {target}: {e}")),
+                    }
                     history.lock().unwrap().push(op);
                     tokio::time::sleep(Duration::from_millis(4)).await;
                 }
@@ -292,16 +353,16 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
     for read in history.iter().filter(|o| !o.write && o.failed.is_none()) {
         let floor = history
             .iter()
-            .filter(|w| w.write && w.failed.is_none() && w.id == read.id && w.end < read.start)
+            .filter(|w| w.write && w.failed.is_none() && w.group == read.group && w.end < read.start)
             .map(|w| w.version)
             .max()
             .unwrap_or(1);
         if read.version < floor {
             backwards.push(format!(
-                "id {} read v{} (hit {}) at {:?} after the kill, v{floor} written before",
-                read.id,
+                "{} read v{} ({}) at {:?} after the kill, v{floor} written before",
+                path(read.entry),
                 read.version,
-                read.hit,
+                read.cache,
                 read.start.saturating_duration_since(killed_at)
             ));
         }
@@ -309,7 +370,7 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
     let healthy_rate = |from: Instant, to: Instant| {
         let reads: Vec<&Op> = history
             .iter()
-            .filter(|o| !o.write && o.failed.is_none() && !on_victim[o.id] && o.start >= from && o.end <= to)
+            .filter(|o| !o.write && o.failed.is_none() && !on_victim[o.entry] && o.start >= from && o.end <= to)
             .collect();
         let hits = reads.iter().filter(|o| o.hit).count();
         (hits as f64 / reads.len().max(1) as f64, reads.len())
@@ -319,8 +380,17 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
     let (during, n_during) = healthy_rate(killed_at, failed_over_at);
     let writes = history.iter().filter(|o| o.write).count();
     let hits = history.iter().filter(|o| o.hit).count();
+    let mut outage_answers = std::collections::BTreeMap::new();
+    for o in history
+        .iter()
+        .filter(|o| !o.write && !on_victim[o.entry] && o.start >= killed_at && o.end <= failed_over_at)
+    {
+        *outage_answers.entry(o.cache.clone()).or_insert(0) += 1;
+    }
+    let slowest = history.iter().map(|o| o.end - o.start).max().unwrap_or_default();
     println!(
-        "ops {}, writes {writes}, hits {hits}, failures {}, backwards {}; healthy-key hit rate before {:.1}% ({n_before} reads), kill to failover {:.1}% ({n_during} reads, {:?})",
+        "tagged {tagged}: ops {}, writes {writes}, hits {hits}, failures {}, backwards {}, slowest {slowest:?}; \
+         healthy-entry hit rate before {:.1}% ({n_before} reads), kill to failover {:.1}% ({n_during} reads, {:?}, {outage_answers:?})",
         history.len(),
         failures.len(),
         backwards.len(),
@@ -328,35 +398,34 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
         during * 100.0,
         failed_over_at - killed_at
     );
-    let mut outage_answers = std::collections::BTreeMap::new();
-    for o in history
-        .iter()
-        .filter(|o| !o.write && !on_victim[o.id] && o.start >= killed_at && o.end <= failed_over_at)
-    {
-        *outage_answers.entry(o.cache.clone()).or_insert(0) += 1;
-    }
-    println!("healthy-key reads during the outage by X-Cache: {outage_answers:?}");
-    let mut slow: Vec<(Duration, bool, bool)> = history
-        .iter()
-        .filter(|o| o.start >= killed_at && o.start <= failed_over_at)
-        .map(|o| (o.end - o.start, o.write, on_victim[o.id]))
-        .collect();
-    slow.sort();
-    println!(
-        "outage ops {} (time, write, on victim) slowest: {:?}",
-        slow.len(),
-        slow.iter().rev().take(8).collect::<Vec<_>>()
-    );
     assert!(failures.is_empty(), "client errors: {failures:?}");
     assert!(
         backwards.is_empty(),
         "reads older than a completed write: {backwards:#?}"
     );
-    assert!(n_during > 0, "reads of healthy keys happened during the outage");
+    assert!(n_during > 0, "reads of healthy entries happened during the outage");
+    if tagged {
+        // Tag and pattern purges need the epoch's primary (and a pattern
+        // purge every primary, a tag purge its index's): while one of them
+        // is down, what a failed one covers goes uncached on every primary
+        // until it is replayed (ARCHITECTURE.md). Correctness is asserted
+        // above; the hit rate is reported, not held to the 10 % bound.
+        return;
+    }
     assert!(
         during >= before - 0.10,
-        "healthy primaries' keys hit {:.1}% during the outage against {:.1}% before",
+        "healthy primaries' entries hit {:.1}% during the outage against {:.1}% before",
         during * 100.0,
         before * 100.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() {
+    failover_history(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_primary_with_tag_and_pattern_purges_in_flight_loses_none() {
+    failover_history(true).await;
 }

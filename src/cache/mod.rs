@@ -1111,6 +1111,12 @@ impl Gateway {
         }
     }
 
+    /// Whether this instance is revalidating the entries stored before a
+    /// store outage ended (for 1.5 s after it, or while a peer repairs).
+    pub fn revalidating_after_outage(&self) -> bool {
+        self.pending.is_revalidating()
+    }
+
     /// Applies what is pending before a graceful exit, until `deadline`;
     /// whether nothing is left (what is left stays in the journal).
     pub async fn flush_pending_purges(&self, deadline: Instant) -> bool {

@@ -148,6 +148,11 @@ impl PendingPurges {
         }
     }
 
+    /// Whether entries stored before an outage are being revalidated now.
+    pub fn is_revalidating(&self) -> bool {
+        self.revalidate_before_ms.load(SeqCst) != 0 && now_ms() < self.until_ms.load(SeqCst)
+    }
+
     pub fn has_pending(&self) -> bool {
         self.has_pending.load(SeqCst)
     }

@@ -125,6 +125,24 @@ impl Shards {
         }
     }
 
+    /// The slot ranges of each primary in the slot map.
+    pub fn slot_ranges(&self) -> Vec<Vec<(u16, u16)>> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(slots) = &routes.slots else { return Vec::new() };
+        slots
+            .unique_primary_nodes()
+            .iter()
+            .map(|primary| {
+                slots
+                    .slots()
+                    .iter()
+                    .filter(|r| r.primary == *primary)
+                    .map(|r| (r.start, r.end))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Each primary's name and health.
     pub fn states(&self) -> Vec<(String, bool)> {
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
@@ -250,6 +268,12 @@ impl RedisStore {
                 Err(StoreError::Timeout)
             }
         }
+    }
+
+    /// Each cluster primary's slot ranges (empty off a cluster, or before
+    /// the slot map is known).
+    pub(super) fn shard_slot_ranges(&self) -> Vec<Vec<(u16, u16)>> {
+        self.shards.as_ref().map(|s| s.slot_ranges()).unwrap_or_default()
     }
 
     /// Whether some cluster primary is up (the store is partly reachable).
