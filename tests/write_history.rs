@@ -88,3 +88,32 @@ async fn two_instances_sharing_one_redis() {
 fn the_checker_catches_a_stale_read() {
     history::checker_self_test();
 }
+
+/// Two instances on a Redis Cluster (3 primaries), where a fill reserves,
+/// indexes its tag, checks the epoch and commits in four steps; writes
+/// purge by key, by tag and by pattern, so tag and pattern purges (which
+/// bump the epoch, then walk) race those steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_one_cluster_with_tag_and_pattern_purges() {
+    let backend = VersionedBackend::start().await;
+    let cluster = common::topology::RedisCluster::start();
+    let store = format!(
+        "[store]\nkind = \"redis\"\ntimeout_ms = 3000\n\n[redis]\nurl = \"{}\"\npool_size = 8\n",
+        cluster.url()
+    );
+    let text = config(&backend, &store)
+        .replace("statuses = [200]\n", "statuses = [200]\ntags = [\"task:{task_id}\"]\n")
+        .replace(
+            "keys = [\"task:{task_id}\"]\n",
+            "keys = [\"task:{task_id}\"]\ntags = [\"task:{task_id}\"]\npatterns = [\"task:{task_id}\"]\n",
+        );
+    assert!(text.contains("patterns = ["), "{text}");
+    let a = Proxy::start(&text).await;
+    let b = Proxy::start(&text).await;
+    history(
+        "two instances, one cluster, tag and pattern purges",
+        &[&a, &b],
+        &backend,
+    )
+    .await;
+}
