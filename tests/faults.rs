@@ -1334,3 +1334,93 @@ async fn after_three_timeouts_a_stalled_redis_is_bypassed_at_once() {
     )
     .await;
 }
+
+/// A fill in flight whose key is purged, and whose tombstone Redis then
+/// evicts (`maxmemory-policy allkeys-lru` under memory pressure), must not
+/// store the body it fetched before the purge: the fill's reservation,
+/// set in the record before the backend was asked, went with the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_evicted_under_allkeys_lru_never_lets_an_older_fill_store() {
+    let redis = RedisServer::start();
+    let backend = Backend::start().await;
+    // Writes purge by key only: a pattern purge would move the epoch, which
+    // alone refuses the fill; this is about the key's own guard.
+    let rules = r#"
+[[rule]]
+name = "task"
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+ttl = 300
+
+[[invalidate]]
+name = "task-write"
+methods = ["PUT"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+keys = ["task:{task_id}"]
+
+[tier]
+enabled = false
+"#;
+    let text = render(
+        &format!("{HEAD}\n{rules}"),
+        Kind::Redis,
+        &backend.url(),
+        Some(&redis.url()),
+    );
+    let proxy = Proxy::start(&text).await;
+    let client = Arc::new(Client::new(proxy.addr));
+    let path = "/api/v1/tasks/evicted";
+    // The first GET's answer (version 1) is made on arrival, sent 1.5 s later.
+    backend.on("GET", path, Reply::new().delay(Duration::from_millis(1500)));
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get(path).await })
+    };
+    eventually("the slow fill reached the backend", Duration::from_secs(10), || async {
+        backend.count("GET", path) == 1
+    })
+    .await;
+    backend.reset(path);
+    let put = client.put(path).await;
+    assert_eq!(put.status, 200);
+    assert!(redis.exists("task:evicted").await, "the purge left a tombstone");
+    // Memory pressure: allkeys-lru, a small maxmemory, and fresh keys
+    // written (and read) until Redis evicts the idle tombstone.
+    let used: String = redis.cmd(&["INFO", "memory"]).await;
+    let used: u64 = used
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let _: String = redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]).await;
+    let _: String = redis
+        .cmd(&["CONFIG", "SET", "maxmemory", &(used + 4 * 1024 * 1024).to_string()])
+        .await;
+    let filler = "x".repeat(64 * 1024);
+    let mut written = 0;
+    while redis.exists("task:evicted").await {
+        assert!(written < 2000, "Redis never evicted the tombstone");
+        let key = format!("junk:{written}");
+        let _: redis::Value = redis.cmd(&["SET", &key, &filler]).await;
+        let _: redis::Value = redis.cmd(&["GET", &key]).await;
+        written += 1;
+    }
+    let evicted: String = redis.cmd(&["INFO", "stats"]).await;
+    let evicted = evicted
+        .lines()
+        .find(|l| l.starts_with("evicted_keys:"))
+        .unwrap_or("?")
+        .to_string();
+    println!("tombstone evicted after {written} junk keys ({evicted})");
+    let _: String = redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).await;
+
+    let first = slow.await.unwrap();
+    assert_eq!(first.version(), 1, "the slow answer was made before the write");
+    assert!(
+        redis.entry_fields("task:evicted").await.is_empty(),
+        "the fill from before the purge stored, its tombstone evicted"
+    );
+    let next = client.get(path).await;
+    assert_eq!(next.version(), 2, "X-Cache {:?}", next.x_cache());
+    assert_eq!(next.x_cache(), Some("MISS"));
+}

@@ -429,3 +429,88 @@ async fn a_killed_primary_loses_no_purge_and_the_other_primaries_keep_hitting() 
 async fn a_killed_primary_with_tag_and_pattern_purges_in_flight_loses_none() {
     failover_history(true).await;
 }
+
+/// On a cluster too, a fill in flight whose key is purged and whose
+/// tombstone the primary then evicts (`allkeys-lru` under memory pressure)
+/// does not store: the reservation made at the lookup went with the record
+/// (step 1 of the fill checks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_evicted_under_allkeys_lru_never_lets_an_older_fill_store() {
+    use common::topology::cli;
+    use common::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let cluster = RedisCluster::start();
+    let backend = Backend::start().await;
+    let rules = r#"
+[[rule]]
+name = "task"
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+ttl = 300
+
+[[invalidate]]
+name = "task-write"
+methods = ["PUT"]
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+keys = ["task:{task_id}"]
+"#;
+    let text = format!(
+        "[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 2000\n\n[redis]\nurl = \"{}\"\n\n{rules}",
+        backend.url(),
+        cluster.url()
+    );
+    let proxy = Proxy::start(&text).await;
+    let client = Arc::new(Client::new(proxy.addr));
+    let path = "/api/v1/tasks/evicted";
+    backend.on("GET", path, Reply::new().delay(Duration::from_millis(1500)));
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.get(path).await })
+    };
+    eventually("the slow fill reached the backend", Duration::from_secs(10), || async {
+        backend.count("GET", path) == 1
+    })
+    .await;
+    backend.reset(path);
+    assert_eq!(client.put(path).await.status, 200);
+    // The community edition on a cluster: no key prefix.
+    let key = "task:evicted";
+    let owner = cluster
+        .primary_ports()
+        .into_iter()
+        .find(|p| cli(*p, &["EXISTS", key]).trim() == "1")
+        .expect("a primary holds the tombstone");
+    let used: u64 = cli(owner, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    cli(owner, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    cli(
+        owner,
+        &["CONFIG", "SET", "maxmemory", &(used + 4 * 1024 * 1024).to_string()],
+    );
+    let filler = "x".repeat(64 * 1024);
+    let mut written = 0;
+    // Keys in the tombstone's slot (a hash tag), so this primary takes them.
+    while cli(owner, &["EXISTS", key]).trim() == "1" {
+        assert!(written < 2000, "the primary never evicted the tombstone");
+        let junk = format!("{{{key}}}junk:{written}");
+        cli(owner, &["SET", &junk, &filler]);
+        cli(owner, &["GET", &junk]);
+        written += 1;
+    }
+    println!("tombstone evicted after {written} junk keys");
+    cli(owner, &["CONFIG", "SET", "maxmemory", "0"]);
+    let first = slow.await.unwrap();
+    assert_eq!(first.version(), 1, "the slow answer was made before the write");
+    let fields = cli(owner, &["HKEYS", key]);
+    assert!(
+        !fields.lines().any(|f| !f.starts_with("__")),
+        "the fill from before the purge stored: {fields:?}"
+    );
+    let next = client.get(path).await;
+    assert_eq!(next.version(), 2);
+    assert_eq!(next.x_cache(), Some("MISS"));
+}

@@ -262,3 +262,38 @@ async fn a_lock_left_by_a_crashed_owner_does_not_block_forever() {
     // The dead owner's token was never ours to delete; it only expired.
     assert!(!redis.exists(lock).await);
 }
+
+/// The same on a Redis Cluster (3 primaries): the fill lock, its release
+/// notice and the fill's four steps go to the primaries serving their
+/// slots; 2 × 250 cold GETs still make one backend request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_cluster_make_one_backend_request() {
+    let backend = Backend::start().await;
+    let cluster = common::topology::RedisCluster::start();
+    let text = config(Kind::Memory, &backend, None, None).replace(
+        "[store]\nkind = \"memory\"\n",
+        &format!(
+            "[store]\nkind = \"redis\"\ntimeout_ms = 3000\n\n[redis]\nurl = \"{}\"\npool_size = 8\n",
+            cluster.url()
+        ),
+    );
+    assert!(text.contains("redis-cluster://"), "{text}");
+    let a = Proxy::start(&text).await;
+    let b = Proxy::start(&text).await;
+    backend.on("GET", PATH, Reply::new().delay(Duration::from_millis(300)));
+
+    let answers = burst(&[&a, &b], 250, PATH).await;
+    let summary = outcomes(&answers);
+    let bodies = all_ok(answers, "2 x 250 cold GETs on a cluster");
+    assert_eq!(
+        backend.count("GET", PATH),
+        1,
+        "two instances sharing a cluster must make one backend request; outcomes: {summary:?}"
+    );
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+    for p in [&a, &b] {
+        let hit = Client::new(p.addr).get(PATH).await;
+        assert_eq!(hit.x_cache(), Some("HIT"));
+    }
+    assert_eq!(backend.count("GET", PATH), 1);
+}

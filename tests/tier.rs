@@ -17,9 +17,9 @@ fn tier_config(backend: &Backend, redis: &RedisServer, tier: bool) -> String {
 /// Reads until the tier has the entry: a hit that sends Redis no command.
 async fn warm_tier(client: &Client, redis: &RedisServer) {
     eventually("the tier serves the entry", Duration::from_secs(5), || async {
-        let before = redis.command_calls("hmget").await;
+        let before = redis.command_calls("hget").await;
         let r = client.get(PATH).await;
-        let after = redis.command_calls("hmget").await;
+        let after = redis.command_calls("hget").await;
         r.x_cache() == Some("HIT") && after == before
     })
     .await;
@@ -33,12 +33,12 @@ async fn tier_hits_never_reach_redis() {
     let client = Client::new(proxy.addr);
     assert_eq!(client.get(PATH).await.x_cache(), Some("MISS"));
     warm_tier(&client, &redis).await;
-    let lookups = redis.command_calls("hmget").await;
+    let lookups = redis.command_calls("hget").await;
     for _ in 0..50 {
         assert_eq!(client.get(PATH).await.x_cache(), Some("HIT"));
     }
     assert_eq!(
-        redis.command_calls("hmget").await,
+        redis.command_calls("hget").await,
         lookups,
         "50 tier hits, no Redis lookup"
     );
@@ -52,11 +52,11 @@ async fn without_the_tier_every_hit_reads_redis() {
     let proxy = Proxy::start(&tier_config(&backend, &redis, false)).await;
     let client = Client::new(proxy.addr);
     client.get(PATH).await;
-    let lookups = redis.command_calls("hmget").await;
+    let lookups = redis.command_calls("hget").await;
     for _ in 0..5 {
         assert_eq!(client.get(PATH).await.x_cache(), Some("HIT"));
     }
-    assert_eq!(redis.command_calls("hmget").await, lookups + 5);
+    assert_eq!(redis.command_calls("hget").await, lookups + 5);
 }
 
 /// A write through instance A, an admin purge on A, and a write by another

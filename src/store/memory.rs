@@ -657,14 +657,22 @@ impl Store for MemoryStore {
         let generation = record.map_or(0, |r| r.generation);
         Ok(Lookup {
             entry: None,
-            guard: FillGuard { generation, epoch },
+            guard: FillGuard {
+                generation,
+                epoch,
+                ..FillGuard::default()
+            },
         })
     }
 
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
         let epoch = self.epoch();
         let generation = self.live(key).map_or(0, |r| r.generation);
-        Ok(FillGuard { generation, epoch })
+        Ok(FillGuard {
+            generation,
+            epoch,
+            ..FillGuard::default()
+        })
     }
 
     async fn fill(
@@ -886,7 +894,8 @@ mod tests {
             miss.guard,
             FillGuard {
                 generation: 0,
-                epoch: 0
+                epoch: 0,
+                reservation: 0,
             }
         );
         assert!(s
@@ -970,7 +979,8 @@ mod tests {
             fresh,
             FillGuard {
                 generation: 0,
-                epoch: 1
+                epoch: 1,
+                reservation: 0,
             }
         );
         assert!(s.fill("task:9", "a", b("new"), HOUR, fresh, &[]).await.unwrap());

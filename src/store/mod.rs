@@ -52,11 +52,17 @@ pub struct Lookup {
     pub guard: FillGuard,
 }
 
-/// The generation of a key and the purge epoch as a lookup saw them.
+/// The generation of a key and the purge epoch as a lookup saw them; on
+/// Redis also the record's incarnation, set before the backend is asked and
+/// ended by any purge of the record (and by its eviction), so a fill never
+/// relies on a tombstone Redis may have evicted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FillGuard {
     pub generation: u64,
     pub epoch: u64,
+    /// The incarnation's token; 0 for none (the memory store, which bumps
+    /// the epoch on evictions instead; or a foreign value under the key).
+    pub reservation: u64,
 }
 
 /// Why a store call did not succeed. None of these reach a client: the

@@ -33,7 +33,10 @@ use std::time::Duration;
 /// epoch are what the fill's lookup saw. A foreign value under the key
 /// (another type) is replaced. Each tag index (KEYS[3..], sorted sets scored
 /// by expiry) gets the key; expired members leave it on every add.
-/// ARGV: field, value, ttl_ms, generation, epoch, now_ms, logical key.
+/// ARGV: field, value, ttl_ms, generation, epoch, now_ms, logical key,
+/// the record's incarnation as the guard saw it (`0`: none). With one, the
+/// fill stores only into that incarnation (`__inc`, see [`GUARD_LUA`]): a
+/// purge or an eviction of the record since the guard ended it.
 const FILL_LUA: &str = r#"
 local function num(v)
   if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
@@ -41,6 +44,7 @@ local function num(v)
 end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+if ARGV[8] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[8] then return 0 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return 0 end
 if num(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '__cg', '1')
@@ -56,6 +60,33 @@ for i = 3, #KEYS do
   if redis.call('PTTL', KEYS[i]) < pttl then redis.call('PEXPIRE', KEYS[i], pttl) end
 end
 return 1
+"#;
+
+/// A fill's guard, read at once with the record's incarnation: `__inc`, a
+/// random token the first guard of an absent record sets (creating the
+/// record, expiring after ARGV[2] ms). Purges delete the record (a
+/// tombstone has no `__inc`) and so does an eviction, so a fill that checks
+/// its guard's incarnation never stores into a record that was purged and
+/// evicted meanwhile, where `__gen` would read 0 again. Returns {generation,
+/// epoch, incarnation}. KEYS[1] record, KEYS[2] the epoch (absent on a
+/// cluster, where it lives in another slot: read apart). A foreign value
+/// under the key is not touched (incarnation '0'; the fill replaces it).
+const GUARD_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
+local epoch = 0
+if KEYS[2] then epoch = num(redis.call('GET', KEYS[2])) end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then return {0, epoch, '0'} end
+local inc = redis.call('HGET', KEYS[1], '__inc')
+if not inc then
+  inc = ARGV[1]
+  redis.call('HSET', KEYS[1], '__inc', inc)
+  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+end
+return {num(redis.call('HGET', KEYS[1], '__gen')), epoch, inc}
 "#;
 
 /// Marks every entry of a key stale in place (its ttl_ms, at byte offset
@@ -103,6 +134,7 @@ local g = 0
 if t == 'hash' then
   g = num(redis.call('HGET', KEYS[1], '__gen'))
   local meta = redis.call('HEXISTS', KEYS[1], '__gen') + redis.call('HEXISTS', KEYS[1], '__cg')
+    + redis.call('HEXISTS', KEYS[1], '__inc')
   if redis.call('HLEN', KEYS[1]) > meta then had = 1 end
   redis.call('DEL', KEYS[1])
 elseif t ~= 'none' then
@@ -143,6 +175,7 @@ pub struct RedisStore {
     timeout: Duration,
     pub(super) tombstone_ttl: Duration,
     fill_script: Script,
+    guard_script: Script,
     purge_script: Script,
     soft_purge_script: Script,
     pub(super) untag_script: Script,
@@ -236,6 +269,7 @@ impl RedisStore {
             timeout,
             tombstone_ttl,
             fill_script: Script::from_lua(FILL_LUA),
+            guard_script: Script::from_lua(GUARD_LUA),
             purge_script: Script::from_lua(PURGE_LUA),
             soft_purge_script: Script::from_lua(SOFT_PURGE_LUA),
             untag_script: Script::from_lua(UNTAG_LUA),
@@ -426,6 +460,60 @@ impl RedisStore {
     /// Bumps the purge epoch before a pattern, tag or clear purge. Redis out
     /// of memory refuses the INCR, but also every fill the epoch would stop,
     /// so the purge goes on without it rather than leave old entries served.
+    /// A fill's guard with its reservation ([`GUARD_LUA`]); on a cluster
+    /// the epoch is read apart, from the primary serving its slot.
+    async fn reserve(&self, redis_key: &str) -> StoreResult<FillGuard> {
+        let client = self.on(redis_key)?;
+        let token = rand::random::<u64>() | 1;
+        let mut keys = vec![redis_key.to_string()];
+        if !self.cluster {
+            keys.push(self.epoch_key.clone());
+        }
+        let args: Vec<Value> = vec![
+            format!("{token:x}").into(),
+            (self.tombstone_ttl.as_millis() as i64).into(),
+        ];
+        let script = &self.guard_script;
+        let call = Box::pin(async {
+            script
+                .evalsha_with_reload::<(i64, i64, String), _, _>(&client, keys, args)
+                .await
+        });
+        let reply = match self.bounded_on(&client, call).await {
+            // Out of memory under `noeviction`, Redis refuses any script
+            // that may write; nothing is evicted then, so a guard without a
+            // reservation is as safe (and the fill will be refused anyway).
+            Err(StoreError::Backend(e)) if e.contains("OOM") => return self.read_guard(redis_key).await,
+            other => other?,
+        };
+        let (generation, epoch, incarnation) = reply;
+        Ok(FillGuard {
+            generation: generation.max(0) as u64,
+            epoch: if self.cluster {
+                self.epoch().await?
+            } else {
+                epoch.max(0) as u64
+            },
+            // A value this code did not write (not hex) checks nothing.
+            reservation: u64::from_str_radix(&incarnation, 16).unwrap_or(0),
+        })
+    }
+
+    /// A guard read without a reservation (Redis out of memory).
+    async fn read_guard(&self, redis_key: &str) -> StoreResult<FillGuard> {
+        let client = self.on(redis_key)?;
+        let generation: Option<Bytes> = match self.bounded_on(&client, client.hget(redis_key, GEN_FIELD)).await {
+            Ok(g) => g,
+            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => None,
+            Err(e) => return Err(e),
+        };
+        Ok(FillGuard {
+            generation: to_u64(generation),
+            epoch: self.epoch().await?,
+            reservation: 0,
+        })
+    }
+
     /// The purge epoch (on a cluster, from the primary serving its slot).
     pub(super) async fn epoch(&self) -> StoreResult<u64> {
         let client = match self.on(&self.epoch_key) {
@@ -614,6 +702,18 @@ pub(super) fn parse_info(text: &str, total_keys: u64) -> StoreInfo {
     }
 }
 
+/// The record field holding its incarnation (see [`GUARD_LUA`]).
+pub(super) const INC_FIELD: &str = "__inc";
+
+/// A reservation token as the scripts take it: hex, or `0` for none.
+pub(super) fn reservation_arg(token: u64) -> String {
+    if token == 0 {
+        "0".to_string()
+    } else {
+        format!("{token:x}")
+    }
+}
+
 /// A generation or epoch as the Lua scripts read it (`num` there): 1 to 15
 /// ASCII digits, anything else 0. Both sides must agree, or a fill's guard
 /// never matches a record holding a value like `-1`, `1.5` or `0x10`.
@@ -654,18 +754,13 @@ impl Store for RedisStore {
         // fred's command futures are ~7 KB; boxed once here, the rest of this
         // call (and async_trait's box around it) moves a pointer, not 7 KB,
         // at each step. Measured: 3 copies of it were 27% of a Redis hit.
-        let hmget = Box::pin(client.hmget(&key, vec![field, GEN_FIELD]));
-        let got: Result<Vec<Option<Bytes>>, StoreError> = self.bounded_on(&client, hmget).await;
-        let (entry, generation) = match got {
-            Ok(mut v) if v.len() == 2 => {
-                let generation = v.pop().flatten();
-                (v.pop().flatten(), to_u64(generation))
-            }
+        let hget = Box::pin(client.hget(&key, field));
+        let entry: Option<Bytes> = match self.bounded_on(&client, hget).await {
+            Ok(entry) => entry,
             // A foreign value under the key (WRONGTYPE): a miss that the
             // fill will overwrite.
-            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => (None, 0),
+            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => None,
             Err(e) => return Err(e),
-            Ok(_) => return Err(StoreError::Backend("unexpected HMGET reply".into())),
         };
         if entry.is_some() {
             return Ok(Lookup {
@@ -673,27 +768,15 @@ impl Store for RedisStore {
                 guard: FillGuard::default(),
             });
         }
-        let epoch = self.epoch().await?;
+        // A miss reserves its fill and reads the generation with it, at once.
         Ok(Lookup {
             entry: None,
-            guard: FillGuard { generation, epoch },
+            guard: self.reserve(&key).await?,
         })
     }
 
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
-        let key = self.key(key);
-        let client = self.on(&key)?;
-        let generation: Result<Option<Bytes>, StoreError> =
-            self.bounded_on(&client, client.hget(&key, GEN_FIELD)).await;
-        let generation = match generation {
-            Ok(g) => to_u64(g),
-            Err(StoreError::Backend(e)) if e.contains("WRONGTYPE") => 0,
-            Err(e) => return Err(e),
-        };
-        Ok(FillGuard {
-            generation,
-            epoch: self.epoch().await?,
-        })
+        self.reserve(&self.key(key)).await
     }
 
     async fn fill(
@@ -719,6 +802,7 @@ impl Store for RedisStore {
             (guard.epoch as i64).into(),
             (now_ms() as i64).into(),
             key.into(),
+            reservation_arg(guard.reservation).into(),
         ];
         let stored = self
             .bounded(self.run_script(client, &self.fill_script, keys, args))
@@ -823,7 +907,12 @@ impl Store for RedisStore {
         };
         let fields: Vec<(String, Bytes)> = fields
             .into_iter()
-            .filter(|(f, _)| f != GEN_FIELD && f != MARK_FIELD && !f.starts_with(super::redis_cluster::PENDING_PREFIX))
+            .filter(|(f, _)| {
+                f != GEN_FIELD
+                    && f != MARK_FIELD
+                    && f != INC_FIELD
+                    && !f.starts_with(super::redis_cluster::PENDING_PREFIX)
+            })
             .collect();
         if fields.is_empty() {
             return Ok(None);

@@ -40,8 +40,9 @@ pub const EPOCH_UNREACHABLE: u64 = u64::MAX;
 pub const PENDING_PREFIX: &str = "__pend:";
 
 /// Step 1 of a cluster fill. KEYS[1] record; ARGV: field, token, ttl_ms,
-/// generation. Returns the record's TTL in ms, or -1 when the generation
-/// moved (a purge since the lookup).
+/// generation, the record's incarnation as the guard saw it (`0`: none).
+/// Returns the record's TTL in ms, or -1 when the generation moved or the
+/// incarnation ended (a purge, or an eviction, since the lookup).
 pub const RESERVE_LUA: &str = r#"
 local function num(v)
   if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
@@ -49,6 +50,7 @@ local function num(v)
 end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+if ARGV[5] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[5] then return -1 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], '__pend:' .. ARGV[1], ARGV[2], '__cg', '1')
 local pttl = redis.call('PTTL', KEYS[1])
@@ -74,10 +76,18 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], '__cg', '1')
 return 1
 "#;
 
-/// A fill that gave up drops its marker (if still its own).
+/// A fill that gave up drops its marker (if still its own), and the
+/// record's `__cg` mark when it holds no entry.
 pub const ABORT_LUA: &str = r#"
 local pend = '__pend:' .. ARGV[1]
-if redis.call('HGET', KEYS[1], pend) == ARGV[2] then redis.call('HDEL', KEYS[1], pend) end
+if redis.call('HGET', KEYS[1], pend) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], pend)
+-- A record that holds no entry is not one of ours to list: drop the mark
+-- step 1 set (its generation and incarnation stay).
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 2) ~= '__' then return 0 end
+end
+redis.call('HDEL', KEYS[1], '__cg')
 return 0
 "#;
 
@@ -185,6 +195,7 @@ impl RedisStore {
             token.as_str().into(),
             ttl_ms.into(),
             (guard.generation as i64).into(),
+            super::redis::reservation_arg(guard.reservation).into(),
         ];
         // Every step goes to the primary serving its own key's slot.
         let client = self.on(&record)?;

@@ -32,7 +32,7 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
     removed = 1
   elseif string.sub(f, 1, 7) == '__pend:' then
     if ours(string.sub(f, 8)) then redis.call('HDEL', KEYS[1], f) end
-  elseif f ~= '__gen' and f ~= '__cg' then
+  elseif f ~= '__gen' and f ~= '__cg' and f ~= '__inc' then
     left = left + 1
   end
 end
