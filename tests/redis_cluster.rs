@@ -507,10 +507,90 @@ keys = ["task:{task_id}"]
     assert_eq!(first.version(), 1, "the slow answer was made before the write");
     let fields = cli(owner, &["HKEYS", key]);
     assert!(
-        !fields.lines().any(|f| !f.starts_with("__")),
+        !fields.lines().any(|f| !f.is_empty() && !f.starts_with("__")),
         "the fill from before the purge stored: {fields:?}"
     );
     let next = client.get(path).await;
     assert_eq!(next.version(), 2);
     assert_eq!(next.x_cache(), Some("MISS"));
+}
+
+/// A primary that stops answering (SIGSTOP) rather than dying: after three
+/// timeouts it counts as stalled on its own, its keys bypass at once (no
+/// request waits the store timeout any more), and the other primaries'
+/// keys keep hitting. The store timeout is 300 ms here so the stall is
+/// detected well before the cluster fails the node over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
+    use common::*;
+    use std::time::{Duration, Instant};
+    let cluster = RedisCluster::start();
+    let backend = Backend::start().await;
+    let text = format!(
+        "[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 300\n\n[redis]\nurl = \"{}\"\n\n{}",
+        backend.url(),
+        cluster.url(),
+        common::STD_RULES
+    );
+    let proxy = Proxy::start(&text).await;
+    let client = Client::new(proxy.addr);
+    let path = |i: usize| format!("/api/v1/tasks/st{i}");
+    for i in 0..12 {
+        eventually("cached", Duration::from_secs(10), || async {
+            client.get(&path(i)).await.x_cache() == Some("HIT")
+        })
+        .await;
+    }
+    let victim = cluster.primary_ports()[0];
+    let held = common::topology::cli(victim, &["KEYS", "task:st*"]);
+    let on_victim: Vec<bool> = (0..12)
+        .map(|i| held.lines().any(|k| k == format!("task:st{i}")))
+        .collect();
+    assert!(on_victim.iter().any(|v| *v) && !on_victim.iter().all(|v| *v), "{held}");
+    let victim_name = format!("127.0.0.1:{victim}");
+    // No failover during the stall: this is about the stall alone.
+    for n in &cluster.nodes {
+        common::topology::cli(n.port, &["CONFIG", "SET", "cluster-node-timeout", "60000"]);
+    }
+    let node = cluster.nodes.iter().find(|n| n.port == victim).unwrap();
+    node.pause();
+    let paused = Instant::now();
+    // Requests for the victim's keys trip the rule (each waits at most the
+    // timeout); the repair task's probe of its mark there counts too.
+    let first_victim = on_victim.iter().position(|v| *v).unwrap();
+    while proxy
+        .gateway()
+        .store()
+        .shards()
+        .iter()
+        .any(|(n, up)| *n == victim_name && *up)
+    {
+        assert!(
+            paused.elapsed() < Duration::from_secs(10),
+            "the stalled primary is never marked down"
+        );
+        assert_eq!(client.get(&path(first_victim)).await.status, 200, "fail open");
+    }
+    let detected = paused.elapsed();
+    let mut slowest = Duration::ZERO;
+    for (i, on) in on_victim.iter().enumerate() {
+        let started = Instant::now();
+        let r = client.get(&path(i)).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 200);
+        if *on {
+            slowest = slowest.max(took);
+            assert_eq!(r.x_cache(), Some("BYPASS"), "{}", path(i));
+        } else {
+            assert_eq!(r.x_cache(), Some("HIT"), "{} is on a healthy primary", path(i));
+        }
+    }
+    println!("stall detected after {detected:?}; the stalled primary's keys then took at most {slowest:?}");
+    // The bound is the behaviour: well under the 300 ms store timeout.
+    assert!(
+        slowest < Duration::from_millis(150),
+        "a request waited on the stalled primary: {slowest:?}"
+    );
+    node.resume();
+    cluster.wait_healthy();
 }

@@ -11,10 +11,17 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A new random token (URL-safe) and its hash in hex.
+/// A new random token (URL-safe) and its hash in hex. It never starts with
+/// `-` (one in 64 did), which a command line would read as a flag
+/// (`--admin-token -_x…`, the demo's printed selftest line).
 pub fn new_token() -> (String, String) {
     use base64::Engine;
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let token = loop {
+        let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        if !t.starts_with('-') {
+            break t;
+        }
+    };
     let hash = hex::encode(hash_token(&token));
     (token, hash)
 }

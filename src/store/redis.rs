@@ -47,9 +47,12 @@ if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[8] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[8] then return 0 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return 0 end
 if num(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[5]) then return 0 end
+-- A record holding no entry yet (a guard's, a tombstone) takes this
+-- entry's lifetime, not the tombstone's.
+local first = redis.call('HEXISTS', KEYS[1], '__cg') == 0
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '__cg', '1')
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < tonumber(ARGV[3]) then
+if first or pttl < tonumber(ARGV[3]) then
   pttl = tonumber(ARGV[3])
   redis.call('PEXPIRE', KEYS[1], pttl)
 end

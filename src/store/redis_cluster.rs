@@ -52,9 +52,12 @@ local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[5] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[5] then return -1 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return -1 end
+-- A record holding no entry yet (a guard's, a tombstone) takes this
+-- entry's lifetime, not the tombstone's.
+local first = redis.call('HEXISTS', KEYS[1], '__cg') == 0
 redis.call('HSET', KEYS[1], '__pend:' .. ARGV[1], ARGV[2], '__cg', '1')
 local pttl = redis.call('PTTL', KEYS[1])
-if pttl < tonumber(ARGV[3]) then
+if first or pttl < tonumber(ARGV[3]) then
   pttl = tonumber(ARGV[3])
   redis.call('PEXPIRE', KEYS[1], pttl)
 end

@@ -50,6 +50,26 @@ impl Proc {
         }
     }
 
+    /// SIGSTOP (`pause`) or SIGCONT (`resume`): connections stay open,
+    /// nothing answers meanwhile.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = guard.as_ref().expect("the process runs").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     pub fn alive(&self) -> bool {
         self.child.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
