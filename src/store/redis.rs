@@ -233,14 +233,7 @@ impl RedisStore {
             .topology
             .is_cluster()
             .then(|| super::redis_shards::Shards::new(config.clone()));
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(1);
-                c.internal_command_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 2;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+        let builder = super::redis_connect::builder(config, 2);
         let pool = builder.build_pool(cfg.pool_size)?;
         pool.connect_pool();
         let notices = builder.build_subscriber_client()?;

@@ -149,3 +149,18 @@ impl ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A fred builder for `config` with cachegate's connection settings: a
+/// 1 s connect timeout, 2 s for fred's own commands, `attempts` tries per
+/// command, and reconnection with backoff from 50 ms to 1 s, forever.
+pub(super) fn builder(config: Config, attempts: u32) -> Builder {
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = std::time::Duration::from_secs(1);
+            c.internal_command_timeout = std::time::Duration::from_secs(2);
+            c.max_command_attempts = attempts;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+    builder
+}

@@ -199,15 +199,8 @@ impl Shards {
     fn connect(&self, server: &fred::types::config::Server) -> Result<Shard, Error> {
         let mut config = self.base.clone();
         config.server = ServerConfig::Centralized { server: server.clone() };
-        let mut builder = Builder::from_config(config);
-        builder
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(1);
-                c.internal_command_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 1;
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
-        let client = builder.build()?;
+        // One attempt: a failing primary's command fails fast here.
+        let client = super::redis_connect::builder(config, 1).build()?;
         client.connect();
         Ok(Shard {
             name: format!("{}:{}", server.host, server.port),
