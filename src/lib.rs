@@ -6,11 +6,12 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod gateway;
 pub mod logging;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod reload;
 pub mod rules;

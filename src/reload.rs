@@ -14,8 +14,8 @@
 //! that picks the Redis DB) needs a restart: a reload that changes it keeps
 //! the running value and says which settings it kept.
 
-use crate::cache::Gateway;
 use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -61,14 +61,12 @@ impl std::fmt::Display for ReloadError {
 
 impl Live {
     pub fn new(first: Arc<Gateway>) -> Arc<Live> {
-        let live = Arc::new(Live {
+        Arc::new(Live {
             current: ArcSwap::new(first.clone()),
             generation: AtomicU64::new(1),
             loader: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
-        });
-        first.link_live(&live);
-        live
+        })
     }
 
     /// The generation a new request starts on.

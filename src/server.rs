@@ -1,14 +1,15 @@
 //! The listener: accepts connections, serves HTTP/1.1 with hyper, hands each
 //! request to the [`Gateway`], and shuts down gracefully.
 
-use crate::cache::Gateway;
 use crate::config::Config;
-use crate::proxy::{self, framing, ClientInfo};
+use crate::gateway::Gateway;
+use crate::proxy::{self, framing, Body, ClientInfo};
 use crate::reload::Live;
 use crate::BoxError;
 use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -165,6 +166,7 @@ async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 // The generation the request starts on serves it to the end.
                 let gateway = live.gateway();
+                let live = live.clone();
                 let refused = verdicts.next_request();
                 async move {
                     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
@@ -173,11 +175,11 @@ async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
                             if let Some(why) = refused {
                                 req.extensions_mut().insert(why);
                             }
-                            gateway.handle(req, from).await
+                            serve_main(&live, &gateway, req, from).await
                         }
                         (Role::Admin, Some(why)) => framing::refusal_response(why),
                         (Role::Admin, None) if crate::admin::owns(&gateway, req.uri().path()) => {
-                            crate::admin::handle(&gateway, req).await
+                            crate::admin::handle(&live, &gateway, req).await
                         }
                         (Role::Admin, None) => not_found(),
                     };
@@ -203,6 +205,24 @@ async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
+}
+
+/// A request on the main listener: admitted, then the admin routes (unless
+/// they have a listener of their own) before the gateway's rules; logged
+/// either way.
+async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+    let admin_here = gateway.config().admin.listen.is_none();
+    gateway
+        .logged(req, from, |mut req| async move {
+            if let Some(rejected) = gateway.admit(&mut req) {
+                return rejected;
+            }
+            if admin_here && crate::admin::owns(gateway, req.uri().path()) {
+                return crate::admin::handle(live, gateway, req).await;
+            }
+            gateway.serve(req, from).await
+        })
+        .await
 }
 
 /// A JSON 404, for routes the proxy answers itself.

@@ -14,11 +14,13 @@ mod scope_purge;
 
 pub use auth::{hash_token, new_token};
 
-use crate::cache::Gateway;
 use crate::config::{AdminScope, Edition};
+use crate::gateway::Gateway;
 use crate::proxy::{self, Body};
+use crate::reload::Live;
 use auth::Access;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use std::sync::Arc;
 
 /// An admin route, with the still-encoded key for `/key/{key}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +102,7 @@ fn route(prefix: &str, path: &str) -> Option<Route> {
 }
 
 /// Answers an admin request; the caller has checked [`owns`].
-pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
+pub async fn handle(live: &Arc<Live>, gateway: &Gateway, req: Request<Body>) -> Response<Body> {
     let config = gateway.config();
     let Some(route) = route(&config.admin.prefix, req.uri().path()) else {
         return proxy::json_error(StatusCode::NOT_FOUND, "not_found", "no such admin route");
@@ -184,7 +186,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
         Route::Keys => routes::keys(gateway, req.uri().query()).await,
         Route::Key(key) if req.method() == Method::DELETE => routes::delete_key(gateway, &key).await,
         Route::Key(key) => routes::get_key(gateway, &key).await,
-        Route::Reload => routes::reload(gateway).await,
+        Route::Reload => routes::reload(live).await,
         Route::ScopePurge => scope_purge::purge(gateway, req).await,
         Route::Metrics => routes::metrics(gateway),
         Route::Healthz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "alive"})),

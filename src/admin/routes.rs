@@ -1,7 +1,7 @@
 //! The admin route handlers. Each returns JSON in the reference shape.
 
-use crate::cache::Gateway;
 use crate::config::Edition;
+use crate::gateway::Gateway;
 use crate::metrics::{HitMiss, Metrics};
 use crate::proxy::{self, Body};
 use crate::rules::{query_param, INTERNAL_PREFIX};
@@ -408,15 +408,8 @@ pub fn human_bytes(n: u64) -> String {
 /// `POST {prefix}/reload`: reads proxy.toml again and swaps it in, as
 /// SIGHUP does. A file that does not load is a 422 with its place, and the
 /// running config stays.
-pub async fn reload(gw: &Gateway) -> Response<Body> {
+pub async fn reload(live: &std::sync::Arc<crate::reload::Live>) -> Response<Body> {
     use crate::reload::ReloadError;
-    let Some(live) = gw.live() else {
-        return proxy::json_error(
-            StatusCode::CONFLICT,
-            "not_reloadable",
-            "this gateway is not served by a listener",
-        );
-    };
     match live.reload().await {
         Ok(done) => proxy::json(
             StatusCode::OK,

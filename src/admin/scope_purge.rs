@@ -6,7 +6,7 @@
 //! a request's scope is (`[cache] credential_headers`, the scope secret)
 //! and dropped; the answer names only the scope's hash.
 
-use crate::cache::Gateway;
+use crate::gateway::Gateway;
 use crate::proxy::{self, Body};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;

@@ -7,8 +7,8 @@
 //! any did, 2 for a usage or config error.
 
 use super::{Options, Summary, Verdict};
-use crate::cache::Gateway;
 use crate::config::{parse_path_list, Config, Overrides, MAX_WARM_CONCURRENCY};
+use crate::gateway::Gateway;
 use http::{HeaderName, HeaderValue};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

@@ -19,8 +19,8 @@ pub mod cli;
 
 pub use cli::WarmArgs;
 
-use crate::cache::Gateway;
 use crate::config::{check_path, WarmConfig};
+use crate::gateway::Gateway;
 use crate::proxy::{self, ClientInfo};
 use crate::reload::Live;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};

@@ -148,7 +148,7 @@ impl Instance {
         }
     }
 
-    pub fn gateway(&self) -> Arc<cachegate::cache::Gateway> {
+    pub fn gateway(&self) -> Arc<cachegate::gateway::Gateway> {
         self.running.as_ref().unwrap().gateway()
     }
 

@@ -20,8 +20,8 @@ pub mod suite;
 pub mod topology;
 
 use bytes::Bytes;
-use cachegate::cache::{scope_field, Gateway};
 use cachegate::config::{Config, Scope};
+use cachegate::gateway::{scope_field, Gateway};
 use cachegate::server::{self, Running};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};

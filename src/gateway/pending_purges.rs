@@ -178,7 +178,7 @@ impl PendingPurges {
             p.keys.iter().any(|k| k == key)
                 || p.patterns
                     .iter()
-                    .any(|pat| crate::store::glob::glob_match(pat.as_bytes(), key.as_bytes()))
+                    .any(|pat| crate::rules::glob::glob_match(pat.as_bytes(), key.as_bytes()))
                 || p.tags.iter().any(|t| tags.contains(t))
                 || scope.is_some_and(|s| p.scopes.iter().any(|x| x == s))
         })

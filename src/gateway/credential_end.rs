@@ -21,7 +21,7 @@ impl Gateway {
         let field = scope_field_keyed(
             Scope::Credential,
             headers,
-            &self.config.cache.credential_headers,
+            &self.generation.config.cache.credential_headers,
             self.scope_key(),
         )?;
         credential_scope(&field).is_some().then_some(field)

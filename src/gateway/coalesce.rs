@@ -1,13 +1,21 @@
 //! Request coalescing within one instance: concurrent misses for the same
 //! key and scope make one backend request; the others wait (bounded) for
 //! its answer and are served from it. If the answer turns out not to be
-//! storable, or the wait times out, a waiter forwards on its own.
+//! storable, or the wait times out, a waiter forwards on its own. Across
+//! instances, the first miss takes the store's fill lock; a miss elsewhere
+//! waits for that fill (phase 5).
 
-use crate::store::entry::Entry;
+use super::answer::answer;
+use super::key::field_for;
+use super::lookup::Found;
+use super::{Cacheable, Gateway, Outcome};
+use crate::proxy::Body;
+use crate::store::entry::{now_ms, Entry};
 use crate::store::Store;
+use http::{Method, Response};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The cross-instance fill lock this instance holds while it fills. It is
@@ -44,7 +52,7 @@ impl Drop for HeldFillLock {
 
 /// A stored entry shared with followers, and the store field it went to
 /// (a follower whose request selects another `Vary` variant must not use it).
-pub struct Shared {
+pub struct Filled {
     pub entry: Entry,
     pub field: String,
 }
@@ -53,7 +61,7 @@ pub struct Shared {
 #[derive(Clone)]
 enum State {
     Pending,
-    Done(Option<Arc<Shared>>),
+    Done(Option<Arc<Filled>>),
 }
 
 /// The fills in flight, by key and scope field.
@@ -123,7 +131,7 @@ impl Leader<'_> {
 
     /// Shares the fill's result with every follower (`None`: nothing to
     /// share; they forward on their own).
-    pub fn finish(self, entry: Option<Arc<Shared>>) {
+    pub fn finish(self, entry: Option<Arc<Filled>>) {
         self.close();
         let _ = self.tx.send(State::Done(entry));
     }
@@ -140,7 +148,7 @@ impl Drop for Leader<'_> {
 
 impl Follower {
     /// The leader's entry, or `None` (nothing shareable, or `timeout`).
-    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Shared>> {
+    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<Filled>> {
         let done = tokio::time::timeout(timeout, self.rx.wait_for(|s| matches!(s, State::Done(_)))).await;
         match done {
             Ok(Ok(state)) => match &*state {
@@ -152,13 +160,117 @@ impl Follower {
     }
 }
 
+/// How long a miss waiting on another instance's fill waits for the
+/// pub/sub notice before it looks at the store anyway (the fallback for a
+/// lost notice or a crashed lock owner).
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+impl Gateway {
+    /// The first miss in this instance: take the cross-instance fill lock
+    /// and fill; or, if another instance holds it, wait (bounded) for its
+    /// fill and serve that. Local followers get whatever this gets.
+    pub(super) async fn lead(
+        &self,
+        request: Cacheable<'_>,
+        found: Found,
+        leader: Leader<'_>,
+    ) -> (Response<Body>, Outcome) {
+        let cache = &self.generation.config.cache;
+        let store = &self.shared.store;
+        let key = &request.key.key;
+        let lock_ttl = cache.coalesce_timeout.min(self.generation.config.backend.timeout);
+        let token = match self.timed("lock", store.try_lock(key, &found.field, lock_ttl)).await {
+            Ok(Some(token)) => token,
+            Ok(None) => return self.wait_for_other_instance(request, found, leader).await,
+            // Fail open: without the lock, fill as if alone.
+            Err(_) => return self.fill(request, found, Some(leader)).await,
+        };
+        let _held = HeldFillLock {
+            store: store.clone(),
+            key: key.clone(),
+            field: found.field.clone(),
+            token,
+        };
+        self.fill(request, found, Some(leader)).await
+    }
+
+    /// Another instance fills the entry: serve its fill once stored, or
+    /// fill here if its lock goes away with nothing stored, or the wait
+    /// runs out.
+    async fn wait_for_other_instance(
+        &self,
+        request: Cacheable<'_>,
+        mut found: Found,
+        leader: Leader<'_>,
+    ) -> (Response<Body>, Outcome) {
+        let store = &self.shared.store;
+        let deadline = Instant::now() + self.generation.config.cache.coalesce_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            store
+                .wait_unlocked(&request.key.key, &found.field, left.min(LOCK_POLL))
+                .await;
+            // Take no more followers before the read whose result is
+            // shared: one arriving after a write must not get an entry read
+            // before that write's purge (see `Leader::close`).
+            leader.close();
+            let Ok(now) = self.read(&request.key, request.req.headers()).await else {
+                break;
+            };
+            found = now;
+            if let Some(entry) = found.entry.take_if(|e| e.is_fresh(now_ms())) {
+                let now = now_ms();
+                let ttl = entry.ttl_left_secs(now);
+                leader.finish(Some(Arc::new(Filled {
+                    entry: entry.clone(),
+                    field: found.field,
+                })));
+                let is_head = request.req.method() == Method::HEAD;
+                return (
+                    answer(request.req.headers(), entry, now, is_head),
+                    Outcome::Collapsed { ttl },
+                );
+            }
+            // The lock is gone and left nothing: fetch ourselves.
+            if !store.is_locked(&request.key.key, &found.field).await.unwrap_or(false) {
+                break;
+            }
+        }
+        self.fill(request, found, Some(leader)).await
+    }
+
+    /// A later miss in this instance: the leader's answer, if it is the
+    /// variant this request selects; `None` sends it to fill on its own.
+    pub(super) async fn follow(
+        &self,
+        request: &Cacheable<'_>,
+        follower: Follower,
+    ) -> Option<(Response<Body>, Outcome)> {
+        let filled = follower.wait(self.generation.config.cache.coalesce_timeout).await?;
+        let headers = request.req.headers();
+        if filled.field != field_for(&request.key.field, &filled.entry.headers, headers) {
+            return None;
+        }
+        let now = now_ms();
+        let ttl = filled.entry.ttl_left_secs(now);
+        let is_head = request.req.method() == Method::HEAD;
+        Some((
+            answer(headers, filled.entry.clone(), now, is_head),
+            Outcome::Collapsed { ttl },
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::{HeaderMap, StatusCode};
 
-    fn entry() -> Arc<Shared> {
-        Arc::new(Shared {
+    fn entry() -> Arc<Filled> {
+        Arc::new(Filled {
             entry: Entry {
                 status: StatusCode::OK,
                 stored_at_ms: 0,

@@ -10,7 +10,8 @@
 //! same purges in a task of its own instead, so a committed write never
 //! leaves its old entry cached.
 
-use super::{Gateway, Purge};
+use super::pending_purges::Purge;
+use super::Gateway;
 use crate::config::When;
 use crate::proxy::{Body, ForwardError};
 use http::Response;

@@ -1,0 +1,62 @@
+//! Phase 9, answer: a response from an entry, with `Age`, or a 304 when the
+//! client's conditional request is satisfied by its validators; HEAD gets
+//! the head alone. (`Cache-Status` and `X-Cache` are set by
+//! [`crate::outcome::Outcome::apply`].)
+
+use super::{freshness, Outcome};
+use crate::proxy::{self, Body};
+use crate::store::entry::Entry;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Answers from a stored entry: the stored response with `Age`, or 304 when
+/// the client's conditional request is satisfied by its validators.
+pub(super) fn answer(request: &http::HeaderMap, entry: Entry, now: u64, is_head: bool) -> Response<Body> {
+    let age = freshness::age(&entry.headers) + entry.age_secs(now);
+    answer_with_age(request, entry, Some(age), is_head)
+}
+
+/// Answers with an entry just fetched: the backend's own headers (no `Age`
+/// added), or 304 for a satisfied conditional request.
+pub(super) fn answer_fetched(request: &http::HeaderMap, entry: Entry, is_head: bool) -> Response<Body> {
+    answer_with_age(request, entry, None, is_head)
+}
+
+fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is_head: bool) -> Response<Body> {
+    if entry.status == StatusCode::OK && freshness::not_modified(request, &entry.headers) {
+        let mut resp = Response::new(proxy::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in freshness::NOT_MODIFIED_HEADERS {
+            for value in entry.headers.get_all(&name) {
+                resp.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        if let Some(age) = age {
+            resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+        }
+        return resp;
+    }
+    let mut resp = Response::new(if is_head {
+        proxy::empty()
+    } else {
+        proxy::full(entry.body)
+    });
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = entry.headers;
+    if let Some(age) = age {
+        resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+    }
+    resp
+}
+
+/// A HEAD answer carries the GET answer's head without its body.
+pub(super) fn strip_body(resp: Response<Body>, is_head: bool) -> Response<Body> {
+    if !is_head {
+        return resp;
+    }
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, proxy::empty())
+}
+
+pub(super) fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {
+    Outcome::Miss { stored, detail }
+}

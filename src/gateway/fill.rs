@@ -1,0 +1,345 @@
+//! Phase 7, fill: forward a miss (conditionally, when a stale entry has
+//! validators), decide whether the answer may be stored, store it under the
+//! guard read at lookup, and answer. A body of unknown length streams to the
+//! client and is stored only if it ends complete and within the limit.
+
+use super::answer::{answer, answer_fetched, miss, strip_body};
+use super::coalesce::{Filled, Leader};
+use super::key::{field_for, CacheKey};
+use super::lookup::{store_detail, Found};
+use super::revalidate::add_validators;
+use super::{credential_end, freshness, storable, vary, Cacheable, Gateway, Outcome};
+use crate::config::{Scope, TtlMode};
+use crate::proxy::{self, Body, ForwardError};
+use crate::rules::CacheRule;
+use crate::store::entry::{now_ms, Entry, Lifetime};
+use crate::store::{FillGuard, Store, StoreResult};
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a stale entry with a validator is kept for revalidation.
+const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(60);
+
+/// A miss once its request went to the backend: what storing the answer
+/// needs.
+pub(super) struct Fetched<'g, 'l> {
+    pub(super) rule: &'g CacheRule,
+    pub(super) key: CacheKey,
+    pub(super) guard: FillGuard,
+    /// The client's request headers (its validators are answered here).
+    pub(super) client: HeaderMap,
+    pub(super) is_head: bool,
+    /// Shares a stored entry with the requests waiting on this fill.
+    pub(super) leader: Option<Leader<'l>>,
+}
+
+impl Gateway {
+    /// Forwards a miss, stores what may be stored, answers. A `stale` entry
+    /// (in `found`) is validated with the backend, or served instead of a
+    /// backend failure within its stale-if-error window.
+    pub(super) async fn fill(
+        &self,
+        request: Cacheable<'_>,
+        found: Found,
+        leader: Option<Leader<'_>>,
+    ) -> (Response<Body>, Outcome) {
+        let Cacheable {
+            mut req,
+            from,
+            rule,
+            key,
+        } = request;
+        let stale = found.entry;
+        let is_head = req.method() == Method::HEAD;
+        // The client's own validators are answered here, against what is
+        // stored; the backend gets ours (or none) so its answer can fill.
+        let client = req.headers().clone();
+        req.headers_mut().remove(header::IF_NONE_MATCH);
+        req.headers_mut().remove(header::IF_MODIFIED_SINCE);
+        if is_head {
+            // Fetch the GET answer so it can fill the entry HEAD shares.
+            *req.method_mut() = Method::GET;
+        }
+        let validating = stale
+            .as_ref()
+            .is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
+        let result = self.forward(req, from).await;
+
+        let failed = match &result {
+            Err(_) => true,
+            Ok(resp) => resp.status().is_server_error(),
+        };
+        if failed && stale.as_ref().is_some_and(|e| e.within_stale_if_error(now_ms())) {
+            if let Some(entry) = stale {
+                let resp = answer(&client, entry, now_ms(), is_head);
+                return (
+                    resp,
+                    Outcome::Stale {
+                        detail: "backend-error",
+                    },
+                );
+            }
+        }
+        let mut resp = match result {
+            Ok(r) => r,
+            // A stale entry that must not be used unvalidated: the cache
+            // could not validate it, so it answers 504 (RFC 9111 §5.2.2.2).
+            Err(ForwardError::Unreachable(_) | ForwardError::NotSent(_))
+                if stale.as_ref().is_some_and(|e| e.lifetime.must_revalidate) =>
+            {
+                return (ForwardError::Timeout.to_response(), miss(false, Some("backend")));
+            }
+            Err(e) => return (e.to_response(), miss(false, Some("backend"))),
+        };
+        if rule.ttl == TtlMode::Origin {
+            freshness::correct_age(resp.headers_mut(), std::time::SystemTime::now());
+        }
+        let fetched = Fetched {
+            rule,
+            key,
+            guard: found.guard,
+            client,
+            is_head,
+            leader,
+        };
+        match stale {
+            Some(entry) if validating && resp.status() == StatusCode::NOT_MODIFIED => {
+                self.refresh_validated(resp, entry, fetched).await
+            }
+            _ => self.store_fetched(resp, fetched).await,
+        }
+    }
+
+    /// A full answer from the backend: stored if it may be, and answered.
+    async fn store_fetched(&self, resp: Response<Body>, fetched: Fetched<'_, '_>) -> (Response<Body>, Outcome) {
+        let (rule, is_head) = (fetched.rule, fetched.is_head);
+        let cap = self.generation.config.cache.credential_max_ttl;
+        let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
+            .and_then(|l| storable::unstorable_reason(&resp).map_or(Ok(l), Err))
+        {
+            Ok(l) => credential_end::capped(l, &fetched.key.field, cap),
+            Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
+        };
+        if freshness::RequestDirectives::parse(&fetched.client).no_store {
+            return (strip_body(resp, is_head), miss(false, Some("request-no-store")));
+        }
+        if !shareable_with_authorization(rule, &fetched.client, resp.headers()) {
+            return (strip_body(resp, is_head), miss(false, Some("authorization")));
+        }
+        let limit = rule.max_body_bytes;
+        let len = match storable::content_length(resp.headers()) {
+            Some(len) if len as usize <= limit => len as usize,
+            Some(_) => return (strip_body(resp, is_head), miss(false, Some("too-large"))),
+            None => return self.fill_streamed(resp, lifetime, fetched),
+        };
+        let (parts, body) = resp.into_parts();
+        let timeout = self.generation.config.backend.timeout;
+        let chunks = match tokio::time::timeout(timeout, storable::collect(body, len)).await {
+            Ok(Ok(chunks)) => chunks,
+            Ok(Err((chunks, err))) => {
+                tracing::debug!(key = %fetched.key.key, error = %err, "backend body failed; nothing stored");
+                let resp = Response::from_parts(parts, storable::aborted_body(chunks, err));
+                return (strip_body(resp, is_head), miss(false, Some("backend")));
+            }
+            Err(_) => {
+                let body = storable::aborted_body(Vec::new(), "backend body timed out".into());
+                let resp = Response::from_parts(parts, body);
+                return (strip_body(resp, is_head), miss(false, Some("backend")));
+            }
+        };
+        let entry = Entry {
+            status: parts.status,
+            stored_at_ms: now_ms(),
+            lifetime,
+            headers: parts.headers,
+            body: storable::concat(&chunks),
+        };
+        let client = fetched.client.clone();
+        let stored = self.store_entry(&entry, fetched).await;
+        (answer_fetched(&client, entry, is_head), stored)
+    }
+
+    /// Stores a complete entry under the guard; a leader shares it with its
+    /// followers only if it was stored (one the guard refused may predate a
+    /// write that a waiting request must see).
+    pub(super) async fn store_entry(&self, entry: &Entry, fetched: Fetched<'_, '_>) -> Outcome {
+        let encoded = Entry::encode(
+            entry.status,
+            &entry.headers,
+            &entry.body,
+            entry.stored_at_ms,
+            &entry.lifetime,
+        );
+        let size = encoded.len();
+        if let Some(leader) = &fetched.leader {
+            // Take no more followers before storing (see `Leader::close`).
+            leader.close();
+        }
+        let field = field_for(&fetched.key.field, &entry.headers, &fetched.client);
+        let write = EntryWrite::new(&fetched.key, field, &entry.headers, &entry.lifetime);
+        let store = &self.shared.store;
+        let mut stored = self
+            .timed("fill", write.entry(store.as_ref(), encoded, fetched.guard))
+            .await;
+        if write.has_marker() && matches!(stored, Ok(true)) {
+            stored = self.timed("fill", write.marker(store.as_ref(), fetched.guard)).await;
+        }
+        match stored {
+            Ok(true) => {
+                self.shared.metrics.stored(size);
+                if let Some(leader) = fetched.leader {
+                    leader.finish(Some(Arc::new(Filled {
+                        entry: entry.clone(),
+                        field: write.field,
+                    })));
+                }
+                miss(true, None)
+            }
+            Ok(false) => miss(false, Some("superseded")),
+            Err(e) => miss(false, Some(store_detail(&e))),
+        }
+    }
+
+    /// A body of unknown length streams to the client; a copy is stored in
+    /// the background if it ends complete and within the rule's limit.
+    fn fill_streamed(
+        &self,
+        resp: Response<Body>,
+        lifetime: Lifetime,
+        fetched: Fetched<'_, '_>,
+    ) -> (Response<Body>, Outcome) {
+        let (parts, body) = resp.into_parts();
+        let field = field_for(&fetched.key.field, &parts.headers, &fetched.client);
+        let write = EntryWrite::new(&fetched.key, field, &parts.headers, &lifetime);
+        let store = self.shared.store.clone();
+        let metrics = self.shared.metrics.clone();
+        let (status, headers, guard) = (parts.status, parts.headers.clone(), fetched.guard);
+        let tee = storable::TeeBody::new(body, fetched.rule.max_body_bytes, move |chunks| {
+            let body = storable::concat(&chunks);
+            let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
+            let size = encoded.len();
+            tokio::spawn(async move {
+                match write.store(store.as_ref(), encoded, guard).await {
+                    Ok(true) => metrics.stored(size),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(key = %write.key, error = %e, "background fill failed"),
+                }
+            });
+        });
+        // HEAD was fetched as GET: the body must still be read to the end
+        // to be stored, so drain it in the background.
+        let body = if fetched.is_head {
+            tokio::spawn(async move {
+                let _ = tee.collect().await;
+            });
+            proxy::empty()
+        } else {
+            tee.boxed()
+        };
+        (Response::from_parts(parts, body), miss(false, Some("streamed")))
+    }
+}
+
+/// Where and how long one entry is stored: its key, field and tags, the
+/// `Vary` names whose marker points the scope's field at the variants, and
+/// how long the record is kept.
+struct EntryWrite {
+    key: String,
+    scope_field: String,
+    field: String,
+    tags: Vec<String>,
+    vary: Vec<http::HeaderName>,
+    retain: Duration,
+}
+
+impl EntryWrite {
+    fn new(key: &CacheKey, field: String, headers: &HeaderMap, lifetime: &Lifetime) -> EntryWrite {
+        EntryWrite {
+            key: key.key.clone(),
+            scope_field: key.field.clone(),
+            field,
+            tags: entry_tags(&key.tags, headers),
+            vary: vary::names(headers),
+            retain: retain_for(lifetime, headers),
+        }
+    }
+
+    /// Stores the entry under the guard, then (for a `Vary` response) the
+    /// marker in the scope's field; whether both stored.
+    async fn store(&self, store: &dyn Store, encoded: Bytes, guard: FillGuard) -> StoreResult<bool> {
+        let stored = self.entry(store, encoded, guard).await?;
+        if !stored || !self.has_marker() {
+            return Ok(stored);
+        }
+        self.marker(store, guard).await
+    }
+
+    async fn entry(&self, store: &dyn Store, encoded: Bytes, guard: FillGuard) -> StoreResult<bool> {
+        store
+            .fill(&self.key, &self.field, encoded, self.retain, guard, &self.tags)
+            .await
+    }
+
+    /// Whether the response varies, so the scope's field must point at the
+    /// variants.
+    fn has_marker(&self) -> bool {
+        !self.vary.is_empty()
+    }
+
+    async fn marker(&self, store: &dyn Store, guard: FillGuard) -> StoreResult<bool> {
+        let marker = vary::marker(&self.vary);
+        store
+            .fill(&self.key, &self.scope_field, marker, self.retain, guard, &[])
+            .await
+    }
+}
+
+/// How long the store keeps an entry: fresh plus its stale windows, and,
+/// when it has a validator, long enough after that to be revalidated with
+/// a conditional request rather than fetched again.
+fn retain_for(lifetime: &Lifetime, headers: &HeaderMap) -> Duration {
+    let retain = lifetime.retain();
+    if freshness::has_validator(headers) {
+        retain.max(lifetime.ttl + KEEP_FOR_REVALIDATION)
+    } else {
+        retain
+    }
+}
+
+/// RFC 9111 §3.5: an answer to a request with `Authorization` is shared
+/// only if the origin allows it (`public`, `s-maxage`, `must-revalidate`).
+/// Credential-scoped rules never share it anyway; fixed-TTL public rules
+/// are the operator's explicit decision.
+fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, response: &HeaderMap) -> bool {
+    if rule.scope != Scope::Public || rule.ttl != TtlMode::Origin || !request.contains_key(header::AUTHORIZATION) {
+        return true;
+    }
+    let d = freshness::Directives::parse(response);
+    d.public || d.s_maxage.is_some() || d.must_revalidate
+}
+
+/// An entry's tags: the rule's, and those the backend names in
+/// `Surrogate-Key` (space-separated) and `Cache-Tag` (comma-separated).
+fn entry_tags(rule_tags: &[String], response: &HeaderMap) -> Vec<String> {
+    let mut tags = rule_tags.to_vec();
+    let listed = |name: &str, sep: char| {
+        response
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(move |v| v.split(sep))
+            .map(str::trim)
+            // `__cg:` names cachegate's own indexes (store/scope_index.rs).
+            .filter(|t| !t.is_empty() && t.len() <= 1024 && !t.starts_with(crate::rules::INTERNAL_PREFIX))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    tags.extend(listed("surrogate-key", ' '));
+    tags.extend(listed("cache-tag", ','));
+    tags.sort();
+    tags.dedup();
+    tags
+}

@@ -1,0 +1,149 @@
+//! The life of a request, as named phases over one per-request value
+//! ([`Cacheable`], once a rule covers the request), each phase in its own
+//! file:
+//!
+//! 1. **admit** (`admit.rs`): limits, one normal form of the path, hop-by-hop
+//!    headers dropped; a bad request gets a 4xx with a JSON body.
+//! 2. **route** (`route.rs`): a write goes to **purge**, a `[[rule]]` match
+//!    on to **key**, anything else straight to **forward**.
+//! 3. **key** (`key.rs`): the logical key, the credential scope's field and
+//!    the tags; an unusable key bypasses the cache.
+//! 4. **lookup** (`lookup.rs`): the in-process tier, else one store read; a
+//!    fresh entry is **answer**ed without contacting the backend.
+//! 5. **coalesce** (`coalesce.rs`): one fill per entry in this instance, and
+//!    the cross-instance fill lock.
+//! 6. **forward** (`forward.rs`): the backend gets the request (HEAD as GET,
+//!    so the answer can fill the GET entry).
+//! 7. **fill** (`fill.rs`, `revalidate.rs`): a storable answer is stored
+//!    under the guard read at lookup; a 304 refreshes a stale entry.
+//! 8. **purge** (`purge.rs`): after the backend answered a write, what it
+//!    invalidates is purged before the client gets the answer.
+//! 9. **answer** (`answer.rs`): the response, with `Age`, `Cache-Status`
+//!    and `X-Cache`; 304 to a satisfied conditional request.
+//!
+//! A store failure anywhere is "no cache" for this request (fail open). The
+//! gateway knows nothing of the admin API: the server routes those paths
+//! before they get here (`crate::server`).
+
+mod admit;
+mod answer;
+mod coalesce;
+mod credential_end;
+mod fill;
+mod forward;
+mod freshness;
+mod generation;
+mod implicit;
+mod inputs;
+mod key;
+mod lookup;
+mod pending_purges;
+mod purge;
+mod revalidate;
+mod route;
+mod scope;
+mod storable;
+mod suspect_credentials;
+mod trace;
+mod vary;
+mod write_guard;
+
+pub use crate::outcome::Outcome;
+pub use generation::Gateway;
+pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
+
+use crate::proxy::{Body, ClientInfo};
+use crate::rules::CacheRule;
+use answer::answer;
+use coalesce::Role;
+use http::{Method, Request, Response};
+use key::CacheKey;
+use std::sync::Arc;
+
+/// A request a rule covers, as phases 4 to 9 see it.
+pub(crate) struct Cacheable<'g> {
+    req: Request<Body>,
+    from: ClientInfo,
+    rule: &'g CacheRule,
+    key: CacheKey,
+}
+
+impl Gateway {
+    /// A request's whole life (phases 1 to 9), and its access log line.
+    pub async fn handle(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        self.logged(req, from, |mut req| async move {
+            match self.admit(&mut req) {
+                Some(rejected) => rejected,
+                None => self.serve(req, from).await,
+            }
+        })
+        .await
+    }
+
+    /// Phases 2 to 9 for an admitted request.
+    pub async fn serve(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        match self.route(&mut req) {
+            route::Route::Write => self.invalidate(req, from).await,
+            route::Route::Pass => self.pass(req, from).await,
+            route::Route::Reply(resp) => resp,
+            route::Route::Cached(rule, Err(detail)) => self.uncached(req, from, rule, detail).await,
+            route::Route::Cached(rule, Ok(key)) => self.cached(Cacheable { req, from, rule, key }).await,
+        }
+    }
+
+    /// Phases 4 to 9; the outcome is set on the response's headers and
+    /// counted here, once.
+    async fn cached(self: &Arc<Self>, request: Cacheable<'_>) -> Response<Body> {
+        let rule = request.rule;
+        trace::note(|t| {
+            t.rule = Some(rule.index);
+            t.key = Some(request.key.key.clone());
+        });
+        let (resp, outcome) = self.lookup_or_fill(request).await;
+        self.counted(rule, resp, outcome)
+    }
+
+    async fn lookup_or_fill(self: &Arc<Self>, request: Cacheable<'_>) -> (Response<Body>, Outcome) {
+        let mut found = match self.read(&request.key, request.req.headers()).await {
+            Ok(found) => found,
+            Err(e) => return self.bypass(request, lookup::store_detail(&e)).await,
+        };
+        if let Some(answered) = self.serve_fresh(&request, &mut found) {
+            return answered;
+        }
+        match self.shared.inflight.join(&request.key.key, &found.field) {
+            Role::Leader(leader) => self.lead(request, found, leader).await,
+            Role::Follower(follower) => match self.follow(&request, follower).await {
+                Some(answered) => answered,
+                None => self.fill(request, found, None).await,
+            },
+        }
+    }
+
+    /// Phase 9 for what the lookup found fresh (or within
+    /// stale-while-revalidate: then one refresh starts in the background);
+    /// anything else is left in `found` to be filled.
+    fn serve_fresh(
+        self: &Arc<Self>,
+        request: &Cacheable<'_>,
+        found: &mut lookup::Found,
+    ) -> Option<(Response<Body>, Outcome)> {
+        let asks = freshness::RequestDirectives::parse(request.req.headers());
+        let now = crate::store::entry::now_ms();
+        let is_head = request.req.method() == Method::HEAD;
+        let usable = |e: &crate::store::entry::Entry| {
+            !asks.revalidate && (e.is_fresh(now) || e.within_stale_while_revalidate(now))
+        };
+        // Stale: left for validation or stale-if-error.
+        let entry = found.entry.take_if(|e| usable(e))?;
+        let outcome = if entry.is_fresh(now) {
+            Outcome::Hit {
+                ttl: entry.ttl_left_secs(now),
+            }
+        } else {
+            self.refresh_in_background(request, &found.field);
+            Outcome::Stale { detail: "revalidating" }
+        };
+        Some((answer(request.req.headers(), entry, now, is_head), outcome))
+    }
+}

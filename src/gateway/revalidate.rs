@@ -1,0 +1,109 @@
+//! Phase 7 for a stale entry: validation with the backend. A 304 to our
+//! conditional request refreshes the stored entry's headers and lifetime
+//! (RFC 9111 §4.3.4); within stale-while-revalidate, one background request
+//! refreshes the entry while the stale one is served (RFC 5861).
+
+use super::answer::{answer, miss};
+use super::coalesce::Role;
+use super::fill::Fetched;
+use super::{credential_end, freshness, Cacheable, Gateway, Outcome};
+use crate::proxy::{self, Body};
+use crate::store::entry::{now_ms, Entry};
+use http::{header, Method, Request, Response};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+
+impl Gateway {
+    /// A 304 to our conditional request: the stored body is still good;
+    /// refresh its headers and lifetime and store it again.
+    pub(super) async fn refresh_validated(
+        &self,
+        not_modified: Response<Body>,
+        stale: Entry,
+        fetched: Fetched<'_, '_>,
+    ) -> (Response<Body>, Outcome) {
+        let mut headers = stale.headers;
+        for (name, value) in not_modified.headers() {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        let entry = Entry {
+            status: stale.status,
+            stored_at_ms: now_ms(),
+            lifetime: stale.lifetime,
+            headers,
+            body: stale.body,
+        };
+        let (client, is_head) = (fetched.client.clone(), fetched.is_head);
+        let cap = self.generation.config.cache.credential_max_ttl;
+        let entry = match freshness::lifetime(fetched.rule, entry.status.as_u16(), &entry.headers) {
+            Ok(lifetime) => Entry {
+                lifetime: credential_end::capped(lifetime, &fetched.key.field, cap),
+                ..entry
+            },
+            // No longer storable (e.g. now no-store): answer, keep nothing.
+            Err(reason) => return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason))),
+        };
+        let outcome = match self.store_entry(&entry, fetched).await {
+            Outcome::Miss { stored, .. } => Outcome::Revalidated { stored },
+            other => other,
+        };
+        (answer(&client, entry, now_ms(), is_head), outcome)
+    }
+
+    /// Within stale-while-revalidate: one background request (coalesced with
+    /// any fill already in flight) refreshes the entry in `field`.
+    pub(super) fn refresh_in_background(self: &Arc<Self>, request: &Cacheable<'_>, field: &str) {
+        let mut refresh = Request::new(proxy::empty());
+        *refresh.method_mut() = Method::GET;
+        *refresh.uri_mut() = request.req.uri().clone();
+        *refresh.headers_mut() = request.req.headers().clone();
+        for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::CONTENT_LENGTH] {
+            refresh.headers_mut().remove(name);
+        }
+        let gateway = self.clone();
+        let (rule_index, from) = (request.rule.index, request.from);
+        let (key, field) = (request.key.clone(), field.to_string());
+        tokio::spawn(async move {
+            let Some(rule) = gateway.generation.config.rules.cache.get(rule_index) else {
+                return;
+            };
+            // The same coalescing slot a miss for this variant would take.
+            let Role::Leader(leader) = gateway.shared.inflight.join(&key.key, &field) else {
+                return; // someone is already fetching it
+            };
+            // Re-read: the entry may have been refreshed or purged meanwhile.
+            let Ok(found) = gateway.read(&key, refresh.headers()).await else {
+                return;
+            };
+            if found.entry.as_ref().is_some_and(|e| e.is_fresh(now_ms())) {
+                return;
+            }
+            let request = Cacheable {
+                req: refresh,
+                from,
+                rule,
+                key,
+            };
+            let (resp, _) = gateway.fill(request, found, Some(leader)).await;
+            // Drain the body: a streamed fill stores only once it is read.
+            let _ = resp.into_body().collect().await;
+        });
+    }
+}
+
+/// Puts our validators for a stale entry on a request to the backend;
+/// returns whether there were any.
+pub(super) fn add_validators(request: &mut http::HeaderMap, stored: &http::HeaderMap) -> bool {
+    let mut added = false;
+    if let Some(etag) = stored.get(header::ETAG) {
+        request.insert(header::IF_NONE_MATCH, etag.clone());
+        added = true;
+    }
+    if let Some(lm) = stored.get(header::LAST_MODIFIED) {
+        request.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        added = true;
+    }
+    added
+}

@@ -1,0 +1,73 @@
+//! The access log line of a request: what the phases note about it on the
+//! way (rule, key, backend status and time), written once it is answered.
+
+use super::Gateway;
+use crate::proxy::{Body, ClientInfo};
+use http::{Request, Response};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// What the access log line needs from inside a request's phases.
+#[derive(Default)]
+pub(super) struct Trace {
+    pub(super) rule: Option<usize>,
+    /// The first `[[invalidate]]` rule a write matched.
+    pub(super) invalidate: Option<usize>,
+    pub(super) key: Option<String>,
+    pub(super) backend_status: Option<u16>,
+    pub(super) backend_time: Option<Duration>,
+}
+
+tokio::task_local! {
+    /// The request's trace, while an access log is written.
+    static TRACE: std::cell::RefCell<Trace>;
+}
+
+/// Notes something for the access log line (nothing when it is off).
+pub(super) fn note(note: impl FnOnce(&mut Trace)) {
+    let _ = TRACE.try_with(|t| note(&mut t.borrow_mut()));
+}
+
+impl Gateway {
+    /// Runs `serve` on the request and writes its access log line (when the
+    /// log is on). The server wraps whatever answers a request on the main
+    /// listener in this, admin routes included.
+    pub async fn logged<F, Fut>(&self, req: Request<Body>, from: ClientInfo, serve: F) -> Response<Body>
+    where
+        F: FnOnce(Request<Body>) -> Fut,
+        Fut: Future<Output = Response<Body>>,
+    {
+        let Some(log) = &self.shared.access_log else {
+            return serve(req).await;
+        };
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (resp, t) = TRACE
+            .scope(std::cell::RefCell::new(Trace::default()), async {
+                let resp = serve(req).await;
+                (resp, TRACE.with(|t| t.take()))
+            })
+            .await;
+        let rules = &self.generation.config.rules;
+        let rule = match (t.rule, t.invalidate) {
+            (Some(i), _) => rules.cache.get(i).map(|r| r.name.as_str()),
+            (None, Some(i)) => rules.invalidate.get(i).map(|r| r.name.as_str()),
+            (None, None) => None,
+        };
+        log.log(&crate::access_log::Line {
+            client: from.addr.ip(),
+            method: method.as_str(),
+            path: &path,
+            status: resp.status().as_u16(),
+            rule,
+            key: t.key.as_deref(),
+            cache: resp.headers().get("x-cache").and_then(|v| v.to_str().ok()),
+            backend_status: t.backend_status,
+            backend_time: t.backend_time,
+            bytes: http_body::Body::size_hint(resp.body()).exact(),
+            took: started.elapsed(),
+        });
+        resp
+    }
+}
