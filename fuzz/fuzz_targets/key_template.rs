@@ -26,14 +26,14 @@
 
 #![no_main]
 
-use cachegate::config::{CacheConfig, InvalidateConfig, RuleConfig, Scope, When};
-use cachegate::rules::{RequestView, RuleSet, Template, INTERNAL_PREFIX};
+use cachegate::rules::{RawInvalidate, RawRule, RequestView, RuleDefaults, RuleSet, Template, INTERNAL_PREFIX};
 use cachegate::store::glob::glob_match;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 use std::sync::OnceLock;
 use std::time::Duration;
+use toml::Spanned;
 
 const REGEXES: &[&str] = &[
     r"^/api/v1/tasks/(?P<task_id>[^/]+)$",
@@ -80,17 +80,16 @@ fn literal_text(t: &str) -> String {
     out
 }
 
-fn cache_config() -> CacheConfig {
-    CacheConfig {
-        default_ttl: Duration::from_secs(300),
-        key_prefix: String::new(),
+fn defaults() -> RuleDefaults {
+    RuleDefaults {
+        ttl: Duration::from_secs(300),
         max_body_bytes: 1 << 20,
         max_key_bytes: MAX_KEY_BYTES,
-        credential_headers: Vec::new(),
-        scope_secret: None,
-        store_timeout: Duration::from_millis(100),
-        coalesce_timeout: Duration::from_millis(100),
     }
+}
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -163,38 +162,35 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The same template in a compiled rule set.
-    let rule = RuleConfig {
-        name: "fuzz".into(),
-        methods: vec!["GET".into(), "HEAD".into()],
-        methods_span: 0..0,
-        path: re.as_str().into(),
-        path_span: 0..0,
-        key: template.into(),
-        key_span: 0..0,
+    let rule = RawRule {
+        name: spanned("fuzz".into()),
+        methods: Some(spanned(vec!["GET".into(), "HEAD".into()])),
+        path: spanned(re.as_str().into()),
+        key: spanned(template.into()),
         ttl: None,
         max_ttl: None,
         default_ttl: None,
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::ZERO,
-        statuses: vec![200],
-        ttl_by_status: Vec::new(),
-        scope: Scope::Public,
+        stale_while_revalidate: None,
+        stale_if_error: None,
+        statuses: None,
+        scope: Some(spanned("public".into())),
         max_body_bytes: None,
-        tags: vec![(template.into(), 0..0)],
+        ttl_by_status: None,
+        tags: vec![spanned(template.into())],
+        duplicate_inputs: None,
     };
-    let invalidate = InvalidateConfig {
-        name: "fuzz".into(),
-        methods: vec!["POST".into()],
-        methods_span: 0..0,
-        path: re.as_str().into(),
-        path_span: 0..0,
-        keys: vec![(template.into(), 0..0)],
-        patterns: vec![(template.into(), 0..0)],
-        tags: vec![(template.into(), 0..0)],
-        when: When::Success,
-        soft: false,
+    let invalidate = RawInvalidate {
+        name: spanned("fuzz".into()),
+        methods: Some(spanned(vec!["POST".into()])),
+        path: spanned(re.as_str().into()),
+        keys: vec![spanned(template.into())],
+        patterns: vec![spanned(template.into())],
+        tags: vec![spanned(template.into())],
+        when: Some(spanned("success".into())),
+        soft: None,
+        purge_credential: None,
     };
-    let set = match RuleSet::compile(&[rule], &[invalidate], &cache_config()) {
+    let set = match RuleSet::compile(&[rule], &[invalidate], &defaults()) {
         Ok(set) => set,
         Err(e) => {
             assert!(

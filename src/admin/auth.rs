@@ -3,13 +3,10 @@
 
 use crate::config::{AdminScope, AdminToken};
 use http::{header, HeaderMap};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The SHA-256 of a token, as `[[admin.tokens]] sha256` holds it.
-pub fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+pub use crate::config::hash_token;
 
 /// A new random token (URL-safe) and its hash in hex. It never starts with
 /// `-` (one in 64 did), which a command line would read as a flag

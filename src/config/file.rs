@@ -2,6 +2,7 @@
 //! values that are validated after parsing. Unknown keys are errors so that
 //! a typo never silently falls back to a default.
 
+use crate::rules::{RawInvalidate, RawRule};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -108,52 +109,6 @@ pub struct RawCache {
     pub coalesce_timeout_ms: Option<u64>,
     pub credential_max_ttl: Option<u64>,
     pub purge_journal: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub name: Spanned<String>,
-    pub methods: Option<Spanned<Vec<String>>>,
-    pub path: Spanned<String>,
-    pub key: Spanned<String>,
-    pub ttl: Option<Spanned<RawTtl>>,
-    pub max_ttl: Option<Spanned<i64>>,
-    pub default_ttl: Option<Spanned<i64>>,
-    pub stale_while_revalidate: Option<Spanned<i64>>,
-    pub stale_if_error: Option<Spanned<i64>>,
-    pub statuses: Option<Spanned<Vec<u16>>>,
-    pub scope: Option<Spanned<String>>,
-    pub max_body_bytes: Option<usize>,
-    pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
-    #[serde(default)]
-    pub tags: Vec<Spanned<String>>,
-    pub duplicate_inputs: Option<Spanned<String>>,
-}
-
-/// `ttl = 300` or `ttl = "origin"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawTtl {
-    Seconds(i64),
-    Word(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawInvalidate {
-    pub name: Spanned<String>,
-    pub methods: Option<Spanned<Vec<String>>>,
-    pub path: Spanned<String>,
-    #[serde(default)]
-    pub keys: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub patterns: Vec<Spanned<String>>,
-    #[serde(default)]
-    pub tags: Vec<Spanned<String>>,
-    pub when: Option<Spanned<String>>,
-    pub soft: Option<bool>,
-    pub purge_credential: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,7 +2,9 @@
 //! backend and how each is kept from changing a shared answer.
 
 use super::error::ConfigError;
-use super::{Config, RuleConfig};
+use super::Config;
+pub use crate::rules::DuplicateInputs;
+use crate::rules::RawRule;
 use crate::rules::RuleSet;
 use std::ops::Range;
 use toml::Spanned;
@@ -97,33 +99,10 @@ pub(super) fn header_names(
         .collect()
 }
 
-/// What a request gets whose query or headers give an input the rule's
-/// key reads more than once (`[[rule]] duplicate_inputs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DuplicateInputs {
-    /// Forwarded uncached: neither served from nor stored into the cache.
-    #[default]
-    Bypass,
-    /// Only the first occurrence is kept, for the key and the backend alike.
-    First,
-    /// A JSON 400.
-    Reject,
-}
-
-impl DuplicateInputs {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DuplicateInputs::Bypass => "bypass",
-            DuplicateInputs::First => "first",
-            DuplicateInputs::Reject => "reject",
-        }
-    }
-}
-
 /// A key or tag that reads a header with `_` in its name while such headers
 /// are dropped on arrival would never see it: an error at the rule's key.
 pub(super) fn check_dropped_key_headers(
-    configs: &[RuleConfig],
+    raw: &[RawRule],
     rules: &RuleSet,
     underscores_in_headers: bool,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
@@ -131,38 +110,19 @@ pub(super) fn check_dropped_key_headers(
     if underscores_in_headers {
         return Ok(());
     }
-    for (config, rule) in configs.iter().zip(&rules.cache) {
+    for (config, rule) in raw.iter().zip(&rules.cache) {
         if let Some(name) = rule.inputs.headers.iter().find(|h| h.as_str().contains('_')) {
             return Err(at(
-                config.key_span.clone(),
+                config.key.span(),
                 format!(
                     "rule {:?} reads the header {name:?}, but headers with '_' in their name are dropped on arrival; \
                      name it with '-', or set [server] underscores_in_headers = true",
-                    config.name
+                    config.name.get_ref()
                 ),
             ));
         }
     }
     Ok(())
-}
-
-/// `duplicate_inputs = "bypass" | "first" | "reject"`.
-pub(super) fn duplicate_inputs(
-    raw: &Option<Spanned<String>>,
-    at: &dyn Fn(Range<usize>, String) -> ConfigError,
-) -> Result<DuplicateInputs, ConfigError> {
-    let Some(v) = raw else {
-        return Ok(DuplicateInputs::default());
-    };
-    match v.get_ref().as_str() {
-        "bypass" => Ok(DuplicateInputs::Bypass),
-        "first" => Ok(DuplicateInputs::First),
-        "reject" => Ok(DuplicateInputs::Reject),
-        other => Err(at(
-            v.span(),
-            format!("unknown duplicate_inputs {other:?}; expected bypass, first or reject"),
-        )),
-    }
 }
 
 impl Config {

@@ -5,20 +5,22 @@
 //! is reported as `file:line:col: message`. The result is a [`Config`] whose
 //! values are all resolved; nothing downstream looks at the raw file again.
 
+mod admin;
 mod error;
 mod file;
 mod inputs;
 pub mod redis_url;
 mod resolve;
+mod settings;
 mod warm;
 
+pub use admin::{hash_token, AdminConfig, AdminScope, AdminToken};
 pub use error::ConfigError;
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
-pub use resolve::{
-    AccessLogConfig, AdminConfig, AdminScope, AdminToken, BackendConfig, CacheConfig, Config, Consistency, Edition,
-    InvalidateConfig, MemoryConfig, Overrides, RedisConfig, RuleConfig, Scope, ServerConfig, StoreKind, TierConfig,
-    TtlMode, When,
+pub use settings::{
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Overrides, RedisConfig,
+    Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
 };
 pub use warm::{check_path, parse_path_list, WarmConfig, MAX_CONCURRENCY as MAX_WARM_CONCURRENCY};
 

@@ -4,13 +4,16 @@
 //! request path only runs [`RuleSet::match_cache`] and
 //! [`RuleSet::match_invalidate`] and renders templates into strings.
 
+mod compile;
+mod file;
+pub mod glob;
 mod inputs;
 mod template;
 
+pub use file::{DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleDefaults, Scope, TtlMode, When};
 pub use inputs::KeyInputs;
 pub use template::{glob_escape, query_param, RequestView, Template};
 
-use crate::config::{CacheConfig, DuplicateInputs, InvalidateConfig, RuleConfig, Scope, TtlMode, When};
 use http::Method;
 use regex::{Captures, Regex};
 use std::fmt;
@@ -100,84 +103,6 @@ pub struct Matched<'r, 'p, R> {
 pub const INTERNAL_PREFIX: &str = "__cg:";
 
 impl RuleSet {
-    pub fn compile(
-        rules: &[RuleConfig],
-        invalidations: &[InvalidateConfig],
-        cache: &CacheConfig,
-    ) -> Result<RuleSet, RuleError> {
-        let mut set = RuleSet {
-            max_key_bytes: cache.max_key_bytes,
-            ..RuleSet::default()
-        };
-        for r in rules {
-            let methods = parse_methods(&r.methods, &r.methods_span, true)?;
-            let path = compile_regex(&r.path, &r.path_span)?;
-            let key = Template::parse(&r.key, &path, false).map_err(|m| err(&r.key_span, m))?;
-            let tags = r
-                .tags
-                .iter()
-                .map(|(t, span)| Template::parse(t, &path, false).map_err(|m| err(span, m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            if r.key.starts_with(INTERNAL_PREFIX) {
-                return Err(err(
-                    &r.key_span,
-                    format!("keys may not start with {INTERNAL_PREFIX:?}, which cachegate keeps for itself"),
-                ));
-            }
-            let inputs = KeyInputs::of(std::iter::once(&key).chain(&tags));
-            set.cache.push(CacheRule {
-                index: set.cache.len(),
-                inputs,
-                duplicate_inputs: r.duplicate_inputs,
-                name: r.name.clone(),
-                methods,
-                path,
-                key,
-                ttl: r.ttl.unwrap_or(TtlMode::Fixed(cache.default_ttl)),
-                max_ttl: r.max_ttl,
-                default_ttl: r.default_ttl,
-                stale_while_revalidate: r.stale_while_revalidate,
-                stale_if_error: r.stale_if_error,
-                statuses: r.statuses.clone(),
-                ttl_by_status: r.ttl_by_status.clone(),
-                scope: r.scope,
-                max_body_bytes: r.max_body_bytes.unwrap_or(cache.max_body_bytes),
-                tags,
-            });
-        }
-        for i in invalidations {
-            let methods = parse_methods(&i.methods, &i.methods_span, false)?;
-            let path = compile_regex(&i.path, &i.path_span)?;
-            let keys = i
-                .keys
-                .iter()
-                .map(|(k, span)| Template::parse(k, &path, false).map_err(|m| err(span, m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let patterns = i
-                .patterns
-                .iter()
-                .map(|(p, span)| Template::parse(p, &path, true).map_err(|m| err(span, m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            let tags = i
-                .tags
-                .iter()
-                .map(|(t, span)| Template::parse(t, &path, false).map_err(|m| err(span, m)))
-                .collect::<Result<Vec<_>, _>>()?;
-            set.invalidate.push(InvalidateRule {
-                name: i.name.clone(),
-                methods,
-                path,
-                keys,
-                patterns,
-                tags,
-                when: i.when,
-                soft: i.soft,
-                purge_credential: i.purge_credential,
-            });
-        }
-        Ok(set)
-    }
-
     /// The first cache rule whose methods and path match.
     pub fn match_cache<'r, 'p>(&'r self, method: &Method, path: &'p str) -> Option<Matched<'r, 'p, CacheRule>> {
         self.cache.iter().find_map(|rule| {
@@ -216,37 +141,6 @@ impl RuleSet {
         let usable = !key.is_empty() && !key.starts_with(INTERNAL_PREFIX) && key_len <= self.max_key_bytes;
         usable.then_some(key)
     }
-}
-
-fn err(span: &Range<usize>, message: impl Into<String>) -> RuleError {
-    RuleError {
-        span: span.clone(),
-        message: message.into(),
-    }
-}
-
-fn compile_regex(src: &str, span: &Range<usize>) -> Result<Regex, RuleError> {
-    Regex::new(src).map_err(|e| err(span, format!("invalid path regex: {e}")))
-}
-
-fn parse_methods(methods: &[String], span: &Range<usize>, cacheable_only: bool) -> Result<Vec<Method>, RuleError> {
-    if methods.is_empty() {
-        return Err(err(span, "methods must not be empty"));
-    }
-    methods
-        .iter()
-        .map(|m| {
-            let method =
-                Method::from_bytes(m.as_bytes()).map_err(|_| err(span, format!("{m:?} is not an HTTP method")))?;
-            if cacheable_only && method != Method::GET && method != Method::HEAD {
-                return Err(err(
-                    span,
-                    format!("only GET and HEAD responses are cached; {m} cannot be in a [[rule]]"),
-                ));
-            }
-            Ok(method)
-        })
-        .collect()
 }
 
 impl fmt::Display for RuleSet {
@@ -401,7 +295,7 @@ mod tests {
         // ...so its pattern is kept, though 104 bytes once glob-escaped.
         let pattern = render(&set, "s:{query.q}:*", &format!("q={q}"), true).unwrap();
         assert_eq!(pattern.len(), 2 + 100 + 2);
-        assert!(crate::store::glob::glob_match(pattern.as_bytes(), key.as_bytes()));
+        assert!(super::glob::glob_match(pattern.as_bytes(), key.as_bytes()));
         // A pattern whose shortest match is too long for any key is dropped,
         // and so is a key or tag over the limit.
         let long = "-".repeat(62);

@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn patterns_encode_then_glob_escape_and_match_only_their_keys() {
-        use crate::store::glob::glob_match;
+        use crate::rules::glob::glob_match;
         let key = |q: &str| render_q("search:{query.q}:{query.page}", &format!("q={q}&page=1"), false).unwrap();
         let pattern = |q: &str| render_q("search:{query.q}:*", &format!("q={q}"), true).unwrap();
         assert_eq!(pattern("a%3A*"), r"search:a%3A\*:*");

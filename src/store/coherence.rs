@@ -19,9 +19,9 @@
 //!
 //! `[tier] consistency = "eventual"` runs none of this.
 
+use super::coherence_metrics::CoherenceMetrics;
 use super::redis::RedisStore;
 use crate::config::RedisConfig;
-use crate::metrics::CoherenceMetrics;
 use crate::rules::INTERNAL_PREFIX;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;

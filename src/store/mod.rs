@@ -18,8 +18,10 @@
 //! before a purge that covers it is never stored.
 
 pub mod coherence;
+pub mod coherence_metrics;
 pub mod entry;
-pub mod glob;
+// Redis glob matching lives with the rules that write the patterns.
+pub use crate::rules::glob;
 pub mod memory;
 pub mod redis;
 mod redis_cluster;

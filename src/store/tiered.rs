@@ -19,11 +19,11 @@
 //! answered.
 
 use super::coherence::{Coherence, Signals};
+use super::coherence_metrics::CoherenceMetrics;
 use super::entry::Entry;
 use super::redis::RedisStore;
 use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
 use crate::config::{Consistency, RedisConfig, TierConfig};
-use crate::metrics::CoherenceMetrics;
 use crate::rules::INTERNAL_PREFIX;
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,115 @@
+//! The `[[rule]]` and `[[invalidate]]` tables as proxy.toml spells them
+//! (serde shapes, with the spans an error points at), and the settings they
+//! choose between. [`super::RuleSet::compile`] turns them into the compiled
+//! rules; there is no shape in between.
+
+use serde::Deserialize;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub methods: Option<Spanned<Vec<String>>>,
+    pub path: Spanned<String>,
+    pub key: Spanned<String>,
+    pub ttl: Option<Spanned<RawTtl>>,
+    pub max_ttl: Option<Spanned<i64>>,
+    pub default_ttl: Option<Spanned<i64>>,
+    pub stale_while_revalidate: Option<Spanned<i64>>,
+    pub stale_if_error: Option<Spanned<i64>>,
+    pub statuses: Option<Spanned<Vec<u16>>>,
+    pub scope: Option<Spanned<String>>,
+    pub max_body_bytes: Option<usize>,
+    pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    pub duplicate_inputs: Option<Spanned<String>>,
+}
+
+/// `ttl = 300` or `ttl = "origin"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawTtl {
+    Seconds(i64),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInvalidate {
+    pub name: Spanned<String>,
+    pub methods: Option<Spanned<Vec<String>>>,
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub keys: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub patterns: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    pub when: Option<Spanned<String>>,
+    pub soft: Option<bool>,
+    pub purge_credential: Option<bool>,
+}
+
+/// What the rules take from the rest of the config: the defaults a rule may
+/// leave out, and the key length limit.
+#[derive(Debug, Clone)]
+pub struct RuleDefaults {
+    /// `[redis] default_ttl`: a rule's TTL when it names none.
+    pub ttl: Duration,
+    pub max_body_bytes: usize,
+    pub max_key_bytes: usize,
+}
+
+/// Who may share a cached response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Entries are kept apart per credential (Authorization / Cookie).
+    Credential,
+    /// One entry serves every caller.
+    Public,
+}
+
+/// When an invalidation rule purges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Only after a 2xx answer.
+    Success,
+    /// After any answer, a failed or timed-out backend included (the
+    /// default: a write whose outcome is unknown may have committed).
+    Always,
+}
+
+/// Where a rule's freshness comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlMode {
+    /// The operator's fixed TTL, whatever the backend says about freshness.
+    Fixed(Duration),
+    /// The backend's `s-maxage` / `max-age` / `Expires`.
+    Origin,
+}
+
+/// What a request gets whose query or headers give an input the rule's
+/// key reads more than once (`[[rule]] duplicate_inputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicateInputs {
+    /// Forwarded uncached: neither served from nor stored into the cache.
+    #[default]
+    Bypass,
+    /// Only the first occurrence is kept, for the key and the backend alike.
+    First,
+    /// A JSON 400.
+    Reject,
+}
+
+impl DuplicateInputs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicateInputs::Bypass => "bypass",
+            DuplicateInputs::First => "first",
+            DuplicateInputs::Reject => "reject",
+        }
+    }
+}
