@@ -1,5 +1,8 @@
-//! The listener: accepts connections, serves HTTP/1.1 with hyper, hands each
-//! request to the [`Gateway`], and shuts down gracefully.
+//! The listeners: serve HTTP/1.1 with hyper (`accept.rs`), route the admin
+//! paths to `crate::admin` and every other request to the [`Gateway`], and
+//! shut down gracefully.
+
+pub mod accept;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -106,8 +109,8 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let (stop, stopped) = watch::channel(false);
     // [warm]: in the background; readiness may wait for it.
     crate::warm::spawn_at_start(live.clone(), stopped.clone());
-    let main = tokio::spawn(accept_loop(listener, live.clone(), stopped.clone(), Role::Main));
-    let admin = admin_listener.map(|l| tokio::spawn(accept_loop(l, live.clone(), stopped, Role::Admin)));
+    let main = tokio::spawn(listen(listener, live.clone(), stopped.clone(), Role::Main));
+    let admin = admin_listener.map(|l| tokio::spawn(listen(l, live.clone(), stopped, Role::Admin)));
     let task = tokio::spawn(async move {
         let _ = main.await;
         if let Some(admin) = admin {
@@ -124,7 +127,7 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     })
 }
 
-async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch::Receiver<bool>, role: Role) {
+async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver<bool>, role: Role) {
     // Connection settings come from the first config: a reload keeps them
     // (crate::reload lists them as restart-only).
     let first = live.gateway();
@@ -141,24 +144,10 @@ async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
         .max_buf_size(head_buffer)
         .max_headers(server.max_headers + 1);
     let builder = Arc::new(builder);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    accept::accept_loop(listener, stopped, move |stream, peer, stop| {
         let live = live.clone();
         let builder = builder.clone();
-        let mut stop_conn = stopped.clone();
-        connections.spawn(async move {
+        async move {
             let from = ClientInfo { addr: peer };
             // Ambiguous framing is refused before hyper reads it (see
             // proxy/framing.rs); the verdicts come in request order.
@@ -186,25 +175,12 @@ async fn accept_loop(listener: TcpListener, live: Arc<Live>, mut stopped: watch:
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stop_conn.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            if let Err(e) = accept::serve_http1(&builder, TokioIo::new(stream), service, stop).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-        // Reap finished connection tasks so the set does not grow.
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
+        }
+    })
+    .await
 }
 
 /// A request on the main listener: admitted, then the admin routes (unless
