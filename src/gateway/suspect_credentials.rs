@@ -1,7 +1,7 @@
 //! Credential detection that fails safe.
 //!
 //! The listed `[cache] credential_headers` give a request a scope of its
-//! own (`cache/scope.rs`). A backend may know callers by another header
+//! own (`gateway/scope.rs`). A backend may know callers by another header
 //! (`X-Tenant-Token`, `X-My-Api-Key`): a request carrying a header whose
 //! name looks like a credential (contains `auth`, `token`, `key`,
 //! `session` or `secret`) that is neither listed as a credential nor as a

@@ -10,7 +10,7 @@
 //!
 //! With `[backend] preserve_host = true` the client's `Host` is forwarded,
 //! and its [`normalized`] form becomes part of every entry's identity
-//! (`cache/implicit.rs`).
+//! (`gateway/implicit.rs`).
 
 use http::header::{self, HeaderMap, HeaderValue};
 

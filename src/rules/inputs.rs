@@ -5,7 +5,7 @@
 //! Django: `?q=a&q=evil` answers for `evil`) or join them (`X-Lang: en` and
 //! `X-Lang: evil` read as `en,evil`). Either way its answer would be stored
 //! under the first value's key, for everyone who asks for that value. So a
-//! request that repeats a keyed input is ambiguous (`cache/inputs.rs`
+//! request that repeats a keyed input is ambiguous (`gateway/inputs.rs`
 //! decides what it gets). Names are compared the way the key reads them:
 //! query names percent-decoded (`%71` is `q`), header names without case.
 

@@ -135,7 +135,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many times the store came back after being unreachable (cheap;
     /// no I/O). A read that sees this move knows an outage just ended, even
-    /// before any background task does (`cache/pending_purges.rs`).
+    /// before any background task does (`gateway/pending_purges.rs`).
     fn outages(&self) -> u64 {
         0
     }
@@ -226,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     /// Announces (`Some(mark)`, renewed while it lasts) or withdraws
     /// (`None`) that `instance` has purges not yet applied; `mark` is opaque
     /// here (the gateway's JSON: until when, and which purges;
-    /// `cache/pending_purges.rs`). A store no other instance shares has
+    /// `gateway/pending_purges.rs`). A store no other instance shares has
     /// nobody to tell.
     async fn mark_repairing(&self, _instance: &str, _mark: Option<&str>) -> StoreResult<()> {
         Ok(())

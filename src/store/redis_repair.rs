@@ -1,6 +1,6 @@
 //! The fleet's repairing marks in Redis: a hash with a field per instance
 //! that has purges not yet applied, holding what the gateway wrote (when the
-//! mark lapses, and the purges). See `cache/pending_purges.rs`.
+//! mark lapses, and the purges). See `gateway/pending_purges.rs`.
 //!
 //! On a single Redis the hash is `{prefix}__cg:repair`. On a cluster there
 //! is one such hash on every primary (`…__cg:repair:<n>`, `n` chosen so the

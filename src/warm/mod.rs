@@ -328,7 +328,7 @@ async fn warm_one(gateway: &Arc<Gateway>, path: &str, headers: &HeaderMap) -> Pa
     report(verdict, reason, Some(status))
 }
 
-/// Sorts an answer by its status and `Cache-Status` (see `cache/status.rs`
+/// Sorts an answer by its status and `Cache-Status` (see `src/outcome.rs`
 /// for what the gateway writes there).
 fn classify(status: u16, cache_status: Option<&str>, body_ok: bool) -> (Verdict, Option<String>) {
     use Verdict::*;
