@@ -43,8 +43,9 @@ use crate::proxy::{self, Body, ClientInfo, ForwardError, Forwarder};
 use crate::rules::{CacheRule, RequestView};
 use crate::store::entry::{now_ms, Entry, Lifetime};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
-use crate::store::tiered::TieredStore;
+use crate::store::protocol::Protocol;
+use crate::store::redis::{RedisBackend, RedisSettings};
+use crate::store::tiered::{Tier, TierSettings};
 use crate::store::{FillGuard, Store, StoreError, StoreResult};
 use crate::BoxError;
 use coalesce::{HeldFillLock, Inflight, Leader, Role, Shared};
@@ -141,28 +142,28 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = match (&config.store, &config.redis) {
             (StoreKind::Redis, Some(redis)) => {
-                let store = RedisStore::connect(
-                    redis,
-                    &config.cache.key_prefix,
-                    config.cache.store_timeout,
+                let settings = RedisSettings {
+                    prefix: &config.cache.key_prefix,
+                    timeout: config.cache.store_timeout,
                     tombstone_ttl,
-                    Duration::from_secs(2),
-                    config.cache.scope_secret.as_deref(),
-                )
-                .await?;
+                    connect_wait: Duration::from_secs(2),
+                    share_secret: config.cache.scope_secret.is_none(),
+                };
+                let backend = RedisBackend::connect(redis, settings).await?;
+                let store = Protocol::over(backend.clone(), config.cache.scope_secret.as_deref());
                 if config.tier.enabled && !config.tier_in_use() {
                     tracing::info!(target: "cachegate::store", "in-process tier is off on a Redis Cluster (client tracking cannot follow every primary)");
                 }
                 if config.tier_in_use() {
-                    Arc::new(TieredStore::new(
-                        store,
+                    let settings = TierSettings {
                         redis,
-                        &config.cache.key_prefix,
-                        &config.tier,
-                        metrics.coherence(),
-                    )?)
+                        prefix: &config.cache.key_prefix,
+                        tier: &config.tier,
+                        metrics: metrics.coherence(),
+                    };
+                    Arc::new(store.with_tier(Tier::start(backend, settings)?))
                 } else {
-                    store
+                    Arc::new(store)
                 }
             }
             _ => Arc::new(MemoryStore::new(
