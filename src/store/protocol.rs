@@ -77,6 +77,14 @@ impl<B: Backend> Protocol<B> {
         }
     }
 
+    /// After a tag or scope purge: the keys it purged were dropped from the
+    /// tier one by one, unless there were too many, or it failed partway.
+    fn after_index_purge(&self, purged: &StoreResult<u64>, keys: usize) {
+        if purged.is_err() || keys > TIER_DROP_LIST {
+            self.drop_tier();
+        }
+    }
+
     fn drop_tier(&self) {
         if let Some(tier) = &self.tier {
             tier.drop_all();
@@ -84,14 +92,15 @@ impl<B: Backend> Protocol<B> {
     }
 
     /// Walks the keys matching `pattern` page by page, applying `change` to
-    /// each page; returns the sum of the counts.
+    /// each page; returns the sum of the counts. The caller empties the
+    /// tier afterwards (dropping each key of a large walk costs more).
     async fn walk_keys(&self, pattern: &str, keys: Keys, change: Change<'_>) -> StoreResult<u64> {
         let mut changed = 0;
         let mut cursor = B::Cursor::default();
         loop {
             let page = self.backend.scan(pattern, keys, cursor).await?;
             if !page.items.is_empty() {
-                changed += self.change(&page.items, change).await?;
+                changed += self.backend.change(&page.items, change).await?;
             }
             match page.next {
                 Some(next) => cursor = next,
@@ -101,9 +110,9 @@ impl<B: Backend> Protocol<B> {
     }
 
     /// Walks an index page by page: applies the walk's change to the
-    /// members due and not changed yet (`done`), then, when asked, drops
-    /// the members read (after the change: a purge that fails leaves them
-    /// findable).
+    /// members due and not changed yet (`done`), drops them from the tier,
+    /// then, when asked, drops the members read from the index (after the
+    /// change: a purge that fails leaves them findable).
     async fn walk_index(&self, walk: IndexWalk<'_>, done: &mut HashSet<String>) -> StoreResult<u64> {
         let mut changed = 0;
         let mut cursor = B::Cursor::default();
@@ -115,7 +124,11 @@ impl<B: Backend> Protocol<B> {
                 .map(|m: &Member| m.key.clone())
                 .collect();
             if !due.is_empty() {
-                changed += self.change(&due, walk.change).await?;
+                changed += self.backend.change(&due, walk.change).await?;
+                // Past TIER_DROP_LIST keys the caller empties the tier.
+                if done.len() <= TIER_DROP_LIST {
+                    self.drop_from_tier(&due);
+                }
             }
             if walk.unindex && !items.is_empty() {
                 self.backend.unindex(walk.index, items).await?;
@@ -127,6 +140,10 @@ impl<B: Backend> Protocol<B> {
         }
     }
 }
+
+/// An index purge drops the keys it purged from the tier one by one, up to
+/// this many; past it, or when it fails, the whole tier.
+const TIER_DROP_LIST: usize = 10_000;
 
 /// What a purge does with an index it walks.
 struct IndexWalk<'a> {
@@ -250,18 +267,23 @@ impl<B: Backend> Store for Protocol<B> {
         // one of the tags. A key under several of them is purged once.
         self.backend.bump_epoch().await?;
         let mut done = HashSet::new();
-        let mut purged = 0;
-        for tag in tags {
-            let walk = IndexWalk {
-                index: Index::Tag(tag),
-                change: purge_change(soft),
-                live_only: true,
-                // A soft purge keeps the keys findable by the next one.
-                unindex: !soft,
-            };
-            purged += self.walk_index(walk, &mut done).await?;
+        let purged = async {
+            let mut purged = 0;
+            for tag in tags {
+                let walk = IndexWalk {
+                    index: Index::Tag(tag),
+                    change: purge_change(soft),
+                    live_only: true,
+                    // A soft purge keeps the keys findable by the next one.
+                    unindex: !soft,
+                };
+                purged += self.walk_index(walk, &mut done).await?;
+            }
+            Ok(purged)
         }
-        Ok(purged)
+        .await;
+        self.after_index_purge(&purged, done.len());
+        purged
     }
 
     async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
@@ -273,7 +295,10 @@ impl<B: Backend> Store for Protocol<B> {
             live_only: false,
             unindex: true,
         };
-        self.walk_index(walk, &mut HashSet::new()).await
+        let mut done = HashSet::new();
+        let purged = self.walk_index(walk, &mut done).await;
+        self.after_index_purge(&purged, done.len());
+        purged
     }
 
     async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
