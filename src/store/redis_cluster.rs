@@ -44,12 +44,6 @@ pub const PENDING_PREFIX: &str = "__pend:";
 /// Returns the record's TTL in ms, or -1 when the generation moved or the
 /// incarnation ended (a purge, or an eviction, since the lookup).
 pub const RESERVE_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[5] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[5] then return -1 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return -1 end
 -- A record holding no entry yet (a guard's, a tombstone) takes this
@@ -67,10 +61,6 @@ return pttl
 /// Step 4. KEYS[1] record; ARGV: field, token, value, generation. Stores
 /// only if the marker still holds the token and the generation is the same.
 pub const COMMIT_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 local pend = '__pend:' .. ARGV[1]
 if redis.call('HGET', KEYS[1], pend) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], pend)

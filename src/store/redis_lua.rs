@@ -4,6 +4,7 @@
 //! members; the cluster's fill steps are in `redis_cluster.rs`, the fill
 //! lock's in `redis_lock.rs`. Which records a purge changes, and when the
 //! epoch moves, is the protocol's (`protocol.rs`), never a script's.
+//! Every script that reads a generation or an epoch starts with `NUM_LUA`.
 
 use fred::types::scripts::Script;
 
@@ -25,21 +26,37 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Scripts {
         use super::redis_cluster::{ABORT_LUA, COMMIT_LUA, RESERVE_LUA, TAG_ADD_LUA};
+        let lua = |parts: &[&str]| Script::from_lua(parts.concat());
         Scripts {
-            fill: Script::from_lua(FILL_LUA),
-            guard: Script::from_lua(GUARD_LUA),
-            drop: Script::from_lua(PURGE_LUA),
-            stale: Script::from_lua(SOFT_PURGE_LUA),
-            unscope: Script::from_lua(UNSCOPE_LUA),
-            untag: Script::from_lua(UNTAG_LUA),
-            touch: Script::from_lua(TOUCH_LUA),
-            reserve: Script::from_lua(RESERVE_LUA),
-            commit: Script::from_lua(COMMIT_LUA),
-            abort: Script::from_lua(ABORT_LUA),
-            tag_add: Script::from_lua(TAG_ADD_LUA),
+            fill: lua(&[NUM_LUA, REPLACE_FOREIGN_LUA, FILL_LUA]),
+            guard: lua(&[NUM_LUA, GUARD_LUA]),
+            drop: lua(&[NUM_LUA, PURGE_LUA]),
+            stale: lua(&[NUM_LUA, SOFT_PURGE_LUA]),
+            unscope: lua(&[NUM_LUA, UNSCOPE_LUA]),
+            untag: lua(&[UNTAG_LUA]),
+            touch: lua(&[TOUCH_LUA]),
+            reserve: lua(&[NUM_LUA, REPLACE_FOREIGN_LUA, RESERVE_LUA]),
+            commit: lua(&[NUM_LUA, COMMIT_LUA]),
+            abort: lua(&[ABORT_LUA]),
+            tag_add: lua(&[TAG_ADD_LUA]),
         }
     }
 }
+
+/// How every script reads a generation or an epoch (`num`): 1 to 15 ASCII
+/// digits, anything else 0, as `redis::to_u64` does.
+const NUM_LUA: &str = r#"
+local function num(v)
+  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
+  return 0
+end
+"#;
+
+/// A write replaces a foreign value (not a hash) under the record's key.
+const REPLACE_FOREIGN_LUA: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
+"#;
 
 /// Stores `value` under `field` only if the key's generation and the purge
 /// epoch are what the fill's lookup saw. A foreign value under the key
@@ -50,12 +67,6 @@ impl Scripts {
 /// fill stores only into that incarnation (`__inc`, see `GUARD_LUA`): a
 /// purge or an eviction of the record since the guard ended it.
 const FILL_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[8] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[8] then return 0 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return 0 end
 if num(redis.call('GET', KEYS[2])) ~= tonumber(ARGV[5]) then return 0 end
@@ -87,10 +98,6 @@ return 1
 /// cluster, where it lives in another slot: read apart). A foreign value
 /// under the key is not touched (incarnation '0'; the fill replaces it).
 const GUARD_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 local epoch = 0
 if KEYS[2] then epoch = num(redis.call('GET', KEYS[2])) end
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -110,10 +117,6 @@ return {num(redis.call('HGET', KEYS[1], '__gen')), epoch, inc}
 /// after ARGV[2] ms), as a hard purge leaves, so a fill in flight for it
 /// cannot store either. Returns 1 when the key held an entry.
 const SOFT_PURGE_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'hash' then
   if t ~= 'none' then redis.call('DEL', KEYS[1]) end
@@ -139,10 +142,6 @@ return had
 /// generation, so fills that started before this purge will not store.
 /// Returns 1 when the key held an entry.
 const PURGE_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 local t = redis.call('TYPE', KEYS[1])['ok']
 local had = 0
 local g = 0
@@ -182,10 +181,6 @@ return removed
 /// (expiring after ARGV[2] ms), as a key purge leaves. Returns 1 when it
 /// removed an entry.
 const UNSCOPE_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
 local scope = ARGV[1]
 local function ours(f)
