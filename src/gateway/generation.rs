@@ -11,8 +11,9 @@ use crate::config::{Config, StoreKind};
 use crate::metrics::{Metrics, RuleCounters};
 use crate::proxy::Forwarder;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::RedisStore;
-use crate::store::tiered::TieredStore;
+use crate::store::protocol::Protocol;
+use crate::store::redis::{RedisBackend, RedisSettings};
+use crate::store::tiered::{Tier, TierSettings};
 use crate::store::Store;
 use crate::BoxError;
 use std::sync::{Arc, OnceLock};
@@ -137,27 +138,26 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
             config.cache.scope_secret.as_deref(),
         )));
     };
-    let store = RedisStore::connect(
-        redis,
-        &config.cache.key_prefix,
-        config.cache.store_timeout,
+    let settings = RedisSettings {
+        prefix: &config.cache.key_prefix,
+        timeout: config.cache.store_timeout,
         tombstone_ttl,
-        Duration::from_secs(2),
-        config.cache.scope_secret.as_deref(),
-    )
-    .await?;
+        connect_wait: Duration::from_secs(2),
+        share_secret: config.cache.scope_secret.is_none(),
+    };
+    let backend = RedisBackend::connect(redis, settings).await?;
+    let store = Protocol::over(backend.clone(), config.cache.scope_secret.as_deref());
     if config.tier.enabled && !config.tier_in_use() {
         tracing::info!(target: "cachegate::store", "in-process tier is off on a Redis Cluster (client tracking cannot follow every primary)");
     }
     if !config.tier_in_use() {
-        return Ok(store);
+        return Ok(Arc::new(store));
     }
-    let tier = TieredStore::new(
-        store,
+    let settings = TierSettings {
         redis,
-        &config.cache.key_prefix,
-        &config.tier,
-        metrics.coherence(),
-    )?;
-    Ok(Arc::new(tier))
+        prefix: &config.cache.key_prefix,
+        tier: &config.tier,
+        metrics: metrics.coherence(),
+    };
+    Ok(Arc::new(store.with_tier(Tier::start(backend, settings)?)))
 }

@@ -20,7 +20,7 @@
 //! `[tier] consistency = "eventual"` runs none of this.
 
 use super::coherence_metrics::CoherenceMetrics;
-use super::redis::RedisStore;
+use super::redis::RedisBackend;
 use crate::config::RedisConfig;
 use crate::rules::INTERNAL_PREFIX;
 use fred::clients::SubscriberClient;
@@ -211,7 +211,7 @@ impl Coherence {
     /// tier's tracking connection is up: no heartbeat while it is not (a
     /// peer would wait for acknowledgements that cannot come).
     pub fn start(
-        store: &Arc<RedisStore>,
+        store: &Arc<RedisBackend>,
         cfg: &RedisConfig,
         lease: Duration,
         tracking: Arc<AtomicBool>,
@@ -354,7 +354,7 @@ impl Coherence {
     /// purge completed just before this call removed (see the module doc).
     /// `tracking_up`: whether this instance's own tracking connection is
     /// up; without it only the lease's length can be waited out.
-    pub async fn fence(&self, store: &RedisStore, tracking_up: bool) {
+    pub async fn fence(&self, store: &RedisBackend, tracking_up: bool) {
         let started = Instant::now();
         let deadline_nanos = self.math.fence_deadline(self.now());
         let deadline = tokio::time::Instant::from_std(self.origin + Duration::from_nanos(deadline_nanos));
@@ -435,7 +435,7 @@ impl Coherence {
 }
 
 /// Sends a heartbeat every `L/4` while tracking is up, one at a time.
-async fn beat(coherence: Weak<Coherence>, store: Weak<RedisStore>, tracking: Arc<AtomicBool>) {
+async fn beat(coherence: Weak<Coherence>, store: Weak<RedisBackend>, tracking: Arc<AtomicBool>) {
     let Some(every) = coherence.upgrade().map(|c| c.math.beat_every()) else {
         return;
     };
@@ -457,7 +457,7 @@ async fn beat(coherence: Weak<Coherence>, store: Weak<RedisStore>, tracking: Arc
 }
 
 /// Publishes acknowledgements of other instances' fences.
-async fn send_acks(store: Weak<RedisStore>, id: String, mut to_ack: mpsc::UnboundedReceiver<(String, u64)>) {
+async fn send_acks(store: Weak<RedisBackend>, id: String, mut to_ack: mpsc::UnboundedReceiver<(String, u64)>) {
     let mut batch = Vec::new();
     while to_ack.recv_many(&mut batch, 256).await > 0 {
         let Some(store) = store.upgrade() else { return };

@@ -1,8 +1,11 @@
-//! Where cached entries live: one [`Store`] trait, with a Redis
-//! implementation ([`redis::RedisStore`]) and an embedded in-process one
-//! ([`memory::MemoryStore`]).
+//! Where cached entries live. The gateway holds one [`Store`]: the cache
+//! protocol (`protocol.rs`, [`protocol::Protocol`]) on top of a backend's
+//! storage primitives (`backend.rs`, [`backend::Backend`]): the embedded
+//! in-process one (`memory.rs`) or Redis (`redis.rs` and its `redis_*`
+//! files), with, on Redis, the in-process tier in front of its reads
+//! (`tiered.rs`, kept coherent by `coherence.rs`).
 //!
-//! # Data model (the same in both stores)
+//! # Data model (the same on every backend)
 //!
 //! A *logical key* (`task:123`, as rules render it and operators see it) is
 //! one hash-like record holding a *field* per credential scope (and, later,
@@ -10,26 +13,32 @@
 //! Besides its entry fields, a record may hold a generation counter
 //! ([`GEN_FIELD`]); a purge deletes every entry field and bumps the
 //! generation, leaving a short-lived tombstone. A global *purge epoch* is
-//! bumped by every pattern purge.
+//! bumped by every pattern, tag and scope purge and every clear, before it
+//! walks what it covers.
 //!
 //! A fill (storing a response fetched after a miss) carries the
 //! [`FillGuard`] read at lookup time and stores only if neither the key's
-//! generation nor the epoch moved in between, atomically. So a body fetched
-//! before a purge that covers it is never stored.
+//! generation nor the epoch moved in between (nor, on Redis, the record's
+//! incarnation ended), atomically. So a body fetched before a purge that
+//! covers it is never stored.
 
+pub mod backend;
 pub mod coherence;
 pub mod coherence_metrics;
 pub mod entry;
 // Redis glob matching lives with the rules that write the patterns.
 pub use crate::rules::glob;
 pub mod memory;
+mod memory_index;
+pub mod protocol;
 pub mod redis;
 mod redis_cluster;
 pub mod redis_connect;
 mod redis_lock;
+mod redis_lua;
 mod redis_repair;
-mod redis_scope;
 mod redis_shards;
+mod redis_walk;
 pub mod scope_index;
 pub mod tiered;
 
@@ -117,8 +126,9 @@ pub struct StoreInfo {
     pub total_keys: u64,
 }
 
-/// A cache store. Keys passed in are logical keys; a store adds its own
-/// prefix. Implementations must never block the runtime.
+/// The cache as the gateway sees it, implemented once by
+/// [`protocol::Protocol`] over any backend. Keys passed in are logical
+/// keys; a store adds its own prefix. Never blocks the runtime.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// `redis` or `memory`.

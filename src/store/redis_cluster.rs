@@ -1,4 +1,5 @@
-//! The Redis store on a Redis Cluster.
+//! The Redis backend on a Redis Cluster: its fill primitive and the
+//! per-primary parts of its walks.
 //!
 //! A cluster runs a script or a MULTI only when all its keys share one hash
 //! slot, and a record, its tag indexes and the purge epoch live in slots of
@@ -20,14 +21,13 @@
 //! - Keyspace walks (pattern purges, `keys`, `clear`, key counts in stats)
 //!   visit every primary in turn; deletes are grouped by hash slot.
 
+use super::backend::Fill;
 use super::entry::now_ms;
-use super::redis::{parse_info, RedisStore, SCAN_BATCH};
-use super::{FillGuard, StoreError, StoreInfo, StoreResult};
-use bytes::Bytes;
+use super::redis::{parse_info, RedisBackend, SCAN_BATCH};
+use super::{StoreError, StoreInfo, StoreResult};
 use fred::prelude::*;
 use fred::types::scan::ScanType;
 use fred::types::{Key, Value};
-use std::time::Duration;
 
 /// The epoch a guard holds when the primary serving the epoch key was
 /// down as it was read. Every purge that bumps the epoch bumps it first, so
@@ -44,12 +44,6 @@ pub const PENDING_PREFIX: &str = "__pend:";
 /// Returns the record's TTL in ms, or -1 when the generation moved or the
 /// incarnation ended (a purge, or an eviction, since the lookup).
 pub const RESERVE_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'hash' and t ~= 'none' then redis.call('DEL', KEYS[1]) end
 if ARGV[5] ~= '0' and redis.call('HGET', KEYS[1], '__inc') ~= ARGV[5] then return -1 end
 if num(redis.call('HGET', KEYS[1], '__gen')) ~= tonumber(ARGV[4]) then return -1 end
 -- A record holding no entry yet (a guard's, a tombstone) takes this
@@ -67,10 +61,6 @@ return pttl
 /// Step 4. KEYS[1] record; ARGV: field, token, value, generation. Stores
 /// only if the marker still holds the token and the generation is the same.
 pub const COMMIT_LUA: &str = r#"
-local function num(v)
-  if v and #v <= 15 and string.match(v, '^%d+$') then return tonumber(v) end
-  return 0
-end
 local pend = '__pend:' .. ARGV[1]
 if redis.call('HGET', KEYS[1], pend) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], pend)
@@ -102,7 +92,7 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KE
 return 1
 "#;
 
-impl RedisStore {
+impl RedisBackend {
     /// The nodes a keyspace walk visits: `[None]` (the one server), or
     /// every cluster primary, from a freshly synced slot map.
     pub(super) async fn primaries(&self, client: &Client) -> StoreResult<Vec<Option<Server>>> {
@@ -181,18 +171,11 @@ impl RedisStore {
 
     /// A fill on a cluster: reserve, index, check the epoch, commit (see
     /// the module doc).
-    pub(super) async fn fill_across_slots(
-        &self,
-        key: &str,
-        field: &str,
-        value: Bytes,
-        ttl: Duration,
-        guard: FillGuard,
-        tags: &[String],
-    ) -> StoreResult<bool> {
+    pub(super) async fn fill_across_slots(&self, fill: Fill<'_>) -> StoreResult<bool> {
+        let (key, field, guard) = (fill.key, fill.field, fill.guard);
         let record = self.key(key);
         let token = hex::encode(rand::random::<[u8; 12]>());
-        let ttl_ms = ttl.as_millis().max(1) as i64;
+        let ttl_ms = fill.ttl.as_millis().max(1) as i64;
         let args: Vec<Value> = vec![
             field.into(),
             token.as_str().into(),
@@ -205,7 +188,7 @@ impl RedisStore {
         let pttl = self
             .bounded_on(
                 &client,
-                self.run_script(&client, &self.reserve_script, vec![record.clone()], args),
+                self.run_script(&client, &self.scripts.reserve, vec![record.clone()], args),
             )
             .await?;
         if pttl < 0 {
@@ -214,12 +197,13 @@ impl RedisStore {
         let committed: StoreResult<bool> = async {
             let now = now_ms() as i64;
             // Tag indexes and the credential scope's index alike.
-            let adds = self.index_keys(field, tags).into_iter().map(|index| async move {
+            let adds = fill.indexes.iter().map(|index| async move {
+                let index = self.index_key(*index);
                 let args: Vec<Value> = vec![(now + pttl).into(), key.into(), pttl.into(), now.into()];
                 let on = self.on(&index)?;
                 self.bounded_on(
                     &on,
-                    self.run_script(&on, &self.tag_add_script, vec![index.clone()], args),
+                    self.run_script(&on, &self.scripts.tag_add, vec![index.clone()], args),
                 )
                 .await
             });
@@ -234,13 +218,13 @@ impl RedisStore {
             let args: Vec<Value> = vec![
                 field.into(),
                 token.as_str().into(),
-                value.into(),
+                fill.value.into(),
                 (guard.generation as i64).into(),
             ];
             let stored = self
                 .bounded_on(
                     &client,
-                    self.run_script(&client, &self.commit_script, vec![record.clone()], args),
+                    self.run_script(&client, &self.scripts.commit, vec![record.clone()], args),
                 )
                 .await?;
             Ok(stored == 1)
@@ -253,7 +237,7 @@ impl RedisStore {
             let _: StoreResult<i64> = self
                 .bounded_on(
                     &client,
-                    self.run_script(&client, &self.abort_script, vec![record], args),
+                    self.run_script(&client, &self.scripts.abort, vec![record], args),
                 )
                 .await;
         }

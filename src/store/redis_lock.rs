@@ -15,7 +15,7 @@
 //! their expiry; the lock only saves backend requests, correctness never
 //! rests on it (the fill guard does that).
 
-use super::redis::RedisStore;
+use super::redis::RedisBackend;
 use super::StoreResult;
 use crate::store::StoreError;
 use fred::prelude::*;
@@ -97,7 +97,7 @@ impl FillLocks {
     }
 }
 
-impl RedisStore {
+impl RedisBackend {
     /// See the module doc. `Some(token)` when this caller holds the lock.
     pub(super) async fn take_fill_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let lock = self.lock_key(key, field);

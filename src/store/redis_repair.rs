@@ -8,7 +8,7 @@
 //! primary that answers and read from every one, so an announcement made
 //! while one primary is down still reaches the other instances.
 
-use super::redis::RedisStore;
+use super::redis::RedisBackend;
 use super::{StoreError, StoreResult};
 use fred::prelude::*;
 use fred::types::cluster::ClusterRouting;
@@ -16,7 +16,7 @@ use fred::types::cluster::ClusterRouting;
 /// The hash itself goes if no instance renews a mark for this long.
 const HASH_LIFE_MS: i64 = 60_000;
 
-impl RedisStore {
+impl RedisBackend {
     /// The mark hashes: one, or one per cluster primary.
     fn repair_keys(&self) -> Vec<String> {
         let base = format!("{}repair", self.internal_prefix());

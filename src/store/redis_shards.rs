@@ -11,7 +11,7 @@
 //! that answers). Keyspace walks and admin figures stay on the cluster
 //! client.
 
-use super::redis::RedisStore;
+use super::redis::RedisBackend;
 use super::{StoreError, StoreResult};
 use fred::prelude::*;
 use fred::types::cluster::ClusterRouting;
@@ -226,7 +226,7 @@ fn same_map(a: &ClusterRouting, b: &ClusterRouting) -> bool {
             .all(|(x, y)| x.start == y.start && x.end == y.end && x.primary == y.primary)
 }
 
-impl RedisStore {
+impl RedisBackend {
     /// The client for a command on `redis_key`: on a cluster, the primary
     /// serving its slot if that primary is up (else `Unavailable`, whatever
     /// the others' state); otherwise the connected pool client.
@@ -239,7 +239,7 @@ impl RedisStore {
         self.client().map(On::Pool)
     }
 
-    /// [`RedisStore::bounded`] for a command sent through `on`: a timeout
+    /// [`RedisBackend::bounded`] for a command sent through `on`: a timeout
     /// counts against that primary only.
     pub(super) async fn bounded_on<T>(
         &self,
@@ -284,7 +284,7 @@ impl RedisStore {
 
 /// Follows the slot map and probes stalled or unreachable primaries, until
 /// the store is dropped.
-pub(super) async fn follow_cluster(store: std::sync::Weak<RedisStore>) {
+pub(super) async fn follow_cluster(store: std::sync::Weak<RedisBackend>) {
     loop {
         tokio::time::sleep(REFRESH).await;
         let Some(store) = store.upgrade() else { return };

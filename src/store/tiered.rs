@@ -1,6 +1,8 @@
 //! The in-process tier: a bounded in-memory copy of recently read records
-//! in front of the Redis store, kept coherent across every instance by
-//! Redis client-side caching.
+//! in front of the Redis backend, kept coherent across every instance by
+//! Redis client-side caching. The protocol (`protocol.rs`) passes through
+//! it the primitives it changes: reads (answered from the tier, or put in
+//! it), and every write and change of a key (which drop the key).
 //!
 //! A dedicated RESP3 connection runs `CLIENT TRACKING ON BCAST` (on the key
 //! prefix), so Redis pushes the name of every key any client writes; the
@@ -21,11 +23,10 @@
 use super::coherence::{Coherence, Signals};
 use super::coherence_metrics::CoherenceMetrics;
 use super::entry::Entry;
-use super::redis::RedisStore;
-use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
+use super::redis::RedisBackend;
+use super::StoreResult;
 use crate::config::{Consistency, RedisConfig, TierConfig};
 use crate::rules::INTERNAL_PREFIX;
-use async_trait::async_trait;
 use bytes::Bytes;
 use fred::interfaces::TrackingInterface;
 use fred::prelude::*;
@@ -64,12 +65,8 @@ type Fields = Arc<HashMap<String, Held>>;
 /// caller still checks each entry's own freshness on every hit.
 const TIER_IDLE: Duration = Duration::from_secs(300);
 
-/// A tag purge drops the keys it purged from the tier one by one, up to
-/// this many; past it, the whole tier.
-const TAG_DROP_LIST: usize = 10_000;
-
-pub struct TieredStore {
-    inner: Arc<RedisStore>,
+pub struct Tier {
+    inner: Arc<RedisBackend>,
     tier: Cache<String, Fields>,
     /// Whether tracking is established, so the tier may serve.
     tracking: Arc<AtomicBool>,
@@ -138,16 +135,27 @@ impl Invalidator {
     }
 }
 
-impl TieredStore {
-    /// Wraps a connected Redis store; starts the tracking connection (and,
-    /// for read-your-writes, heartbeats and fence acknowledgements).
-    pub fn new(
-        inner: Arc<RedisStore>,
-        cfg: &RedisConfig,
-        prefix: &str,
-        settings: &TierConfig,
-        metrics: CoherenceMetrics,
-    ) -> Result<TieredStore, crate::BoxError> {
+/// How a tier is set up.
+pub struct TierSettings<'a> {
+    /// The Redis the tier tracks (its own RESP3 connection).
+    pub redis: &'a RedisConfig,
+    /// The key prefix tracked.
+    pub prefix: &'a str,
+    pub tier: &'a TierConfig,
+    pub metrics: CoherenceMetrics,
+}
+
+impl Tier {
+    /// A tier in front of a connected Redis backend; starts the tracking
+    /// connection (and, for read-your-writes, heartbeats and fence
+    /// acknowledgements).
+    pub fn start(inner: Arc<RedisBackend>, settings: TierSettings<'_>) -> Result<Tier, crate::BoxError> {
+        let TierSettings {
+            redis: cfg,
+            prefix,
+            tier: settings,
+            metrics,
+        } = settings;
         let tier: Cache<String, Fields> = Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|k: &String, v: &Fields| {
@@ -217,7 +225,7 @@ impl TieredStore {
         }
         tracker.connect();
 
-        let store = TieredStore {
+        let store = Tier {
             inner,
             tier,
             tracking: tracking.clone(),
@@ -249,14 +257,15 @@ impl TieredStore {
     }
 
     /// Drops a key from the tier, as an invalidation would.
-    fn drop_key(&self, key: &str) {
+    pub fn drop_key(&self, key: &str) {
         let now = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         // Noted before the drop, as for a push (see `lookup`).
         self.dropped.insert(key.to_string(), now);
         self.tier.invalidate(key);
     }
 
-    fn drop_all(&self) {
+    /// Drops everything (a pattern purge, a clear).
+    pub fn drop_all(&self) {
         self.cleared_at
             .store(self.seq.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
         self.tier.invalidate_all();
@@ -329,47 +338,31 @@ async fn keep_tracking(tracker: Client, prefix: String, tracking: Arc<AtomicBool
     }
 }
 
-#[async_trait]
-impl Store for TieredStore {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    fn is_up(&self) -> bool {
-        self.inner.is_up()
-    }
-
-    fn outages(&self) -> u64 {
-        self.inner.outages()
-    }
-
-    fn shards(&self) -> Vec<(String, bool)> {
-        self.inner.shards()
-    }
-
-    fn scope_secret(&self) -> Option<Bytes> {
-        self.inner.scope_secret()
-    }
-
-    fn peek(&self, key: &str, field: &str) -> Option<Arc<Entry>> {
+impl Tier {
+    /// An entry held in the tier, already decoded (no I/O).
+    pub fn peek(&self, key: &str, field: &str) -> Option<Arc<Entry>> {
         if !self.serving() {
             return None;
         }
         self.tier.get(key)?.get(field)?.entry.clone()
     }
 
-    async fn lookup(&self, key: &str, field: &str) -> StoreResult<Lookup> {
+    /// A field from the tier; else `read` (the backend's), put in the tier
+    /// unless an invalidation of the key arrived since the read began.
+    pub async fn read_through(
+        &self,
+        key: &str,
+        field: &str,
+        read: impl std::future::Future<Output = StoreResult<Option<Bytes>>>,
+    ) -> StoreResult<Option<Bytes>> {
         if self.serving() {
             if let Some(held) = self.tier.get(key).and_then(|fields| fields.get(field).cloned()) {
-                return Ok(Lookup {
-                    entry: Some(held.raw),
-                    guard: FillGuard::default(),
-                });
+                return Ok(Some(held.raw));
             }
         }
         let since = self.seq.load(Ordering::SeqCst);
-        let lookup = self.inner.lookup(key, field).await?;
-        if let Some(value) = &lookup.entry {
+        let value = read.await?;
+        if let Some(value) = &value {
             if self.filling() && !self.moved_since(key, since) {
                 let mut fields: HashMap<String, Held> = self.tier.get(key).map(|f| (*f).clone()).unwrap_or_default();
                 // A copy of its own: the value fred read is a slice of the
@@ -388,139 +381,14 @@ impl Store for TieredStore {
                 }
             }
         }
-        Ok(lookup)
+        Ok(value)
     }
 
-    async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard> {
-        self.inner.fill_guard(key).await
-    }
-
-    async fn fence(&self) {
+    /// Returns once no other instance can serve, from its tier, an entry a
+    /// purge just removed (`coherence.rs`).
+    pub async fn fence(&self) {
         if let Some(c) = &self.coherence {
             c.fence(&self.inner, self.tracking.load(Ordering::SeqCst)).await;
         }
-    }
-
-    async fn fill(
-        &self,
-        key: &str,
-        field: &str,
-        value: Bytes,
-        ttl: Duration,
-        guard: FillGuard,
-        tags: &[String],
-    ) -> StoreResult<bool> {
-        let stored = self.inner.fill(key, field, value, ttl, guard, tags).await;
-        self.drop_key(key);
-        stored
-    }
-
-    async fn purge_keys(&self, keys: &[String], soft: bool) -> StoreResult<u64> {
-        for k in keys {
-            self.drop_key(k);
-        }
-        let purged = self.inner.purge_keys(keys, soft).await;
-        for k in keys {
-            self.drop_key(k);
-        }
-        purged
-    }
-
-    async fn purge_pattern(&self, pattern: &str, soft: bool) -> StoreResult<u64> {
-        let purged = self.inner.purge_pattern(pattern, soft).await;
-        self.drop_all();
-        purged
-    }
-
-    async fn purge_tags(&self, tags: &[String], soft: bool) -> StoreResult<u64> {
-        // Drop just the keys purged (a write's tag purge must not empty the
-        // whole tier); everything when there were too many to list or the
-        // purge failed partway. After the Redis purge: a read racing it that
-        // puts the old record back is either dropped here or refused by the
-        // sequence check.
-        match self.inner.purge_tags_listing(tags, soft, TAG_DROP_LIST).await {
-            Ok((purged, Some(keys))) => {
-                for key in &keys {
-                    self.drop_key(key);
-                }
-                Ok(purged)
-            }
-            Ok((purged, None)) => {
-                self.drop_all();
-                Ok(purged)
-            }
-            Err(e) => {
-                self.drop_all();
-                Err(e)
-            }
-        }
-    }
-
-    async fn purge_scope(&self, scope: &str) -> StoreResult<u64> {
-        // As a tag purge: drop just the keys touched, or everything.
-        match self.inner.purge_scope_listing(scope, TAG_DROP_LIST).await {
-            Ok((purged, Some(keys))) => {
-                keys.iter().for_each(|key| self.drop_key(key));
-                Ok(purged)
-            }
-            Ok((purged, None)) => {
-                self.drop_all();
-                Ok(purged)
-            }
-            Err(e) => {
-                self.drop_all();
-                Err(e)
-            }
-        }
-    }
-
-    async fn scan_keys(&self, pattern: &str, limit: usize) -> StoreResult<(u64, Vec<String>)> {
-        self.inner.scan_keys(pattern, limit).await
-    }
-
-    async fn record(&self, key: &str) -> StoreResult<Option<Record>> {
-        self.inner.record(key).await
-    }
-
-    async fn clear(&self, pattern: Option<&str>) -> StoreResult<u64> {
-        let cleared = self.inner.clear(pattern).await;
-        self.drop_all();
-        cleared
-    }
-
-    async fn publish_counters(&self, instance: &str, totals: &[(String, i64)]) -> StoreResult<()> {
-        self.inner.publish_counters(instance, totals).await
-    }
-
-    async fn counters(&self) -> StoreResult<Vec<(String, i64)>> {
-        self.inner.counters().await
-    }
-
-    async fn info(&self) -> StoreResult<StoreInfo> {
-        self.inner.info().await
-    }
-
-    async fn mark_repairing(&self, instance: &str, mark: Option<&str>) -> StoreResult<()> {
-        self.inner.mark_repairing(instance, mark).await
-    }
-
-    async fn repairing(&self) -> StoreResult<Vec<(String, String)>> {
-        self.inner.repairing().await
-    }
-
-    async fn try_lock(&self, key: &str, field: &str, ttl: Duration) -> StoreResult<Option<String>> {
-        self.inner.try_lock(key, field, ttl).await
-    }
-
-    async fn unlock(&self, key: &str, field: &str, token: &str) -> StoreResult<()> {
-        self.inner.unlock(key, field, token).await
-    }
-
-    async fn is_locked(&self, key: &str, field: &str) -> StoreResult<bool> {
-        self.inner.is_locked(key, field).await
-    }
-
-    async fn wait_unlocked(&self, key: &str, field: &str, timeout: Duration) {
-        self.inner.wait_unlocked(key, field, timeout).await
     }
 }
