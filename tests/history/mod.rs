@@ -8,8 +8,6 @@
 //! The checker asserts: every GET that started after some PUT's response had
 //! arrived returns a version at least that PUT's.
 
-#![allow(dead_code)]
-
 use crate::common::Client;
 use bytes::Bytes;
 use http::{Request, Response};
