@@ -1,11 +1,10 @@
 //! Admin API helpers: the tokens the tests configure (and the environment
 //! that holds the `token_env` one), an instance's config with them,
-//! authenticated requests, and a parsed `/metrics` scrape.
+//! authenticated requests, and `/metrics` fetched with a token.
 
 #![allow(dead_code)]
 
-use super::{Client, Proxy, RedisServer, Resp, STD_RULES};
-use std::collections::HashMap;
+use super::{Client, Proxy, RedisServer, Resp, Scrape, STD_RULES};
 
 pub const EDITIONS: [&str; 3] = ["community", "business", "enterprise"];
 
@@ -19,18 +18,25 @@ pub const INSPECT_ENV: &str = "CACHEGATE_TEST_INSPECT_TOKEN";
 /// Configured through a variable the env closure does not know: disabled.
 pub const UNSET_ENV: &str = "CACHEGATE_TEST_UNSET_TOKEN";
 
+/// One `[[admin.tokens]]` entry: `token` (given by its `sha256`) with `scopes`.
+pub fn token_toml(name: &str, token: &str, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{}]\n\n",
+        hex::encode(cachegate::admin::hash_token(token)),
+        scopes.join(", ")
+    )
+}
+
+/// Every scope, for [`token_toml`].
+pub const EVERY_SCOPE: &[&str] = &["read", "purge", "inspect"];
+
 /// `[[admin.tokens]]` for the four tokens (plus one whose variable is unset).
 pub fn tokens_toml() -> String {
-    let hashed = |name: &str, token: &str, scopes: &str| {
-        format!(
-            "[[admin.tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = {scopes}\n\n",
-            hex::encode(cachegate::admin::hash_token(token))
-        )
-    };
     let mut out = String::new();
-    out += &hashed("reader", READ, r#"["read"]"#);
-    out += &hashed("purger", PURGE, r#"["purge"]"#);
-    out += &hashed("root", ALL, r#"["read", "purge", "inspect"]"#);
+    out += &token_toml("reader", READ, &["read"]);
+    out += &token_toml("purger", PURGE, &["purge"]);
+    out += &token_toml("root", ALL, EVERY_SCOPE);
     out +=
         &format!("[[admin.tokens]]\nname = \"inspector\"\ntoken_env = \"{INSPECT_ENV}\"\nscopes = [\"inspect\"]\n\n");
     out += &format!("[[admin.tokens]]\nname = \"ghost\"\ntoken_env = \"{UNSET_ENV}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n");
@@ -123,63 +129,6 @@ pub async fn delete_ok(client: &Client, path: &str) -> serde_json::Value {
     let r = call(client, "DELETE", path, Some(ALL)).await;
     assert_eq!(r.status, 200, "DELETE {path}: {}", r.text());
     r.json()
-}
-
-/// A `/metrics` body parsed with `prometheus-parse`.
-pub struct Scrape {
-    pub text: String,
-    pub parsed: prometheus_parse::Scrape,
-}
-
-impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        let parsed = prometheus_parse::Scrape::parse(lines).expect("prometheus-parse reads /metrics");
-        Scrape {
-            text: text.to_string(),
-            parsed,
-        }
-    }
-
-    /// Samples named `name` whose labels include every pair in `labels`.
-    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&prometheus_parse::Sample> {
-        self.parsed
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .collect()
-    }
-
-    /// The single scalar sample (counter, gauge or untyped) named `name`
-    /// with these labels.
-    pub fn scalar(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found = self.find(name, labels);
-        assert_eq!(
-            found.len(),
-            1,
-            "one sample {name}{labels:?} expected, got {found:?}\n{}",
-            self.text
-        );
-        match &found[0].value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => *v,
-            other => panic!("{name}{labels:?} is not a scalar: {other:?}"),
-        }
-    }
-
-    /// `cachegate_requests_total` for a rule, by cache status.
-    pub fn requests(&self, rule: &str) -> HashMap<String, f64> {
-        ["hit", "miss", "stale", "bypass"]
-            .iter()
-            .map(|s| {
-                (
-                    s.to_string(),
-                    self.scalar("cachegate_requests_total", &[("rule", rule), ("cache_status", s)]),
-                )
-            })
-            .collect()
-    }
 }
 
 /// Fetches and parses `/metrics` (with the all-scopes token, harmless when

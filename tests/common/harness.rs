@@ -51,22 +51,51 @@ pub type Body = BoxBody<Bytes, BoxError>;
 // Small helpers
 // ---------------------------------------------------------------------------
 
+/// How long a test waits for something that must happen before it calls
+/// it a hang. Only a guard: no test's outcome depends on how long anything
+/// took within it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
 /// Polls `check` until it returns true; panics with `what` after `within`.
 pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(what, within, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` until it gives a value; panics with `what` after `within`.
+pub async fn eventually_some<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + within;
     loop {
-        if check().await {
-            return;
+        if let Some(v) = check().await {
+            return v;
         }
         if Instant::now() >= deadline {
             panic!("timed out after {within:?} waiting for: {what}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// `template` with its `{store}` filled in for `kind`, the Redis store's
+/// call timeout raised from 100 ms to 1 s: for tests of other things, so
+/// that a starved CPU on a loaded machine does not turn into a store fault
+/// (a bypass where the test expects a hit).
+pub fn patient(template: &str, kind: Kind) -> String {
+    template.replace(
+        "{store}",
+        &store_section(kind).replace("timeout_ms = 100\n", "timeout_ms = 1000\n"),
+    )
 }
 
 /// A port nothing listens on right now.
@@ -297,6 +326,13 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("connect to test redis {}: {e}", self.url()))
     }
 
+    /// A blocking connection, for tests without a runtime.
+    pub fn sync_conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("connect to test redis {}: {e}", self.url()))
+    }
+
     /// Runs one command on a fresh connection.
     pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut conn = self.conn().await;
@@ -404,14 +440,22 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn_redis(port: u16, dir: &std::path::Path) -> Result<Child, String> {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+/// The one `redis-server` command line of the tests (single servers and
+/// the nodes of every topology): `port` on 127.0.0.1, nothing persisted,
+/// files in `dir`.
+pub fn redis_server(port: u16, dir: &std::path::Path) -> Command {
+    let mut c = Command::new("redis-server");
+    c.args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
         .arg("--dir")
-        .arg(dir)
+        .arg(dir);
+    c
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> Result<Child, String> {
+    redis_server(port, dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1082,6 +1126,86 @@ impl Drop for Proxy {
 }
 
 // ---------------------------------------------------------------------------
+// /metrics
+// ---------------------------------------------------------------------------
+
+/// A `/metrics` body parsed with `prometheus-parse`.
+pub struct Scrape {
+    pub text: String,
+    pub parsed: prometheus_parse::Scrape,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("prometheus-parse reads /metrics");
+        Scrape {
+            text: text.to_string(),
+            parsed,
+        }
+    }
+
+    /// Samples named `name` whose labels include every pair in `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&prometheus_parse::Sample> {
+        self.parsed
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .collect()
+    }
+
+    /// The single scalar sample (counter, gauge or untyped) named `name`
+    /// with these labels.
+    pub fn scalar(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found = self.find(name, labels);
+        assert_eq!(
+            found.len(),
+            1,
+            "one sample {name}{labels:?} expected, got {found:?}\n{}",
+            self.text
+        );
+        match &found[0].value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name}{labels:?} is not a scalar: {other:?}"),
+        }
+    }
+
+    /// The sum of the samples named `name` whose labels include every pair
+    /// in `labels` (0 when there are none: a counter not yet touched).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels)
+            .iter()
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}{labels:?} is not a scalar: {other:?}"),
+            })
+            .sum()
+    }
+
+    /// The single sample named `name` with these labels, if there is one.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        (!self.find(name, labels).is_empty()).then(|| self.scalar(name, labels))
+    }
+
+    /// `cachegate_requests_total` for a rule, by cache status.
+    pub fn requests(&self, rule: &str) -> HashMap<String, f64> {
+        ["hit", "miss", "stale", "bypass"]
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    self.scalar("cachegate_requests_total", &[("rule", rule), ("cache_status", s)]),
+                )
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------
 
@@ -1217,6 +1341,37 @@ impl Client {
 
     pub async fn method(&self, method: &str, path: &str) -> Resp {
         self.send(method, path, &[], empty()).await
+    }
+
+    /// `GET /metrics` (no token), parsed.
+    pub async fn scrape(&self) -> Scrape {
+        let r = self.get("/metrics").await;
+        assert_eq!(r.status, 200, "/metrics: {}", r.text());
+        Scrape::parse(&r.text())
+    }
+
+    /// GETs `path` until an answer is a HIT (the MISS that stores comes
+    /// first, and a fill may land after its response).
+    pub async fn until_hit(&self, path: &str, headers: &[(&str, &str)]) {
+        eventually(&format!("GET {path} to be a HIT"), PATIENCE, || async {
+            let r = self.get_h(path, headers).await;
+            assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+            r.x_cache() == Some("HIT")
+        })
+        .await;
+    }
+
+    /// GETs `path` until an answer is not a fresh hit; returns it.
+    pub async fn first_non_hit(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        eventually_some(
+            &format!("GET {path} to be other than a fresh hit"),
+            PATIENCE,
+            || async {
+                let r = self.get_h(path, headers).await;
+                (r.x_cache() != Some("HIT")).then_some(r)
+            },
+        )
+        .await
     }
 }
 

@@ -50,9 +50,9 @@ pub fn config(backend: &Backend, redis_section: &str, prefix: &str) -> String {
     format!(
         "edition = \"enterprise\"\n\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n\
          [store]\nkind = \"redis\"\ntimeout_ms = 2000\n\n[redis]\n{redis_section}\nkey_prefix = \"{prefix}\"\npool_size = 4\n\n\
-         [[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n{RULES}",
+         {}{RULES}",
         backend.url(),
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        crate::common::admin::token_toml("all", TOKEN, crate::common::admin::EVERY_SCOPE)
     )
 }
 
@@ -97,10 +97,7 @@ impl Env {
 
     /// GETs `path` until it is a HIT (a fill lands after its response).
     pub async fn until_hit(&self, path: &str) {
-        eventually(&format!("{path} to be a HIT"), Duration::from_secs(10), || async {
-            self.client.get(path).await.x_cache() == Some("HIT")
-        })
-        .await;
+        self.client.until_hit(path, &[]).await
     }
 }
 

@@ -7,7 +7,7 @@
 //! - [`TlsRedis`]: one server on a TLS port only, with a CA, server and
 //!   client certificates generated here (rcgen).
 
-use super::{eventually, free_port};
+use super::{eventually, free_port, redis_server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -79,17 +79,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn redis_server(port: u16, dir: &Path) -> Command {
-    let mut c = Command::new("redis-server");
-    c.args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir);
-    c
 }
 
 /// `redis-cli -p port args...`; stdout, or "" when it fails.

@@ -376,15 +376,10 @@ pub fn report(label: &str, ops: &[Op], took: Duration, backend: &VersionedBacken
     }
 }
 
-/// One counter from a cachegate's `/metrics` (0 when absent).
+/// One counter from a cachegate's `/metrics`, summed over its labels (0
+/// when absent).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = Client::new(addr).get("/metrics").await.text();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
+    Client::new(addr).scrape().await.sum(name, &[])
 }
 
 /// The checker itself: a GET after an answered PUT that reads an older

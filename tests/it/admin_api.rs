@@ -6,7 +6,7 @@
 //! large keyspace.
 
 use crate::common::admin::*;
-use crate::common::{eventually, free_port, Backend, Client, RedisServer, Reply, Resp};
+use crate::common::{eventually, free_port, Backend, Client, RedisServer, Reply, Resp, Scrape};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

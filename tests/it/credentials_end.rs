@@ -24,11 +24,7 @@ fn config(extra_cache: &str) -> String {
 
 [admin]
 
-[[admin.tokens]]
-name = "ops"
-sha256 = "{}"
-scopes = ["read", "purge"]
-
+{}
 [[rule]]
 name = "task"
 path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
@@ -41,7 +37,7 @@ methods = ["POST"]
 path = '^/api/v1/auth/logout$'
 purge_credential = true
 "#,
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        crate::common::admin::token_toml("ops", TOKEN, &["read", "purge"])
     )
 }
 

@@ -31,17 +31,6 @@ use std::time::{Duration, Instant};
 /// Slack on every time bound, for a loaded two-core machine.
 const SLACK: Duration = Duration::from_millis(1500);
 
-/// `template` with its `{store}` filled in for `kind`, the Redis store's
-/// call timeout raised from 100 ms to 1 s: for tests of other things, so
-/// that a starved CPU on a loaded machine does not turn into a store fault
-/// (a bypass where the test expects a hit).
-fn patient(template: &str, kind: Kind) -> String {
-    template.replace(
-        "{store}",
-        &store_section(kind).replace("timeout_ms = 100\n", "timeout_ms = 1000\n"),
-    )
-}
-
 // ---------------------------------------------------------------------------
 // A small load generator
 // ---------------------------------------------------------------------------
@@ -215,16 +204,6 @@ async fn warm_hot_set(w: &World) {
         let r = w.client.get(&path).await;
         assert_eq!(r.x_cache(), Some("HIT"), "{path}: {}", r.cache_status());
     }
-}
-
-/// `cachegate_store_errors_total{kind=...}` from `/metrics` (0 if absent).
-async fn store_errors(client: &Client, kind: &str) -> f64 {
-    let text = client.get("/metrics").await.text();
-    let label = format!("kind=\"{kind}\"");
-    text.lines()
-        .filter(|l| l.starts_with("cachegate_store_errors_total{") && l.contains(&label))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------
@@ -588,7 +567,11 @@ async fn redis_out_of_memory_fails_writes_but_no_request() {
     let cached = "/api/v1/tasks/1";
     w.client.get(cached).await;
     assert_eq!(w.client.get(cached).await.x_cache(), Some("HIT"));
-    let errors_before = store_errors(&w.client, "error").await;
+    let errors_before = w
+        .client
+        .scrape()
+        .await
+        .sum("cachegate_store_errors_total", &[("kind", "error")]);
 
     w.redis().config_set("maxmemory-policy", "noeviction").await;
     w.redis().config_set("maxmemory", "1").await;
@@ -616,7 +599,11 @@ async fn redis_out_of_memory_fails_writes_but_no_request() {
     }
     let hit = w.client.get(cached).await;
     assert_eq!(hit.x_cache(), Some("HIT"), "reads still work: {}", hit.cache_status());
-    let errors_during = store_errors(&w.client, "error").await;
+    let errors_during = w
+        .client
+        .scrape()
+        .await
+        .sum("cachegate_store_errors_total", &[("kind", "error")]);
     println!("store errors (kind=error): {errors_before} before, {errors_during} after 20 refused fills");
     assert!(
         errors_during >= errors_before + 20.0,
@@ -788,8 +775,8 @@ const TOKEN: &str = "faults-admin-token-0123456789abcdef0123456789";
 
 fn admin_config(rules: &str) -> String {
     format!(
-        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n[[admin.tokens]]\nname = \"root\"\nsha256 = \"{}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n{rules}",
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n{}{rules}",
+        crate::common::admin::token_toml("root", TOKEN, crate::common::admin::EVERY_SCOPE)
     )
 }
 

@@ -46,17 +46,6 @@ fn cat(parts: &[&[u8]]) -> Vec<u8> {
 /// its own.
 const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
-/// `template` with its `{store}` filled in for `kind`, the Redis store's
-/// call timeout raised from 100 ms to 1 s: for tests of other things, so
-/// that a starved CPU on a loaded machine does not turn into a store fault
-/// (a bypass where the test expects a hit).
-fn patient(template: &str, kind: Kind) -> String {
-    template.replace(
-        "{store}",
-        &store_section(kind).replace("timeout_ms = 100\n", "timeout_ms = 1000\n"),
-    )
-}
-
 // ---------------------------------------------------------------------------
 // Request smuggling shapes
 // ---------------------------------------------------------------------------
@@ -1016,8 +1005,8 @@ const TOKEN: &str = "hostile-admin-token-0123456789abcdef0123456789";
 
 fn admin_template() -> String {
     format!(
-        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n[[admin.tokens]]\nname = \"root\"\nsha256 = \"{}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n{STD_RULES}",
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n{}{STD_RULES}",
+        crate::common::admin::token_toml("root", TOKEN, crate::common::admin::EVERY_SCOPE)
     )
 }
 

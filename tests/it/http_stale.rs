@@ -60,8 +60,8 @@ stale_while_revalidate = 30
 /// An enterprise config with [`TOKEN`] (every admin scope) and [`RULES`].
 fn config() -> String {
     format!(
-        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n[[admin.tokens]]\nname = \"stale\"\nsha256 = \"{}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n{RULES}",
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        "edition = \"enterprise\"\n\n{HEAD}\n[admin]\n\n{}{RULES}",
+        crate::common::admin::token_toml("stale", TOKEN, crate::common::admin::EVERY_SCOPE)
     )
 }
 
@@ -72,33 +72,6 @@ async fn world(kind: Kind) -> World {
 async fn admin_get(w: &World, path: &str) -> Resp {
     let auth = format!("Bearer {TOKEN}");
     w.client.send("GET", path, &[("authorization", &auth)], empty()).await
-}
-
-/// Polls GETs of `path` until one is not a fresh hit; returns it.
-async fn first_non_hit(w: &World, path: &str, within: Duration) -> Resp {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = w.client.get(path).await;
-        if r.x_cache() != Some("HIT") {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{path} still a fresh hit after {within:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// `cachegate_requests_total{rule=..., cache_status=...}` from `/metrics`.
-async fn requests_total(w: &World, rule: &str, status: &str) -> f64 {
-    let r = w.client.get("/metrics").await;
-    assert_eq!(r.status, 200, "/metrics: {}", r.text());
-    let text = r.text();
-    let (rule_label, status_label) = (format!("rule=\"{rule}\""), format!("cache_status=\"{status}\""));
-    text.lines()
-        .filter(|l| l.starts_with("cachegate_requests_total{"))
-        .find(|l| l.contains(&rule_label) && l.contains(&status_label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no cachegate_requests_total{{{rule_label},{status_label}}} in:\n{text}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -113,7 +86,7 @@ async fn swr_flow(w: &World, path: &str, first: u64, programmed: Reply) {
     // The refresh takes a while: requests meanwhile stay stale.
     w.backend.on("GET", path, programmed.delay(Duration::from_millis(600)));
 
-    let stale = first_non_hit(w, path, Duration::from_secs(6)).await;
+    let stale = w.client.first_non_hit(path, &[]).await;
     assert_eq!(stale.x_cache(), Some("STALE"), "{}", stale.cache_status());
     assert!(stale.cache_status().contains("fwd=stale"), "{}", stale.cache_status());
     assert_eq!(stale.status, 200);
@@ -193,7 +166,7 @@ async fn the_backends_stale_while_revalidate_directive_works_without_the_rule(ki
     w.backend
         .on("GET", plain, Reply::new().header("cache-control", "max-age=1"));
     w.client.get(plain).await;
-    let after = first_non_hit(&w, plain, Duration::from_secs(6)).await;
+    let after = w.client.first_non_hit(plain, &[]).await;
     assert_eq!(after.x_cache(), Some("MISS"), "{}", after.cache_status());
 }
 
@@ -209,7 +182,7 @@ async fn stale_if_error_serves_stale_when_the_backend_fails(kind: Kind) {
 
     // The backend answers 503: the stale entry is served instead.
     w.backend.on("GET", path, Reply::new().status(503).body("unavailable"));
-    let stale = first_non_hit(&w, path, Duration::from_secs(6)).await;
+    let stale = w.client.first_non_hit(path, &[]).await;
     assert_eq!(stale.x_cache(), Some("STALE"), "{}", stale.cache_status());
     assert_eq!(stale.cache_status(), "cachegate; hit; fwd=stale; detail=backend-error");
     assert_eq!(stale.status, 200);
@@ -263,21 +236,39 @@ async fn stale_if_error_ends_with_its_window(kind: Kind) {
 
 async fn metrics_count_stale_answers(kind: Kind) {
     let w = world(kind).await;
-    assert_eq!(requests_total(&w, "sie", "stale").await, 0.0);
+    assert_eq!(
+        w.client.scrape().await.scalar(
+            "cachegate_requests_total",
+            &[("rule", "sie"), ("cache_status", "stale")]
+        ),
+        0.0
+    );
     let path = "/sie/m";
     w.client.get(path).await;
     w.backend.on("GET", path, Reply::new().status(503).body("down"));
-    let first = first_non_hit(&w, path, Duration::from_secs(6)).await;
+    let first = w.client.first_non_hit(path, &[]).await;
     assert_eq!(first.x_cache(), Some("STALE"));
     let second = w.client.get(path).await;
     assert_eq!(second.x_cache(), Some("STALE"));
-    assert_eq!(requests_total(&w, "sie", "stale").await, 2.0);
+    assert_eq!(
+        w.client.scrape().await.scalar(
+            "cachegate_requests_total",
+            &[("rule", "sie"), ("cache_status", "stale")]
+        ),
+        2.0
+    );
     // Stale-while-revalidate answers count as stale too.
     let swr = "/swr/m";
     w.client.get(swr).await;
-    let s = first_non_hit(&w, swr, Duration::from_secs(6)).await;
+    let s = w.client.first_non_hit(swr, &[]).await;
     assert_eq!(s.x_cache(), Some("STALE"));
-    assert_eq!(requests_total(&w, "swr", "stale").await, 1.0);
+    assert_eq!(
+        w.client.scrape().await.scalar(
+            "cachegate_requests_total",
+            &[("rule", "swr"), ("cache_status", "stale")]
+        ),
+        1.0
+    );
 }
 
 async fn admin_key_ttl_is_the_fresh_seconds_left(kind: Kind) {

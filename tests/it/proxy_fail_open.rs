@@ -6,16 +6,6 @@ use std::time::Duration;
 
 const PATH: &str = "/api/v1/tasks/1";
 
-/// Polls until a GET of `path` is a HIT (a MISS that stores comes first).
-async fn until_hit(w: &World, path: &str, within: Duration) {
-    eventually(&format!("GET {path} is a HIT again"), within, || async move {
-        let r = w.client.get(path).await;
-        assert_eq!(r.status, 200);
-        r.x_cache() == Some("HIT")
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_started_while_redis_is_down_serves_uncached_then_caches() {
     let redis = RedisServer::start();
@@ -50,7 +40,7 @@ async fn a_proxy_started_while_redis_is_down_serves_uncached_then_caches() {
         proxy,
         client,
     };
-    until_hit(&w, PATH, Duration::from_secs(15)).await;
+    w.client.until_hit(PATH, &[]).await;
     let a = &[("authorization", "Bearer a")];
     let w = &w;
     eventually(
@@ -93,7 +83,7 @@ async fn redis_killed_then_restarted_on_the_same_port() {
 
     w.redis().restart();
     assert_eq!(w.redis().port(), port);
-    until_hit(&w, PATH, Duration::from_secs(15)).await;
+    w.client.until_hit(PATH, &[]).await;
     assert!(w.redis().exists("task:1").await, "written to the restarted Redis");
 }
 
@@ -129,5 +119,5 @@ async fn redis_paused_requests_are_still_answered() {
         w.client.get(PATH).await.x_cache() == Some("HIT")
     })
     .await;
-    until_hit(w, "/api/v1/tasks/4", Duration::from_secs(10)).await;
+    w.client.until_hit("/api/v1/tasks/4", &[]).await;
 }

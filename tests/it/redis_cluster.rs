@@ -195,9 +195,9 @@ async fn failover_history(tagged: bool) {
     let backend = Backend::start().await;
     let rules = if tagged { TAGGED_RULES } else { crate::common::STD_RULES };
     let text = format!(
-        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n[[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\n{rules}",
+        "edition = \"enterprise\"\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 100\n\n[redis]\n{section}\nkey_prefix = \"fo:\"\n\n{}{rules}",
         backend.url(),
-        hex::encode(cachegate::admin::hash_token(crate::common::suite::TOKEN)),
+        crate::common::admin::token_toml("all", crate::common::suite::TOKEN, &["read"]),
     );
     let proxies = [Proxy::start(&text).await, Proxy::start(&text).await];
     let clients: Arc<Vec<Client>> = Arc::new(proxies.iter().map(|p| Client::new(p.addr)).collect());

@@ -51,12 +51,12 @@ impl Settings {
             "edition = \"business\"\n\n[server]\nlisten = \"{listen}\"\nshutdown_timeout_ms = 5000\n\n\
              [backend]\nurl = \"{backend}\"\ntimeout_ms = 5000\n\n{store}\n{log}\n\
              [access_log]\nenabled = false\n\n\
-             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"{sha}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n\
+             {tokens}\
              [[rule]]\nname = \"task\"\nmethods = [\"GET\", \"HEAD\"]\npath = '^/api/v1/tasks/(?P<task_id>[^/]+)$'\n\
              key = \"{key}\"\nttl = {ttl}\nstatuses = [200]\n",
             listen = self.listen,
             backend = self.backend,
-            sha = hex::encode(cachegate::admin::hash_token(self.token)),
+            tokens = crate::common::admin::token_toml("ops", self.token, crate::common::admin::EVERY_SCOPE),
             key = self.key,
             ttl = self.ttl,
         )

@@ -572,9 +572,9 @@ fn selftest_against_the_demo_on_redis_passes() {
 async fn an_admin_listener_of_its_own_is_reached_with_admin_url() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = cachegate::demo::serve_sample_api(listener).await;
-    let sha = hex::encode(cachegate::admin::hash_token("ops-token"));
     let admin = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[[admin.tokens]]\nname = \"ops\"\nsha256 = \"{sha}\"\nscopes = [\"read\", \"purge\"]\n{}",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        crate::common::admin::token_toml("ops", "ops-token", &["read", "purge"]),
         cachegate::demo::TASK_RULES
     );
     let proxy = Proxy::start(&proxy_config(&api.url(), &admin)).await;

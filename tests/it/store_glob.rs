@@ -2,98 +2,15 @@
 //! for every pattern, the keys `SCAN MATCH` returns must be exactly the ones
 //! `glob_match` selects.
 //!
-//! Each test starts its own `redis-server` on a free port (never 6379) and
-//! kills it when done.
+//! Each test starts its own `redis-server` (the harness's [`RedisServer`]).
 
+use crate::common::RedisServer;
 use bytes::Bytes;
 use cachegate::store::glob::glob_match;
 use cachegate::store::memory::MemoryStore;
 use cachegate::store::{FillGuard, Store};
 use std::collections::BTreeSet;
-use std::io::ErrorKind;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A private `redis-server`, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        for _ in 0..5 {
-            if let Some(server) = RedisServer::try_start() {
-                return server;
-            }
-        }
-        panic!("could not start redis-server on a free port");
-    }
-
-    /// `None` when the server exited at once (its port got taken).
-    fn try_start() -> Option<RedisServer> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        assert_ne!(port, 6379, "never use the shared Redis");
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                panic!("redis-server is not on PATH: install it with `apt-get install -y redis-server`")
-            }
-            Err(e) => panic!("cannot run redis-server: {e}"),
-        };
-        let mut server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = server.child.try_wait() {
-                return None;
-            }
-            let pong = redis::Client::open(server.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con));
-            if matches!(pong.as_deref(), Ok("PONG")) {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on port {port} did not answer PING within 10 s");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to the test redis-server")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::time::Duration;
 
 /// A few hundred keys full of glob metacharacters, spaces, empty and
 /// non-UTF-8 bytes.
@@ -304,7 +221,7 @@ fn show(keys: &BTreeSet<Vec<u8>>) -> Vec<String> {
 #[test]
 fn glob_match_selects_what_redis_scan_returns() {
     let server = RedisServer::start();
-    let mut con = server.connection();
+    let mut con = server.sync_conn();
     let keys = keys();
     assert!(keys.len() >= 300, "{} keys", keys.len());
     write_keys(&mut con, &keys);
@@ -350,7 +267,7 @@ const STORE_PATTERNS: &[&str] = &[
 #[tokio::test]
 async fn memory_store_patterns_agree_with_redis_scan() {
     let server = RedisServer::start();
-    let mut con = server.connection();
+    let mut con = server.sync_conn();
     let texts: Vec<String> = keys().into_iter().filter_map(|k| String::from_utf8(k).ok()).collect();
     // As the Redis store lays them out: behind a key prefix, matched with
     // `<escaped prefix><pattern>`.

@@ -90,10 +90,7 @@ fn config(kind: Kind, backend: &Backend, redis: Option<&RedisServer>, rules: &st
         }
         Kind::Memory => t += "[store]\nkind = \"memory\"\n\n",
     }
-    t += &format!(
-        "[[admin.tokens]]\nname = \"purger\"\nsha256 = \"{}\"\nscopes = [\"purge\"]\n\n",
-        hex::encode(cachegate::admin::hash_token(PURGE))
-    );
+    t += &crate::common::admin::token_toml("purger", PURGE, &["purge"]);
     t += rules;
     t
 }
@@ -154,24 +151,6 @@ impl W {
 
     async fn x_cache(&self, path: &str) -> String {
         self.client.get(path).await.x_cache().unwrap_or("").to_string()
-    }
-}
-
-/// Polls `check` until it gives a value; panics with `what` after `within`.
-async fn poll<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if std::time::Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -452,7 +431,7 @@ async fn soft_purge_serves_stale_and_refreshes_in_the_background(kind: Kind) {
     )
     .await;
     let old_serial = old.serial();
-    let refreshed = poll("the refreshed entry is served", Duration::from_secs(5), || async {
+    let refreshed = eventually_some("the refreshed entry is served", Duration::from_secs(5), || async {
         let r = w.client.get(path).await;
         (r.x_cache() == Some("HIT") && r.serial() != old_serial).then_some(r)
     })

@@ -441,15 +441,6 @@ async fn bad_warm_config_exits_2_with_file_line_col() {
     }
 }
 
-/// The value of a metric sample in a Prometheus exposition.
-fn sample(exposition: &str, name: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_warming_at_start() {
     let backend = Backend::start().await;
@@ -474,8 +465,8 @@ async fn readiness_waits_for_warming_at_start() {
     // Alive all the same, and serving.
     assert_eq!(client.get("/healthz").await.status, 200);
     eventually("warm_pending counts the paths left", Duration::from_secs(5), || async {
-        let metrics = client.get("/metrics").await.text();
-        sample(&metrics, "cachegate_warm_pending").is_some_and(|n| n >= 1.0)
+        let metrics = client.scrape().await;
+        metrics.get("cachegate_warm_pending", &[]).is_some_and(|n| n >= 1.0)
     })
     .await;
     eventually("readyz answers 200", Duration::from_secs(15), || async {
@@ -488,13 +479,19 @@ async fn readiness_waits_for_warming_at_start() {
         assert_eq!(resp.x_cache(), Some("HIT"), "task {id}: {}", resp.cache_status());
     }
     assert_eq!(backend.total(), 3);
-    let metrics = client.get("/metrics").await.text();
+    let metrics = client.scrape().await;
     assert_eq!(
-        sample(&metrics, "cachegate_warm_paths_total{result=\"stored\"}"),
+        metrics.get("cachegate_warm_paths_total", &[("result", "stored")]),
         Some(3.0),
-        "{metrics}"
+        "{}",
+        metrics.text
     );
-    assert_eq!(sample(&metrics, "cachegate_warm_pending"), Some(0.0), "{metrics}");
+    assert_eq!(
+        metrics.get("cachegate_warm_pending", &[]),
+        Some(0.0),
+        "{}",
+        metrics.text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,12 +509,13 @@ async fn warming_failures_at_start_are_not_fatal() {
         client.get("/readyz").await.status == 200
     })
     .await;
-    let metrics = client.get("/metrics").await.text();
+    let metrics = client.scrape().await;
     for (result, n) in [("stored", 1.0), ("skipped", 1.0), ("failed", 1.0)] {
         assert_eq!(
-            sample(&metrics, &format!("cachegate_warm_paths_total{{result=\"{result}\"}}")),
+            metrics.get("cachegate_warm_paths_total", &[("result", result)]),
             Some(n),
-            "{result}: {metrics}"
+            "{result}: {}",
+            metrics.text
         );
     }
     assert_eq!(client.get("/api/v1/tasks/1").await.x_cache(), Some("HIT"));
