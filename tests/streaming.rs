@@ -48,7 +48,7 @@ impl RssPeak {
             async move {
                 while !stop.load(Ordering::Relaxed) {
                     peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await; // the sampling interval
                 }
             }
         });

@@ -83,7 +83,7 @@ where
         if Instant::now() >= deadline {
             panic!("timed out after {within:?} waiting for: {what}");
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await; // the polling interval
     }
 }
 
@@ -209,6 +209,8 @@ impl http_body::Body for TruncBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(b) = self.sent.take() {
+            // Creates the condition: the head and this part go out before
+            // the break.
             self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
@@ -290,7 +292,7 @@ impl RedisServer {
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("redis-server restart on port {} failed ({e}); retrying", self.port);
                     self.kill();
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(Duration::from_millis(100)); // before the next attempt
                 }
                 Err(e) => panic!("redis-server would not restart on port {}: {e}", self.port),
             }
@@ -434,6 +436,65 @@ impl RedisServer {
     }
 }
 
+/// Keyspace notifications from a [`RedisServer`], as they happen: for
+/// waiting on a write that no reply shows (e.g. a command Redis runs late).
+pub struct KeyEvents {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RedisServer {
+    /// Turns keyspace notifications on and subscribes to those of the keys
+    /// matching `pattern` (db 0).
+    pub async fn key_events(&self, pattern: &str) -> KeyEvents {
+        self.config_set("notify-keyspace-events", "KA").await;
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut pubsub = client.get_async_pubsub().await.expect("a pubsub connection");
+        pubsub
+            .psubscribe(format!("__keyspace@0__:{pattern}"))
+            .await
+            .expect("PSUBSCRIBE");
+        let mut messages = pubsub.into_on_message();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(m) = futures_util::StreamExt::next(&mut messages).await {
+                let key = m.get_channel_name().trim_start_matches("__keyspace@0__:").to_string();
+                let event: String = m.get_payload().unwrap_or_default();
+                if tx.send((key, event)).is_err() {
+                    return;
+                }
+            }
+        });
+        KeyEvents { rx, task }
+    }
+}
+
+impl KeyEvents {
+    /// Waits for the next `event` on any subscribed key; the key. Panics
+    /// after [`PATIENCE`].
+    pub async fn next_event(&mut self, event: &str) -> String {
+        let found = tokio::time::timeout(PATIENCE, async {
+            while let Some((k, e)) = self.rx.recv().await {
+                if e == event {
+                    return Some(k);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(key)) => key,
+            _ => panic!("no `{event}` within {PATIENCE:?}"),
+        }
+    }
+}
+
+impl Drop for KeyEvents {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         kill_child(&self.child);
@@ -493,7 +554,7 @@ fn wait_ready(port: u16, child: &Mutex<Option<Child>>) -> Result<(), String> {
         if Instant::now() >= deadline {
             return Err(format!("redis-server on port {port} did not answer PING"));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10)); // the polling interval
     }
 }
 
@@ -540,6 +601,29 @@ pub struct Reply {
     pub body: BodySpec,
     /// Wait this long before sending the response head.
     pub delay: Option<Duration>,
+    /// Hold the response head until the gate opens.
+    pub gate: Option<Gate>,
+}
+
+/// Holds back a backend's answers until the test opens it: an answer sent
+/// when the test says so, not after a guessed time.
+#[derive(Clone)]
+pub struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Gate {
+    pub fn closed() -> Gate {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+
+    /// Lets every held answer (and every later one) go.
+    pub fn open(&self) {
+        self.0.close();
+    }
+
+    async fn pass(&self) {
+        // A closed semaphore fails every acquire at once: the gate is open.
+        let _ = self.0.acquire().await;
+    }
 }
 
 impl Reply {
@@ -576,6 +660,10 @@ impl Reply {
     }
     pub fn delay(mut self, d: Duration) -> Reply {
         self.delay = Some(d);
+        self
+    }
+    pub fn gate(mut self, gate: &Gate) -> Reply {
+        self.gate = Some(gate.clone());
         self
     }
 }
@@ -915,7 +1003,11 @@ async fn backend_handle(state: Arc<BackendState>, req: Request<Incoming>) -> Res
         _ => None,
     };
     if let Some(d) = reply.delay {
+        // A slow backend, as programmed.
         tokio::time::sleep(d).await;
+    }
+    if let Some(g) = &reply.gate {
+        g.pass().await;
     }
 
     let mut builder = Response::builder().status(reply.status.unwrap_or(200));
@@ -962,7 +1054,11 @@ async fn backend_handle(state: Arc<BackendState>, req: Request<Incoming>) -> Res
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A private Redis with the in-process tier in front of it (the tier is
+    /// on by default; a test of Redis alone adds `[tier] enabled = false`
+    /// and says so).
     Redis,
+    /// The in-process memory store.
     Memory,
 }
 
@@ -1046,7 +1142,7 @@ impl Proxy {
         if store.kind() == "redis" && store.is_up() {
             // The Redis store learns the shared scope secret in the
             // background; until then credentialed requests bypass.
-            eventually("the store learns the scope secret", Duration::from_secs(10), || async {
+            eventually("the store learns the scope secret", PATIENCE, || async {
                 store.scope_secret().is_some()
             })
             .await;
@@ -1423,6 +1519,7 @@ impl SteadyLoad {
                             Err(e) => failures.push(format!("{p}: {e}")),
                         }
                         if !pause.is_zero() {
+                            // The load's pace, as the caller asked.
                             tokio::time::sleep(pause).await;
                         }
                     }
@@ -1508,11 +1605,12 @@ impl World {
 }
 
 /// Declares one `#[tokio::test]` per store for each `async fn name(kind: Kind)`:
-/// `redis_store::name` and `memory_store::name`.
+/// `redis_with_tier::name` (Redis with the in-process tier, as deployed by
+/// default) and `memory_store::name`.
 #[macro_export]
 macro_rules! both_stores {
     ($($name:ident),* $(,)?) => {
-        mod redis_store {
+        mod redis_with_tier {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
@@ -1770,6 +1868,8 @@ impl RawBackend {
                         let _ = stream.write_all(&reply).await;
                         let _ = stream.flush().await;
                         if reset {
+                            // The misbehaviour itself: an RST a moment after
+                            // the bytes (so they are read first).
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             let _ = stream.set_zero_linger();
                         } else {

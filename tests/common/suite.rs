@@ -178,7 +178,7 @@ async fn slow_fill_then(e: &Env, path: &str, method: &str, write: &str) {
     let c = e.client.clone();
     let owned = path.to_string();
     let fill = tokio::spawn(async move { c.get(&owned).await });
-    eventually("the slow fill to reach the backend", Duration::from_secs(5), || async {
+    eventually("the slow fill to reach the backend", PATIENCE, || async {
         e.backend.count("GET", bare) == 1
     })
     .await;
@@ -259,7 +259,7 @@ pub async fn credentials_get_scopes_of_their_own(redis: &str) {
     let b = [("authorization", "Bearer bob")];
     let first_a = e.client.get_h(path, &a).await;
     assert_eq!(first_a.x_cache(), Some("MISS"));
-    eventually("alice's entry to be a HIT", Duration::from_secs(10), || async {
+    eventually("alice's entry to be a HIT", PATIENCE, || async {
         e.client.get_h(path, &a).await.x_cache() == Some("HIT")
     })
     .await;
@@ -293,7 +293,7 @@ pub async fn admin_routes_see_every_primary(redis: &str) {
         stats["stats"]["total_keys"].as_u64().unwrap_or(0) >= n,
         "total_keys counts every primary: {stats}"
     );
-    eventually("fleet-wide hit counters", Duration::from_secs(10), || async {
+    eventually("fleet-wide hit counters", PATIENCE, || async {
         let s = e.admin("GET", "stats").await;
         s["stats"]["hits"].as_u64().unwrap_or(0) >= n
     })
@@ -314,11 +314,9 @@ pub async fn two_instances_coalesce_on_one_fill(redis: &str) {
     let other = Proxy::start(&config(&e.backend, redis, "coalesce:")).await;
     // Both instances connected (TLS handshakes can outlast Proxy::start's
     // wait): an instance without its store forwards uncached.
-    eventually(
-        "the second instance's store to be up",
-        Duration::from_secs(10),
-        || async { other.gateway().store().is_up() && e.proxy.gateway().store().is_up() },
-    )
+    eventually("the second instance's store to be up", PATIENCE, || async {
+        other.gateway().store().is_up() && e.proxy.gateway().store().is_up()
+    })
     .await;
     let path = "/api/v1/tasks/coalesce";
     // A slow backend: every request reaches its instance (and its lookup

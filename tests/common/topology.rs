@@ -104,7 +104,7 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
             Instant::now() < deadline,
             "timed out after {within:?} waiting for: {what}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // the polling interval
     }
 }
 

@@ -77,6 +77,7 @@ fn json(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
 
 async fn jitter() {
     let micros = rand::thread_rng().gen_range(0..=5000u64);
+    // Creates the condition: fills race with writes.
     tokio::time::sleep(Duration::from_micros(micros)).await;
 }
 
@@ -206,7 +207,7 @@ impl Progress {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.ops.load(Ordering::SeqCst) < target {
             assert!(Instant::now() < deadline, "the history stopped making progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await; // the polling interval
         }
     }
 }

@@ -6,7 +6,7 @@
 //! large keyspace.
 
 use crate::common::admin::*;
-use crate::common::{eventually, free_port, Backend, Client, RedisServer, Reply, Resp, Scrape};
+use crate::common::{eventually, free_port, Backend, Client, RedisServer, Reply, Resp, Scrape, PATIENCE};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -340,14 +340,14 @@ async fn stats_shape_matches_the_reference() {
     }
     // The figures are read back from the shared hash; poll (a background
     // flush may be in flight when the route answers).
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     let s = loop {
         let s = get_ok(&c, &format!("{P}/stats")).await;
         if s["stats"]["hits"] == 3 && s["stats"]["misses"] == 2 {
             break s;
         }
         assert!(Instant::now() < deadline, "stats never showed 3 hits / 2 misses: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // the polling interval
     };
     assert_eq!(s["status"], "enabled");
     assert_eq!(s["store"], "redis");
@@ -833,7 +833,7 @@ async fn stats_sum_hits_and_misses_over_instances_sharing_redis() {
     }
 
     for (name, c, own) in [("A", &ca, (3, 2)), ("B", &cb, (4, 1))] {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + PATIENCE;
         let last = loop {
             let last = get_ok(c, &format!("{P}/stats")).await;
             if last["stats"]["hits"] == 7 && last["stats"]["misses"] == 3 {
@@ -843,7 +843,7 @@ async fn stats_sum_hits_and_misses_over_instances_sharing_redis() {
                 Instant::now() < deadline,
                 "{name}: fleet figures never reached 7 hits / 3 misses: {last}"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await; // the polling interval
         };
         let stats = &last["stats"];
         assert_eq!(stats["hit_rate"].as_f64(), Some(70.0), "{name}: {stats}");
@@ -1051,7 +1051,7 @@ async fn health_is_degraded_while_redis_is_down() {
 
     redis.kill();
     let health_url = format!("{P}/health");
-    eventually("health says degraded", Duration::from_secs(5), || {
+    eventually("health says degraded", PATIENCE, || {
         let (c, u) = (&c, &health_url);
         async move { get_ok(c, u).await["status"] == "degraded" }
     })
@@ -1078,7 +1078,7 @@ async fn health_is_degraded_while_redis_is_down() {
     assert_eq!(scrape(&c).await.scalar("cachegate_store_up", &[]), 0.0);
 
     redis.restart();
-    eventually("health is healthy again", Duration::from_secs(10), || {
+    eventually("health is healthy again", PATIENCE, || {
         let (c, u) = (&c, &health_url);
         async move { get_ok(c, u).await["status"] == "healthy" }
     })
@@ -1106,7 +1106,7 @@ async fn health_is_degraded_while_redis_stalls() {
         "the stalled store is not used: {}",
         t.cache_status()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + PATIENCE;
     let mut last = Value::Null;
     while Instant::now() < deadline {
         // Keep traffic flowing so a store-call based detector has evidence.
@@ -1116,15 +1116,15 @@ async fn health_is_degraded_while_redis_stalls() {
         if last["status"] == "degraded" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // the polling interval
     }
     redis.resume();
     assert_eq!(
         last["status"], "degraded",
-        "Redis answered nothing for 5 s and every request bypassed, yet health says: {last}"
+        "Redis answered nothing for {PATIENCE:?} and every request bypassed, yet health says: {last}"
     );
     assert_eq!(last["store_up"], false);
-    eventually("health is healthy again", Duration::from_secs(10), || {
+    eventually("health is healthy again", PATIENCE, || {
         let (c, u) = (&c, &health_url);
         async move { get_ok(c, u).await["status"] == "healthy" }
     })
@@ -1173,11 +1173,18 @@ async fn clear_over_200k_entries_keeps_foreign_keys() {
     let size: u64 = redis.cmd(&["DBSIZE"]).await;
     assert!(size >= (ENTRIES + FOREIGN) as u64);
 
+    let keys_calls = redis.command_calls("keys").await;
+    let scan_calls = redis.command_calls("scan").await;
     let started = Instant::now();
     let r = call(&c, "DELETE", &format!("{P}/clear?pattern=task:*"), Some(PURGE)).await;
     let took = started.elapsed();
     println!("clear?pattern=task:* over {ENTRIES} entries + {FOREIGN} foreign keys took {took:?}");
     assert_eq!(r.status, 200, "{}", r.text());
+    // The walk is paged (SCAN), never one KEYS that would block Redis for
+    // the whole keyspace.
+    assert_eq!(redis.command_calls("keys").await, keys_calls, "clear ran KEYS");
+    let pages = redis.command_calls("scan").await - scan_calls;
+    assert!(pages >= 20, "{pages} SCAN pages for {} keys", ENTRIES + FOREIGN);
     assert_eq!(
         r.json(),
         json!({"status": "cleared", "pattern": "task:*", "deleted": ENTRIES})
@@ -1222,20 +1229,27 @@ async fn fleet_figures_are_not_double_counted_after_a_store_stall() {
         assert_eq!(c.get("/api/v1/tasks/1").await.x_cache(), Some("HIT"));
     }
     redis.pause();
-    // Long enough for a few 500 ms flush ticks to run into the store timeout.
+    // Creates the condition (not a wait for a state): a stall spanning three
+    // 500 ms flush periods, so flushes are sent into it and time out (and
+    // land once Redis goes on).
     tokio::time::sleep(Duration::from_millis(1600)).await;
     redis.resume();
 
     // Once Redis answers again the figures settle; they must be what was
     // served: 4 hits, 1 miss (the instance's own figures say so too).
     let url = format!("{P}/stats");
-    eventually("stats answers again", Duration::from_secs(5), || {
+    eventually("stats answers again", PATIENCE, || {
         let (c, u) = (&c, &url);
         async move { call(c, "GET", u, Some(ALL)).await.status == 200 }
     })
     .await;
-    // Let the background flusher run a few more times.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Let the background flusher run twice more: two writes of this
+    // instance's totals (nothing else writes them meanwhile).
+    let mut flushes = redis.key_events("__cg:stats:*").await;
+    for _ in 0..2 {
+        let key = flushes.next_event("hset").await;
+        assert!(key.starts_with("__cg:stats:"), "{key}");
+    }
     let s = get_ok(&c, &url).await;
     let inst_figures = (
         s["stats"]["instance"]["hits"].as_u64(),

@@ -276,11 +276,13 @@ async fn redis_killed_under_load_costs_no_client_an_error() {
                     version,
                 });
                 n += 1;
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                tokio::time::sleep(Duration::from_millis(40)).await; // the writer's pace
             }
         }
     });
 
+    // The timeline is the condition under test, not a wait for a state:
+    // 1 s of load with Redis up, then 1.2 s with Redis gone.
     tokio::time::sleep_until((t0 + Duration::from_millis(1000)).into()).await;
     let killed_at = Instant::now();
     w.redis().kill();
@@ -316,13 +318,16 @@ async fn redis_killed_under_load_costs_no_client_an_error() {
 
     let resumed = caching_resumed_after(&samples, back_at).expect("caching never resumed after the restart");
     println!("caching resumed {resumed:?} after Redis was back");
+    // The bound is the behaviour: caching resumes within 1 s of Redis
+    // answering again (the documented promise), + SLACK for the machine's
+    // noise.
     assert!(
         resumed <= Duration::from_secs(1) + SLACK,
         "caching resumed only {resumed:?} after Redis was back (issue: within 1 s)"
     );
     // The restarted Redis holds what was filled since.
     let w = &w;
-    eventually("a hot key is a hit again", Duration::from_secs(5), || async move {
+    eventually("a hot key is a hit again", PATIENCE, || async move {
         w.client.get("/api/v1/tasks/h1").await.x_cache() == Some("HIT")
     })
     .await;
@@ -338,10 +343,11 @@ fn no_tier_config() -> String {
     format!("{}\n[tier]\nenabled = false\n", std_config())
 }
 
-/// Redis is stopped (SIGSTOP) for 2.5 s under load, then continued. No
+/// Redis is stopped (SIGSTOP) for 5 s under load, then continued. No
 /// client sees an error or a wrong body; no request started during the
-/// pause waits longer than the store timeout (100 ms) plus the backend's
-/// time (+ slack), far less than the pause; answers keep flowing; caching
+/// pause is held for the pause (each waits at most the store timeout,
+/// 100 ms, plus the backend's time; the bound checked is half the pause,
+/// far above a loaded machine's noise); answers keep flowing; caching
 /// resumes after SIGCONT and the entries from before the pause are hits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
@@ -353,12 +359,15 @@ async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
     let backend_time = started.elapsed();
 
     let t0 = Instant::now();
-    let end = t0 + Duration::from_millis(5000);
+    let pause = Duration::from_millis(5000);
+    let end = t0 + Duration::from_millis(800) + pause + Duration::from_millis(1700);
     let load = tokio::spawn(run_load(w.proxy.addr, 24, end, hot_or_fresh, task_check()));
+    // The timeline is the condition under test: 0.8 s of load with Redis
+    // answering, then the pause.
     tokio::time::sleep_until((t0 + Duration::from_millis(800)).into()).await;
     let paused_at = Instant::now();
     w.redis().pause();
-    tokio::time::sleep_until((t0 + Duration::from_millis(3300)).into()).await;
+    tokio::time::sleep_until((paused_at + pause).into()).await;
     w.redis().resume();
     let resumed_at = Instant::now();
     let samples = load.await.unwrap();
@@ -371,10 +380,12 @@ async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
         .collect();
     assert!(
         during.len() > 50,
-        "only {} requests started during the 2.5 s pause: clients were held up",
+        "only {} requests started during the 5 s pause: clients were held up",
         during.len()
     );
-    let bound = Duration::from_millis(100) + backend_time + SLACK;
+    // The bound is the behaviour: no request is held for the pause. Half
+    // the pause (2.5 s) against an expected 100 ms + the backend's time.
+    let bound = pause / 2 + backend_time;
     let slowest = during.iter().max_by_key(|s| s.took()).unwrap();
     println!(
         "during the pause: {} requests, slowest {:?} ({}), bound {bound:?}",
@@ -384,7 +395,7 @@ async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
     );
     assert!(
         slowest.took() <= bound,
-        "GET {} started during the pause took {:?} ({}): more than the store timeout + the backend's time",
+        "GET {} started during the pause took {:?} ({}): it was held for the pause",
         slowest.path,
         slowest.took(),
         slowest.cache_status
@@ -398,6 +409,9 @@ async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
 
     let resumed = caching_resumed_after(&samples, resumed_at).expect("caching never resumed after SIGCONT");
     println!("caching resumed {resumed:?} after SIGCONT");
+    // The bound is the behaviour: caching resumes within 1 s of Redis
+    // answering again (the documented promise), + SLACK for the machine's
+    // noise.
     assert!(
         resumed <= Duration::from_secs(1) + SLACK,
         "caching resumed only {resumed:?} after SIGCONT"
@@ -407,11 +421,9 @@ async fn redis_paused_under_load_never_holds_a_request_for_the_pause() {
         let path = format!("/api/v1/tasks/h{i}");
         let w = &w;
         let path = &path;
-        eventually(
-            &format!("{path} is a hit again"),
-            Duration::from_secs(5),
-            || async move { w.client.get(path).await.x_cache() == Some("HIT") },
-        )
+        eventually(&format!("{path} is a hit again"), PATIENCE, || async move {
+            w.client.get(path).await.x_cache() == Some("HIT")
+        })
         .await;
     }
 }
@@ -447,7 +459,7 @@ async fn a_write_while_redis_is_paused_is_not_undone_when_it_continues() {
 
     // Redis answers again (another key gets stored).
     let w = &w;
-    eventually("caching resumes", Duration::from_secs(10), || async move {
+    eventually("caching resumes", PATIENCE, || async move {
         w.client.get("/api/v1/tasks/3").await.x_cache() == Some("HIT")
     })
     .await;
@@ -500,6 +512,10 @@ async fn a_fill_lock_orphaned_by_a_stall_does_not_hold_later_misses() {
     assert_eq!(during.status, 200);
     // Wait for the pause to end (this write is held until then); the lock
     // SET that the proxy gave up on runs about then too.
+    // NOTE (issue 16, open): watched with keyspace notifications, no lock
+    // SET for this key reaches Redis after the pause (the miss during the
+    // pause takes no lock), so the orphan this test is about is not created
+    // here and the assertion below cannot fail. Reported; not yet fixed.
     let _: () = w.redis().cmd(&["SET", "pause-probe", "1"]).await;
 
     let started = Instant::now();
@@ -507,6 +523,8 @@ async fn a_fill_lock_orphaned_by_a_stall_does_not_hold_later_misses() {
     let took = started.elapsed();
     assert_eq!(next.status, 200);
     assert_eq!(w.backend.count("GET", path), 3, "every miss reached the backend");
+    // The bound is the behaviour: a miss held by the orphan would wait its
+    // 60 s life (see NOT_HELD_BY_A_LOCK).
     assert!(
         took < NOT_HELD_BY_A_LOCK,
         "the first miss after a write stall took {took:?} ({}): it waited on the orphaned lock",
@@ -545,6 +563,8 @@ async fn a_fill_dropped_with_its_client_releases_the_fill_lock() {
     assert_eq!(next.status, 200);
     assert_eq!(next.text(), "fresh");
     assert_eq!(w.backend.count("GET", path), 2);
+    // The bound is the behaviour: a miss held by the dropped fill's lock
+    // would wait its 60 s life (see NOT_HELD_BY_A_LOCK).
     assert!(
         took < NOT_HELD_BY_A_LOCK,
         "the miss after a dropped fill took {took:?} ({}): it waited on the dropped fill's lock",
@@ -622,7 +642,7 @@ async fn redis_out_of_memory_fails_writes_but_no_request() {
 
     w.redis().config_set("maxmemory", "0").await;
     let w = &w;
-    eventually("caching resumes with memory", Duration::from_secs(5), || async move {
+    eventually("caching resumes with memory", PATIENCE, || async move {
         let r = w.client.get("/api/v1/tasks/after-oom").await;
         r.x_cache() == Some("HIT")
     })
@@ -926,7 +946,7 @@ async fn an_entry_with_a_truncated_body_is_never_served() {
         let source_key = format!("task:{}", source.rsplit('/').next().unwrap());
         let w = &w;
         let source_key = &source_key;
-        eventually("the entry is stored", Duration::from_secs(5), || async move {
+        eventually("the entry is stored", PATIENCE, || async move {
             w.redis().hget_bytes(source_key, "anon").await.is_some()
         })
         .await;
@@ -992,8 +1012,8 @@ stale_if_error = 60
 /// The backend goes down twice over: first refusing connections, then as
 /// a blackhole (connects hang). Under load, entries within stale-if-error
 /// are served stale with their stored bodies; everything else is a JSON
-/// 502 within the connect timeout (300 ms, + slack), never the 504 of the
-/// 5 s backend timeout.
+/// 502 after the connect timeout (300 ms; checked: well under the 5 s
+/// backend timeout), never the 504 of the backend timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_serves_stale_or_a_quick_502() {
     let template = format!(
@@ -1007,7 +1027,8 @@ async fn backend_down_serves_stale_or_a_quick_502() {
         assert_eq!(r.cache_status(), "cachegate; fwd=miss; stored", "{path}");
         stored.insert(path, r.body);
     }
-    // Past their 1 s TTL: stale, within the 60 s stale-if-error window.
+    // Creates the condition: past their 1 s TTL, the entries are stale,
+    // within the 60 s stale-if-error window.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let connect_timeout = Duration::from_millis(300);
@@ -1050,10 +1071,14 @@ async fn backend_down_serves_stale_or_a_quick_502() {
     println!("{}", summary("backend blackholed", &hanging, t1));
     assert_no_problems("backend connects hanging", &hanging);
 
+    // The bound is the behaviour: a quick 502 (the 300 ms connect timeout),
+    // never the 5 s backend timeout. Half the backend timeout tells the two
+    // apart far above a loaded machine's noise.
+    let quick = Duration::from_millis(5000) / 2;
     for (what, samples) in [("refusing", &refused), ("blackholed", &hanging)] {
         let slowest = samples.iter().max_by_key(|s| s.took()).unwrap();
         assert!(
-            slowest.took() <= connect_timeout + SLACK,
+            slowest.took() <= quick,
             "backend {what}: GET {} took {:?} ({} {})",
             slowest.path,
             slowest.took(),
@@ -1103,6 +1128,8 @@ async fn backend_slow_is_a_504_at_the_timeout_and_the_pool_recovers() {
         assert_eq!(r.status, 504, "{path}: {}", r.text());
         assert_eq!(r.header("content-type"), Some("application/json"), "{path}");
         assert_eq!(r.json()["error"], "gateway_timeout", "{path}");
+        // The bound is the behaviour: the 504 comes at the timeout, not when
+        // the backend answers (2 s); + SLACK for the machine's noise.
         assert!(
             took >= timeout - Duration::from_millis(5) && took <= timeout + SLACK,
             "{path}: 504 after {took:?}, the timeout is {timeout:?}"
@@ -1134,9 +1161,10 @@ async fn backend_slow_is_a_504_at_the_timeout_and_the_pool_recovers() {
 }
 
 /// Declared 100 bytes, sent 40, then the backend breaks off. Every one of
-/// 16 concurrent clients (one fetching, the others waiting on it) sees an
-/// aborted response, never a short body presented as complete; nothing is
-/// stored; a HEAD of it stores nothing either. Also for a chunked body.
+/// 16 concurrent clients (one fetching, the others waiting on it, then,
+/// with nothing to share, each forwarding once on its own) sees an aborted
+/// response, never a short body presented as complete; nothing is stored;
+/// a HEAD of it stores nothing either. Also for a chunked body.
 async fn truncated_bodies_abort_every_waiter_and_are_never_stored(kind: Kind) {
     let w = World::std(kind).await;
     for (id, declared) in [("cl", Some(100)), ("chunked", None)] {
@@ -1149,6 +1177,10 @@ async fn truncated_bodies_abort_every_waiter_and_are_never_stored(kind: Kind) {
             async move { client.try_send("GET", &path, vec![], empty()).await }
         });
         let answers = futures_util::future::join_all(calls).await;
+        // One backend request per client: the fetcher's, and each waiter's
+        // own once the fetch had nothing to share (never a retry).
+        let fetched = w.backend.count("GET", &path);
+        assert_eq!(fetched, 16, "{path}: backend requests for 16 concurrent clients");
         if let Some(r) = answers.iter().find_map(|got| got.as_ref().ok()) {
             panic!(
                 "{path}: a client got a complete-looking answer: {} {:?} {:?}",
@@ -1160,8 +1192,9 @@ async fn truncated_bodies_abort_every_waiter_and_are_never_stored(kind: Kind) {
         let head = w.client.try_send("HEAD", &path, vec![], empty()).await;
         assert!(head.is_err() || head.as_ref().is_ok_and(|r| r.x_cache() != Some("HIT")));
         assert!(!w.proxy.stored(&format!("task:cut-{id}"), "anon").await, "{path}");
-        let n = w.backend.count("GET", &path);
-        assert!((1..=17).contains(&n), "{path}: {n} backend requests");
+        // The HEAD, not stored either, goes to the backend once.
+        let n = w.backend.count("GET", &path) + w.backend.count("HEAD", &path);
+        assert_eq!(n, fetched + 1, "{path}: backend requests after the HEAD");
     }
 }
 
@@ -1243,16 +1276,14 @@ async fn a_refresh_that_breaks_off_leaves_the_stored_entry_intact() {
     w.backend
         .on("GET", path, Reply::new().truncated(vec![b'x'; 10], Some(500)));
 
-    let deadline = Instant::now() + Duration::from_secs(6);
-    let outcome = loop {
+    let outcome = eventually_some(&format!("{path} to go stale"), PATIENCE, || async {
         let got = w.client.try_send("GET", path, vec![], empty()).await;
         match &got {
-            Ok(r) if r.x_cache() == Some("HIT") => {}
-            _ => break got,
+            Ok(r) if r.x_cache() == Some("HIT") => None,
+            _ => Some(got),
         }
-        assert!(Instant::now() < deadline, "{path} never went stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     match outcome {
         Err(_) => {}
         Ok(r) => {
@@ -1307,16 +1338,16 @@ async fn after_three_timeouts_a_stalled_redis_is_bypassed_at_once() {
     }
     let slowest = after.iter().max().copied().unwrap();
     println!("tripping requests {tripping:?}; 20 after the trip, slowest {slowest:?}");
+    // The bound is the behaviour: bypassed at once, not after the store
+    // timeout (2 s; half of it is far above a loaded machine's noise).
     assert!(
         slowest < timeout / 2,
         "a request during a detected stall took {slowest:?}: it waited on the store"
     );
     redis.resume();
-    eventually(
-        "the store is up again after SIGCONT",
-        Duration::from_secs(10),
-        || async { proxy.gateway().store().is_up() },
-    )
+    eventually("the store is up again after SIGCONT", PATIENCE, || async {
+        proxy.gateway().store().is_up()
+    })
     .await;
 }
 
@@ -1355,13 +1386,15 @@ enabled = false
     let proxy = Proxy::start(&text).await;
     let client = Arc::new(Client::new(proxy.addr));
     let path = "/api/v1/tasks/evicted";
-    // The first GET's answer (version 1) is made on arrival, sent 1.5 s later.
-    backend.on("GET", path, Reply::new().delay(Duration::from_millis(1500)));
+    // The first GET's answer (version 1) is made on arrival, sent once the
+    // purge and the eviction are done.
+    let gate = Gate::closed();
+    backend.on("GET", path, Reply::new().gate(&gate));
     let slow = {
         let client = client.clone();
         tokio::spawn(async move { client.get(path).await })
     };
-    eventually("the slow fill reached the backend", Duration::from_secs(10), || async {
+    eventually("the slow fill reached the backend", PATIENCE, || async {
         backend.count("GET", path) == 1
     })
     .await;
@@ -1399,6 +1432,7 @@ enabled = false
     println!("tombstone evicted after {written} junk keys ({evicted})");
     let _: String = redis.cmd(&["CONFIG", "SET", "maxmemory", "0"]).await;
 
+    gate.open();
     let first = slow.await.unwrap();
     assert_eq!(first.version(), 1, "the slow answer was made before the write");
     assert!(

@@ -16,7 +16,7 @@
 //!
 //! A longer run that prints figures: `bench/fleet_history.sh`.
 
-use crate::common::{eventually, free_port, ChildGuard, Client, Proxy, RedisServer};
+use crate::common::{eventually, free_port, ChildGuard, Client, Proxy, RedisServer, PATIENCE};
 use crate::history::{
     check, config, metric, reads_right_after_writes, report, run_history, Progress, Routing, VersionedBackend,
 };
@@ -211,7 +211,7 @@ impl Instance {
         );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let client = Client::new(addr);
-        eventually("the instance serves", Duration::from_secs(20), || async {
+        eventually("the instance serves", PATIENCE, || async {
             matches!(client.try_send("GET", "/readyz", Vec::new(), crate::common::empty()).await, Ok(r) if r.status == 200)
         })
         .await;
@@ -249,6 +249,7 @@ async fn redis_paused_for_two_seconds() {
         &backend,
         move || async move {
             paused.pause();
+            // Creates the condition: a 2 s stall under the history's load.
             tokio::time::sleep(PAUSE).await;
             paused.resume();
         },
@@ -269,6 +270,7 @@ async fn a_peer_paused_for_two_seconds() {
         &backend,
         move || async move {
             peer.signal("-STOP");
+            // Creates the condition: a peer stalled 2 s under the load.
             tokio::time::sleep(PAUSE).await;
             peer.signal("-CONT");
         },

@@ -28,9 +28,6 @@ use std::time::{Duration, Instant};
 /// How long a raw exchange waits for the server to answer and close.
 const WAIT: Duration = Duration::from_secs(3);
 
-/// Slack on every time bound, for a loaded two-core machine.
-const SLACK: Duration = Duration::from_millis(1500);
-
 /// A request line and header lines joined with CRLF, ending the head.
 fn head(lines: &[&str]) -> Vec<u8> {
     let mut out = lines.join("\r\n").into_bytes();
@@ -457,25 +454,33 @@ async fn a_body_cachegate_does_not_read_is_never_parsed_as_a_request() {
 /// With `header_read_timeout_ms = 500`: a client that trickles header
 /// lines, one that stops mid request line, one that connects and sends
 /// nothing, and one idle after a complete request are all disconnected
-/// within that time (+ slack), while other clients are served meanwhile;
-/// none of them reaches the backend.
+/// soon after that time (checked: within 3 s, half of the 6 s a trickler
+/// would go on for), while other clients are served meanwhile; none of
+/// them reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_cut_off_after_the_header_timeout() {
     let template = format!("{HEAD}\n[server]\nheader_read_timeout_ms = 500\n\n{STD_RULES}");
     let w = World::start(Kind::Redis, &template).await;
     let timeout = Duration::from_millis(500);
-    let bound = timeout + SLACK;
+    // The bound is the behaviour: cut off by the header timeout, not left
+    // to trickle on (6 s) or idle forever. 6x the timeout, far above a
+    // loaded machine's noise.
+    let bound = Duration::from_secs(3);
+    let connected = std::sync::atomic::AtomicUsize::new(0);
 
     // 20 tricklers: a header line every 100 ms, for up to 6 s.
     let tricklers = (0..20).map(|i| {
         let addr = w.proxy.addr;
+        let connected = &connected;
         async move {
             let mut c = RawConn::connect(addr).await;
             let started = Instant::now();
             let _ = c
                 .send(format!("GET /api/v1/tasks/s{i} HTTP/1.1\r\nHost: x\r\n").as_bytes())
                 .await;
+            connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut n = 0;
+            // Creates the condition: a trickle that would go on for 6 s.
             while started.elapsed() < Duration::from_secs(6) {
                 if c.send(format!("X-Slow-{n}: y\r\n").as_bytes()).await.is_err() {
                     break;
@@ -489,8 +494,11 @@ async fn slow_request_heads_are_cut_off_after_the_header_timeout() {
         }
     });
     let served = async {
-        // Normal clients meanwhile.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Normal clients while the tricklers hold their connections.
+        eventually("the tricklers are connected", PATIENCE, || async {
+            connected.load(std::sync::atomic::Ordering::SeqCst) == 20
+        })
+        .await;
         for i in 0..10 {
             let r = w.client.get(&format!("/api/v1/tasks/n{i}")).await;
             assert_eq!(r.status, 200);
@@ -935,17 +943,12 @@ async fn override_headers_reach_the_backend_on_no_path() {
 
     // A stale entry found by a poisoned request: the refresh is clean.
     w.client.get("/swr/1").await;
-    let deadline = Instant::now() + Duration::from_secs(6);
-    loop {
-        let r = w.client.get_h("/swr/1", &POISON).await;
-        if r.x_cache() == Some("STALE") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "/swr/1 never went stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("/swr/1 to go stale", PATIENCE, || async {
+        w.client.get_h("/swr/1", &POISON).await.x_cache() == Some("STALE")
+    })
+    .await;
     let w2 = &w;
-    eventually("the background refresh ran", Duration::from_secs(5), || async move {
+    eventually("the background refresh ran", PATIENCE, || async move {
         w2.backend.count("GET", "/swr/1") >= 2
     })
     .await;
@@ -1105,7 +1108,8 @@ async fn admin_key_route_takes_its_key_literally() {
 }
 
 /// Internal keys (`__cg:secret`, `__cg:epoch`, tag indexes, stats) are not
-/// logical keys: `/key/{key}` neither shows nor deletes them.
+/// logical keys: `/key/{key}` refuses them (400, as SECURITY.md says), and
+/// neither shows nor deletes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_key_route_never_touches_internal_keys() {
     let w = admin_world().await;
@@ -1119,14 +1123,11 @@ async fn admin_key_route_never_touches_internal_keys() {
     let epoch: String = redis.cmd(&["GET", "__cg:epoch"]).await;
     for key in ["__cg:secret", "__cg:epoch", "__cg:stats"] {
         let path = format!("/api/v1/cache/key/{key}");
+        // SECURITY.md: the route refuses `__cg:` keys with a 400.
         let g = admin(&w, "GET", &path, Some(TOKEN)).await;
-        assert!(g.status == 404 || g.status == 400, "GET {path}: {}", g.text());
+        assert_eq!(g.status, 400, "GET {path}: {}", g.text());
         let d = admin(&w, "DELETE", &path, Some(TOKEN)).await;
-        assert!(
-            d.status == 400 || d.status == 404 || (d.status == 200 && d.json()["deleted"] == 0),
-            "DELETE {path}: {}",
-            d.text()
-        );
+        assert_eq!(d.status, 400, "DELETE {path}: {}", d.text());
     }
     assert_eq!(redis.key_type("__cg:secret").await, "string");
     let now: String = redis.cmd(&["GET", "__cg:secret"]).await;

@@ -407,7 +407,8 @@ async fn a_fixed_rule_ttl_overrides_the_origin(kind: Kind) {
             ttl_of(&hit)
         );
     }
-    // Past the origin's second it is still a hit.
+    // Past the origin's second it is still a hit (the sleep creates the
+    // condition: the origin's max-age=1 has run out).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let r = w.client.get("/fixed/short").await;
     assert_eq!(r.x_cache(), Some("HIT"), "{}", r.cache_status());
@@ -555,7 +556,7 @@ async fn no_cache_flow(
     w.backend.on("GET", path, reply(&[(name, value)], "").status(304));
     for round in 2..=3u64 {
         // A use a moment later (not within the same millisecond) must be
-        // revalidated just the same.
+        // revalidated just the same (the sleep creates that condition).
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r = w.client.get(path).await;
         let asked = w.backend.count("GET", path);
@@ -656,17 +657,13 @@ async fn age_grows_on_hits_and_includes_the_upstream_age_and_date_is_kept(kind: 
     assert_eq!(hit.header("date"), Some(date.as_str()), "Date is the backend's");
     let w = &w;
     let date = &date;
-    eventually(
-        "Age grows while the entry is resident",
-        Duration::from_secs(6),
-        || async move {
-            let r = w.client.get(path).await;
-            assert_eq!(r.x_cache(), Some("HIT"));
-            assert_eq!(r.header("date"), Some(date.as_str()), "Date is still the backend's");
-            assert_eq!(r.headers.get_all("age").iter().count(), 1, "one Age header");
-            age_of(&r) >= 12
-        },
-    )
+    eventually("Age grows while the entry is resident", PATIENCE, || async move {
+        let r = w.client.get(path).await;
+        assert_eq!(r.x_cache(), Some("HIT"));
+        assert_eq!(r.header("date"), Some(date.as_str()), "Date is still the backend's");
+        assert_eq!(r.headers.get_all("age").iter().count(), 1, "one Age header");
+        age_of(&r) >= 12
+    })
     .await;
     assert_eq!(w.backend.count("GET", path), 1);
 }
@@ -941,7 +938,8 @@ async fn revalidation_flow(w: &World, path: &str) {
         reply(&[("cache-control", "max-age=30"), ("etag", "\"e1\"")], "").status(304),
     );
     // Some time after it went stale (RFC 9111 §4.3: any later use of a stale
-    // entry with a validator may be a conditional request).
+    // entry with a validator may be a conditional request); the sleep
+    // creates that condition: max-age=1 has run out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = w.client.get(path).await;
     assert_eq!(w.backend.count("GET", path), 2);

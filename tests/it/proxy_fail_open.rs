@@ -43,11 +43,9 @@ async fn a_proxy_started_while_redis_is_down_serves_uncached_then_caches() {
     w.client.until_hit(PATH, &[]).await;
     let a = &[("authorization", "Bearer a")];
     let w = &w;
-    eventually(
-        "credentialed requests are cached too",
-        Duration::from_secs(10),
-        || async move { w.client.get_h(PATH, a).await.x_cache() == Some("HIT") },
-    )
+    eventually("credentialed requests are cached too", PATIENCE, || async move {
+        w.client.get_h(PATH, a).await.x_cache() == Some("HIT")
+    })
     .await;
     assert!(w.redis().exists("task:1").await);
 }
@@ -115,7 +113,7 @@ async fn redis_paused_requests_are_still_answered() {
 
     // The entry stored before the pause is still there and served again.
     let w = &w;
-    eventually("task 1 is a HIT after resume", Duration::from_secs(10), || async move {
+    eventually("task 1 is a HIT after resume", PATIENCE, || async move {
         w.client.get(PATH).await.x_cache() == Some("HIT")
     })
     .await;

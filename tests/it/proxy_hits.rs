@@ -2,7 +2,6 @@
 //! shares the GET entry, and hits say so in `Cache-Status`, `X-Cache`, `Age`.
 
 use crate::common::*;
-use std::time::Duration;
 
 both_stores!(
     second_get_is_a_hit_that_never_reaches_the_backend,
@@ -142,11 +141,9 @@ ttl = 1
     assert!(ttl_left <= 1, "ttl {ttl_left}");
     // Once the second is over the entry is stale: the backend is asked again.
     let w = &w;
-    eventually(
-        "the entry expires and is fetched again",
-        Duration::from_secs(5),
-        || async move { w.client.get(path).await.x_cache() == Some("MISS") },
-    )
+    eventually("the entry expires and is fetched again", PATIENCE, || async move {
+        w.client.get(path).await.x_cache() == Some("MISS")
+    })
     .await;
     assert_eq!(w.backend.count("GET", path), 2);
     assert_eq!(

@@ -285,11 +285,9 @@ async fn slow_get_then_write(w: &World, get_path: &str, write_method: &str, writ
         let get_path = get_path.to_string();
         async move { client.get(&get_path).await }
     });
-    eventually(
-        "the slow GET reached the backend",
-        Duration::from_secs(5),
-        || async move { w.backend.count("GET", bare) == before + 1 },
-    )
+    eventually("the slow GET reached the backend", PATIENCE, || async move {
+        w.backend.count("GET", bare) == before + 1
+    })
     .await;
 
     let write = w.client.send(write_method, write_path, &[], full("{}")).await;
@@ -383,7 +381,7 @@ async fn a_write_whose_client_went_away_still_purges(kind: Kind) {
         .on("PUT", path, Reply::new().delay(Duration::from_secs(2)).body("{}"));
     let client = Client::new(w.proxy.addr);
     let put = tokio::spawn(async move { client.put("/api/v1/tasks/1").await });
-    eventually("the backend got the write", Duration::from_secs(10), || async {
+    eventually("the backend got the write", PATIENCE, || async {
         w.backend.count("PUT", path) == 1
     })
     .await;
@@ -392,7 +390,7 @@ async fn a_write_whose_client_went_away_still_purges(kind: Kind) {
     let _ = put.await;
     eventually(
         "the write's purge ran although its client went away",
-        Duration::from_secs(20),
+        PATIENCE,
         || async { !w.proxy.stored("task:1", "anon").await },
     )
     .await;

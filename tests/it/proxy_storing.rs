@@ -3,7 +3,6 @@
 //! chunked body within the limit is stored; a body that breaks off is not.
 
 use crate::common::*;
-use std::time::Duration;
 
 both_stores!(
     only_the_rules_statuses_are_stored,
@@ -183,7 +182,7 @@ async fn a_chunked_body_within_the_limit_is_stored(kind: Kind) {
 
     // Stored in the background once the body ended.
     let w = &w;
-    eventually("the chunked body is stored", Duration::from_secs(5), || async move {
+    eventually("the chunked body is stored", PATIENCE, || async move {
         w.proxy.stored("task:chunked", "anon").await
     })
     .await;

@@ -63,7 +63,7 @@ async fn an_idle_instance_replays_its_purge_within_a_second_and_no_peer_serves_t
     assert!(dir.path().join("b.json").exists(), "the pending purge is journalled");
     // Both instances notice the stall (the reader with no failed request of
     // its own: its repair task probes the store).
-    eventually("both instances see the stall", Duration::from_secs(10), || async {
+    eventually("both instances see the stall", PATIENCE, || async {
         !reader.gateway().store().is_up() && !writer.gateway().store().is_up()
     })
     .await;
@@ -74,6 +74,8 @@ async fn an_idle_instance_replays_its_purge_within_a_second_and_no_peer_serves_t
     // loop from the moment Redis answers: every read starts after the PUT
     // was answered, so each must see version 2 (never the purged version 1).
     let (mut reads_done, mut hits, mut replayed_after) = (0u64, 0u64, None);
+    // Creates the condition: 3 s of reads after Redis is back (a window to
+    // read in, not a wait for a state).
     while resumed.elapsed() < Duration::from_secs(3) {
         let r = reads.get(TASK).await;
         assert_eq!(r.status, 200);
@@ -154,11 +156,9 @@ async fn a_shutdown_that_cannot_flush_leaves_the_journal_and_the_next_start_repl
     );
 
     let next = Proxy::start(&text).await;
-    eventually(
-        "the next start replays the journal",
-        Duration::from_secs(10),
-        || async { redis.entry_fields("task:1").await.is_empty() },
-    )
+    eventually("the next start replays the journal", PATIENCE, || async {
+        redis.entry_fields("task:1").await.is_empty()
+    })
     .await;
     assert!(!journal.exists());
     let r = Client::new(next.addr).get(TASK).await;
@@ -189,7 +189,7 @@ async fn kill_9_with_a_purge_pending_is_replayed_at_the_next_start() {
             .spawn()
             .expect("start cachegate");
         let guard = ChildGuard(child);
-        eventually("the binary listens", Duration::from_secs(20), || async {
+        eventually("the binary listens", PATIENCE, || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
@@ -197,7 +197,7 @@ async fn kill_9_with_a_purge_pending_is_replayed_at_the_next_start() {
     };
     let client = Client::new(([127, 0, 0, 1], port).into());
     let first = spawn().await;
-    eventually("the first entry is stored", Duration::from_secs(10), || async {
+    eventually("the first entry is stored", PATIENCE, || async {
         client.get(TASK).await;
         !redis.entry_fields("task:1").await.is_empty()
     })
@@ -216,11 +216,9 @@ async fn kill_9_with_a_purge_pending_is_replayed_at_the_next_start() {
     );
 
     let _second = spawn().await;
-    eventually(
-        "the restarted instance replays the journal",
-        Duration::from_secs(10),
-        || async { redis.entry_fields("task:1").await.is_empty() },
-    )
+    eventually("the restarted instance replays the journal", PATIENCE, || async {
+        redis.entry_fields("task:1").await.is_empty()
+    })
     .await;
     let r = client.get(TASK).await;
     assert_eq!(r.version(), 2);

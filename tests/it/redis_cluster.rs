@@ -219,7 +219,7 @@ async fn failover_history(tagged: bool) {
     };
     for entry in 0..entries {
         for c in clients.iter() {
-            eventually("cached before the kill", Duration::from_secs(10), || async {
+            eventually("cached before the kill", PATIENCE, || async {
                 c.get(&path(entry)).await.x_cache() == Some("HIT")
             })
             .await;
@@ -283,7 +283,7 @@ async fn failover_history(tagged: bool) {
                         Err(e) => op.failed = Some(format!("{method} {target}: {e}")),
                     }
                     history.lock().unwrap().push(op);
-                    tokio::time::sleep(Duration::from_millis(4)).await;
+                    tokio::time::sleep(Duration::from_millis(4)).await; // the load's pace
                 }
             })
         })
@@ -298,14 +298,10 @@ async fn failover_history(tagged: bool) {
     // Health per primary: the victim down, the others up, in /metrics and
     // in admin health.
     let victim_name = format!("127.0.0.1:{victim}");
-    eventually(
-        "the dead primary is reported down, alone",
-        Duration::from_secs(10),
-        || async {
-            let states = proxies[0].gateway().store().shards();
-            states.len() == 3 && states.iter().all(|(name, up)| *up == (*name != victim_name))
-        },
-    )
+    eventually("the dead primary is reported down, alone", PATIENCE, || async {
+        let states = proxies[0].gateway().store().shards();
+        states.len() == 3 && states.iter().all(|(name, up)| *up == (*name != victim_name))
+    })
     .await;
     let metrics = proxies[0].gateway().metrics().clone();
     metrics.set_store_health(proxies[0].gateway().store().as_ref());
@@ -466,7 +462,7 @@ keys = ["task:{task_id}"]
         let client = client.clone();
         tokio::spawn(async move { client.get(path).await })
     };
-    eventually("the slow fill reached the backend", Duration::from_secs(10), || async {
+    eventually("the slow fill reached the backend", PATIENCE, || async {
         backend.count("GET", path) == 1
     })
     .await;
@@ -516,8 +512,9 @@ keys = ["task:{task_id}"]
 /// A primary that stops answering (SIGSTOP) rather than dying: after three
 /// timeouts it counts as stalled on its own, its keys bypass at once (no
 /// request waits the store timeout any more), and the other primaries'
-/// keys keep hitting. The store timeout is 300 ms here so the stall is
-/// detected well before the cluster fails the node over.
+/// keys keep hitting. The store timeout is 2 s here so that "at once" is
+/// far from it on a loaded machine (the bound is the behaviour); the
+/// cluster's node timeout is raised so that no failover comes first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
     use crate::common::*;
@@ -525,7 +522,7 @@ async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
     let cluster = RedisCluster::start();
     let backend = Backend::start().await;
     let text = format!(
-        "[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 300\n\n[redis]\nurl = \"{}\"\n\n{}",
+        "[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n[store]\nkind = \"redis\"\ntimeout_ms = 2000\n\n[redis]\nurl = \"{}\"\n\n{}",
         backend.url(),
         cluster.url(),
         crate::common::STD_RULES
@@ -534,7 +531,7 @@ async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
     let client = Client::new(proxy.addr);
     let path = |i: usize| format!("/api/v1/tasks/st{i}");
     for i in 0..12 {
-        eventually("cached", Duration::from_secs(10), || async {
+        eventually("cached", PATIENCE, || async {
             client.get(&path(i)).await.x_cache() == Some("HIT")
         })
         .await;
@@ -563,10 +560,7 @@ async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
         .iter()
         .any(|(n, up)| *n == victim_name && *up)
     {
-        assert!(
-            paused.elapsed() < Duration::from_secs(10),
-            "the stalled primary is never marked down"
-        );
+        assert!(paused.elapsed() < PATIENCE, "the stalled primary is never marked down");
         assert_eq!(client.get(&path(first_victim)).await.status, 200, "fail open");
     }
     let detected = paused.elapsed();
@@ -584,9 +578,10 @@ async fn a_stalled_primary_is_bypassed_at_once_and_alone() {
         }
     }
     println!("stall detected after {detected:?}; the stalled primary's keys then took at most {slowest:?}");
-    // The bound is the behaviour: well under the 300 ms store timeout.
+    // The bound is the behaviour: well under the 2 s store timeout (half of
+    // it, far above a loaded machine's noise).
     assert!(
-        slowest < Duration::from_millis(150),
+        slowest < Duration::from_millis(1000),
         "a request waited on the stalled primary: {slowest:?}"
     );
     node.resume();

@@ -6,7 +6,6 @@
 
 use crate::common::topology::TlsRedis;
 use crate::common::*;
-use std::time::Duration;
 
 fn section(t: &TlsRedis, extra: &str) -> String {
     format!("url = \"{}\"\ndb = 0\n{extra}", t.url())
@@ -90,7 +89,7 @@ async fn client_certificates_when_the_server_requires_them() {
     .await;
     e.client.get("/api/v1/tasks/1").await;
     e.until_hit("/api/v1/tasks/1").await;
-    eventually("the record in redis", Duration::from_secs(5), || async {
+    eventually("the record in redis", PATIENCE, || async {
         t.cli(&["exists", "cert:task:1"]).trim() == "1"
     })
     .await;

@@ -198,11 +198,9 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
 
     let client = Client::new(site.proxy.addr);
     let slow = tokio::spawn(async move { client.get("/api/v1/tasks/slow").await });
-    eventually(
-        "the slow request reached the old backend",
-        Duration::from_secs(5),
-        || async { old_backend.count_path("/api/v1/tasks/slow") == 1 },
-    )
+    eventually("the slow request reached the old backend", PATIENCE, || async {
+        old_backend.count_path("/api/v1/tasks/slow") == 1
+    })
     .await;
     site.write(
         &Settings {
@@ -330,7 +328,7 @@ async fn sighup_and_the_reload_command_on_the_binary() {
     );
     let pid = child.0.id().to_string();
     let client = Client::new(([127, 0, 0, 1], port).into());
-    eventually("the binary serves", Duration::from_secs(20), || async {
+    eventually("the binary serves", PATIENCE, || async {
         client
             .try_send("GET", "/api/v1/tasks/a", Vec::new(), empty())
             .await
@@ -350,16 +348,14 @@ async fn sighup_and_the_reload_command_on_the_binary() {
     hangup(&pid);
     // Each probe is a new path: a probe answered by the old backend is cached.
     let probe = AtomicU64::new(0);
-    eventually("SIGHUP swapped in the new backend", Duration::from_secs(10), || async {
+    eventually("SIGHUP swapped in the new backend", PATIENCE, || async {
         let path = format!("/api/v1/tasks/b{}", probe.fetch_add(1, Ordering::Relaxed));
         client.get(&path).await.status == 200 && second.count_path(&path) == 1
     })
     .await;
-    eventually(
-        "the reload is logged at the new level",
-        Duration::from_secs(5),
-        || async { stderr().contains("config reloaded") },
-    )
+    eventually("the reload is logged at the new level", PATIENCE, || async {
+        stderr().contains("config reloaded")
+    })
     .await;
     // The first backend saw /a and every probe but the last.
     assert_eq!(first.total(), probe.load(Ordering::Relaxed));
@@ -370,11 +366,9 @@ async fn sighup_and_the_reload_command_on_the_binary() {
     std::fs::write(&path, &bad).expect("write bad");
     hangup(&pid);
     let place = format!("proxy.toml:{line}:7");
-    eventually(
-        "the refusal is logged with file:line:col",
-        Duration::from_secs(10),
-        || async { stderr().contains(&place) },
-    )
+    eventually("the refusal is logged with file:line:col", PATIENCE, || async {
+        stderr().contains(&place)
+    })
     .await;
     assert_eq!(client.get("/api/v1/tasks/c").await.status, 200);
     assert_eq!(second.count_path("/api/v1/tasks/c"), 1, "still the second backend");
@@ -418,7 +412,7 @@ async fn sighup_and_the_reload_command_on_the_binary() {
             break;
         }
         assert!(Instant::now() < deadline, "cachegate did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // the polling interval
     }
 }
 
@@ -470,7 +464,7 @@ async fn the_reload_command_finds_an_instance_started_with_listen() {
             .expect("start cachegate"),
     );
     let client = Client::new(([127, 0, 0, 1], real_port).into());
-    eventually("the binary serves", Duration::from_secs(20), || async {
+    eventually("the binary serves", PATIENCE, || async {
         client
             .try_send("GET", "/api/v1/tasks/a", Vec::new(), empty())
             .await

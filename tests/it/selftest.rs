@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cachegate");
 
@@ -553,7 +553,6 @@ fn selftest_against_the_demo_on_redis_passes() {
     let demo = Demo::start(Some(&redis.url()));
     let mut args = small(demo.selftest.clone());
     args.push("--json".into());
-    let started = Instant::now();
     let run = selftest(&args);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let r: Value = serde_json::from_str(&run.stdout).unwrap();
@@ -565,7 +564,6 @@ fn selftest_against_the_demo_on_redis_passes() {
     // Purging through the admin API reached Redis: every cold fetch missed.
     assert_eq!(r["hit_miss"]["cold_misses"], 40);
     assert_eq!(check(&r, "invalidation")["status"], "ok");
-    assert!(started.elapsed() < Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -376,10 +376,7 @@ async fn tag_indexes_do_not_outgrow_their_entries() {
     let ttl = redis.pttl("__cg:tag:task:1").await;
     assert!(ttl > 0, "a tag index expires (PTTL {ttl})");
 
-    eventually("task:1 expired", Duration::from_secs(10), || async {
-        !redis.exists("task:1").await
-    })
-    .await;
+    eventually("task:1 expired", PATIENCE, || async { !redis.exists("task:1").await }).await;
     let second = w.client.get("/api/v1/tasks/2").await;
     assert_eq!(second.cache_status(), "cachegate; fwd=miss; stored");
     assert_eq!(
@@ -389,7 +386,7 @@ async fn tag_indexes_do_not_outgrow_their_entries() {
     );
     eventually(
         "the index of tag task:1 expired with its only key",
-        Duration::from_secs(10),
+        PATIENCE,
         || async { !redis.exists("__cg:tag:task:1").await },
     )
     .await;
@@ -397,7 +394,7 @@ async fn tag_indexes_do_not_outgrow_their_entries() {
     for i in 10..30 {
         w.client.get(&format!("/api/v1/tasks/{i}")).await;
     }
-    eventually("those expired too", Duration::from_secs(10), || async {
+    eventually("those expired too", PATIENCE, || async {
         !redis.exists("task:29").await
     })
     .await;
@@ -424,14 +421,12 @@ async fn soft_purge_serves_stale_and_refreshes_in_the_background(kind: Kind) {
         stale.cache_status()
     );
     assert_eq!(stale.serial(), old.serial(), "the stale answer is the stored one");
-    eventually(
-        "one background request refreshes the entry",
-        Duration::from_secs(5),
-        || async { w.backend.count("GET", path) >= 2 },
-    )
+    eventually("one background request refreshes the entry", PATIENCE, || async {
+        w.backend.count("GET", path) >= 2
+    })
     .await;
     let old_serial = old.serial();
-    let refreshed = eventually_some("the refreshed entry is served", Duration::from_secs(5), || async {
+    let refreshed = eventually_some("the refreshed entry is served", PATIENCE, || async {
         let r = w.client.get(path).await;
         (r.x_cache() == Some("HIT") && r.serial() != old_serial).then_some(r)
     })
@@ -449,14 +444,11 @@ async fn soft_purge_serves_stale_and_refreshes_in_the_background(kind: Kind) {
     assert_eq!(stale.serial(), refreshed.serial());
     let stale_other = w.client.get(other).await;
     assert_eq!(stale_other.x_cache(), Some("STALE"), "{}", stale_other.cache_status());
-    eventually("background refreshes", Duration::from_secs(5), || async {
+    eventually("background refreshes", PATIENCE, || async {
         w.backend.count("GET", path) > count && w.backend.count("GET", other) >= 2
     })
     .await;
-    eventually("fresh again", Duration::from_secs(5), || async {
-        w.x_cache(path).await == "HIT"
-    })
-    .await;
+    eventually("fresh again", PATIENCE, || async { w.x_cache(path).await == "HIT" }).await;
 }
 
 /// A soft purge moves the key's generation (or the epoch) like a hard one:
@@ -478,7 +470,7 @@ async fn a_soft_purge_still_stops_an_inflight_fill(kind: Kind) {
         let client = w.client.clone();
         async move { client.get(path).await }
     });
-    eventually("the slow GET reached the backend", Duration::from_secs(5), || async {
+    eventually("the slow GET reached the backend", PATIENCE, || async {
         w.backend.count("GET", path) == 1
     })
     .await;
@@ -514,7 +506,7 @@ async fn a_soft_purge_still_stops_an_inflight_fill(kind: Kind) {
     let stale = w.client.get(path).await;
     assert_eq!(stale.x_cache(), Some("STALE"), "{}", stale.cache_status());
     assert_eq!(stale.header("x-gen"), Some("after-purge-1"));
-    eventually("the refresh reached the backend", Duration::from_secs(5), || async {
+    eventually("the refresh reached the backend", PATIENCE, || async {
         w.backend.count("GET", path) == count + 1
     })
     .await;
@@ -523,20 +515,16 @@ async fn a_soft_purge_still_stops_an_inflight_fill(kind: Kind) {
     // From now on nothing may serve the refresh's body: it was fetched
     // before the second purge, and only the cache could hand it out.
     let seen = Arc::new(Mutex::new(Vec::new()));
-    eventually(
-        "a refresh made after the purge is served",
-        Duration::from_secs(10),
-        || {
-            let (w, seen) = (&w, seen.clone());
-            async move {
-                let r = w.client.get(path).await;
-                let gen = r.header("x-gen").unwrap_or("").to_string();
-                let x = r.x_cache().unwrap_or("").to_string();
-                seen.lock().unwrap().push(format!("{x} {gen}"));
-                x == "HIT" && gen == "after-purge-2"
-            }
-        },
-    )
+    eventually("a refresh made after the purge is served", PATIENCE, || {
+        let (w, seen) = (&w, seen.clone());
+        async move {
+            let r = w.client.get(path).await;
+            let gen = r.header("x-gen").unwrap_or("").to_string();
+            let x = r.x_cache().unwrap_or("").to_string();
+            seen.lock().unwrap().push(format!("{x} {gen}"));
+            x == "HIT" && gen == "after-purge-2"
+        }
+    })
     .await;
     let seen = seen.lock().unwrap().clone();
     assert!(
@@ -590,8 +578,11 @@ async fn purge_under_load(
             }
         }));
     }
-    // Let the load start, then purge.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Purge once the load runs: every worker has had an answer.
+    eventually("the load is under way", PATIENCE, || async {
+        answers.lock().unwrap().len() >= 16
+    })
+    .await;
     let out = w.clear("tag=tasks").await;
     done.store(true, Ordering::Relaxed);
     for t in workers {

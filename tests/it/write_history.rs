@@ -7,9 +7,11 @@
 //! refused by its guard), shared such a body with a waiter, or purged after
 //! answering the write would break it.
 //!
-//! Runs: one instance on Redis; one instance on the memory store; two
-//! instances sharing one Redis, with the clients spread over both (the tier
-//! across instances, with faults, is `fleet_history.rs`).
+//! Runs: one instance on Redis with the tier; one instance on the memory
+//! store; two instances sharing one Redis without the tier, with the
+//! clients spread over both (the tier across instances, with faults, is
+//! `fleet_history.rs`); two instances on a Redis Cluster (the tier is off
+//! on a cluster).
 
 use crate::common::{Proxy, RedisServer};
 use crate::history::{check, config, report, run_history, Kind, Progress, Routing, VersionedBackend};
@@ -31,16 +33,21 @@ fn store(redis: Option<&RedisServer>, tier: bool) -> String {
     }
 }
 
-async fn history(label: &str, proxies: &[&Proxy], backend: &VersionedBackend) {
+/// Runs the history and checks it. `min_hits` is the share of GETs the
+/// cache must have served: a history with few hits tests the backend, not
+/// the cache.
+async fn history(label: &str, proxies: &[&Proxy], backend: &VersionedBackend, min_hits: f64) {
     let addrs: Vec<_> = proxies.iter().map(|p| p.addr).collect();
     let (ops, took) = run_history(&addrs, Routing::ByClient, CLIENTS, Progress::new(MIN_OPS)).await;
     assert!(ops.len() >= MIN_OPS);
     let violations = check(&ops);
     report(label, &ops, took, backend, &violations);
     let hits = ops.iter().filter(|o| o.x_cache == "HIT").count();
+    let gets = ops.iter().filter(|o| o.kind == Kind::Get).count();
     assert!(
-        hits > 0,
-        "[{label}] the cache served no hit: the history proves nothing"
+        hits as f64 >= min_hits * gets as f64,
+        "[{label}] the cache served {hits} of {gets} GETs, under {:.0} %: the history proves little",
+        min_hits * 100.0
     );
     assert_eq!(
         backend.state.puts.load(Ordering::SeqCst) as usize,
@@ -57,28 +64,28 @@ async fn history(label: &str, proxies: &[&Proxy], backend: &VersionedBackend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_instance_redis_store() {
+async fn one_instance_redis_with_the_tier() {
     let backend = VersionedBackend::start().await;
     let redis = RedisServer::start();
     let proxy = Proxy::start(&config(&backend, &store(Some(&redis), true))).await;
-    history("one instance, redis", &[&proxy], &backend).await;
+    history("one instance, redis", &[&proxy], &backend, 0.5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_memory_store() {
     let backend = VersionedBackend::start().await;
     let proxy = Proxy::start(&config(&backend, &store(None, false))).await;
-    history("one instance, memory", &[&proxy], &backend).await;
+    history("one instance, memory", &[&proxy], &backend, 0.5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_sharing_one_redis() {
+async fn two_instances_sharing_one_redis_without_the_tier() {
     let backend = VersionedBackend::start().await;
     let redis = RedisServer::start();
     let text = config(&backend, &store(Some(&redis), false));
     let a = Proxy::start(&text).await;
     let b = Proxy::start(&text).await;
-    history("two instances, one redis", &[&a, &b], &backend).await;
+    history("two instances, one redis", &[&a, &b], &backend, 0.5).await;
 }
 
 #[test]
@@ -107,10 +114,13 @@ async fn two_instances_sharing_one_cluster_with_tag_and_pattern_purges() {
     assert!(text.contains("patterns = ["), "{text}");
     let a = Proxy::start(&text).await;
     let b = Proxy::start(&text).await;
+    // Every write's pattern purge moves the epoch, which refuses the fills
+    // in flight: few GETs are hits here (about 3 %), still hundreds.
     history(
         "two instances, one cluster, tag and pattern purges",
         &[&a, &b],
         &backend,
+        0.01,
     )
     .await;
 }
