@@ -50,9 +50,9 @@ pub fn config(backend: &Backend, redis_section: &str, prefix: &str) -> String {
     format!(
         "edition = \"enterprise\"\n\n[backend]\nurl = \"{}\"\ntimeout_ms = 5000\n\n\
          [store]\nkind = \"redis\"\ntimeout_ms = 2000\n\n[redis]\n{redis_section}\nkey_prefix = \"{prefix}\"\npool_size = 4\n\n\
-         [[admin.tokens]]\nname = \"all\"\nsha256 = \"{}\"\nscopes = [\"read\", \"purge\", \"inspect\"]\n\n{RULES}",
+         {}{RULES}",
         backend.url(),
-        hex::encode(cachegate::admin::hash_token(TOKEN))
+        crate::common::admin::token_toml("all", TOKEN, crate::common::admin::EVERY_SCOPE)
     )
 }
 
@@ -97,10 +97,7 @@ impl Env {
 
     /// GETs `path` until it is a HIT (a fill lands after its response).
     pub async fn until_hit(&self, path: &str) {
-        eventually(&format!("{path} to be a HIT"), Duration::from_secs(10), || async {
-            self.client.get(path).await.x_cache() == Some("HIT")
-        })
-        .await;
+        self.client.until_hit(path, &[]).await
     }
 }
 
@@ -181,7 +178,7 @@ async fn slow_fill_then(e: &Env, path: &str, method: &str, write: &str) {
     let c = e.client.clone();
     let owned = path.to_string();
     let fill = tokio::spawn(async move { c.get(&owned).await });
-    eventually("the slow fill to reach the backend", Duration::from_secs(5), || async {
+    eventually("the slow fill to reach the backend", PATIENCE, || async {
         e.backend.count("GET", bare) == 1
     })
     .await;
@@ -262,7 +259,7 @@ pub async fn credentials_get_scopes_of_their_own(redis: &str) {
     let b = [("authorization", "Bearer bob")];
     let first_a = e.client.get_h(path, &a).await;
     assert_eq!(first_a.x_cache(), Some("MISS"));
-    eventually("alice's entry to be a HIT", Duration::from_secs(10), || async {
+    eventually("alice's entry to be a HIT", PATIENCE, || async {
         e.client.get_h(path, &a).await.x_cache() == Some("HIT")
     })
     .await;
@@ -296,7 +293,7 @@ pub async fn admin_routes_see_every_primary(redis: &str) {
         stats["stats"]["total_keys"].as_u64().unwrap_or(0) >= n,
         "total_keys counts every primary: {stats}"
     );
-    eventually("fleet-wide hit counters", Duration::from_secs(10), || async {
+    eventually("fleet-wide hit counters", PATIENCE, || async {
         let s = e.admin("GET", "stats").await;
         s["stats"]["hits"].as_u64().unwrap_or(0) >= n
     })
@@ -317,11 +314,9 @@ pub async fn two_instances_coalesce_on_one_fill(redis: &str) {
     let other = Proxy::start(&config(&e.backend, redis, "coalesce:")).await;
     // Both instances connected (TLS handshakes can outlast Proxy::start's
     // wait): an instance without its store forwards uncached.
-    eventually(
-        "the second instance's store to be up",
-        Duration::from_secs(10),
-        || async { other.gateway().store().is_up() && e.proxy.gateway().store().is_up() },
-    )
+    eventually("the second instance's store to be up", PATIENCE, || async {
+        other.gateway().store().is_up() && e.proxy.gateway().store().is_up()
+    })
     .await;
     let path = "/api/v1/tasks/coalesce";
     // A slow backend: every request reaches its instance (and its lookup

@@ -7,7 +7,7 @@
 //! - [`TlsRedis`]: one server on a TLS port only, with a CA, server and
 //!   client certificates generated here (rcgen).
 
-use super::{eventually, free_port};
+use super::{eventually, free_port, redis_server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -81,17 +81,6 @@ impl Drop for Proc {
     }
 }
 
-fn redis_server(port: u16, dir: &Path) -> Command {
-    let mut c = Command::new("redis-server");
-    c.args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", ""])
-        .args(["--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir);
-    c
-}
-
 /// `redis-cli -p port args...`; stdout, or "" when it fails.
 pub fn cli(port: u16, args: &[&str]) -> String {
     let mut cmd = Command::new("redis-cli");
@@ -115,7 +104,7 @@ fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
             Instant::now() < deadline,
             "timed out after {within:?} waiting for: {what}"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // the polling interval
     }
 }
 

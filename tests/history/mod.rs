@@ -8,8 +8,6 @@
 //! The checker asserts: every GET that started after some PUT's response had
 //! arrived returns a version at least that PUT's.
 
-#![allow(dead_code)]
-
 use crate::common::Client;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -79,6 +77,7 @@ fn json(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
 
 async fn jitter() {
     let micros = rand::thread_rng().gen_range(0..=5000u64);
+    // Creates the condition: fills race with writes.
     tokio::time::sleep(Duration::from_micros(micros)).await;
 }
 
@@ -208,7 +207,7 @@ impl Progress {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.ops.load(Ordering::SeqCst) < target {
             assert!(Instant::now() < deadline, "the history stopped making progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await; // the polling interval
         }
     }
 }
@@ -378,15 +377,10 @@ pub fn report(label: &str, ops: &[Op], took: Duration, backend: &VersionedBacken
     }
 }
 
-/// One counter from a cachegate's `/metrics` (0 when absent).
+/// One counter from a cachegate's `/metrics`, summed over its labels (0
+/// when absent).
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = Client::new(addr).get("/metrics").await.text();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(series, _)| *series == name || series.starts_with(&format!("{name}{{")))
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
+    Client::new(addr).scrape().await.sum(name, &[])
 }
 
 /// The checker itself: a GET after an answered PUT that reads an older

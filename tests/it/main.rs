@@ -1,0 +1,51 @@
+//! The integration tests, one binary: a module per area, all sharing the
+//! harness in `tests/common/harness.rs` (compiled once, here). Run one area
+//! with `cargo test --test it AREA::`, e.g. `cargo test --test it faults::`.
+//!
+//! Two test binaries live outside this one: `tests/store_contract.rs` and
+//! `tests/streaming.rs` (which measures this process's memory, so it runs
+//! alone).
+
+#[macro_use]
+#[path = "../common/harness.rs"]
+mod common;
+#[path = "../history/mod.rs"]
+mod history;
+
+mod access_log;
+mod admin_api;
+mod admin_docs;
+mod cli;
+mod compose;
+mod credentials_end;
+mod faults;
+mod fleet_history;
+mod hostile_input;
+mod http_semantics;
+mod http_stale;
+mod path_normalisation;
+mod poisoning;
+mod proxy_credentials;
+mod proxy_fail_open;
+mod proxy_forwarding;
+mod proxy_hits;
+mod proxy_invalidation;
+mod proxy_limits;
+mod proxy_pool;
+mod proxy_rules;
+mod proxy_storing;
+mod purge_durability;
+mod redis_acl;
+mod redis_cluster;
+mod redis_sentinel;
+mod redis_tls;
+mod reload;
+mod selftest;
+mod shipped_configs;
+mod shutdown;
+mod stampede;
+mod store_glob;
+mod tags;
+mod tier;
+mod warm;
+mod write_history;
