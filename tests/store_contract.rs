@@ -14,7 +14,7 @@ mod common;
 use bytes::Bytes;
 use cachegate::store::entry::{now_ms, Entry, Lifetime};
 use cachegate::store::memory::MemoryStore;
-use cachegate::store::Store;
+use cachegate::store::{EntryFill, Store};
 use common::topology::RedisCluster;
 use common::*;
 use redis::AsyncCommands;
@@ -54,7 +54,7 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     let miss = s.lookup(&k("a"), "anon").await.unwrap();
     assert!(miss.entry.is_none(), "[{label}] cold");
     assert!(
-        s.fill(&k("a"), "anon", entry("a1"), HOUR, miss.guard, &[])
+        s.fill(EntryFill::new(&k("a"), "anon", entry("a1"), HOUR, miss.guard))
             .await
             .unwrap(),
         "[{label}] fill"
@@ -70,7 +70,7 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
         "[{label}] nothing held"
     );
     assert!(
-        !s.fill(&k("b"), "anon", entry("old"), HOUR, miss.guard, &[])
+        !s.fill(EntryFill::new(&k("b"), "anon", entry("old"), HOUR, miss.guard))
             .await
             .unwrap(),
         "[{label}] a fill from before a key purge must not store"
@@ -80,12 +80,12 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     // A purge of a held key removes every field.
     let miss = s.lookup(&k("c"), "anon").await.unwrap();
     assert!(s
-        .fill(&k("c"), "anon", entry("c"), HOUR, miss.guard, &[])
+        .fill(EntryFill::new(&k("c"), "anon", entry("c"), HOUR, miss.guard))
         .await
         .unwrap());
     let miss = s.lookup(&k("c"), "scope1").await.unwrap();
     assert!(s
-        .fill(&k("c"), "scope1", entry("c1"), HOUR, miss.guard, &[])
+        .fill(EntryFill::new(&k("c"), "scope1", entry("c1"), HOUR, miss.guard))
         .await
         .unwrap());
     assert_eq!(
@@ -105,7 +105,7 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     let miss = s.lookup(&k("d"), "anon").await.unwrap();
     s.purge_pattern("unrelated:*", false).await.unwrap();
     assert!(
-        !s.fill(&k("d"), "anon", entry("old"), HOUR, miss.guard, &[])
+        !s.fill(EntryFill::new(&k("d"), "anon", entry("old"), HOUR, miss.guard))
             .await
             .unwrap(),
         "[{label}] a fill from before a pattern purge must not store"
@@ -114,7 +114,10 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     // A pattern purge removes what it matches, and only that.
     for n in ["p1", "p2", "q1"] {
         let miss = s.lookup(&k(n), "anon").await.unwrap();
-        assert!(s.fill(&k(n), "anon", entry(n), HOUR, miss.guard, &[]).await.unwrap());
+        assert!(s
+            .fill(EntryFill::new(&k(n), "anon", entry(n), HOUR, miss.guard))
+            .await
+            .unwrap());
     }
     assert_eq!(
         s.purge_pattern(&k("p*"), false).await.unwrap(),
@@ -132,7 +135,10 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     let tags = vec!["group:1".to_string()];
     for n in ["t1", "t2"] {
         let miss = s.lookup(&k(n), "anon").await.unwrap();
-        assert!(s.fill(&k(n), "anon", entry(n), HOUR, miss.guard, &tags).await.unwrap());
+        assert!(s
+            .fill(EntryFill::new(&k(n), "anon", entry(n), HOUR, miss.guard).tagged(&tags))
+            .await
+            .unwrap());
     }
     let miss = s.lookup(&k("t3"), "anon").await.unwrap();
     assert_eq!(s.purge_tags(&tags, false).await.unwrap(), 2, "[{label}] tag count");
@@ -145,7 +151,7 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
         "[{label}] untagged stays"
     );
     assert!(
-        !s.fill(&k("t3"), "anon", entry("old"), HOUR, miss.guard, &tags)
+        !s.fill(EntryFill::new(&k("t3"), "anon", entry("old"), HOUR, miss.guard).tagged(&tags))
             .await
             .unwrap(),
         "[{label}] a fill from before a tag purge must not store"
@@ -155,7 +161,7 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     // lets a fill store.
     let miss = s.lookup(&k("s"), "anon").await.unwrap();
     assert!(s
-        .fill(&k("s"), "anon", entry("s1"), HOUR, miss.guard, &[])
+        .fill(EntryFill::new(&k("s"), "anon", entry("s1"), HOUR, miss.guard))
         .await
         .unwrap());
     let before = s.fill_guard(&k("s")).await.unwrap();
@@ -168,7 +174,9 @@ async fn contract(store: Arc<dyn Store>, label: &str) {
     let decoded = soft.as_ref().and_then(Entry::decode).expect("the entry stays");
     assert!(!decoded.is_fresh(now_ms()), "[{label}] but stale");
     assert!(
-        !s.fill(&k("s"), "anon", entry("old"), HOUR, before, &[]).await.unwrap(),
+        !s.fill(EntryFill::new(&k("s"), "anon", entry("old"), HOUR, before))
+            .await
+            .unwrap(),
         "[{label}] a fill from before a soft purge must not store"
     );
 
@@ -208,7 +216,9 @@ async fn put(s: &dyn Store, key: &str, field: &str, body: &str, tags: &[&str]) {
     let guard = s.lookup(key, field).await.unwrap().guard;
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     assert!(
-        s.fill(key, field, entry(body), HOUR, guard, &tags).await.unwrap(),
+        s.fill(EntryFill::new(key, field, entry(body), HOUR, guard).tagged(&tags))
+            .await
+            .unwrap(),
         "fill {key}/{field}"
     );
 }
@@ -252,18 +262,24 @@ async fn more_promises(store: Arc<dyn Store>, label: &str, raw: Option<Raw<'_>>)
     let guard = s.fill_guard(&m("g")).await.unwrap();
     s.clear(Some(&m("nothing*"))).await.unwrap();
     assert!(
-        !s.fill(&m("g"), "anon", entry("old"), HOUR, guard, &[]).await.unwrap(),
+        !s.fill(EntryFill::new(&m("g"), "anon", entry("old"), HOUR, guard))
+            .await
+            .unwrap(),
         "[{label}] a fill from before a clear must not store"
     );
     let guard = s.fill_guard(&m("g")).await.unwrap();
     s.purge_scope(SCOPE_B).await.unwrap();
     assert!(
-        !s.fill(&m("g"), "anon", entry("old"), HOUR, guard, &[]).await.unwrap(),
+        !s.fill(EntryFill::new(&m("g"), "anon", entry("old"), HOUR, guard))
+            .await
+            .unwrap(),
         "[{label}] a fill from before a scope purge must not store"
     );
     let guard = s.fill_guard(&m("g")).await.unwrap();
     assert!(
-        s.fill(&m("g"), "anon", entry("g"), HOUR, guard, &[]).await.unwrap(),
+        s.fill(EntryFill::new(&m("g"), "anon", entry("g"), HOUR, guard))
+            .await
+            .unwrap(),
         "[{label}] a fresh guard stores"
     );
 
@@ -278,7 +294,7 @@ async fn more_promises(store: Arc<dyn Store>, label: &str, raw: Option<Raw<'_>>)
         assert_eq!(held(s, &m(n), "anon").await, Some(false), "[{label}] {n} kept, stale");
     }
     assert!(
-        !s.fill(&m("st1"), "anon", entry("old"), HOUR, before, &[])
+        !s.fill(EntryFill::new(&m("st1"), "anon", entry("old"), HOUR, before))
             .await
             .unwrap(),
         "[{label}] a fill from before a soft tag purge must not store"
@@ -317,7 +333,7 @@ async fn more_promises(store: Arc<dyn Store>, label: &str, raw: Option<Raw<'_>>)
     assert_eq!(held(s, &m("sc"), SCOPE_B).await, Some(true), "[{label}] another scope");
     assert_eq!(held(s, &m("sc"), "anon").await, Some(true), "[{label}] anon");
     assert!(
-        !s.fill(&m("sc"), SCOPE_A, entry("old"), HOUR, inflight, &[])
+        !s.fill(EntryFill::new(&m("sc"), SCOPE_A, entry("old"), HOUR, inflight))
             .await
             .unwrap(),
         "[{label}] a fill from before a scope purge must not store"
@@ -349,7 +365,7 @@ async fn more_promises(store: Arc<dyn Store>, label: &str, raw: Option<Raw<'_>>)
     let hits = s.counters().await.unwrap().into_iter().find(|(n, _)| n == "hits");
     assert_eq!(hits.map(|(_, v)| v), Some(7), "[{label}] counters survive");
     assert!(
-        !s.fill(&m("after"), "anon", entry("old"), HOUR, before, &[])
+        !s.fill(EntryFill::new(&m("after"), "anon", entry("old"), HOUR, before))
             .await
             .unwrap(),
         "[{label}] the epoch survives"

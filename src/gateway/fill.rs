@@ -13,7 +13,7 @@ use crate::config::{Scope, TtlMode};
 use crate::proxy::{self, Body, ForwardError};
 use crate::rules::CacheRule;
 use crate::store::entry::{now_ms, Entry, Lifetime};
-use crate::store::{FillGuard, Store, StoreResult};
+use crate::store::{EntryFill, FillGuard, Store, StoreResult};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -278,9 +278,8 @@ impl EntryWrite {
     }
 
     async fn entry(&self, store: &dyn Store, encoded: Bytes, guard: FillGuard) -> StoreResult<bool> {
-        store
-            .fill(&self.key, &self.field, encoded, self.retain, guard, &self.tags)
-            .await
+        let entry = EntryFill::new(&self.key, &self.field, encoded, self.retain, guard);
+        store.fill(entry.tagged(&self.tags)).await
     }
 
     /// Whether the response varies, so the scope's field must point at the
@@ -292,7 +291,7 @@ impl EntryWrite {
     async fn marker(&self, store: &dyn Store, guard: FillGuard) -> StoreResult<bool> {
         let marker = vary::marker(&self.vary);
         store
-            .fill(&self.key, &self.scope_field, marker, self.retain, guard, &[])
+            .fill(EntryFill::new(&self.key, &self.scope_field, marker, self.retain, guard))
             .await
     }
 }

@@ -32,7 +32,14 @@ const MAX_NESTING: u32 = 1000;
 /// Whether `string` matches the Redis glob `pattern`.
 pub fn glob_match(pattern: &[u8], string: &[u8]) -> bool {
     let mut skip_longer_matches = false;
-    match_impl(pattern, 0, string, 0, &mut skip_longer_matches, 0)
+    let input = Input { pat: pattern, string };
+    match_impl(&input, 0, 0, &mut skip_longer_matches, 0)
+}
+
+/// The pattern and the string being matched against it.
+struct Input<'a> {
+    pat: &'a [u8],
+    string: &'a [u8],
 }
 
 /// The pattern byte at `i`, or 0 (C's NUL terminator) past the end.
@@ -43,14 +50,8 @@ fn at(pattern: &[u8], i: usize) -> u8 {
 
 /// `stringmatchlen_impl` with the C pointers as indexes: `p` into `pat`
 /// (the C `patternLen` is `pat.len() - p`) and `s` into `string`.
-fn match_impl(
-    pat: &[u8],
-    mut p: usize,
-    string: &[u8],
-    mut s: usize,
-    skip_longer_matches: &mut bool,
-    nesting: u32,
-) -> bool {
+fn match_impl(input: &Input<'_>, mut p: usize, mut s: usize, skip_longer_matches: &mut bool, nesting: u32) -> bool {
+    let (pat, string) = (input.pat, input.string);
     if nesting > MAX_NESTING {
         return false;
     }
@@ -66,7 +67,7 @@ fn match_impl(
                     return true;
                 }
                 while s < string.len() {
-                    if match_impl(pat, p + 1, string, s, skip_longer_matches, nesting + 1) {
+                    if match_impl(input, p + 1, s, skip_longer_matches, nesting + 1) {
                         return true;
                     }
                     if *skip_longer_matches {

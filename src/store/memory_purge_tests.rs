@@ -4,7 +4,7 @@
 use super::super::entry::{now_ms, Entry, Lifetime};
 use super::tests::{b, hit, live_records, put, store, HOUR, MIB};
 use super::*;
-use crate::store::Store;
+use crate::store::{EntryFill, Store};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use std::collections::HashMap;
 use std::sync::Barrier;
@@ -25,10 +25,13 @@ fn tags(names: &[&str]) -> Vec<String> {
     names.iter().map(|t| t.to_string()).collect()
 }
 
-async fn put_tagged(s: &MemoryStore, key: &str, field: &str, value: Bytes, ttl: Duration, with: &[&str]) {
+/// Fills `field` of `key` under a fresh guard, tagged `with`.
+async fn put_tagged(s: &MemoryStore, (key, field): (&str, &str), value: Bytes, ttl: Duration, with: &[&str]) {
     let guard = s.fill_guard(key).await.unwrap();
     assert!(
-        s.fill(key, field, value, ttl, guard, &tags(with)).await.unwrap(),
+        s.fill(EntryFill::new(key, field, value, ttl, guard).tagged(&tags(with)))
+            .await
+            .unwrap(),
         "fill {key}/{field}"
     );
 }
@@ -54,13 +57,13 @@ fn decoded(value: Option<Bytes>) -> Entry {
 async fn tags_index_keys_and_hard_purge_removes_them() {
     let s = store();
     for key in ["a", "b"] {
-        put_tagged(&s, key, "x", fresh_entry(key), HOUR, &["t1"]).await;
+        put_tagged(&s, (key, "x"), fresh_entry(key), HOUR, &["t1"]).await;
     }
-    put_tagged(&s, "c", "x", fresh_entry("c"), HOUR, &["t2"]).await;
-    put_tagged(&s, "d", "x", fresh_entry("d"), HOUR, &["t1", "t2"]).await;
+    put_tagged(&s, ("c", "x"), fresh_entry("c"), HOUR, &["t2"]).await;
+    put_tagged(&s, ("d", "x"), fresh_entry("d"), HOUR, &["t1", "t2"]).await;
     put(&s, "e", "x", "untagged").await;
     // A later fill without tags keeps the key under its earlier ones.
-    put_tagged(&s, "f", "x", fresh_entry("f"), HOUR, &["t3"]).await;
+    put_tagged(&s, ("f", "x"), fresh_entry("f"), HOUR, &["t3"]).await;
     put(&s, "f", "y", "second").await;
     assert_eq!(indexed(&s, "t1"), vec!["a", "b", "d"]);
     assert_eq!(indexed(&s, "t2"), vec!["c", "d"]);
@@ -81,7 +84,10 @@ async fn tags_index_keys_and_hard_purge_removes_them() {
     assert!(!lock_tags(&s.backend().tags).tags.contains_key("t1"));
     // As purge_keys: tombstones of the next generation refuse old guards.
     assert_eq!(s.fill_guard("a").await.unwrap().generation, 1);
-    assert!(!s.fill("a", "x", fresh_entry("old"), HOUR, inflight, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("a", "x", fresh_entry("old"), HOUR, inflight))
+        .await
+        .unwrap());
     assert_eq!(s.purge_tags(&tags(&["t1"]), false).await.unwrap(), 0);
 
     assert_eq!(s.purge_tags(&tags(&["t3"]), false).await.unwrap(), 1);
@@ -90,10 +96,10 @@ async fn tags_index_keys_and_hard_purge_removes_them() {
     // purge_keys and purge_pattern unindex what they remove.
     assert_eq!(s.purge_keys(&["c".into()], false).await.unwrap(), 1);
     assert!(indexed(&s, "t2").is_empty());
-    put_tagged(&s, "g", "x", fresh_entry("g"), HOUR, &["t4"]).await;
+    put_tagged(&s, ("g", "x"), fresh_entry("g"), HOUR, &["t4"]).await;
     assert_eq!(s.purge_pattern("g", false).await.unwrap(), 1);
     assert!(indexed(&s, "t4").is_empty());
-    put_tagged(&s, "h", "x", fresh_entry("h"), HOUR, &["t5"]).await;
+    put_tagged(&s, ("h", "x"), fresh_entry("h"), HOUR, &["t5"]).await;
     assert_eq!(s.clear(None).await.unwrap(), 2);
     assert!(lock_tags(&s.backend().tags).tags.is_empty());
 }
@@ -101,9 +107,9 @@ async fn tags_index_keys_and_hard_purge_removes_them() {
 #[tokio::test]
 async fn soft_tag_purge_keeps_entries_stale_and_the_index() {
     let s = store();
-    put_tagged(&s, "a", "x", fresh_entry("A"), HOUR, &["t"]).await;
-    put_tagged(&s, "b", "x", fresh_entry("B"), HOUR, &["t", "u"]).await;
-    put_tagged(&s, "c", "x", fresh_entry("C"), HOUR, &["u"]).await;
+    put_tagged(&s, ("a", "x"), fresh_entry("A"), HOUR, &["t"]).await;
+    put_tagged(&s, ("b", "x"), fresh_entry("B"), HOUR, &["t", "u"]).await;
+    put_tagged(&s, ("c", "x"), fresh_entry("C"), HOUR, &["u"]).await;
     let inflight = s.fill_guard("a").await.unwrap();
 
     assert_eq!(s.purge_tags(&tags(&["t"]), true).await.unwrap(), 2);
@@ -117,10 +123,16 @@ async fn soft_tag_purge_keeps_entries_stale_and_the_index() {
     assert_eq!(indexed(&s, "t"), vec!["a", "b"]);
     assert_eq!(indexed(&s, "u"), vec!["b", "c"]);
     // The fill that started before is refused; a refresh stores.
-    assert!(!s.fill("a", "x", fresh_entry("old"), HOUR, inflight, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("a", "x", fresh_entry("old"), HOUR, inflight))
+        .await
+        .unwrap());
     let guard = s.fill_guard("a").await.unwrap();
     assert_eq!(guard.generation, 1);
-    assert!(s.fill("a", "x", fresh_entry("new"), HOUR, guard, &[]).await.unwrap());
+    assert!(s
+        .fill(EntryFill::new("a", "x", fresh_entry("new"), HOUR, guard))
+        .await
+        .unwrap());
     assert!(decoded(hit(&s, "a", "x").await).is_fresh(now_ms()));
     // Still indexed: a hard purge of the tag finds them.
     assert_eq!(s.purge_tags(&tags(&["t"]), false).await.unwrap(), 2);
@@ -132,19 +144,19 @@ async fn soft_tag_purge_keeps_entries_stale_and_the_index() {
 async fn tag_index_forgets_expired_entries() {
     let s = store();
     let short = Duration::from_millis(200);
-    put_tagged(&s, "gone", "x", fresh_entry("g"), short, &["t", "only-short"]).await;
-    put_tagged(&s, "stays", "x", fresh_entry("s"), HOUR, &["t"]).await;
+    put_tagged(&s, ("gone", "x"), fresh_entry("g"), short, &["t", "only-short"]).await;
+    put_tagged(&s, ("stays", "x"), fresh_entry("s"), HOUR, &["t"]).await;
     assert_eq!(indexed(&s, "t"), vec!["gone", "stays"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Any index write drops every expired member, whatever its tag.
-    put_tagged(&s, "other", "x", fresh_entry("o"), HOUR, &["u"]).await;
+    put_tagged(&s, ("other", "x"), fresh_entry("o"), HOUR, &["u"]).await;
     assert_eq!(indexed(&s, "t"), vec!["stays"]);
     assert!(!lock_tags(&s.backend().tags).tags.contains_key("only-short"));
     // Expired records are not counted by a purge either.
     assert_eq!(s.purge_tags(&tags(&["t", "only-short"]), false).await.unwrap(), 1);
 
     // A tag nobody writes to again empties too.
-    put_tagged(&s, "lone", "x", fresh_entry("l"), short, &["lone"]).await;
+    put_tagged(&s, ("lone", "x"), fresh_entry("l"), short, &["lone"]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.run_pending_tasks();
     assert!(!lock_tags(&s.backend().tags).tags.contains_key("lone"));
@@ -155,7 +167,7 @@ async fn tag_index_forgets_expired_entries() {
 async fn evicted_records_leave_the_tag_index() {
     let s = MemoryStore::new(10, 64 * MIB, Duration::from_secs(60), None);
     for i in 0..50 {
-        put_tagged(&s, &format!("k{i}"), "x", fresh_entry("v"), HOUR, &["t"]).await;
+        put_tagged(&s, (&format!("k{i}"), "x"), fresh_entry("v"), HOUR, &["t"]).await;
         s.run_pending_tasks();
     }
     let (live, _) = live_records(&s);
@@ -175,8 +187,8 @@ async fn evicted_records_leave_the_tag_index() {
 async fn soft_purge_makes_entries_stale_and_keeps_bodies() {
     let s = store();
     let marker = Bytes::from_static(b"CV1\naccept-language");
-    put_tagged(&s, "k", "scope", marker.clone(), HOUR, &[]).await;
-    put_tagged(&s, "k", "variant", fresh_entry("body"), HOUR, &[]).await;
+    put_tagged(&s, ("k", "scope"), marker.clone(), HOUR, &[]).await;
+    put_tagged(&s, ("k", "variant"), fresh_entry("body"), HOUR, &[]).await;
     put(&s, "k", "foreign", "not an entry").await;
     let before = decoded(hit(&s, "k", "variant").await);
     assert!(before.is_fresh(now_ms()));
@@ -219,22 +231,28 @@ async fn soft_purge_makes_entries_stale_and_keeps_bodies() {
 #[tokio::test]
 async fn soft_purge_refuses_an_inflight_fill() {
     let s = store();
-    put_tagged(&s, "k", "a", fresh_entry("v1"), HOUR, &[]).await;
+    put_tagged(&s, ("k", "a"), fresh_entry("v1"), HOUR, &[]).await;
     // A refresh started (the lookup saw a stale entry), then the purge.
     let inflight = s.fill_guard("k").await.unwrap();
     assert_eq!(s.purge_keys(&["k".into()], true).await.unwrap(), 1);
-    assert!(!s.fill("k", "a", fresh_entry("v2"), HOUR, inflight, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("k", "a", fresh_entry("v2"), HOUR, inflight))
+        .await
+        .unwrap());
     let entry = decoded(hit(&s, "k", "a").await);
     assert_eq!(entry.body, b("v1"));
     assert!(!entry.is_fresh(now_ms()));
 
     // Soft pattern purges bump the epoch and soften what matches.
-    put_tagged(&s, "task:1", "a", fresh_entry("t1"), HOUR, &[]).await;
-    put_tagged(&s, "user:1", "a", fresh_entry("u1"), HOUR, &[]).await;
+    put_tagged(&s, ("task:1", "a"), fresh_entry("t1"), HOUR, &[]).await;
+    put_tagged(&s, ("user:1", "a"), fresh_entry("u1"), HOUR, &[]).await;
     s.purge_keys(&["task:tomb".into()], false).await.unwrap();
     let other = s.fill_guard("user:2").await.unwrap();
     assert_eq!(s.purge_pattern("task:*", true).await.unwrap(), 1);
-    assert!(!s.fill("user:2", "a", fresh_entry("x"), HOUR, other, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("user:2", "a", fresh_entry("x"), HOUR, other))
+        .await
+        .unwrap());
     let task = decoded(hit(&s, "task:1", "a").await);
     assert!(!task.is_fresh(now_ms()) && task.body == b("t1"));
     assert!(decoded(hit(&s, "user:1", "a").await).is_fresh(now_ms()));
@@ -249,7 +267,7 @@ async fn purge_tags_bumps_the_epoch() {
     let inflight = s.fill_guard("new").await.unwrap();
     assert_eq!(s.purge_tags(&tags(&["t"]), false).await.unwrap(), 0);
     assert!(!s
-        .fill("new", "a", fresh_entry("stale"), HOUR, inflight, &tags(&["t"]))
+        .fill(EntryFill::new("new", "a", fresh_entry("stale"), HOUR, inflight).tagged(&tags(&["t"])))
         .await
         .unwrap());
     assert!(hit(&s, "new", "a").await.is_none());
@@ -257,13 +275,13 @@ async fn purge_tags_bumps_the_epoch() {
     let inflight = s.fill_guard("new").await.unwrap();
     assert_eq!(s.purge_tags(&tags(&["t"]), true).await.unwrap(), 0);
     assert!(!s
-        .fill("new", "a", fresh_entry("stale"), HOUR, inflight, &tags(&["t"]))
+        .fill(EntryFill::new("new", "a", fresh_entry("stale"), HOUR, inflight).tagged(&tags(&["t"])))
         .await
         .unwrap());
     let fresh = s.fill_guard("new").await.unwrap();
     assert_eq!(fresh.epoch, 2);
     assert!(s
-        .fill("new", "a", fresh_entry("new"), HOUR, fresh, &tags(&["t"]))
+        .fill(EntryFill::new("new", "a", fresh_entry("new"), HOUR, fresh).tagged(&tags(&["t"])))
         .await
         .unwrap());
     assert_eq!(indexed(&s, "t"), vec!["new"]);
@@ -300,7 +318,7 @@ fn purge_and_fill_race_never_leaves_a_fresh_entry() {
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 barrier.wait();
-                rt.block_on(s.fill(&key, "a", fresh_entry("stale"), HOUR, guard, &tags(&["t"])))
+                rt.block_on(s.fill(EntryFill::new(&key, "a", fresh_entry("stale"), HOUR, guard).tagged(&tags(&["t"]))))
                     .unwrap()
             })
         };

@@ -3,7 +3,7 @@
 
 use super::super::backend::{proc_kb, read_proc};
 use super::*;
-use crate::store::{FillGuard, Store};
+use crate::store::{EntryFill, FillGuard, Store};
 
 pub(super) const MIB: u64 = 1 << 20;
 
@@ -20,7 +20,7 @@ pub(super) const HOUR: Duration = Duration::from_secs(3600);
 pub(super) async fn put(s: &MemoryStore, key: &str, field: &str, value: &str) {
     let guard = s.fill_guard(key).await.unwrap();
     assert!(
-        s.fill(key, field, b(value), HOUR, guard, &[]).await.unwrap(),
+        s.fill(EntryFill::new(key, field, b(value), HOUR, guard)).await.unwrap(),
         "fill {key}/{field}"
     );
 }
@@ -43,7 +43,7 @@ async fn hit_after_fill() {
         }
     );
     assert!(s
-        .fill("task:1", "scope-a", b("A"), HOUR, miss.guard, &[])
+        .fill(EntryFill::new("task:1", "scope-a", b("A"), HOUR, miss.guard))
         .await
         .unwrap());
     assert_eq!(hit(&s, "task:1", "scope-a").await, Some(b("A")));
@@ -51,14 +51,17 @@ async fn hit_after_fill() {
     let other = s.lookup("task:1", "scope-b").await.unwrap();
     assert!(other.entry.is_none());
     assert!(s
-        .fill("task:1", "scope-b", b("B"), HOUR, other.guard, &[])
+        .fill(EntryFill::new("task:1", "scope-b", b("B"), HOUR, other.guard))
         .await
         .unwrap());
     assert_eq!(hit(&s, "task:1", "scope-a").await, Some(b("A")));
     assert_eq!(hit(&s, "task:1", "scope-b").await, Some(b("B")));
     // Replacing a field works with a fresh guard.
     let guard = s.fill_guard("task:1").await.unwrap();
-    assert!(s.fill("task:1", "scope-a", b("A2"), HOUR, guard, &[]).await.unwrap());
+    assert!(s
+        .fill(EntryFill::new("task:1", "scope-a", b("A2"), HOUR, guard))
+        .await
+        .unwrap());
     assert_eq!(hit(&s, "task:1", "scope-a").await, Some(b("A2")));
     assert_eq!(s.kind(), "memory");
     assert!(s.is_up());
@@ -77,9 +80,12 @@ async fn guard_refuses_fill_after_purge_keys() {
         1
     );
     assert!(hit(&s, "task:1", "a").await.is_none());
-    assert!(!s.fill("task:1", "b", b("stale"), HOUR, stale, &[]).await.unwrap());
     assert!(!s
-        .fill("task:2", "a", b("stale"), HOUR, stale_absent, &[])
+        .fill(EntryFill::new("task:1", "b", b("stale"), HOUR, stale))
+        .await
+        .unwrap());
+    assert!(!s
+        .fill(EntryFill::new("task:2", "a", b("stale"), HOUR, stale_absent))
         .await
         .unwrap());
     assert!(hit(&s, "task:1", "b").await.is_none());
@@ -88,7 +94,10 @@ async fn guard_refuses_fill_after_purge_keys() {
     let fresh = s.lookup("task:1", "b").await.unwrap().guard;
     assert_eq!(fresh.generation, 2);
     assert_eq!(s.fill_guard("task:2").await.unwrap().generation, 1);
-    assert!(s.fill("task:1", "b", b("new"), HOUR, fresh, &[]).await.unwrap());
+    assert!(s
+        .fill(EntryFill::new("task:1", "b", b("new"), HOUR, fresh))
+        .await
+        .unwrap());
     assert_eq!(hit(&s, "task:1", "b").await, Some(b("new")));
     // The refilled record keeps its generation; purging again bumps it.
     assert_eq!(s.fill_guard("task:1").await.unwrap().generation, 2);
@@ -111,11 +120,11 @@ async fn guard_refuses_fill_after_purge_pattern() {
     assert_eq!(hit(&s, "user:1", "a").await, Some(b("x")));
     // The epoch moved: no fill that looked up before stores, whatever key.
     assert!(!s
-        .fill("task:9", "a", b("stale"), HOUR, inflight_task, &[])
+        .fill(EntryFill::new("task:9", "a", b("stale"), HOUR, inflight_task))
         .await
         .unwrap());
     assert!(!s
-        .fill("user:9", "a", b("stale"), HOUR, inflight_user, &[])
+        .fill(EntryFill::new("user:9", "a", b("stale"), HOUR, inflight_user))
         .await
         .unwrap());
     let fresh = s.lookup("task:9", "a").await.unwrap().guard;
@@ -127,7 +136,10 @@ async fn guard_refuses_fill_after_purge_pattern() {
             reservation: 0,
         }
     );
-    assert!(s.fill("task:9", "a", b("new"), HOUR, fresh, &[]).await.unwrap());
+    assert!(s
+        .fill(EntryFill::new("task:9", "a", b("new"), HOUR, fresh))
+        .await
+        .unwrap());
     assert_eq!(s.purge_pattern("nothing*", false).await.unwrap(), 0);
 }
 
@@ -138,7 +150,10 @@ async fn tombstone_expires() {
     assert_eq!(s.fill_guard("k").await.unwrap().generation, 1);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(s.fill_guard("k").await.unwrap().generation, 0);
-    assert!(s.fill("k", "a", b("v"), HOUR, FillGuard::default(), &[]).await.unwrap());
+    assert!(s
+        .fill(EntryFill::new("k", "a", b("v"), HOUR, FillGuard::default()))
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
@@ -146,7 +161,7 @@ async fn entries_expire() {
     let s = store();
     let guard = s.fill_guard("k").await.unwrap();
     assert!(s
-        .fill("k", "a", b("v"), Duration::from_millis(400), guard, &[])
+        .fill(EntryFill::new("k", "a", b("v"), Duration::from_millis(400), guard))
         .await
         .unwrap());
     assert!(hit(&s, "k", "a").await.is_some());
@@ -166,17 +181,17 @@ async fn fill_extends_ttl_never_shortens() {
     let s = store();
     let guard = s.fill_guard("k").await.unwrap();
     assert!(s
-        .fill("k", "a", b("v"), Duration::from_secs(100), guard, &[])
+        .fill(EntryFill::new("k", "a", b("v"), Duration::from_secs(100), guard))
         .await
         .unwrap());
     assert!(s
-        .fill("k", "b", b("v"), Duration::from_secs(1), guard, &[])
+        .fill(EntryFill::new("k", "b", b("v"), Duration::from_secs(1), guard))
         .await
         .unwrap());
     let ttl = s.record("k").await.unwrap().unwrap().ttl.unwrap();
     assert!(ttl > Duration::from_secs(90), "{ttl:?}");
     assert!(s
-        .fill("k", "c", b("v"), Duration::from_secs(1000), guard, &[])
+        .fill(EntryFill::new("k", "c", b("v"), Duration::from_secs(1000), guard))
         .await
         .unwrap());
     let ttl = s.record("k").await.unwrap().unwrap().ttl.unwrap();
@@ -184,7 +199,7 @@ async fn fill_extends_ttl_never_shortens() {
     // A fill on a tombstone outlives the tombstone.
     s.purge_keys(&["t".into()], false).await.unwrap();
     let guard = s.fill_guard("t").await.unwrap();
-    assert!(s.fill("t", "a", b("v"), HOUR, guard, &[]).await.unwrap());
+    assert!(s.fill(EntryFill::new("t", "a", b("v"), HOUR, guard)).await.unwrap());
     assert!(s.record("t").await.unwrap().unwrap().ttl.unwrap() > Duration::from_secs(3000));
 }
 
@@ -223,7 +238,7 @@ async fn bounded_by_bytes() {
     put(&s, "big", "a", "small").await;
     let guard = s.fill_guard("big").await.unwrap();
     let huge = Bytes::from(vec![0u8; 200_000]);
-    assert!(!s.fill("big", "b", huge, HOUR, guard, &[]).await.unwrap());
+    assert!(!s.fill(EntryFill::new("big", "b", huge, HOUR, guard)).await.unwrap());
     assert_eq!(hit(&s, "big", "a").await, Some(b("small")));
 }
 
@@ -259,7 +274,10 @@ async fn evicting_a_generation_bumps_the_epoch() {
     s.purge_keys(&["victim".into()], false).await.unwrap();
     assert_eq!(s.fill_guard("victim").await.unwrap().generation, 1);
     assert_ne!(s.backend().epoch(), stale.epoch);
-    assert!(!s.fill("victim", "a", b("stale"), HOUR, stale, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("victim", "a", b("stale"), HOUR, stale))
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
@@ -305,7 +323,10 @@ async fn scan_record_and_clear() {
     assert_eq!(s.clear(Some("task:1*")).await.unwrap(), 10);
     assert_eq!(s.scan_keys("task:1*", 100).await.unwrap(), (0, vec![]));
     assert_eq!(s.scan_keys("*", 0).await.unwrap().0, 11);
-    assert!(!s.fill("task:50", "a", b("stale"), HOUR, inflight, &[]).await.unwrap());
+    assert!(!s
+        .fill(EntryFill::new("task:50", "a", b("stale"), HOUR, inflight))
+        .await
+        .unwrap());
     // The tombstone stays.
     assert_eq!(s.fill_guard("task:99").await.unwrap().generation, 1);
 

@@ -102,6 +102,38 @@ impl std::error::Error for StoreError {}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// One entry for [`Store::fill`]: `value` under `field` of `key`, stored
+/// only under `guard`. The record lives at least `ttl`, and each of `tags`
+/// indexes the key for as long.
+#[derive(Debug, Clone)]
+pub struct EntryFill<'a> {
+    pub key: &'a str,
+    pub field: &'a str,
+    pub value: Bytes,
+    pub ttl: Duration,
+    pub guard: FillGuard,
+    pub tags: &'a [String],
+}
+
+impl<'a> EntryFill<'a> {
+    /// An untagged entry; [`EntryFill::tagged`] adds tags.
+    pub fn new(key: &'a str, field: &'a str, value: Bytes, ttl: Duration, guard: FillGuard) -> Self {
+        EntryFill {
+            key,
+            field,
+            value,
+            ttl,
+            guard,
+            tags: &[],
+        }
+    }
+
+    /// The same entry, indexed under `tags`.
+    pub fn tagged(self, tags: &'a [String]) -> Self {
+        EntryFill { tags, ..self }
+    }
+}
+
 /// One logical key's record, as the admin API shows it.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -175,18 +207,9 @@ pub trait Store: Send + Sync + 'static {
     /// when a lookup found an expired or undecodable entry).
     async fn fill_guard(&self, key: &str) -> StoreResult<FillGuard>;
 
-    /// Stores `value` under `field` of `key` unless a purge covering the key
-    /// happened since `guard` was read. The record lives at least `ttl`, and
-    /// each of `tags` indexes the key for as long. Returns whether it stored.
-    async fn fill(
-        &self,
-        key: &str,
-        field: &str,
-        value: Bytes,
-        ttl: Duration,
-        guard: FillGuard,
-        tags: &[String],
-    ) -> StoreResult<bool>;
+    /// Stores the entry unless a purge covering its key happened since its
+    /// guard was read. Returns whether it stored.
+    async fn fill(&self, entry: EntryFill<'_>) -> StoreResult<bool>;
 
     /// Purges logical keys (every field); returns how many held entries.
     /// A `soft` purge keeps the entries but marks them stale (their TTL

@@ -18,7 +18,7 @@ use super::backend::{Backend, Change, Fill, Index, Keys, Member, Page};
 use super::entry::Entry;
 use super::scope_index::credential_scope;
 use super::tiered::Tier;
-use super::{FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
+use super::{EntryFill, FillGuard, Lookup, Record, Store, StoreInfo, StoreResult};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
@@ -218,15 +218,15 @@ impl<B: Backend> Store for Protocol<B> {
         self.backend.guard(key).await
     }
 
-    async fn fill(
-        &self,
-        key: &str,
-        field: &str,
-        value: Bytes,
-        ttl: Duration,
-        guard: FillGuard,
-        tags: &[String],
-    ) -> StoreResult<bool> {
+    async fn fill(&self, entry: EntryFill<'_>) -> StoreResult<bool> {
+        let EntryFill {
+            key,
+            field,
+            value,
+            ttl,
+            guard,
+            tags,
+        } = entry;
         // A credential scope's entries are indexed like a tag's.
         let mut indexes: Vec<Index<'_>> = tags.iter().map(|t| Index::Tag(t)).collect();
         indexes.extend(credential_scope(field).map(Index::Scope));

@@ -123,11 +123,10 @@ impl RedisBackend {
         Ok(nodes.into_iter().map(Some).collect())
     }
 
-    /// One SCAN page on `node` (or the one server).
+    /// One SCAN page through `client` on `node` (or the one server).
     pub(super) async fn scan_page_on(
         &self,
-        client: &Client,
-        node: Option<&Server>,
+        (client, node): (&Client, Option<&Server>),
         cursor: String,
         full: &str,
         kind: Option<ScanType>,

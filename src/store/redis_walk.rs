@@ -56,7 +56,7 @@ impl RedisBackend {
         let (next, found) = match keys {
             Keys::Any => {
                 let (next, found) = self
-                    .scan_page_on(client, node.as_ref(), cursor.at(), &full, None)
+                    .scan_page_on((client, node.as_ref()), cursor.at(), &full, None)
                     .await?;
                 let internal = self.internal_prefix();
                 (next, found.into_iter().filter(|k| !k.starts_with(&internal)).collect())
@@ -93,7 +93,7 @@ impl RedisBackend {
         full: &str,
     ) -> StoreResult<(String, Vec<String>)> {
         let (next, keys) = self
-            .scan_page_on(client, node, cursor, full, Some(ScanType::Hash))
+            .scan_page_on((client, node), cursor, full, Some(ScanType::Hash))
             .await?;
         let internal = self.internal_prefix();
         let candidates: Vec<String> = keys.into_iter().filter(|k| !k.starts_with(&internal)).collect();

@@ -681,11 +681,10 @@ async fn a_pattern_purge_under_redis_out_of_memory_still_removes_entries() {
 
 /// A cachegate entry built by hand (the layout of `src/store/entry.rs`), to
 /// write well-formed-looking but wrong records.
+/// `(version, status)` and `(stored_at_ms, ttl_ms)` as the entry's header holds them.
 fn encode_entry(
-    version: u8,
-    status: u16,
-    stored_at_ms: u64,
-    ttl_ms: u64,
+    (version, status): (u8, u16),
+    (stored_at_ms, ttl_ms): (u64, u64),
     headers: &[(&[u8], &[u8])],
     body: &[u8],
 ) -> Vec<u8> {
@@ -765,25 +764,23 @@ fn cases(valid: &[u8]) -> Vec<(String, Foreign)> {
     field(
         "an entry whose header value holds CR LF (response splitting)",
         encode_entry(
-            1,
-            200,
-            fresh,
-            day,
+            (1, 200),
+            (fresh, day),
             &[(b"x-evil", b"a\r\nset-cookie: pwned=1")],
             br#"{"id":"evil"}"#,
         ),
     );
     field(
         "an entry with a header name that is no token",
-        encode_entry(1, 200, fresh, day, &[(b"bad name", b"v")], br#"{"id":"evil"}"#),
+        encode_entry((1, 200), (fresh, day), &[(b"bad name", b"v")], br#"{"id":"evil"}"#),
     );
     field(
         "an entry with status 0",
-        encode_entry(1, 0, fresh, day, &[], br#"{"id":"evil"}"#),
+        encode_entry((1, 0), (fresh, day), &[], br#"{"id":"evil"}"#),
     );
     field(
         "an entry with status 1000",
-        encode_entry(1, 1000, fresh, day, &[], br#"{"id":"evil"}"#),
+        encode_entry((1, 1000), (fresh, day), &[], br#"{"id":"evil"}"#),
     );
     field("a Vary marker that is not text", b"CV1\n\xff\xfe".to_vec());
     field("a Vary marker naming junk", b"CV1\nx-a,,bad name,\0".to_vec());
@@ -890,7 +887,7 @@ async fn an_entry_claiming_65535_headers_does_not_panic() {
     let rendered = render(&text, Kind::Redis, &backend.url(), Some(&format!("{}/0", redis.url())));
     let proxy = Proxy::start(&rendered).await;
     let client = Client::new(proxy.addr);
-    let mut huge = encode_entry(1, 200, now_ms(), 86_400_000, &[], br#"{"id":"evil"}"#);
+    let mut huge = encode_entry((1, 200), (now_ms(), 86_400_000), &[], br#"{"id":"evil"}"#);
     huge[38..40].copy_from_slice(&u16::MAX.to_be_bytes());
     let mut broken = Vec::new();
     for (i, route) in ["admin", "proxy"].into_iter().enumerate() {

@@ -523,7 +523,7 @@ async fn no_cache_with_a_validator_is_revalidated_before_every_use(kind: Kind) {
         for (v, (name, value, conditional)) in validators.into_iter().enumerate() {
             let path = format!("/{prefix}/nc{r}{v}");
             let what = format!("{path} ({cc}, {name})");
-            if let Err(e) = no_cache_flow(&w, &path, cc, name, value, conditional).await {
+            if let Err(e) = no_cache_flow(&w, &path, cc, (name, value, conditional)).await {
                 failures.push(format!("{what}: {e}"));
             }
         }
@@ -538,14 +538,10 @@ async fn no_cache_with_a_validator_is_revalidated_before_every_use(kind: Kind) {
 /// Stored on the first GET; then every GET is a conditional request to the
 /// backend (which answers 304 without a body) and the client gets the
 /// stored body with 200.
-async fn no_cache_flow(
-    w: &World,
-    path: &str,
-    cc: &str,
-    name: &str,
-    value: &str,
-    conditional: &str,
-) -> Result<(), String> {
+/// `validator` is the header the backend sends, its value, and the
+/// conditional header it must then get.
+async fn no_cache_flow(w: &World, path: &str, cc: &str, validator: (&str, &str, &str)) -> Result<(), String> {
+    let (name, value, conditional) = validator;
     w.backend
         .on("GET", path, reply(&[("cache-control", cc), (name, value)], "original"));
     let first = w.client.get(path).await;

@@ -8,7 +8,7 @@ use crate::common::RedisServer;
 use bytes::Bytes;
 use cachegate::store::glob::glob_match;
 use cachegate::store::memory::MemoryStore;
-use cachegate::store::{FillGuard, Store};
+use cachegate::store::{EntryFill, FillGuard, Store};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -316,14 +316,13 @@ async fn filled(keys: &[String]) -> MemoryStore {
     let store = MemoryStore::new(1_000_000, 1 << 30, Duration::from_secs(60), None);
     for key in keys {
         let stored = store
-            .fill(
+            .fill(EntryFill::new(
                 key,
                 "scope",
                 Bytes::from(key.clone()),
                 Duration::from_secs(3600),
                 FillGuard::default(),
-                &[],
-            )
+            ))
             .await
             .expect("fill");
         assert!(stored, "fill {key:?}");
