@@ -492,42 +492,70 @@ fn long_lock_config() -> String {
 const NOT_HELD_BY_A_LOCK: Duration = Duration::from_secs(20);
 
 /// A store call that times out on our side may still run in Redis later:
-/// a fill lock (`SET NX PX`) sent while Redis holds writes back is taken
-/// once Redis goes on, by nobody. The next miss for that entry must not
-/// wait for that orphan lock: the instance that gave up on it deletes it
-/// once it ran, and, until then, recognises it as a token of its own that
-/// no fill of it runs, and takes it over (`src/store/redis_lock.rs`).
-/// `CLIENT PAUSE .. WRITE` holds writes back deterministically.
+/// a fill lock (`SET NX PX`) sent while Redis stalls is taken once Redis
+/// goes on, by nobody. The next miss for that entry must not wait for that
+/// orphan: its token names this instance and no fill of this instance
+/// runs under it, so the miss takes it over at once
+/// (`src/store/redis_lock.rs`).
+///
+/// The orphan is made exactly as a late `SET` leaves it: the test learns
+/// the instance's identity from a lock it really holds (a fill held at
+/// the backend), then, once that fill is over, writes the lock key with a
+/// token of that instance that no fill ran under, for 60 s. (A `CLIENT
+/// PAUSE WRITE` does not produce one: the miss's fill reservation is a
+/// write too, so it fails first and the miss takes no lock at all.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_lock_orphaned_by_a_stall_does_not_hold_later_misses() {
     let w = World::start(Kind::Redis, &long_lock_config()).await;
     let path = "/api/v1/tasks/ns";
     // An answer that is never stored: nothing fills the entry but the lock.
-    w.backend
-        .on("GET", path, Reply::new().header("cache-control", "no-store"));
-    assert_eq!(w.client.get(path).await.status, 200);
+    let gate = Gate::closed();
+    w.backend.on(
+        "GET",
+        path,
+        Reply::new().header("cache-control", "no-store").gate(&gate),
+    );
+    // While the first miss is held at the backend, its lock names it.
+    let observe = async {
+        let redis = w.redis();
+        let lock_key = eventually_some("the first miss takes the fill lock", PATIENCE, || async move {
+            redis.keys("*__cg:lock:*").await.into_iter().next()
+        })
+        .await;
+        let token: String = w.redis().cmd(&["GET", &lock_key]).await;
+        gate.open();
+        (lock_key, token)
+    };
+    let (held, (lock_key, token)) = tokio::join!(w.client.get(path), observe);
+    assert_eq!(held.status, 200);
+    let (instance, _) = token.split_once('.').expect("a lock token is <instance>.<random>");
+    let redis = w.redis();
+    let key = lock_key.clone();
+    eventually("the finished fill releases its lock", PATIENCE, || {
+        let key = key.clone();
+        async move { !redis.exists(&key).await }
+    })
+    .await;
 
-    let _: () = w.redis().cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]).await;
-    let during = w.client.get(path).await;
-    assert_eq!(during.status, 200);
-    // Wait for the pause to end (this write is held until then); the lock
-    // SET that the proxy gave up on runs about then too.
-    // NOTE (issue 16, open): watched with keyspace notifications, no lock
-    // SET for this key reaches Redis after the pause (the miss during the
-    // pause takes no lock), so the orphan this test is about is not created
-    // here and the assertion below cannot fail. Reported; not yet fixed.
-    let _: () = w.redis().cmd(&["SET", "pause-probe", "1"]).await;
-
+    let orphan = format!("{instance}.{}", "0".repeat(24));
+    let _: () = w.redis().cmd(&["SET", &lock_key, &orphan, "PX", "60000"]).await;
     let started = Instant::now();
     let next = w.client.get(path).await;
     let took = started.elapsed();
     assert_eq!(next.status, 200);
-    assert_eq!(w.backend.count("GET", path), 3, "every miss reached the backend");
+    assert_eq!(w.backend.count("GET", path), 2, "every miss reached the backend");
+    // Taken over and released: the orphan's token would have held the key
+    // for 60 s.
+    assert!(
+        !w.redis().exists(&lock_key).await,
+        "the orphaned lock is still there ({:?})",
+        w.redis().cmd::<Option<String>>(&["GET", &lock_key]).await
+    );
     // The bound is the behaviour: a miss held by the orphan would wait its
     // 60 s life (see NOT_HELD_BY_A_LOCK).
     assert!(
         took < NOT_HELD_BY_A_LOCK,
-        "the first miss after a write stall took {took:?} ({}): it waited on the orphaned lock",
+        "the first miss after the orphan took {took:?} ({}): it waited on the orphaned lock",
         next.cache_status()
     );
 }
