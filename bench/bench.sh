@@ -12,6 +12,8 @@
 #
 #   bench/bench.sh                                  # full run: ~4.5 min build + ~3 min measuring
 #   CACHEGATE_BIN=target/release/cachegate bench/bench.sh   # skip the build
+#   BASELINE_BIN=/path/to/old/cachegate ONLY=cg-tier,cg-tier-base,cg-redis,cg-redis-base \
+#     SKIP=memory,stream,stale,purge bench/bench.sh            # new binary vs a baseline
 #   ROUNDS=1 DURATION=2 RESULTS=/tmp/smoke.md bench/bench.sh  # smoke run
 #
 # Needs: Debian's wrk, nginx, redis-server (with redis-cli), plus curl, taskset,
@@ -20,6 +22,10 @@
 #
 # Knobs (environment), defaults in brackets:
 #   CACHEGATE_BIN      use this binary, skip `cargo build --release`
+#   BASELINE_BIN       a baseline cachegate binary (e.g. built from the commit before a
+#                      change): adds the rows cg-tier-base and cg-redis-base, the same
+#                      instances run from it, right after cg-tier and cg-redis in every
+#                      round; the report gives new ÷ baseline of the median req/s
 #   RESULTS            markdown results file [bench/RESULTS.md]
 #   ROUNDS [3]  DURATION (s per wrk run) [5]  THREADS [1]  CONNS [64]
 #   WORKING_SET [1000]  TASKS [10000]  DB_LATENCY_MS [2]
@@ -68,6 +74,14 @@ else
   log "building cachegate (cargo build --release; ~4.5 min from scratch on 2 cores)"
   cargo build --release
   BIN=$REPO/target/release/cachegate
+fi
+
+BASELINE_ARGS=()
+if [[ -n ${BASELINE_BIN:-} ]]; then
+  BASE=$(readlink -f "$BASELINE_BIN")
+  [[ -x $BASE ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
+  log "baseline binary: $BASE (rows cg-tier-base, cg-redis-base)"
+  BASELINE_ARGS=(--baseline-bin "$BASE")
 fi
 
 # ---------------------------------------------------------------- backend venv (reused across runs)
@@ -144,7 +158,7 @@ log "run directory: $RUN_DIR"
 # In the background + wait, so INT/TERM reach the trap at once; own session, so
 # the cleanup can stop it with its children (wrk, curl) as one process group.
 set +e
-setsid taskset -c "$LOADGEN_CPU" python3 "$BENCH/harness/cgbench.py" --bin "$BIN" \
+setsid taskset -c "$LOADGEN_CPU" python3 "$BENCH/harness/cgbench.py" --bin "$BIN" "${BASELINE_ARGS[@]}" \
   --backend-python "$VENV/bin/python" --run-dir "$RUN_DIR" --results "$RESULTS" </dev/null &
 ORCH_PID=$!
 wait "$ORCH_PID"

@@ -12,6 +12,10 @@ written to <run>/pids), then:
             backend direct, cachegate pass-through, nginx pass-through
             (warm-up, verification against the backend's JSON, wrk, CPU
             accounting from /proc, cachegate's RSS sampled meanwhile);
+            with --baseline-bin, two more rows right after cachegate's hit
+            rows, the same instances run from a baseline binary
+            (cg-tier-base, cg-redis-base), so every round measures old
+            and new back to back; the report gives new ÷ baseline;
   memory    cachegate's tier filled past its default 64 MiB bound, then hit
             load: VmRSS / VmHWM;
   stream    1 GiB bodies streamed through cachegate: RSS growth;
@@ -51,6 +55,10 @@ sys.path.insert(0, str(HERE))
 import benchctl as bc  # noqa: E402
 
 SECTIONS = ("matrix", "memory", "stream", "stale", "purge")
+# --baseline-bin: (row of the current binary, the same row from the baseline
+# binary); new ÷ baseline median req/s at or above this is "within 3 %"
+BASELINE_PAIRS = (("cg-tier", "cg-tier-base"), ("cg-redis", "cg-redis-base"))
+BASELINE_MIN_RATIO = 0.97
 
 
 def env_int(name: str, default: int) -> int:
@@ -87,7 +95,7 @@ class Knobs:
                     "WORKING_SET": "1000", "TASKS": "10000", "DB_LATENCY_MS": "2",
                     "SERVER_CPU": "0", "LOADGEN_CPU": "1", "PORT_BASE": "19000", "PUTS": "300",
                     "STALE_TRIALS": "200", "PURGE_ENTRIES": "1000000", "STREAM_MB": "1024",
-                    "TIER_FILL_MB": "96", "ONLY": "", "SKIP": "", "CACHEGATE_BIN": ""}
+                    "TIER_FILL_MB": "96", "ONLY": "", "SKIP": "", "CACHEGATE_BIN": "", "BASELINE_BIN": ""}
         parts = []
         for k, d in defaults.items():
             v = os.environ.get(k, "")
@@ -535,6 +543,9 @@ class Bench:
         self.a = a
         self.k = Knobs()
         self.bin = a.bin
+        # --baseline-bin: cg-tier-base and cg-redis-base run this binary (the
+        # code before a change) beside cg-tier and cg-redis (the current one)
+        self.baseline_bin = getattr(a, "baseline_bin", None)
         self.py = a.backend_python
         self.run_dir = Path(a.run_dir)
         self.d = Daemons(self.run_dir, self.k.server_cpu)
@@ -545,6 +556,8 @@ class Bench:
                   "cg-tier": b + 30, "cg-redis": b + 31, "cg-pass": b + 32,
                   "big": b + 40, "cg-big": b + 41, "stale-a": b + 50, "stale-b": b + 51,
                   "cg-purge": b + 60}
+        if self.baseline_bin:
+            self.P.update({"cg-tier-base": b + 33, "cg-redis-base": b + 34})
         self.token = secrets.token_hex(24)
         self.ids: list[str] = []
         self.extra_ids: list[str] = []
@@ -577,12 +590,14 @@ class Bench:
         p.write_text(text)
         return p
 
-    def start_cachegate(self, name: str, conf: Path, backend: str, redis_port: int, db: int) -> None:
+    def start_cachegate(self, name: str, conf: Path, backend: str, redis_port: int, db: int,
+                        binary: str | None = None) -> None:
+        """Starts a cachegate instance; `binary` defaults to the one measured (--bin)."""
         self.need_ports(name)
         env = {"CACHEGATE_LISTEN": f"127.0.0.1:{self.P[name]}", "CACHEGATE_BACKEND": backend,
                "REDIS_URL": f"redis://127.0.0.1:{redis_port}/{db}",
                "CACHEGATE_BENCH_TOKEN": self.token}
-        self.d.start(name, [self.bin, "--config", str(conf), "--log", "warn"], env)
+        self.d.start(name, [binary or self.bin, "--config", str(conf), "--log", "warn"], env)
 
     def wait_cachegate(self, name: str) -> None:
         wait_until("/readyz", lambda: http_ok(self.P[name], "/readyz"), self.d, name)
@@ -655,6 +670,17 @@ class Bench:
             for n in ("cg-tier", "cg-redis", "cg-pass"):
                 self.wait_cachegate(n)
                 self.matrix_daemons.append(n)
+            if self.baseline_bin and "matrix" in k.sections:
+                # the same instances from the baseline binary: same configs, their
+                # own key prefixes and Redis DBs (4 and 5 are cg-big's and stale's)
+                self.start_cachegate("cg-tier-base", self.write_conf("cg-tier-base", "hit.toml", "cgtb:"),
+                                     direct, self.P["redis"], 6, binary=self.baseline_bin)
+                self.start_cachegate("cg-redis-base",
+                                     self.write_conf("cg-redis-base", "hit.toml", "cgrb:", tier=False),
+                                     direct, self.P["redis"], 7, binary=self.baseline_bin)
+                for n in ("cg-tier-base", "cg-redis-base"):
+                    self.wait_cachegate(n)
+                    self.matrix_daemons.append(n)
             wait_until("nginx", lambda: http_ok(self.P["nginx-pass"], "/healthz"), self.d, "nginx")
 
     def start_nginx(self) -> None:
@@ -745,6 +771,17 @@ http {{
             dict(name="nginx-pass", group="miss", url=self.url("nginx-pass"), hit_header="",
                  stats=[direct], warm=0, label="nginx proxy, no cache"),
         ]
+        if self.baseline_bin:
+            # right after their current-binary twins, so each round measures old and new back to back
+            base = {
+                "cg-tier": dict(name="cg-tier-base", group="hit", url=self.url("cg-tier-base"), hit_header="x-cache",
+                                stats=[direct], warm=2, rss="cg-tier-base",
+                                label="cachegate hit, in-process tier (Redis behind) (baseline binary)"),
+                "cg-redis": dict(name="cg-redis-base", group="hit", url=self.url("cg-redis-base"),
+                                 hit_header="x-cache", stats=[direct], warm=1, rss="cg-redis-base",
+                                 label="cachegate hit from Redis (`[tier] enabled = false`) (baseline binary)"),
+            }
+            rows = [x for r in rows for x in ([r, base[r["name"]]] if r["name"] in base else [r])]
         if self.k.only:
             rows = [r for r in rows if r["name"] in self.k.only]
         for i, r in enumerate(rows):
@@ -1189,6 +1226,14 @@ http {{
             "pass_direct": per_round("cg-pass", "direct", rps),
             "nginx_pass_direct": per_round("nginx-pass", "direct", rps),
         }
+        # new binary vs baseline binary (--baseline-bin): ratio of the median req/s
+        self.results["baseline"] = [
+            {"new": n, "base": b, "rps_new": S[n]["rps"], "rps_base": S[b]["rps"],
+             "ratio": S[n]["rps"] / S[b]["rps"] if S[n]["rps"] and S[b]["rps"] else None,
+             "p99_new": S[n]["p99"], "p99_base": S[b]["p99"],
+             "p99_ratio": S[n]["p99"] / S[b]["p99"] if S[n]["p99"] and S[b]["p99"] else None,
+             "per_round": per_round(n, b, rps)}
+            for n, b in BASELINE_PAIRS if n in S and b in S]
 
     @staticmethod
     def _cpu_split(rs: list[dict]) -> dict[str, float]:
@@ -1235,6 +1280,28 @@ http {{
                 ", ".join(f"{n} {100 * v:.0f}%" for n, v in s["cpu_split"].items() if v >= 0.02) or "—",
                 mb(s["rss_max_kb"]) if s["rss_max_kb"] else "—"]) + " |")
         w("")
+
+        pairs = R.get("baseline") or []
+        if pairs:
+            w("## New binary vs baseline")
+            w("")
+            w("The same cachegate instances run from the baseline binary (`-base` rows), measured in the same "
+              "rounds right after their current-binary rows. Ratio = new ÷ baseline of the median req/s; "
+              f"within 3 % means ≥ {BASELINE_MIN_RATIO:.2f} (above 1 = the new binary is faster).")
+            w("")
+            w("| rows | new req/s | baseline req/s | new ÷ baseline | | new p99 ms | baseline p99 ms | "
+              "p99 new ÷ baseline | req/s ratio per round |")
+            w("|---|---:|---:|---:|---|---:|---:|---:|---|")
+            for p in pairs:
+                ok = p["ratio"] is not None and p["ratio"] >= BASELINE_MIN_RATIO
+                verdict = ("—" if p["ratio"] is None else "within 3 %" if ok
+                           else f"**not within 3 %** (below {BASELINE_MIN_RATIO:.2f})")
+                ratio = "—" if p["ratio"] is None else f"{p['ratio']:.3f}"
+                p99_ratio = "—" if p["p99_ratio"] is None else f"{p['p99_ratio']:.3f}"
+                w(f"| `{p['new']}` ÷ `{p['base']}` | {f_rps(p['rps_new'])} | {f_rps(p['rps_base'])} | {ratio} | "
+                  f"{verdict} | {f_ms(p['p99_new'])} | {f_ms(p['p99_base'])} | {p99_ratio} | "
+                  + ", ".join(f"{x:.3f}" for x in p["per_round"]) + " |")
+            w("")
 
         # targets
         targets = []
@@ -1483,6 +1550,8 @@ http {{
         return [
             f"- machine: {cpu}, {os.cpu_count()} vCPUs, {platform.system()} {platform.release()}, {osn}",
             f"- cachegate: `{self.bin}` ({cmd(self.bin, '--version')})",
+            *([f"- baseline cachegate (`-base` rows): `{self.baseline_bin}` ({cmd(self.baseline_bin, '--version')})"]
+              if self.baseline_bin else []),
             f"- {cmd('nginx', '-v').replace('nginx version: ', '')}, redis {cmd('redis-server', '--version').split('v=')[1].split()[0] if 'v=' in cmd('redis-server', '--version') else '?'}, "
             f"{cmd('wrk', '-v').splitlines()[0].split(' Copyright')[0] if cmd('wrk', '-v') else 'wrk ?'}, {pyv}",
         ]
@@ -1508,7 +1577,9 @@ http {{
                  "with its in-app Redis decorator (`--cache`); `direct` = the FastAPI backend (`bench/harness/backend.py`, "
                  "uvicorn, 2 ms simulated DB latency); `cg-pass` = cachegate with `bench/conf/pass.toml` (no rule: "
                  "pass-through); `nginx-pass` = nginx proxy without cache. Every server process, Redis included, "
-                 "is pinned to one core; wrk and this harness to the other.")
+                 "is pinned to one core; wrk and this harness to the other."
+                 + (" `cg-tier-base`, `cg-redis-base` = `cg-tier`, `cg-redis` (same configs, own key prefixes "
+                    "and Redis DBs) run from the baseline binary (`BASELINE_BIN`)." if R.get("baseline") else ""))
         L.append("- Each round goes through every row in turn. Before a hit row, every working-set id is requested "
                  "(twice for `cg-tier`, so its tier is warm), then 25 random responses are compared with the backend's "
                  "JSON and the hit header is tallied. *upstream reads* = backend DB reads during the timed run "
@@ -1579,6 +1650,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", help="the cachegate binary")
     ap.add_argument("--backend-python", help="python of the venv with backend.py's dependencies")
+    ap.add_argument("--baseline-bin", help="a baseline cachegate binary: adds the rows cg-tier-base and "
+                                           "cg-redis-base (run from it) beside cg-tier and cg-redis")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--rerender", action="store_true",
