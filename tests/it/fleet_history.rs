@@ -263,6 +263,7 @@ async fn a_peer_paused_for_two_seconds() {
     let (backend, _redis, a, b) = processes().await;
     let b = Arc::new(b);
     let peer = b.clone();
+    let writer = Client::new(a.addr);
     let r = run(
         "peer paused",
         &[a.addr, b.addr],
@@ -270,6 +271,11 @@ async fn a_peer_paused_for_two_seconds() {
         &backend,
         move || async move {
             peer.signal("-STOP");
+            // A write through A while B is stopped, whatever the history's
+            // clients (most soon wait on B) happen to send: A's fence must
+            // wait B out. Outside the history, it can only raise versions.
+            let put = writer.put("/api/v1/tasks/0").await;
+            assert_eq!(put.status, 200, "a PUT through A while B is stopped");
             // Creates the condition: a peer stalled 2 s under the load.
             tokio::time::sleep(PAUSE).await;
             peer.signal("-CONT");
