@@ -38,6 +38,11 @@ impl Gateway {
             }
         }
         let lookup = self.timed("lookup", store.lookup(&key.key, &key.field)).await?;
+        // On a miss too: the revalidation window after an outage starts at
+        // the first read after it, before any fill that read leads to can
+        // store (the repair task's tick may come later, and would then
+        // make that fill revalidate once for nothing).
+        self.shared.pending.note_outages(store.outages());
         let Some(raw) = lookup.entry else {
             return Ok(Found {
                 entry: None,
@@ -71,9 +76,7 @@ impl Gateway {
     /// somewhere (`pending_purges.rs`), one stored before it is stale, so it
     /// is revalidated, not served (a purge of it may not be applied yet).
     fn unless_repairing(&self, mut entry: Entry) -> Entry {
-        let pending = &self.shared.pending;
-        pending.note_outages(self.shared.store.outages());
-        if pending.must_revalidate(entry.stored_at_ms) {
+        if self.shared.pending.must_revalidate(entry.stored_at_ms) {
             entry.lifetime.ttl = Duration::ZERO;
             entry.lifetime.stale_while_revalidate = Duration::ZERO;
         }
