@@ -1,5 +1,5 @@
 //! A backend that reads requests the way common Python frameworks do, for
-//! the poisoning tests (included with `#[path]` by the tests that use it):
+//! the poisoning tests (`common::framework`, a module of the harness):
 //!
 //! - a repeated query parameter: the last value wins (Starlette, Django);
 //! - a repeated header: the values joined with `,` (WSGI servers, RFC 9110);
