@@ -1271,13 +1271,16 @@ async fn fleet_figures_are_not_double_counted_after_a_store_stall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_keyspace_walk_runs_at_a_time() {
     let redis = RedisServer::start();
+    // A keyspace a full SCAN takes a while to walk: 1,000 round trips.
+    // Written before cachegate starts: the script holds Redis for seconds
+    // on a busy machine, and cachegate's own calls meanwhile would time out
+    // and count Redis as stalled (a 503 for the tag purge below).
+    let populate = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'foreign:' .. i, 'x') end return 1";
+    redis.cmd::<i64>(&["EVAL", populate, "0", "1000000"]).await;
     let backend = Backend::start().await;
     let setup = Setup::new("enterprise", &backend.url(), &redis);
     let inst = setup.start().await;
     let c = inst.client();
-    // A keyspace a full SCAN takes a while to walk: 1,000 round trips.
-    let populate = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'foreign:' .. i, 'x') end return 1";
-    redis.cmd::<i64>(&["EVAL", populate, "0", "1000000"]).await;
 
     // Three walks asked at once (each takes well over a second here): one
     // runs, the others are told to come back.
