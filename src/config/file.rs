@@ -109,6 +109,11 @@ pub struct RawCache {
     pub coalesce_timeout_ms: Option<u64>,
     pub credential_max_ttl: Option<u64>,
     pub purge_journal: Option<Spanned<String>>,
+    /// Targeted cache-control fields (RFC 9213), first present and valid wins.
+    pub targeted_cache_control: Option<Spanned<Vec<String>>>,
+    pub forward_targeted_cache_control: Option<bool>,
+    /// `"honour"` (default) or `"ignore"` the client's cache directives.
+    pub request_directives: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -246,6 +246,28 @@ pub(super) fn resolve(
         coalesce_timeout: Duration::from_millis(raw.cache.coalesce_timeout_ms.unwrap_or(5000)),
         credential_max_ttl: raw.cache.credential_max_ttl.map(Duration::from_secs),
         purge_journal,
+        targeted_cache_control: match &raw.cache.targeted_cache_control {
+            None => DEFAULT_TARGETED
+                .iter()
+                .map(|n| http::HeaderName::from_static(n))
+                .collect(),
+            Some(_) => super::inputs::header_names(&raw.cache.targeted_cache_control, &at)?,
+        },
+        forward_targeted_cache_control: raw.cache.forward_targeted_cache_control.unwrap_or(true),
+        honour_request_directives: match &raw.cache.request_directives {
+            None => true,
+            Some(v) if v.get_ref() == "honour" || v.get_ref() == "honor" => true,
+            Some(v) if v.get_ref() == "ignore" => false,
+            Some(v) => {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "request_directives must be \"honour\" or \"ignore\", got {:?}",
+                        v.get_ref()
+                    ),
+                ))
+            }
+        },
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
@@ -379,6 +401,10 @@ impl Source<'_> {
         }
     }
 }
+
+/// The targeted fields obeyed when `targeted_cache_control` is not set:
+/// cachegate's own, then the CDN one (RFC 9213 §3).
+const DEFAULT_TARGETED: [&str; 2] = ["cachegate-cache-control", "cdn-cache-control"];
 
 fn pick<'a>(
     flag: Option<String>,

@@ -192,6 +192,13 @@ pub struct CacheConfig {
     /// `purge_journal`: where purges not yet applied are kept across a
     /// crash or restart (`None`: off, or nothing to keep with a memory store).
     pub purge_journal: Option<std::path::PathBuf>,
+    /// `targeted_cache_control`: the targeted fields (RFC 9213) this cache
+    /// obeys instead of `Cache-Control`, in order of precedence.
+    pub targeted_cache_control: Vec<http::HeaderName>,
+    /// Whether those fields are passed on to clients (RFC 9213 §2.1: yes).
+    pub forward_targeted_cache_control: bool,
+    /// Whether the client's `Cache-Control` / `Pragma` are obeyed.
+    pub honour_request_directives: bool,
 }
 
 /// The whole resolved configuration.

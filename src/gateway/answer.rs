@@ -35,6 +35,15 @@ fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is
         }
         return resp;
     }
+    // A `Range` on a GET is answered from the whole stored body (RFC 9110 §14.2).
+    if !is_head && request.contains_key(header::RANGE) {
+        if let Some(mut resp) = super::range::ranged(request, &entry) {
+            if let Some(age) = age {
+                resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
+            }
+            return resp;
+        }
+    }
     let mut resp = Response::new(if is_head {
         proxy::empty()
     } else {

@@ -34,6 +34,9 @@ pub(super) struct Fetched<'g, 'l> {
     pub(super) is_head: bool,
     /// Shares a stored entry with the requests waiting on this fill.
     pub(super) leader: Option<Leader<'l>>,
+    /// The stale entry the lookup found: refreshed by a 304, or served
+    /// instead of a failed answer within its stale-if-error window.
+    pub(super) stale: Option<Entry>,
 }
 
 impl Gateway {
@@ -66,6 +69,7 @@ impl Gateway {
         let validating = stale
             .as_ref()
             .is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
+        let asked_at = std::time::SystemTime::now();
         let result = self.forward(req, from).await;
 
         let failed = match &result {
@@ -95,8 +99,9 @@ impl Gateway {
             Err(e) => return (e.to_response(), miss(false, Some("backend"))),
         };
         if rule.ttl == TtlMode::Origin {
-            freshness::correct_age(resp.headers_mut(), std::time::SystemTime::now());
+            freshness::correct_age(resp.headers_mut(), asked_at, std::time::SystemTime::now());
         }
+        let validated = validating && resp.status() == StatusCode::NOT_MODIFIED;
         let fetched = Fetched {
             rule,
             key,
@@ -104,20 +109,27 @@ impl Gateway {
             client,
             is_head,
             leader,
+            stale,
         };
-        match stale {
-            Some(entry) if validating && resp.status() == StatusCode::NOT_MODIFIED => {
-                self.refresh_validated(resp, entry, fetched).await
-            }
-            _ => self.store_fetched(resp, fetched).await,
+        if validated {
+            self.refresh_validated(resp, fetched).await
+        } else {
+            self.store_fetched(resp, fetched).await
         }
+    }
+
+    /// The response directives this cache obeys: a targeted field's
+    /// (RFC 9213) when one is present and valid, else `Cache-Control`'s.
+    pub(super) fn directives(&self, headers: &HeaderMap) -> freshness::Directives {
+        freshness::Directives::of_response(headers, &self.generation.config.cache.targeted_cache_control)
     }
 
     /// A full answer from the backend: stored if it may be, and answered.
     async fn store_fetched(&self, resp: Response<Body>, fetched: Fetched<'_, '_>) -> (Response<Body>, Outcome) {
         let (rule, is_head) = (fetched.rule, fetched.is_head);
         let cap = self.generation.config.cache.credential_max_ttl;
-        let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers())
+        let directives = self.directives(resp.headers());
+        let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers(), &directives)
             .and_then(|l| storable::unstorable_reason(&resp).map_or(Ok(l), Err))
         {
             Ok(l) => credential_end::capped(l, &fetched.key.field, cap),
@@ -126,7 +138,7 @@ impl Gateway {
         if freshness::RequestDirectives::parse(&fetched.client).no_store {
             return (strip_body(resp, is_head), miss(false, Some("request-no-store")));
         }
-        if !shareable_with_authorization(rule, &fetched.client, resp.headers()) {
+        if !shareable_with_authorization(rule, &fetched.client, &directives) {
             return (strip_body(resp, is_head), miss(false, Some("authorization")));
         }
         let limit = rule.max_body_bytes;
@@ -139,16 +151,14 @@ impl Gateway {
         let timeout = self.generation.config.backend.timeout;
         let chunks = match tokio::time::timeout(timeout, storable::collect(body, len)).await {
             Ok(Ok(chunks)) => chunks,
-            Ok(Err((chunks, err))) => {
+            Ok(Err((_, err))) => {
                 tracing::debug!(key = %fetched.key.key, error = %err, "backend body failed; nothing stored");
-                let resp = Response::from_parts(parts, storable::aborted_body(chunks, err));
-                return (strip_body(resp, is_head), miss(false, Some("backend")));
+                return broken_answer(
+                    fetched,
+                    ForwardError::Unreachable(format!("the answer broke off: {err}")),
+                );
             }
-            Err(_) => {
-                let body = storable::aborted_body(Vec::new(), "backend body timed out".into());
-                let resp = Response::from_parts(parts, body);
-                return (strip_body(resp, is_head), miss(false, Some("backend")));
-            }
+            Err(_) => return broken_answer(fetched, ForwardError::Timeout),
         };
         let entry = Entry {
             status: parts.status,
@@ -243,6 +253,24 @@ impl Gateway {
     }
 }
 
+/// An answer whose body broke off before it was complete (the backend
+/// closed or reset the connection, or stalled): nothing of it is stored or
+/// sent. The stale entry is served where its stale-if-error window allows
+/// (RFC 9111 §4.2.4, RFC 5861 §4), else 502 (504 for a stall), never the
+/// truncated body as if it were whole.
+fn broken_answer(fetched: Fetched<'_, '_>, error: ForwardError) -> (Response<Body>, Outcome) {
+    let now = now_ms();
+    match fetched.stale {
+        Some(entry) if entry.within_stale_if_error(now) => (
+            answer(&fetched.client, entry, now, fetched.is_head),
+            Outcome::Stale {
+                detail: "backend-error",
+            },
+        ),
+        _ => (error.to_response(), miss(false, Some("backend"))),
+    }
+}
+
 /// Where and how long one entry is stored: its key, field and tags, the
 /// `Vary` names whose marker points the scope's field at the variants, and
 /// how long the record is kept.
@@ -312,11 +340,10 @@ fn retain_for(lifetime: &Lifetime, headers: &HeaderMap) -> Duration {
 /// only if the origin allows it (`public`, `s-maxage`, `must-revalidate`).
 /// Credential-scoped rules never share it anyway; fixed-TTL public rules
 /// are the operator's explicit decision.
-fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, response: &HeaderMap) -> bool {
+fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, d: &freshness::Directives) -> bool {
     if rule.scope != Scope::Public || rule.ttl != TtlMode::Origin || !request.contains_key(header::AUTHORIZATION) {
         return true;
     }
-    let d = freshness::Directives::parse(response);
     d.public || d.s_maxage.is_some() || d.must_revalidate
 }
 

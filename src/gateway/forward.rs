@@ -53,6 +53,13 @@ impl Gateway {
     /// Sets the outcome's headers on the response and counts it for the rule.
     pub(super) fn counted(&self, rule: &CacheRule, mut resp: Response<Body>, outcome: Outcome) -> Response<Body> {
         outcome.apply(resp.headers_mut());
+        let cache = &self.generation.config.cache;
+        if !cache.forward_targeted_cache_control {
+            // The operator keeps the fields aimed at this cache to itself.
+            for name in &cache.targeted_cache_control {
+                resp.headers_mut().remove(name);
+            }
+        }
         if let Some(counters) = self.generation.rule_counters.get(rule.index) {
             self.shared.metrics.record(counters, &outcome);
         }

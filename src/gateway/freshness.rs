@@ -6,10 +6,12 @@
 //! serialized into every entry and re-evaluated on every hit, while a hit
 //! here only compares two integers stored in the entry.
 
-use http::{header, HeaderMap};
+use super::http_date::{self, DELTA_SECONDS_MAX};
+use http::{header, HeaderMap, HeaderName};
 use std::time::{Duration, SystemTime};
 
-/// The `Cache-Control` directives cachegate acts on.
+/// The cache directives cachegate acts on, from `Cache-Control` or from a
+/// targeted field (`targeted.rs`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Directives {
     pub public: bool,
@@ -18,40 +20,80 @@ pub struct Directives {
     pub private: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
+    pub must_understand: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// From a targeted field (RFC 9213): `Expires` does not count then.
+    pub targeted: bool,
+}
+
+/// The `name[=value]` members of a comma-separated directive list, commas
+/// inside quoted strings kept (`private="a, b"`); names lower-cased.
+fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else { continue };
+        let mut member = String::new();
+        let mut quoted = false;
+        for c in value.chars().chain(std::iter::once(',')) {
+            match c {
+                '"' => {
+                    quoted = !quoted;
+                    member.push(c);
+                }
+                ',' if !quoted => {
+                    let (n, arg) = match member.split_once('=') {
+                        Some((n, a)) => (n, Some(a.trim().trim_matches('"').to_string())),
+                        None => (member.as_str(), None),
+                    };
+                    let n = n.trim().to_ascii_lowercase();
+                    if !n.is_empty() {
+                        out.push((n, arg));
+                    }
+                    member.clear();
+                }
+                _ => member.push(c),
+            }
+        }
+    }
+    out
 }
 
 impl Directives {
+    /// The directives of `Cache-Control`.
     pub fn parse(headers: &HeaderMap) -> Directives {
         let mut d = Directives::default();
-        for value in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(value) = value.to_str() else { continue };
-            for part in value.split(',') {
-                let (name, arg) = match part.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (part.trim(), None),
-                };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "public" => d.public = true,
-                    "no-store" => d.no_store = true,
-                    // `no-cache="field"` restricts fields only; treat as whole.
-                    "no-cache" => d.no_cache = true,
-                    "private" => d.private = true,
-                    "must-revalidate" => d.must_revalidate = true,
-                    "proxy-revalidate" => d.proxy_revalidate = true,
-                    "max-age" => d.max_age = secs().or(Some(0)),
-                    "s-maxage" => d.s_maxage = secs().or(Some(0)),
-                    "stale-while-revalidate" => d.stale_while_revalidate = secs(),
-                    "stale-if-error" => d.stale_if_error = secs(),
-                    _ => {}
-                }
+        for (name, arg) in members(headers, &header::CACHE_CONTROL) {
+            // Invalid seconds count as 0: invalid freshness is stale (§4.2.1).
+            let secs = || arg.as_deref().and_then(http_date::delta_seconds);
+            match name.as_str() {
+                "public" => d.public = true,
+                "no-store" => d.no_store = true,
+                // `no-cache="field"` restricts fields only; treat as whole.
+                "no-cache" => d.no_cache = true,
+                "private" => d.private = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "must-understand" => d.must_understand = true,
+                "max-age" => d.max_age = secs().or(Some(0)),
+                "s-maxage" => d.s_maxage = secs().or(Some(0)),
+                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
+                "stale-if-error" => d.stale_if_error = secs(),
+                _ => {}
             }
         }
         d
+    }
+
+    /// What decides this cache's handling of a response: the first
+    /// present and valid targeted field in `targeted`, else `Cache-Control`.
+    pub fn of_response(headers: &HeaderMap, targeted: &[HeaderName]) -> Directives {
+        if targeted.is_empty() {
+            return Directives::parse(headers);
+        }
+        super::targeted::directives(headers, targeted).unwrap_or_else(|| Directives::parse(headers))
     }
 
     /// Whether stale use without validation is forbidden (RFC 9111 §5.2.2.2,
@@ -68,51 +110,74 @@ pub fn origin_lifetime(headers: &HeaderMap, d: &Directives) -> Option<Duration> 
         s
     } else if let Some(m) = d.max_age {
         m
+    } else if d.targeted {
+        return None;
     } else {
-        let expires = http_date(headers.get(header::EXPIRES)?)
+        let expires = http_date::parse(headers.get(header::EXPIRES)?.to_str().unwrap_or(""))
             // An invalid Expires (such as "0") means already expired.
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let date = headers
-            .get(header::DATE)
-            .and_then(|v| http_date(v).ok())
-            .unwrap_or_else(SystemTime::now);
+        let date = date(headers).unwrap_or_else(SystemTime::now);
         expires.duration_since(date).map(|d| d.as_secs()).unwrap_or(0)
     };
     Some(Duration::from_secs(lifetime.saturating_sub(age(headers))))
 }
 
-/// Raises a response's `Age` to its corrected initial age, max(Age, now −
-/// Date) (RFC 9111 §4.2.3), so that time the response spent before it
-/// reached us counts against its freshness and shows in `Age` on hits.
-pub fn correct_age(headers: &mut HeaderMap, now: SystemTime) {
-    let Some(date) = headers.get(header::DATE).and_then(|v| http_date(v).ok()) else {
-        return;
-    };
-    let apparent = now.duration_since(date).map(|d| d.as_secs()).unwrap_or(0);
-    if apparent > age(headers) {
-        headers.insert(header::AGE, http::HeaderValue::from(apparent));
+/// Heuristic freshness (RFC 9111 §4.2.2): `percent` of the time since
+/// `Last-Modified` (as of `Date`), at most `max`; `None` without a usable
+/// `Last-Modified`.
+pub fn heuristic_lifetime(headers: &HeaderMap, percent: u32, max: Duration) -> Option<Duration> {
+    let modified = http_date::parse(headers.get(header::LAST_MODIFIED)?.to_str().ok()?)?;
+    let date = date(headers).unwrap_or_else(SystemTime::now);
+    let since = date.duration_since(modified).ok()?;
+    let lifetime = (since * percent / 100).min(max);
+    Some(Duration::from_secs(lifetime.as_secs().saturating_sub(age(headers))))
+}
+
+fn date(headers: &HeaderMap) -> Option<SystemTime> {
+    http_date::parse(headers.get(header::DATE)?.to_str().ok()?)
+}
+
+/// Raises a response's `Age` to its corrected initial age (RFC 9111
+/// §4.2.3): the larger of `now − Date` and `Age` plus the time the backend
+/// took to answer, so time the response spent before it reached us counts
+/// against its freshness and shows in `Age` on hits. `Date` is kept.
+pub fn correct_age(headers: &mut HeaderMap, asked_at: SystemTime, now: SystemTime) {
+    let delay = now.duration_since(asked_at).map(|d| d.as_secs()).unwrap_or(0);
+    let apparent = date(headers)
+        .and_then(|date| now.duration_since(date).ok())
+        .map_or(0, |d| d.as_secs());
+    let corrected = apparent.max(age(headers).saturating_add(delay)).min(DELTA_SECONDS_MAX);
+    if corrected > 0 || headers.contains_key(header::AGE) {
+        headers.insert(header::AGE, http::HeaderValue::from(corrected));
     }
 }
 
-/// The `Age` header's seconds, 0 when absent or invalid.
+/// The `Age` header's seconds: the first member of the first line (RFC 9111
+/// §5.1); 0 when absent or not a number (then it is ignored).
 pub fn age(headers: &HeaderMap) -> u64 {
     headers
         .get(header::AGE)
-        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| http_date::delta_seconds(v.split(',').next().unwrap_or("")))
         .unwrap_or(0)
 }
 
-fn http_date(v: &http::HeaderValue) -> Result<SystemTime, ()> {
-    httpdate::parse_http_date(v.to_str().map_err(|_| ())?).map_err(|_| ())
-}
-
-/// What the request's own `Cache-Control` / `Pragma` ask of the cache.
+/// What the request's own `Cache-Control` / `Pragma` ask of the cache
+/// (RFC 9111 §5.2.1, §5.4).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RequestDirectives {
     /// `no-cache`, `max-age=0` or `Pragma: no-cache`: validate before use.
     pub revalidate: bool,
     /// `no-store`: do not store the answer.
     pub no_store: bool,
+    /// `max-age=N` (N > 0): nothing older than N seconds.
+    pub max_age: Option<u64>,
+    /// `max-stale[=N]`: stale up to N seconds is acceptable (bare: any).
+    pub max_stale: Option<u64>,
+    /// `min-fresh=N`: fresh for at least N more seconds.
+    pub min_fresh: Option<u64>,
+    /// `only-if-cached`: never ask the backend; 504 when nothing usable.
+    pub only_if_cached: bool,
 }
 
 impl RequestDirectives {
@@ -120,17 +185,50 @@ impl RequestDirectives {
         if !headers.contains_key(header::CACHE_CONTROL) && !headers.contains_key(header::PRAGMA) {
             return RequestDirectives::default();
         }
-        let d = Directives::parse(headers);
-        let pragma_no_cache = !headers.contains_key(header::CACHE_CONTROL)
-            && headers
-                .get_all(header::PRAGMA)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache")));
-        RequestDirectives {
-            revalidate: d.no_cache || d.max_age == Some(0) || pragma_no_cache,
-            no_store: d.no_store,
+        let mut r = RequestDirectives::default();
+        for (name, arg) in members(headers, &header::CACHE_CONTROL) {
+            let secs = || arg.as_deref().and_then(http_date::delta_seconds);
+            match name.as_str() {
+                "no-cache" => r.revalidate = true,
+                "no-store" => r.no_store = true,
+                "max-age" => match secs() {
+                    Some(0) | None => r.revalidate = true,
+                    Some(n) => r.max_age = Some(n),
+                },
+                "max-stale" => r.max_stale = Some(secs().unwrap_or(if arg.is_some() { 0 } else { u64::MAX })),
+                "min-fresh" => r.min_fresh = secs(),
+                "only-if-cached" => r.only_if_cached = true,
+                _ => {}
+            }
         }
+        // Pragma counts only without Cache-Control (§5.4).
+        if !headers.contains_key(header::CACHE_CONTROL) {
+            r.revalidate |= members(headers, &header::PRAGMA).iter().any(|(n, _)| n == "no-cache");
+        }
+        r
     }
+
+    /// Whether a stored entry may answer this request without the backend;
+    /// a stale one only where `may_serve_stale` (no response directive
+    /// forbids it) and the request's `max-stale` allows.
+    pub fn accepts(&self, entry: &EntryAge, may_serve_stale: bool) -> bool {
+        if self.revalidate || self.max_age.is_some_and(|m| entry.current_age > m) {
+            return false;
+        }
+        if entry.fresh {
+            return self.min_fresh.is_none_or(|m| entry.fresh_left >= m);
+        }
+        may_serve_stale && self.min_fresh.is_none() && self.max_stale.is_some_and(|m| entry.stale_for <= m)
+    }
+}
+
+/// A stored entry's age figures, in whole seconds, as the request
+/// directives compare them.
+pub struct EntryAge {
+    pub fresh: bool,
+    pub fresh_left: u64,
+    pub stale_for: u64,
+    pub current_age: u64,
 }
 
 #[cfg(test)]
@@ -183,11 +281,17 @@ mod tests {
     fn age_is_corrected_by_date() {
         let mut headers = h(&[("date", "Thu, 26 Nov 2026 10:00:00 GMT"), ("age", "5")]);
         let date = httpdate::parse_http_date("Thu, 26 Nov 2026 10:00:00 GMT").unwrap();
-        correct_age(&mut headers, date + Duration::from_secs(3600));
+        let now = date + Duration::from_secs(3600);
+        correct_age(&mut headers, now, now);
         assert_eq!(age(&headers), 3600);
         // A smaller apparent age leaves a larger Age alone.
-        correct_age(&mut headers, date + Duration::from_secs(10));
+        let now = date + Duration::from_secs(10);
+        correct_age(&mut headers, now, now);
         assert_eq!(age(&headers), 3600);
+        // The time the backend took to answer counts (Age + response delay).
+        let mut headers = h(&[("age", "5")]);
+        correct_age(&mut headers, now - Duration::from_secs(2), now);
+        assert_eq!(age(&headers), 7);
     }
 
     #[test]
@@ -201,26 +305,31 @@ mod tests {
 }
 
 /// How long an answer is kept under a rule, or why it is not stored (as
-/// `Cache-Status` `detail=` names it). `no-store`, `private` and a missing
-/// origin lifetime (without a rule `default_ttl`) are never stored; a
-/// `no-cache` answer is stored only with a validator, and then always
-/// revalidated before use.
+/// `Cache-Status` `detail=` names it). `d` are the response's directives
+/// (`Directives::of_response`). `no-store` (unless `must-understand` and
+/// the status is understood), `private` and a missing lifetime are never
+/// stored; a `no-cache` answer is stored only with a validator, and then
+/// always revalidated before use.
 pub fn lifetime(
     rule: &crate::rules::CacheRule,
     status: u16,
     headers: &HeaderMap,
+    d: &Directives,
 ) -> Result<crate::store::entry::Lifetime, &'static str> {
     use crate::config::TtlMode;
-    let d = Directives::parse(headers);
-    if d.no_store || d.private {
+    if d.must_understand && !understood(status) {
+        return Err("must-understand");
+    }
+    // must-understand with an understood status overrides no-store (§5.2.2.3).
+    if (d.no_store && !d.must_understand) || d.private {
         return Err("cache-control");
     }
     let mut ttl = match rule.ttl_for(status).ok_or("status")? {
         TtlMode::Fixed(t) => t,
         // Stored only to be revalidated before every use (below).
         TtlMode::Origin if d.no_cache => Duration::ZERO,
-        TtlMode::Origin => origin_lifetime(headers, &d)
-            .or(rule.default_ttl)
+        TtlMode::Origin => origin_lifetime(headers, d)
+            .or_else(|| guessed_lifetime(rule, status, headers, d))
             .ok_or("no-freshness")?,
     };
     if let Some(max) = rule.max_ttl {
@@ -242,6 +351,38 @@ pub fn lifetime(
     })
 }
 
+/// A lifetime the origin did not give: the rule's heuristic for the
+/// heuristically cacheable statuses (or `public` answers) with
+/// `Last-Modified`, else the rule's `default_ttl` for the statuses it
+/// stores by default.
+fn guessed_lifetime(
+    rule: &crate::rules::CacheRule,
+    status: u16,
+    headers: &HeaderMap,
+    d: &Directives,
+) -> Option<Duration> {
+    let heuristic = rule
+        .heuristic
+        .filter(|_| heuristically_cacheable(status) || d.public)
+        .and_then(|h| heuristic_lifetime(headers, h.percent, h.max_ttl));
+    heuristic.or_else(|| rule.default_ttl.filter(|_| rule.stores_by_default(status)))
+}
+
+/// Final statuses whose meaning (and so whose caching rules) cachegate
+/// implements: those RFC 9110 §15 defines, but 206 (cachegate stores only
+/// complete answers) and 304 (an answer to a conditional request).
+pub fn understood(status: u16) -> bool {
+    matches!(
+        status,
+        200..=205 | 300..=303 | 305 | 307 | 308 | 400..=417 | 421..=422 | 426 | 500..=505
+    )
+}
+
+/// Statuses that may be given a heuristic lifetime (RFC 9110 §15.1).
+pub fn heuristically_cacheable(status: u16) -> bool {
+    matches!(status, 200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+}
+
 /// Whether a response carries `ETag` or `Last-Modified`.
 pub fn has_validator(headers: &HeaderMap) -> bool {
     headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
@@ -258,10 +399,11 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
         return inm.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag));
     }
     // The stored date is parsed only when the request asks.
-    let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(|v| http_date(v).ok()) else {
+    let parsed = |v: &http::HeaderValue| http_date::parse(v.to_str().ok()?);
+    let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(parsed) else {
         return false;
     };
-    let modified = stored.get(header::LAST_MODIFIED).and_then(|v| http_date(v).ok());
+    let modified = stored.get(header::LAST_MODIFIED).and_then(parsed);
     modified.is_some_and(|m| m <= since)
 }
 

@@ -16,6 +16,9 @@ pub(super) struct Found {
     /// The field the entry lives in (the scope's, or a `Vary` variant's).
     pub(super) field: String,
     pub(super) guard: FillGuard,
+    /// Whether `guard` was read: not for a fresh entry, which needs none
+    /// unless the request's directives refuse it.
+    pub(super) guarded: bool,
 }
 
 impl Gateway {
@@ -34,6 +37,7 @@ impl Gateway {
                     entry: Some(Entry::clone(&entry)),
                     field: key.field.clone(),
                     guard: FillGuard::default(),
+                    guarded: false,
                 });
             }
         }
@@ -48,6 +52,7 @@ impl Gateway {
                 entry: None,
                 field: key.field.clone(),
                 guard: lookup.guard,
+                guarded: true,
             });
         };
         let (entry, field) = match vary::parse_marker(&raw) {
@@ -64,12 +69,26 @@ impl Gateway {
                 entry,
                 field,
                 guard: FillGuard::default(),
+                guarded: false,
             });
         }
         // The record exists but gives no fresh entry: a fill will follow and
         // needs the guard covering the record as it is now.
         let guard = self.timed("fill_guard", store.fill_guard(&key.key)).await?;
-        Ok(Found { entry, field, guard })
+        Ok(Found {
+            entry,
+            field,
+            guard,
+            guarded: true,
+        })
+    }
+
+    /// Reads the guard a fill must present, for a fresh entry the request
+    /// would not take as it is.
+    pub(super) async fn guard_for(&self, key: &CacheKey, found: &mut Found) -> StoreResult<()> {
+        found.guard = self.timed("fill_guard", self.shared.store.fill_guard(&key.key)).await?;
+        found.guarded = true;
+        Ok(())
     }
 
     /// An entry as it may be used now: while an outage repair is under way

@@ -33,17 +33,20 @@ mod fill;
 mod forward;
 mod freshness;
 mod generation;
+mod http_date;
 mod implicit;
 mod inputs;
 mod key;
 mod lookup;
 mod pending_purges;
 mod purge;
+mod range;
 mod revalidate;
 mod route;
 mod scope;
 mod storable;
 mod suspect_credentials;
+mod targeted;
 mod trace;
 mod vary;
 mod write_guard;
@@ -108,8 +111,26 @@ impl Gateway {
             Ok(found) => found,
             Err(e) => return self.bypass(request, lookup::store_detail(&e)).await,
         };
-        if let Some(answered) = self.serve_fresh(&request, &mut found) {
+        let asks = self.request_directives(request.req.headers());
+        if let Some(answered) = self.serve_fresh(&request, &mut found, &asks) {
             return answered;
+        }
+        if asks.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable is stored; the backend is not asked.
+            let resp = crate::proxy::json_error(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "only_if_cached",
+                "no stored response satisfies this only-if-cached request",
+            );
+            return (resp, answer::miss(false, Some("only-if-cached")));
+        }
+        if !found.guarded {
+            // A fresh entry the request's directives refused: a fill
+            // follows, and needs the guard covering the record as it is now.
+            match self.guard_for(&request.key, &mut found).await {
+                Ok(()) => {}
+                Err(e) => return self.bypass(request, lookup::store_detail(&e)).await,
+            }
         }
         match self.shared.inflight.join(&request.key.key, &found.field) {
             Role::Leader(leader) => self.lead(request, found, leader).await,
@@ -120,30 +141,55 @@ impl Gateway {
         }
     }
 
-    /// Phase 9 for what the lookup found fresh (or within
-    /// stale-while-revalidate: then one refresh starts in the background);
+    /// What the client's own cache directives ask, unless the operator
+    /// chose to ignore them (`[cache] request_directives = "ignore"`).
+    fn request_directives(&self, headers: &http::HeaderMap) -> freshness::RequestDirectives {
+        if self.generation.config.cache.honour_request_directives {
+            freshness::RequestDirectives::parse(headers)
+        } else {
+            freshness::RequestDirectives::default()
+        }
+    }
+
+    /// Phase 9 for what the lookup found usable: fresh as the request's
+    /// directives accept it (or stale within its `max-stale`), or within
+    /// stale-while-revalidate (then one refresh starts in the background);
     /// anything else is left in `found` to be filled.
     fn serve_fresh(
         self: &Arc<Self>,
         request: &Cacheable<'_>,
         found: &mut lookup::Found,
+        asks: &freshness::RequestDirectives,
     ) -> Option<(Response<Body>, Outcome)> {
-        let asks = freshness::RequestDirectives::parse(request.req.headers());
         let now = crate::store::entry::now_ms();
         let is_head = request.req.method() == Method::HEAD;
-        let usable = |e: &crate::store::entry::Entry| {
-            !asks.revalidate && (e.is_fresh(now) || e.within_stale_while_revalidate(now))
+        let entry = found.entry.as_ref()?;
+        let ages = freshness::EntryAge {
+            fresh: entry.is_fresh(now),
+            fresh_left: entry.ttl_left_secs(now),
+            stale_for: entry.stale_for_ms(now) / 1000,
+            current_age: freshness::age(&entry.headers) + entry.age_secs(now),
         };
-        // Stale: left for validation or stale-if-error.
-        let entry = found.entry.take_if(|e| usable(e))?;
-        let outcome = if entry.is_fresh(now) {
-            Outcome::Hit {
-                ttl: entry.ttl_left_secs(now),
+        let may_serve_stale = !entry.lifetime.must_revalidate;
+        let outcome = if asks.accepts(&ages, may_serve_stale) {
+            if ages.fresh {
+                Outcome::Hit { ttl: ages.fresh_left }
+            } else {
+                Outcome::Stale { detail: "max-stale" }
             }
-        } else {
+        } else if !asks.revalidate
+            && asks.max_age.is_none()
+            && asks.min_fresh.is_none()
+            && entry.within_stale_while_revalidate(now)
+        {
             self.refresh_in_background(request, &found.field);
             Outcome::Stale { detail: "revalidating" }
+        } else {
+            // Stale, or refused by the request: left for validation or
+            // stale-if-error.
+            return None;
         };
+        let entry = found.entry.take()?;
         Some((answer(request.req.headers(), entry, now, is_head), outcome))
     }
 }

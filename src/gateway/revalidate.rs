@@ -15,19 +15,19 @@ use std::sync::Arc;
 
 impl Gateway {
     /// A 304 to our conditional request: the stored body is still good;
-    /// refresh its headers and lifetime and store it again.
+    /// its headers are updated from the 304 (RFC 9111 §3.2, §4.3.4) and it
+    /// is stored again with the lifetime they now give.
     pub(super) async fn refresh_validated(
         &self,
         not_modified: Response<Body>,
-        stale: Entry,
-        fetched: Fetched<'_, '_>,
+        mut fetched: Fetched<'_, '_>,
     ) -> (Response<Body>, Outcome) {
+        let Some(stale) = fetched.stale.take() else {
+            // Only a conditional request made for a stale entry gets here.
+            return (not_modified, miss(false, Some("backend")));
+        };
         let mut headers = stale.headers;
-        for (name, value) in not_modified.headers() {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
+        update_headers(&mut headers, not_modified.headers());
         let entry = Entry {
             status: stale.status,
             stored_at_ms: now_ms(),
@@ -36,8 +36,17 @@ impl Gateway {
             body: stale.body,
         };
         let (client, is_head) = (fetched.client.clone(), fetched.is_head);
+        if not_modified.headers().contains_key(header::SET_COOKIE) {
+            // This client's cookie: answered, never stored for others.
+            let mut resp = answer(&client, entry, now_ms(), is_head);
+            for cookie in not_modified.headers().get_all(header::SET_COOKIE) {
+                resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
+            }
+            return (resp, miss(false, Some("set-cookie")));
+        }
         let cap = self.generation.config.cache.credential_max_ttl;
-        let entry = match freshness::lifetime(fetched.rule, entry.status.as_u16(), &entry.headers) {
+        let directives = self.directives(&entry.headers);
+        let entry = match freshness::lifetime(fetched.rule, entry.status.as_u16(), &entry.headers, &directives) {
             Ok(lifetime) => Entry {
                 lifetime: credential_end::capped(lifetime, &fetched.key.field, cap),
                 ..entry
@@ -90,6 +99,34 @@ impl Gateway {
             // Drain the body: a streamed fill stores only once it is read.
             let _ = resp.into_body().collect().await;
         });
+    }
+}
+
+/// Fields a 304 never changes in the stored response (RFC 9111 §3.2): its
+/// framing and the encoding its stored body depends on; the cookie is one
+/// client's (answered to it, never stored); `Cache-Status` and `X-Cache`
+/// are set per answer.
+const NOT_UPDATED: [&str; 7] = [
+    "content-length",
+    "transfer-encoding",
+    "content-encoding",
+    "content-range",
+    "set-cookie",
+    "cache-status",
+    "x-cache",
+];
+
+/// Replaces each field the newer response carries (all its lines, not
+/// only the last) in the stored headers, but those in [`NOT_UPDATED`].
+pub(super) fn update_headers(stored: &mut http::HeaderMap, newer: &http::HeaderMap) {
+    for name in newer.keys() {
+        if NOT_UPDATED.contains(&name.as_str()) {
+            continue;
+        }
+        stored.remove(name);
+        for value in newer.get_all(name) {
+            stored.append(name.clone(), value.clone());
+        }
     }
 }
 

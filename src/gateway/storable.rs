@@ -9,15 +9,14 @@ use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Why a response is not stored, as `Cache-Status` `detail=` names it; `None`
-/// means storable as far as headers go (the status is the rule's call).
+/// Why a response is not stored beyond its cache directives (which
+/// `freshness::lifetime` reads), as `Cache-Status` `detail=` names it;
+/// `None` means storable as far as headers go.
 pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
     let headers = resp.headers();
+    // Stricter than RFC 9111 on purpose: a cookie is one user's.
     if headers.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
-    }
-    if has_directive(headers, header::CACHE_CONTROL, &["no-store", "private"]) {
-        return Some("cache-control");
     }
     if headers.get_all(header::VARY).iter().any(|v| {
         v.to_str()
@@ -29,32 +28,9 @@ pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
     None
 }
 
-/// Whether a comma-separated header names any of `directives`
-/// (case-insensitive, ignoring `=value` parts).
-pub fn has_directive(headers: &HeaderMap, name: header::HeaderName, directives: &[&str]) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',').any(|d| {
-                let d = d.split('=').next().unwrap_or("").trim();
-                directives.iter().any(|want| d.eq_ignore_ascii_case(want))
-            })
-        })
-    })
-}
-
 /// The declared Content-Length, if any.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// A body that was being collected when the backend failed: what arrived,
-/// then the error, so the client sees an aborted response.
-pub fn aborted_body(chunks: Vec<Bytes>, err: BoxError) -> Body {
-    let frames = chunks
-        .into_iter()
-        .map(|c| Ok::<_, BoxError>(Frame::data(c)))
-        .chain(std::iter::once(Err(err)));
-    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
 }
 
 /// Reads a whole body into memory; on failure returns what arrived and the error.

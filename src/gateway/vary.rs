@@ -53,18 +53,91 @@ pub fn variant_field(scope: &str, names: &[HeaderName], request: &HeaderMap) -> 
     for name in names {
         hash.update(name.as_str().as_bytes());
         hash.update(b"\0");
-        // Values joined as one field value would be (RFC 9110 §5.3),
-        // with whitespace around commas normalised.
-        let values: Vec<String> = request
-            .get_all(name)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|v| String::from_utf8_lossy(v).trim().to_string())
-            .collect();
-        hash.update(values.join(",").as_bytes());
+        hash.update(normalised(name, request).as_bytes());
         hash.update(b"\n");
     }
     format!("{scope}#{}", hex::encode(&hash.finalize()[..12]))
+}
+
+/// A request field's value in one form for all the spellings RFC 9110 makes
+/// equivalent, so equivalent requests share a variant: lines joined as one
+/// list (§5.3), whitespace around members and parameters dropped; for the
+/// `Accept` family, tokens lower-cased (case-insensitive, §12.5), `q`
+/// written canonically (`q=1` dropped, `0.50` as `0.5`), and members
+/// ordered where order carries no meaning: by name for `Accept`,
+/// `Accept-Charset` and `Accept-Encoding` (only `q` ranks them), by `q`
+/// alone for `Accept-Language` (whose order may rank equal `q`s).
+fn normalised(name: &HeaderName, request: &HeaderMap) -> String {
+    let accept_family = matches!(
+        name.as_str(),
+        "accept" | "accept-encoding" | "accept-charset" | "accept-language"
+    );
+    let mut members: Vec<(String, u16)> = request
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|m| String::from_utf8_lossy(m).trim().to_string())
+        .filter(|m| !m.is_empty())
+        .map(|m| if accept_family { weighted(&m) } else { (m, 1000) })
+        .collect();
+    match name.as_str() {
+        "accept" | "accept-encoding" | "accept-charset" => members.sort(),
+        "accept-language" => members.sort_by_key(|(_, q)| std::cmp::Reverse(*q)),
+        _ => {}
+    }
+    let written: Vec<String> = members
+        .into_iter()
+        .map(|(m, q)| match q {
+            1000 => m,
+            q => format!("{m};q={}", q_text(q)),
+        })
+        .collect();
+    written.join(",")
+}
+
+/// A member of an `Accept`-family field, lower-cased, its parameters
+/// without whitespace, its `q` (in thousandths, 1000 when absent) apart.
+fn weighted(member: &str) -> (String, u16) {
+    let mut parts = member.split(';').map(|p| p.trim().to_ascii_lowercase());
+    let mut text = parts.next().unwrap_or_default();
+    let mut q = 1000;
+    for param in parts {
+        let (k, v) = param
+            .split_once('=')
+            .map_or((param.as_str(), ""), |(k, v)| (k.trim(), v.trim()));
+        match (k, qvalue(v)) {
+            ("q", Some(parsed)) => q = parsed,
+            _ => {
+                text.push(';');
+                text.push_str(k);
+                if !v.is_empty() {
+                    text.push('=');
+                    text.push_str(v);
+                }
+            }
+        }
+    }
+    (text, q)
+}
+
+/// A qvalue (RFC 9110 §12.4.2: 0 to 1, at most three decimals) in
+/// thousandths.
+fn qvalue(v: &str) -> Option<u16> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{frac:0<3}").parse::<u16>().ok()?;
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn q_text(q: u16) -> String {
+    let text = format!("0.{q:03}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 #[cfg(test)]
@@ -95,5 +168,39 @@ mod tests {
         assert_eq!(en, en_spaced);
         assert!(en.starts_with("anon#"));
         assert!(names(&HeaderMap::new()).is_empty());
+    }
+
+    #[test]
+    fn equivalent_spellings_share_a_variant() {
+        let field = |name: &str, values: &[&str]| {
+            let names = vec![HeaderName::from_bytes(name.as_bytes()).unwrap()];
+            let pairs: Vec<(&str, &str)> = values.iter().map(|v| (name, *v)).collect();
+            variant_field("anon", &names, &h(&pairs))
+        };
+        let same = |name: &str, a: &[&str], b: &[&str]| {
+            assert_eq!(field(name, a), field(name, b), "{name}: {a:?} ~ {b:?}");
+        };
+        let differ = |name: &str, a: &[&str], b: &[&str]| {
+            assert_ne!(field(name, a), field(name, b), "{name}: {a:?} !~ {b:?}");
+        };
+        same("accept-encoding", &["gzip, br"], &["br,gzip"]);
+        same("accept-encoding", &["GZIP;Q=0.50, br"], &["br", "gzip; q=0.5"]);
+        same("accept-encoding", &["gzip;q=1.0"], &["gzip"]);
+        differ("accept-encoding", &["gzip"], &["gzip;q=0"]);
+        same(
+            "accept",
+            &["text/html, application/json;q=0.9"],
+            &["Application/JSON; q=0.900,text/html"],
+        );
+        same("accept-language", &["en;q=0.5, de"], &["de, en;q=0.5"]);
+        same("accept-language", &["EN-us, fr"], &["en-US,fr"]);
+        // Equal weights: order may rank them, so it is kept.
+        differ("accept-language", &["en, de"], &["de, en"]);
+        // Other fields: whitespace only; case may matter.
+        same("x-lang", &[" en , de"], &["en,de"]);
+        differ("x-lang", &["EN"], &["en"]);
+        differ("x-lang", &["en,de"], &["de,en"]);
+        // A malformed q is kept as written, not taken for another value.
+        differ("accept-encoding", &["gzip;q=2"], &["gzip"]);
     }
 }

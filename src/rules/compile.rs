@@ -5,8 +5,8 @@
 
 use super::file::{RawInvalidate, RawRule, RawTtl, RuleDefaults};
 use super::{
-    CacheRule, DuplicateInputs, InvalidateRule, KeyInputs, RuleError, RuleSet, Scope, Template, TtlMode, When,
-    INTERNAL_PREFIX,
+    CacheRule, DuplicateInputs, Heuristic, InvalidateRule, KeyInputs, RuleError, RuleSet, Scope, Template, TtlMode,
+    When, INTERNAL_PREFIX,
 };
 use http::Method;
 use regex::Regex;
@@ -42,7 +42,8 @@ fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<Cach
     let default_ttl = seconds(&r.default_ttl, "default_ttl")?;
     let stale_while_revalidate = window(&r.stale_while_revalidate, "stale_while_revalidate")?;
     let stale_if_error = window(&r.stale_if_error, "stale_if_error")?;
-    let statuses = statuses(&r.statuses)?;
+    let statuses = statuses(&r.statuses, ttl)?;
+    let heuristic = heuristic(r, ttl)?;
     let ttl_by_status = ttl_by_status(&r.ttl_by_status)?;
     let scope = scope(&r.scope)?;
     let duplicate_inputs = duplicate_inputs(&r.duplicate_inputs)?;
@@ -74,6 +75,7 @@ fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<Cach
         stale_while_revalidate,
         stale_if_error,
         statuses,
+        heuristic,
         ttl_by_status,
         scope,
         max_body_bytes: r.max_body_bytes.unwrap_or(defaults.max_body_bytes),
@@ -202,18 +204,56 @@ fn window(v: &Option<Spanned<i64>>, what: &str) -> Result<Duration, RuleError> {
     }
 }
 
-fn statuses(raw: &Option<Spanned<Vec<u16>>>) -> Result<Vec<u16>, RuleError> {
+fn statuses(raw: &Option<Spanned<Vec<u16>>>, ttl: TtlMode) -> Result<Option<Vec<u16>>, RuleError> {
     let Some(s) = raw else {
-        return Ok(vec![200]);
+        return Ok(None);
     };
     let v = s.get_ref();
-    if v.is_empty() || v.iter().any(|c| !(100..=599).contains(c)) {
-        return Err(err(s.span(), "statuses must list HTTP status codes (100-599)"));
+    if v.is_empty() || v.iter().any(|c| !(200..=599).contains(c)) {
+        return Err(err(s.span(), "statuses must list final HTTP status codes (200-599)"));
     }
-    if v.iter().any(|c| *c >= 500) {
-        return Err(err(s.span(), "5xx answers are never cached; remove them from statuses"));
+    if let Some(c) = v.iter().find(|c| **c == 206 || **c == 304) {
+        return Err(err(
+            s.span(),
+            format!("{c} is never stored (cachegate stores complete answers only); remove it from statuses"),
+        ));
     }
-    Ok(v.clone())
+    if v.iter().any(|c| *c >= 500) && ttl != TtlMode::Origin {
+        return Err(err(
+            s.span(),
+            "5xx answers are stored only with ttl = \"origin\" (for the lifetime the origin gives them); remove them from statuses",
+        ));
+    }
+    Ok(Some(v.clone()))
+}
+
+/// `heuristic = "N%"` (0 < N <= 100) and its cap, `heuristic_max_ttl`
+/// (default one day, as Squid and Traffic Server cap it).
+fn heuristic(r: &RawRule, ttl: TtlMode) -> Result<Option<Heuristic>, RuleError> {
+    let max_ttl = seconds(&r.heuristic_max_ttl, "heuristic_max_ttl")?;
+    let Some(h) = &r.heuristic else {
+        if let Some(m) = &r.heuristic_max_ttl {
+            return Err(err(
+                m.span(),
+                "heuristic_max_ttl needs heuristic (for example heuristic = \"10%\")",
+            ));
+        }
+        return Ok(None);
+    };
+    let percent = h
+        .get_ref()
+        .trim()
+        .strip_suffix('%')
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .filter(|n| (1..=100).contains(n))
+        .ok_or_else(|| err(h.span(), "heuristic must be a percentage from 1% to 100%, like \"10%\""))?;
+    if ttl != TtlMode::Origin {
+        return Err(err(h.span(), "heuristic applies only with ttl = \"origin\""));
+    }
+    Ok(Some(Heuristic {
+        percent,
+        max_ttl: max_ttl.unwrap_or(Duration::from_secs(86_400)),
+    }))
 }
 
 type StatusTtls = Spanned<std::collections::BTreeMap<String, i64>>;

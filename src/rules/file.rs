@@ -20,6 +20,10 @@ pub struct RawRule {
     pub stale_while_revalidate: Option<Spanned<i64>>,
     pub stale_if_error: Option<Spanned<i64>>,
     pub statuses: Option<Spanned<Vec<u16>>>,
+    /// `heuristic = "10%"`: heuristic freshness (RFC 9111 §4.2.2), off
+    /// when not set.
+    pub heuristic: Option<Spanned<String>>,
+    pub heuristic_max_ttl: Option<Spanned<i64>>,
     pub scope: Option<Spanned<String>>,
     pub max_body_bytes: Option<usize>,
     pub ttl_by_status: Option<Spanned<std::collections::BTreeMap<String, i64>>>,

@@ -42,7 +42,13 @@ pub struct CacheRule {
     pub default_ttl: Option<Duration>,
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
-    pub statuses: Vec<u16>,
+    /// The statuses stored, as `statuses` lists them; `None`: the default
+    /// (200 with a fixed TTL; with `ttl = "origin"`, any final status the
+    /// origin gives a lifetime, but 206 and 304).
+    pub statuses: Option<Vec<u16>>,
+    /// `heuristic`: a lifetime for answers with `Last-Modified` and no
+    /// explicit freshness, with `ttl = "origin"`; `None`: never guess.
+    pub heuristic: Option<Heuristic>,
     /// Per-status TTLs that override `ttl` (negative caching).
     pub ttl_by_status: Vec<(u16, Duration)>,
     pub scope: Scope,
@@ -55,17 +61,36 @@ pub struct CacheRule {
     pub duplicate_inputs: DuplicateInputs,
 }
 
+/// Heuristic freshness: `percent` of the time since `Last-Modified`, at
+/// most `max_ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heuristic {
+    pub percent: u32,
+    pub max_ttl: Duration,
+}
+
 impl CacheRule {
     /// The rule's own TTL for an answer with this status: `Some(Fixed)` or
     /// `Some(Origin)` when the status is stored, `None` when it is not.
     pub fn ttl_for(&self, status: u16) -> Option<TtlMode> {
-        if status >= 500 {
-            return None;
-        }
         if let Some((_, ttl)) = self.ttl_by_status.iter().find(|(s, _)| *s == status) {
             return Some(TtlMode::Fixed(*ttl));
         }
-        self.statuses.contains(&status).then_some(self.ttl)
+        match (&self.statuses, self.ttl) {
+            (Some(listed), _) => listed.contains(&status).then_some(self.ttl),
+            (None, TtlMode::Fixed(_)) => (status == 200).then_some(self.ttl),
+            // Following the origin: whatever final status it gives a
+            // lifetime (`freshness::lifetime` decides the rest).
+            (None, TtlMode::Origin) => {
+                ((200..=599).contains(&status) && status != 206 && status != 304).then_some(self.ttl)
+            }
+        }
+    }
+
+    /// Whether the status is one the rule stores without the origin's say:
+    /// those `statuses` lists (200 by default); `default_ttl` applies to these.
+    pub fn stores_by_default(&self, status: u16) -> bool {
+        self.statuses.as_ref().map_or(status == 200, |s| s.contains(&status))
     }
 }
 
@@ -150,7 +175,7 @@ impl fmt::Display for RuleSet {
             let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
             write!(
                 f,
-                "rule {:?}: {} {} -> key {:?} ttl {} statuses {:?} scope {} max_body {} B",
+                "rule {:?}: {} {} -> key {:?} ttl {} statuses {} scope {} max_body {} B",
                 r.name,
                 methods.join(","),
                 r.path.as_str(),
@@ -159,7 +184,11 @@ impl fmt::Display for RuleSet {
                     TtlMode::Fixed(t) => format!("{}s", t.as_secs()),
                     TtlMode::Origin => "origin".to_string(),
                 },
-                r.statuses,
+                match &r.statuses {
+                    Some(listed) => format!("{listed:?}"),
+                    None if r.ttl == TtlMode::Origin => "origin's".to_string(),
+                    None => "[200]".to_string(),
+                },
                 match r.scope {
                     Scope::Credential => "credential",
                     Scope::Public => "public",

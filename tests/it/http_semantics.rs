@@ -1028,13 +1028,19 @@ async fn negative_caching_by_status(kind: Kind) {
             assert_eq!(first.cache_status(), "cachegate; fwd=miss; detail=cache-control");
         }
 
-        // Not listed: not stored.
+        // Not listed, no lifetime from the origin: not stored.
         let path = format!("/{prefix}/gone");
         w.backend.on("GET", &path, Reply::new().status(410).body("gone"));
         let first = assert_not_reused(&w, &path, &format!("{prefix}: 410")).await;
-        assert_eq!(first.cache_status(), "cachegate; fwd=miss; detail=status");
+        let why = if prefix == "neg" { "status" } else { "no-freshness" };
+        assert_eq!(first.cache_status(), format!("cachegate; fwd=miss; detail={why}"));
 
-        // 5xx: never, whatever the headers say.
+        // 5xx with a fixed TTL: never, whatever the headers say. Following
+        // the origin, a 5xx it gives a lifetime is stored (RFC 9111 §3):
+        // tests/it/http_conformance.rs.
+        if prefix == "nego" {
+            continue;
+        }
         for status in [500u16, 503] {
             let path = format!("/{prefix}/down{status}");
             w.backend.on(
@@ -1061,9 +1067,13 @@ fn config_rejects_5xx_in_statuses_and_ttl_by_status() {
     };
     cachegate::config::Config::from_toml_str(&with("ttl_by_status = { \"404\" = 30 }"))
         .unwrap_or_else(|e| panic!("a 404 TTL is fine: {e}"));
+    // Following the origin, a listed 5xx is stored for the lifetime it gives.
+    cachegate::config::Config::from_toml_str(&with("ttl = \"origin\"\nstatuses = [200, 503]"))
+        .unwrap_or_else(|e| panic!("5xx with ttl = origin is fine: {e}"));
     for line in [
         "statuses = [200, 503]",
         "statuses = [500]",
+        "ttl = 60\nstatuses = [500]",
         "ttl_by_status = { \"503\" = 30 }",
         "ttl_by_status = { \"500\" = 30 }",
     ] {
@@ -1308,38 +1318,38 @@ fn rfc_table() -> Vec<Row> {
             "404-max-age",
             404,
             &[(cc, "max-age=60")],
-            NotReused,
-            "§3 allows storing a 404 with explicit freshness (and §4.2.2 heuristically); \
-             the rule's statuses default to [200], so cachegate forwards it uncached \
-             (detail=status); list 404 in statuses or ttl_by_status to store it",
+            Fresh(55, 60),
+            "§3: any final status with explicit freshness may be stored; ttl = \"origin\" follows the origin",
         ),
-        row(
-            "410-max-age",
-            410,
-            &[(cc, "max-age=60")],
-            NotReused,
-            "as 404: not in the rule's statuses",
-        ),
+        row("410-max-age", 410, &[(cc, "max-age=60")], Fresh(55, 60), "§3"),
         row(
             "301-max-age",
             301,
             &[(cc, "max-age=60"), ("location", "/rfc/elsewhere")],
-            NotReused,
-            "as 404: not in the rule's statuses",
+            Fresh(55, 60),
+            "§3",
         ),
         row(
             "500-max-age",
             500,
             &[(cc, "max-age=60")],
+            Fresh(55, 60),
+            "§3: a 5xx too, when the origin says so",
+        ),
+        row("503-max-age", 503, &[(cc, "max-age=60")], Fresh(55, 60), "§3"),
+        row(
+            "404-no-freshness",
+            404,
+            &[],
             NotReused,
-            "cachegate never stores 5xx",
+            "no explicit freshness; heuristics are off unless a rule turns them on",
         ),
         row(
-            "503-max-age",
-            503,
-            &[(cc, "max-age=60")],
+            "500-no-freshness",
+            500,
+            &[("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT")],
             NotReused,
-            "cachegate never stores 5xx",
+            "§4.2.2: 500 is not heuristically cacheable",
         ),
     ]
 }
