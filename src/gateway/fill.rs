@@ -142,7 +142,12 @@ impl Gateway {
             return (strip_body(resp, is_head), miss(false, Some("authorization")));
         }
         let limit = rule.max_body_bytes;
-        let len = match storable::content_length(resp.headers()) {
+        // A 204 has no content, and no Content-Length to say so (RFC 9110 §15.3.5).
+        let declared = match resp.status() {
+            StatusCode::NO_CONTENT => Some(0),
+            _ => storable::content_length(resp.headers()),
+        };
+        let len = match declared {
             Some(len) if len as usize <= limit => len as usize,
             Some(_) => return (strip_body(resp, is_head), miss(false, Some("too-large"))),
             None => return self.fill_streamed(resp, lifetime, fetched),

@@ -21,6 +21,7 @@ mod credentials_end;
 mod faults;
 mod fleet_history;
 mod hostile_input;
+mod http_conformance;
 mod http_semantics;
 mod http_stale;
 mod path_normalisation;
