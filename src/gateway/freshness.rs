@@ -216,7 +216,7 @@ impl RequestDirectives {
             return false;
         }
         if entry.fresh {
-            return self.min_fresh.is_none_or(|m| entry.fresh_left >= m);
+            return self.min_fresh.map_or(true, |m| entry.fresh_left >= m);
         }
         may_serve_stale && self.min_fresh.is_none() && self.max_stale.is_some_and(|m| entry.stale_for <= m)
     }

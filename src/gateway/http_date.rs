@@ -36,10 +36,7 @@ const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 /// formats (and the Internet Message Format) use.
 fn lenient(s: &str) -> Option<SystemTime> {
     let (mut day, mut month, mut year, mut time, mut offset) = (None, None, None, None, 0i64);
-    for token in s
-        .split(|c: char| c == ' ' || c == ',' || c == '-' || c == '\t')
-        .filter(|t| !t.is_empty())
-    {
+    for token in s.split([' ', ',', '-', '\t']).filter(|t| !t.is_empty()) {
         let lower = token.to_ascii_lowercase();
         if token.contains(':') {
             time = Some(clock(token)?);

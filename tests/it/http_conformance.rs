@@ -40,6 +40,11 @@ ttl = "origin"
 scope = "public"
 "#;
 
+/// A header name and value.
+type Field<'a> = (&'a str, &'a str);
+/// The `ttl=` range a hit must show, or `None`: not reused.
+type TtlRange = Option<(u64, u64)>;
+
 fn template(rules: &str) -> String {
     format!("{HEAD}\n{rules}")
 }
@@ -243,7 +248,7 @@ async fn statuses_stays_the_override_and_a_fixed_ttl_keeps_its_default(kind: Kin
 /// field is ignored as a whole.
 async fn a_targeted_field_alone_decides_freshness_and_storability(kind: Kind) {
     let w = World::start(kind, &template(ORIGIN)).await;
-    let cases: Vec<(&str, Vec<(&str, &str)>, Option<(u64, u64)>)> = vec![
+    let cases: Vec<(&str, Vec<Field>, TtlRange)> = vec![
         (
             "cdn-over-no-store",
             vec![("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
@@ -574,7 +579,7 @@ async fn every_http_date_format_sets_the_lifetime(kind: Kind) {
 /// age (stored Age + time in the cache) shows on hits.
 async fn age_uses_the_first_value_and_ignores_what_is_not_a_number(kind: Kind) {
     let w = World::start(kind, &template(ORIGIN)).await;
-    let cases: [(&str, &[(&str, &str)], Option<(u64, u64)>); 5] = [
+    let cases: [(&str, &[Field], TtlRange); 5] = [
         ("list", &[("age", "20, 40")], Some((35, 40))),
         ("lines", &[("age", "20"), ("age", "40")], Some((35, 40))),
         ("word", &[("age", "old")], Some((55, 60))),
