@@ -208,6 +208,11 @@ impl RequestDirectives {
         r
     }
 
+    /// Whether any fresh entry will do: nothing asked of its age.
+    pub fn takes_any_fresh(&self) -> bool {
+        !self.revalidate && self.max_age.is_none() && self.min_fresh.is_none()
+    }
+
     /// Whether a stored entry may answer this request without the backend;
     /// a stale one only where `may_serve_stale` (no response directive
     /// forbids it) and the request's `max-stale` allows.

@@ -164,24 +164,28 @@ impl Gateway {
         let now = crate::store::entry::now_ms();
         let is_head = request.req.method() == Method::HEAD;
         let entry = found.entry.as_ref()?;
-        let ages = freshness::EntryAge {
-            fresh: entry.is_fresh(now),
-            fresh_left: entry.ttl_left_secs(now),
-            stale_for: entry.stale_for_ms(now) / 1000,
-            current_age: freshness::age(&entry.headers) + entry.age_secs(now),
-        };
-        let may_serve_stale = !entry.lifetime.must_revalidate;
-        let outcome = if asks.accepts(&ages, may_serve_stale) {
-            if ages.fresh {
-                Outcome::Hit { ttl: ages.fresh_left }
+        let fresh = entry.is_fresh(now);
+        // The common case costs no age arithmetic: a fresh entry, a request
+        // asking nothing of its age.
+        let accepted = (fresh && asks.takes_any_fresh())
+            || asks.accepts(
+                &freshness::EntryAge {
+                    fresh,
+                    fresh_left: entry.ttl_left_secs(now),
+                    stale_for: entry.stale_for_ms(now) / 1000,
+                    current_age: freshness::age(&entry.headers) + entry.age_secs(now),
+                },
+                !entry.lifetime.must_revalidate,
+            );
+        let outcome = if accepted {
+            if fresh {
+                Outcome::Hit {
+                    ttl: entry.ttl_left_secs(now),
+                }
             } else {
                 Outcome::Stale { detail: "max-stale" }
             }
-        } else if !asks.revalidate
-            && asks.max_age.is_none()
-            && asks.min_fresh.is_none()
-            && entry.within_stale_while_revalidate(now)
-        {
+        } else if asks.takes_any_fresh() && entry.within_stale_while_revalidate(now) {
             self.refresh_in_background(request, &found.field);
             Outcome::Stale { detail: "revalidating" }
         } else {

@@ -680,3 +680,24 @@ async fn heuristic_freshness_is_off_by_default_and_capped_when_on(kind: Kind) {
         assert!(err.contains(wrong), "{rule}: {err}");
     }
 }
+
+/// `docs/http-caching.md` maps each RFC behaviour to a test as
+/// `module::name`: every one it names exists (a renamed test fails here).
+#[test]
+fn the_http_caching_doc_names_only_tests_that_exist() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/http-caching.md")).expect("docs/http-caching.md");
+    let named = regex::Regex::new(r"`([a-z_]+)::([a-z0-9_]+)`").unwrap();
+    let mut checked = 0;
+    for c in named.captures_iter(&doc) {
+        let (module, name) = (&c[1], &c[2]);
+        let file = format!("{root}/tests/it/{module}.rs");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|_| panic!("{module}::{name}: no {file}"));
+        assert!(
+            text.contains(&format!("fn {name}(")),
+            "{module}::{name}: no such test in {file}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 50, "the doc names {checked} tests");
+}
