@@ -44,8 +44,13 @@ fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, Option<String
                     member.push(c);
                 }
                 ',' if !quoted => {
-                    let (n, arg) = match member.split_once('=') {
-                        Some((n, a)) => (n, Some(a.trim().trim_matches('"').to_string())),
+                    let (n, arg) = match member.trim().split_once('=') {
+                        // No whitespace around `=` (RFC 9111 §5.2): `max-age =60`
+                        // and `max-age= 60` carry an invalid argument.
+                        Some((n, a)) if n.ends_with([' ', '\t']) || a.starts_with([' ', '\t']) => {
+                            (n, Some(String::new()))
+                        }
+                        Some((n, a)) => (n, Some(unquoted(a).to_string())),
                         None => (member.as_str(), None),
                     };
                     let n = n.trim().to_ascii_lowercase();
@@ -61,8 +66,14 @@ fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, Option<String
     out
 }
 
+/// A quoted-string argument without its quotes (`max-age="60"` is 60).
+fn unquoted(arg: &str) -> &str {
+    arg.strip_prefix('"').and_then(|a| a.strip_suffix('"')).unwrap_or(arg)
+}
+
 impl Directives {
-    /// The directives of `Cache-Control`.
+    /// The directives of `Cache-Control`; a directive given twice counts
+    /// once, as first given (RFC 9111 §4.2.1).
     pub fn parse(headers: &HeaderMap) -> Directives {
         let mut d = Directives::default();
         for (name, arg) in members(headers, &header::CACHE_CONTROL) {
@@ -77,10 +88,10 @@ impl Directives {
                 "must-revalidate" => d.must_revalidate = true,
                 "proxy-revalidate" => d.proxy_revalidate = true,
                 "must-understand" => d.must_understand = true,
-                "max-age" => d.max_age = secs().or(Some(0)),
-                "s-maxage" => d.s_maxage = secs().or(Some(0)),
-                "stale-while-revalidate" => d.stale_while_revalidate = secs(),
-                "stale-if-error" => d.stale_if_error = secs(),
+                "max-age" => d.max_age = d.max_age.or(secs()).or(Some(0)),
+                "s-maxage" => d.s_maxage = d.s_maxage.or(secs()).or(Some(0)),
+                "stale-while-revalidate" => d.stale_while_revalidate = d.stale_while_revalidate.or(secs()),
+                "stale-if-error" => d.stale_if_error = d.stale_if_error.or(secs()),
                 _ => {}
             }
         }
@@ -153,12 +164,14 @@ pub fn correct_age(headers: &mut HeaderMap, asked_at: SystemTime, now: SystemTim
 }
 
 /// The `Age` header's seconds: the first member of the first line (RFC 9111
-/// §5.1); 0 when absent or not a number (then it is ignored).
+/// §5.1), without parameters; 0 when absent or not a number (then it is
+/// ignored).
 pub fn age(headers: &HeaderMap) -> u64 {
     headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| http_date::delta_seconds(v.split(',').next().unwrap_or("")))
+        // `Age: 7200;foo=bar` reads as 7200 (a parameter never makes it younger).
+        .and_then(|v| http_date::delta_seconds(v.split([',', ';']).next().unwrap_or("")))
         .unwrap_or(0)
 }
 
@@ -258,6 +271,35 @@ mod tests {
         assert_eq!(d.s_maxage, Some(120));
         assert_eq!(d.stale_while_revalidate, Some(30));
         assert!(d.must_revalidate && d.forbids_stale());
+    }
+
+    #[test]
+    fn parsing_follows_the_grammar() {
+        let cc = |v: &str| Directives::parse(&h(&[("cache-control", v)]));
+        // Commas inside quoted strings do not split; quoted max-age is read.
+        assert_eq!(cc("private=\"a, max-age=5\", max-age=60").max_age, Some(60));
+        assert_eq!(cc("extension=\"max-age=3600\", max-age=1").max_age, Some(1));
+        assert_eq!(cc("max-age=\"3600\"").max_age, Some(3600));
+        // The first of two wins; whitespace around `=` or single quotes: invalid (stale).
+        assert_eq!(cc("max-age=1800, max-age=1").max_age, Some(1800));
+        assert_eq!(cc("max-age =3600").max_age, Some(0));
+        assert_eq!(cc("max-age= 3600").max_age, Some(0));
+        assert_eq!(cc("max-age='3600'").max_age, Some(0));
+        assert_eq!(cc("max-age=003600").max_age, Some(3600));
+        assert_eq!(cc("max-age=99999999999999999999").max_age, Some(DELTA_SECONDS_MAX));
+        assert!(cc("MUST-UNDERSTAND, no-store").must_understand);
+    }
+
+    #[test]
+    fn age_is_the_first_member_without_parameters() {
+        let a = |v: &[(&str, &str)]| age(&h(v));
+        assert_eq!(a(&[("age", "7200, 0")]), 7200);
+        assert_eq!(a(&[("age", "0"), ("age", "7200")]), 0);
+        assert_eq!(a(&[("age", "7200;foo=bar")]), 7200);
+        assert_eq!(a(&[("age", "abc")]), 0);
+        assert_eq!(a(&[("age", "-7200")]), 0);
+        assert_eq!(a(&[("age", "7200.0")]), 0);
+        assert_eq!(a(&[("age", "2147483649")]), DELTA_SECONDS_MAX);
     }
 
     #[test]
