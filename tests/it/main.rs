@@ -22,6 +22,7 @@ mod faults;
 mod fleet_history;
 mod hostile_input;
 mod http_conformance;
+mod http_exchange;
 mod http_semantics;
 mod http_stale;
 mod path_normalisation;
