@@ -126,31 +126,21 @@ impl Gateway {
 
     /// A full answer from the backend: stored if it may be, and answered.
     async fn store_fetched(&self, resp: Response<Body>, fetched: Fetched<'_, '_>) -> (Response<Body>, Outcome) {
-        let (rule, is_head) = (fetched.rule, fetched.is_head);
-        let cap = self.generation.config.cache.credential_max_ttl;
-        let directives = self.directives(resp.headers());
-        let lifetime = match freshness::lifetime(rule, resp.status().as_u16(), resp.headers(), &directives)
-            .and_then(|l| storable::unstorable_reason(&resp).map_or(Ok(l), Err))
-        {
-            Ok(l) => credential_end::capped(l, &fetched.key.field, cap),
-            Err(reason) => return (strip_body(resp, is_head), miss(false, Some(reason))),
-        };
-        if freshness::RequestDirectives::parse(&fetched.client).no_store {
-            return (strip_body(resp, is_head), miss(false, Some("request-no-store")));
-        }
-        if !shareable_with_authorization(rule, &fetched.client, &directives) {
-            return (strip_body(resp, is_head), miss(false, Some("authorization")));
-        }
-        let limit = rule.max_body_bytes;
+        let is_head = fetched.is_head;
+        let verdict = self.storable_lifetime(&resp, &fetched);
         // A 204 has no content, and no Content-Length to say so (RFC 9110 §15.3.5).
         let declared = match resp.status() {
             StatusCode::NO_CONTENT => Some(0),
             _ => storable::content_length(resp.headers()),
         };
-        let len = match declared {
-            Some(len) if len as usize <= limit => len as usize,
-            Some(_) => return (strip_body(resp, is_head), miss(false, Some("too-large"))),
-            None => return self.fill_streamed(resp, lifetime, fetched),
+        // A declared body within the rule's limit is read whole before the
+        // head is sent, stored or not: one that breaks off is then never
+        // passed on as if complete (`broken_answer`).
+        let (len, verdict) = match (declared, verdict) {
+            (Some(len), verdict) if len as usize <= fetched.rule.max_body_bytes => (len as usize, verdict),
+            (Some(_), Ok(_)) => return (strip_body(resp, is_head), miss(false, Some("too-large"))),
+            (None, Ok(lifetime)) => return self.fill_streamed(resp, lifetime, fetched),
+            (_, Err(reason)) => return (strip_body(resp, is_head), miss(false, Some(reason))),
         };
         let (parts, body) = resp.into_parts();
         let timeout = self.generation.config.backend.timeout;
@@ -165,16 +155,45 @@ impl Gateway {
             }
             Err(_) => return broken_answer(fetched, ForwardError::Timeout),
         };
+        let body = storable::concat(&chunks);
+        let lifetime = match verdict {
+            Ok(lifetime) => lifetime,
+            Err(reason) => {
+                let resp = Response::from_parts(parts, proxy::full(body));
+                return (strip_body(resp, is_head), miss(false, Some(reason)));
+            }
+        };
         let entry = Entry {
             status: parts.status,
             stored_at_ms: now_ms(),
             lifetime,
             headers: parts.headers,
-            body: storable::concat(&chunks),
+            body,
         };
         let client = fetched.client.clone();
         let stored = self.store_entry(&entry, fetched).await;
         (answer_fetched(&client, entry, is_head), stored)
+    }
+
+    /// How long a backend answer may be stored, or why it may not be (as
+    /// `Cache-Status` `detail=` names it): its directives and status
+    /// (`freshness::lifetime`), what it carries (`storable.rs`), the
+    /// request's `no-store`, an `Authorization` it may not be shared with.
+    fn storable_lifetime(&self, resp: &Response<Body>, fetched: &Fetched<'_, '_>) -> Result<Lifetime, &'static str> {
+        let rule = fetched.rule;
+        let directives = self.directives(resp.headers());
+        let lifetime = freshness::lifetime(rule, resp.status().as_u16(), resp.headers(), &directives)?;
+        if let Some(reason) = storable::unstorable_reason(resp) {
+            return Err(reason);
+        }
+        if self.request_directives(&fetched.client).no_store {
+            return Err("request-no-store");
+        }
+        if !shareable_with_authorization(rule, &fetched.client, &directives) {
+            return Err("authorization");
+        }
+        let cap = self.generation.config.cache.credential_max_ttl;
+        Ok(credential_end::capped(lifetime, &fetched.key.field, cap))
     }
 
     /// Stores a complete entry under the guard; a leader shares it with its

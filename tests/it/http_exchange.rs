@@ -27,6 +27,7 @@ both_stores!(
     a_304_with_set_cookie_is_answered_but_never_stored,
     // 9. request directives (RFC 9111 §5.2.1)
     max_stale_takes_a_stale_entry_without_asking_the_backend,
+    max_stale_finds_nothing_once_an_entry_with_nothing_to_keep_it_expired,
     max_stale_takes_a_stale_entry_with_a_validator,
     max_stale_never_takes_a_must_revalidate_entry,
     min_fresh_refuses_an_entry_about_to_go_stale,
@@ -646,7 +647,28 @@ async fn max_stale_flow(kind: Kind, path: &str, headers: &[(&str, &str)]) {
 /// most N seconds; bare: any), `max-stale=0` none; here an entry with no
 /// stale window and no validator.
 async fn max_stale_takes_a_stale_entry_without_asking_the_backend(kind: Kind) {
-    max_stale_flow(kind, "/ms/plain", &[("cache-control", "max-age=1")]).await;
+    // Kept past its lifetime by its stale-if-error window (which alone would
+    // never serve it without a backend error).
+    max_stale_flow(kind, "/ms/plain", &[("cache-control", "max-age=1, stale-if-error=60")]).await;
+}
+
+/// An entry with neither a validator nor a stale window is dropped when it
+/// expires (RFC 9111 never requires keeping one), so `max-stale` finds
+/// nothing: the backend answers, and the answer is stored again.
+async fn max_stale_finds_nothing_once_an_entry_with_nothing_to_keep_it_expired(kind: Kind) {
+    let w = world(kind).await;
+    let path = "/ms/gone";
+    w.backend
+        .on("GET", path, reply(&[("cache-control", "max-age=1")], "short"));
+    store(&w, path).await;
+    until_stale().await;
+    let r = w.client.get_h(path, &[("cache-control", "max-stale=60")]).await;
+    assert_eq!(
+        (r.x_cache(), r.cache_status(), r.text().as_str()),
+        (Some("MISS"), "cachegate; fwd=miss; stored", "short"),
+        "{path}: nothing was kept to serve stale"
+    );
+    assert_eq!(w.backend.count("GET", path), 2);
 }
 
 /// RFC 9111 §5.2.1.2, as above, on an entry with an ETag (which the store
