@@ -77,25 +77,45 @@ impl Directives {
     pub fn parse(headers: &HeaderMap) -> Directives {
         let mut d = Directives::default();
         for (name, arg) in members(headers, &header::CACHE_CONTROL) {
-            // Invalid seconds count as 0: invalid freshness is stale (§4.2.1).
-            let secs = || arg.as_deref().and_then(http_date::delta_seconds);
-            match name.as_str() {
-                "public" => d.public = true,
-                "no-store" => d.no_store = true,
-                // `no-cache="field"` restricts fields only; treat as whole.
-                "no-cache" => d.no_cache = true,
-                "private" => d.private = true,
-                "must-revalidate" => d.must_revalidate = true,
-                "proxy-revalidate" => d.proxy_revalidate = true,
-                "must-understand" => d.must_understand = true,
-                "max-age" => d.max_age = d.max_age.or(secs()).or(Some(0)),
-                "s-maxage" => d.s_maxage = d.s_maxage.or(secs()).or(Some(0)),
-                "stale-while-revalidate" => d.stale_while_revalidate = d.stale_while_revalidate.or(secs()),
-                "stale-if-error" => d.stale_if_error = d.stale_if_error.or(secs()),
-                _ => {}
+            // `no-cache="field"` and `private="field"` restrict fields only;
+            // taken whole (stricter).
+            if !d.set_flag(&name) {
+                d.set_seconds(&name, arg.as_deref().and_then(http_date::delta_seconds));
             }
         }
         d
+    }
+
+    /// Sets a directive that takes no argument; false when `name` is none.
+    pub(super) fn set_flag(&mut self, name: &str) -> bool {
+        let flag = match name {
+            "public" => &mut self.public,
+            "no-store" => &mut self.no_store,
+            "no-cache" => &mut self.no_cache,
+            "private" => &mut self.private,
+            "must-revalidate" => &mut self.must_revalidate,
+            "proxy-revalidate" => &mut self.proxy_revalidate,
+            "must-understand" => &mut self.must_understand,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    /// Sets a directive's seconds (`None`: invalid), the first given
+    /// winning; an invalid `max-age` or `s-maxage` is 0, since invalid
+    /// freshness is stale (§4.2.1). Unknown names are ignored.
+    pub(super) fn set_seconds(&mut self, name: &str, secs: Option<u64>) {
+        let (slot, invalid) = match name {
+            "max-age" => (&mut self.max_age, Some(0)),
+            "s-maxage" => (&mut self.s_maxage, Some(0)),
+            "stale-while-revalidate" => (&mut self.stale_while_revalidate, None),
+            "stale-if-error" => (&mut self.stale_if_error, None),
+            _ => return,
+        };
+        if slot.is_none() {
+            *slot = secs.map(|s| s.min(DELTA_SECONDS_MAX)).or(invalid);
+        }
     }
 
     /// What decides this cache's handling of a response: the first

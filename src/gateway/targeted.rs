@@ -36,49 +36,29 @@ fn parse(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
             // `no-cache=("a" "b")` and the like: field-qualified forms
             // count as the plain directive (stricter, never looser).
             if key.as_str() == "no-cache" || key.as_str() == "private" {
-                set_flag(&mut d, key.as_str());
+                d.set_flag(key.as_str());
             }
             continue;
         };
         match &item.bare_item {
-            BareItem::Boolean(true) => set_flag(&mut d, key.as_str()),
+            BareItem::Boolean(true) => {
+                d.set_flag(key.as_str());
+            }
             BareItem::Integer(i) => {
                 // A negative integer is a malformed directive: ignored.
                 if let Ok(secs) = u64::try_from(i64::from(*i)) {
-                    set_seconds(&mut d, key.as_str(), secs);
+                    d.set_seconds(key.as_str(), Some(secs));
                 }
             }
             // `private="x"` and `no-cache="x"` as strings: as above.
-            BareItem::String(_) if matches!(key.as_str(), "no-cache" | "private") => set_flag(&mut d, key.as_str()),
+            BareItem::String(_) if matches!(key.as_str(), "no-cache" | "private") => {
+                d.set_flag(key.as_str());
+            }
             // Other types for known directives are invalid: ignored.
             _ => {}
         }
     }
     Some(d)
-}
-
-fn set_flag(d: &mut Directives, name: &str) {
-    match name {
-        "public" => d.public = true,
-        "no-store" => d.no_store = true,
-        "no-cache" => d.no_cache = true,
-        "private" => d.private = true,
-        "must-revalidate" => d.must_revalidate = true,
-        "proxy-revalidate" => d.proxy_revalidate = true,
-        "must-understand" => d.must_understand = true,
-        _ => {}
-    }
-}
-
-fn set_seconds(d: &mut Directives, name: &str, secs: u64) {
-    let secs = secs.min(super::http_date::DELTA_SECONDS_MAX);
-    match name {
-        "max-age" => d.max_age = Some(secs),
-        "s-maxage" => d.s_maxage = Some(secs),
-        "stale-while-revalidate" => d.stale_while_revalidate = Some(secs),
-        "stale-if-error" => d.stale_if_error = Some(secs),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
