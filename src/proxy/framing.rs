@@ -18,6 +18,8 @@
 //! head line longer than hyper's buffer) refuses every later request on
 //! the connection rather than risk losing count.
 
+use super::interim::InterimRelay;
+use bytes::{Buf, Bytes};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -364,10 +366,17 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// A client connection with the guard reading along.
+/// A client connection with the guard reading along, and interim answers
+/// written at response boundaries (`interim.rs`).
 pub struct Guarded<S> {
     inner: S,
     scanner: Scanner,
+    relay: Option<InterimRelay>,
+    /// Whether everything hyper wrote so far is on the socket: hyper
+    /// flushes the socket only once its own buffer is empty.
+    clean: bool,
+    /// Interim bytes being written; they go out before any more of hyper's.
+    interim: Bytes,
 }
 
 impl<S> Guarded<S> {
@@ -375,7 +384,42 @@ impl<S> Guarded<S> {
     pub fn new(inner: S, max_line: usize) -> (Guarded<S>, Arc<Verdicts>) {
         let verdicts = Arc::new(Verdicts::default());
         let scanner = Scanner::new(max_line, verdicts.clone());
-        (Guarded { inner, scanner }, verdicts)
+        let guarded = Guarded {
+            inner,
+            scanner,
+            relay: None,
+            clean: true,
+            interim: Bytes::new(),
+        };
+        (guarded, verdicts)
+    }
+
+    /// Writes the interim answers `relay` queues, at response boundaries.
+    pub fn relay_interim(&mut self, relay: InterimRelay) {
+        self.relay = Some(relay);
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Guarded<S> {
+    /// Writes queued interim answers, if at a boundary (or already begun).
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.interim.is_empty() {
+                let queued = match &self.relay {
+                    Some(relay) if self.clean => relay.take(cx.waker()),
+                    _ => None,
+                };
+                match queued {
+                    Some(bytes) => self.interim = bytes,
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.interim))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.interim.advance(n);
+        }
     }
 }
 
@@ -393,7 +437,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_interim(cx))?;
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        this.clean &= written == 0;
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -401,7 +449,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_interim(cx))?;
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        this.clean &= written == 0;
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -409,7 +461,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        // hyper flushes the socket only with its own buffer empty: all it
+        // wrote is ours, so a queued interim answer may go now.
+        this.clean = true;
+        std::task::ready!(this.poll_interim(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -7,6 +7,7 @@
 
 pub mod framing;
 pub mod host;
+pub mod interim;
 mod keep_alive;
 pub mod normalize;
 mod retry;
@@ -217,6 +218,19 @@ impl Forwarder {
     /// with its body still streaming, hop-by-hop headers removed.
     pub async fn forward(&self, req: Request<Body>, from: ClientInfo) -> Result<Response<Body>, ForwardError> {
         let (mut parts, body) = req.into_parts();
+        // The backend's 1xx answers go to an HTTP/1.1 client (never to 1.0,
+        // RFC 9110 §15.2) while this call is open.
+        let relay = parts
+            .extensions
+            .remove::<interim::InterimRelay>()
+            .filter(|_| parts.version == http::Version::HTTP_11);
+        let open = relay.as_ref().map(|r| (r.clone(), r.open()));
+        let relayed = |mut req: Request<Body>| {
+            if let Some((relay, open)) = &open {
+                relay.attach(&mut req, open);
+            }
+            req
+        };
         parts.uri = self.target(&parts.uri)?;
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -240,14 +254,14 @@ impl Forwarder {
         // then the outcome is unknown whatever the retry's error says.
         let mut first_may_have_arrived = false;
         let result = match body {
-            retry::Outgoing::Streamed(body) => send(&client, Request::from_parts(parts, body), deadline).await,
+            retry::Outgoing::Streamed(body) => send(&client, relayed(Request::from_parts(parts, body)), deadline).await,
             retry::Outgoing::Replayable(bytes) => {
-                let first = retry::again(&parts, bytes.clone());
+                let first = relayed(retry::again(&parts, bytes.clone()));
                 match send(&client, first, deadline).await {
                     Err(Failure::Client(e)) if retry::worth_retrying(&e, &parts.method) => {
                         tracing::debug!(error = %describe(&e), "backend connection failed before the answer; retrying once on a fresh one");
                         first_may_have_arrived = !e.is_connect() && !retry::never_sent(&e);
-                        send(&self.fresh, retry::again(&parts, bytes), deadline).await
+                        send(&self.fresh, relayed(retry::again(&parts, bytes)), deadline).await
                     }
                     other => other,
                 }

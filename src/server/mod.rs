@@ -151,14 +151,19 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
             let from = ClientInfo { addr: peer };
             // Ambiguous framing is refused before hyper reads it (see
             // proxy/framing.rs); the verdicts come in request order.
-            let (stream, verdicts) = framing::Guarded::new(stream, head_buffer);
+            let (mut stream, verdicts) = framing::Guarded::new(stream, head_buffer);
+            // The backend's 1xx answers, written between hyper's answers.
+            let relay = crate::proxy::interim::InterimRelay::default();
+            stream.relay_interim(relay.clone());
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 // The generation the request starts on serves it to the end.
                 let gateway = live.gateway();
                 let live = live.clone();
                 let refused = verdicts.next_request();
+                let relay = relay.clone();
                 async move {
                     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+                    req.extensions_mut().insert(relay);
                     let resp = match (role, refused) {
                         (Role::Main, refused) => {
                             if let Some(why) = refused {

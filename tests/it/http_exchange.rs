@@ -141,8 +141,9 @@ const WITH_INTERIM: &str = "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=prel
      HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: max-age=60\r\n\r\nhello";
 
 /// RFC 9110 §15.2: a client (here, cachegate towards the backend) must
-/// accept interim responses before the final one. They are skipped (their
-/// fields are not the final answer's), and the final answer is stored.
+/// accept interim responses before the final one. Their fields are not the
+/// final answer's, and the final answer is stored (this client reads the
+/// final answer only; the relay is shown below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_responses_from_the_backend_are_skipped_and_the_final_answer_stored() {
     let raw = RawBackend::start(WITH_INTERIM, false).await;
@@ -167,6 +168,115 @@ async fn interim_responses_from_the_backend_are_skipped_and_the_final_answer_sto
     assert_eq!((hit.status.as_u16(), hit.text().as_str()), (200, "hello"));
     assert_eq!(hit.header("link"), None, "nor is it stored");
     assert_eq!(raw.requests(), 1, "the backend is asked once");
+}
+
+/// A backend that answers every request with `103 Early Hints`, then,
+/// `delay` later, `102 Processing` and the final 200 (`max-age=60`).
+struct EarlyHintsBackend {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EarlyHintsBackend {
+    async fn start(delay: Duration) -> EarlyHintsBackend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let early = b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n";
+                    let _ = stream.write_all(early).await;
+                    tokio::time::sleep(delay).await;
+                    let last = "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\
+                                cache-control: max-age=60\r\nconnection: close\r\n\r\nhello";
+                    let _ = stream.write_all(last.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        EarlyHintsBackend { addr, requests, task }
+    }
+}
+
+impl Drop for EarlyHintsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// RFC 9110 §15.2: the backend's `103 Early Hints` (with its fields) and
+/// `102 Processing` reach an HTTP/1.1 client as they come, before the final
+/// answer (here the 103 arrives while the final answer is still 700 ms
+/// away); the final answer carries none of their fields and is stored; a
+/// hit on the same connection relays nothing; an HTTP/1.0 client is never
+/// sent a 1xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_reach_an_http11_client_before_the_final_answer() {
+    let backend = EarlyHintsBackend::start(Duration::from_millis(700)).await;
+    let url = format!("http://{}", backend.addr);
+    let proxy = Proxy::start(&render(&template(RULES), Kind::Memory, &url, None)).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let get = |path: &str, version: &str| format!("GET {path} HTTP/{version}\r\nhost: localhost\r\n\r\n");
+    conn.send(get("/early", "1.1").as_bytes()).await.expect("send");
+    let early = conn.read_responses(1, Duration::from_millis(500)).await;
+    assert_eq!(
+        early.first().map(|r| r.status),
+        Some(103),
+        "the 103 before the final answer; got {:?}",
+        String::from_utf8_lossy(&conn.received)
+    );
+    assert_eq!(early[0].header("link").as_deref(), Some("</s.css>; rel=preload"));
+    let all = conn.read_responses(3, Duration::from_secs(5)).await;
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [103, 102, 200],
+        "{:?}",
+        String::from_utf8_lossy(&conn.received)
+    );
+    assert_eq!(all[2].body, b"hello");
+    assert_eq!(
+        all[2].header("link"),
+        None,
+        "the final answer does not carry the 103's fields"
+    );
+    assert_eq!(all[2].header("x-cache").as_deref(), Some("MISS"));
+
+    conn.send(get("/early", "1.1").as_bytes()).await.expect("send");
+    let all = conn.read_responses(4, Duration::from_secs(5)).await;
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [103, 102, 200, 200], "a hit relays nothing");
+    assert_eq!(all[3].header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(all[3].header("link"), None, "nor is the 103 stored");
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 1);
+
+    let mut old = RawConn::connect(proxy.addr).await;
+    old.send(get("/early-1.0", "1.0").as_bytes()).await.expect("send");
+    let answers = old.read_responses(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        answers.first().map(|r| r.status),
+        Some(200),
+        "no 1xx to an HTTP/1.0 client: {:?}",
+        String::from_utf8_lossy(&old.received)
+    );
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 2);
 }
 
 /// RFC 9110 §10.1.1, §15.2.1: a client that sent `Expect: 100-continue`
