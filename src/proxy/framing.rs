@@ -406,7 +406,7 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
         loop {
             if self.interim.is_empty() {
                 let queued = match &self.relay {
-                    Some(relay) if self.clean => relay.take(cx.waker()),
+                    Some(relay) if self.clean => relay.take(),
                     _ => None,
                 };
                 match queued {

@@ -16,21 +16,43 @@
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-/// A connection's relay of interim answers; cloned into each request's
-/// extensions by the server.
+/// A connection's relay of interim answers; the server runs each request
+/// of the connection in its scope ([`relaying`]).
 #[derive(Clone, Default)]
 pub struct InterimRelay {
     state: Arc<Mutex<RelayState>>,
+    /// Whether a backend call is open or bytes are queued: the socket
+    /// wrapper looks at this alone on every write (no lock on a hit).
+    active: Arc<AtomicBool>,
+}
+
+tokio::task_local! {
+    static RELAY: InterimRelay;
+}
+
+/// Runs a request's future with the connection's relay in scope: a task
+/// local, so a request costs no allocation for it (request extensions
+/// would); a task spawned from it (a background refresh) has no client to
+/// relay to and sees none.
+pub async fn relaying<F: std::future::Future>(relay: InterimRelay, request: F) -> F::Output {
+    RELAY.scope(relay, request).await
+}
+
+/// The relay of the connection the running request came on, if any.
+pub fn current() -> Option<InterimRelay> {
+    RELAY.try_with(InterimRelay::clone).ok()
 }
 
 #[derive(Default)]
 struct RelayState {
     /// Encoded interim answers waiting for a boundary.
     queued: BytesMut,
-    /// The socket wrapper's task, woken when something is queued.
+    /// The connection's task (hyper polls the request's future on it),
+    /// woken when something is queued.
     waker: Option<Waker>,
     /// The request whose backend call may relay, if any.
     open: Option<u64>,
@@ -50,6 +72,7 @@ impl Drop for OpenInterim {
         let mut state = self.relay.lock();
         if state.open == Some(self.id) {
             state.open = None;
+            self.relay.active.store(!state.queued.is_empty(), Ordering::Release);
         }
     }
 }
@@ -60,13 +83,16 @@ impl InterimRelay {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens the relay for one backend call; it closes when the returned
-    /// value is dropped.
-    pub fn open(&self) -> OpenInterim {
+    /// Opens the relay for one backend call, made by the connection's task
+    /// (whose `waker` is woken when a 1xx is queued); it closes when the
+    /// returned value is dropped.
+    pub fn open(&self, waker: &Waker) -> OpenInterim {
         let mut state = self.lock();
         state.next += 1;
         let id = state.next;
         state.open = Some(id);
+        state.waker = Some(waker.clone());
+        self.active.store(true, Ordering::Release);
         OpenInterim {
             relay: self.clone(),
             id,
@@ -90,22 +116,23 @@ impl InterimRelay {
         }
         encode(&mut state.queued, status, headers);
         state.relayed += 1;
-        if let Some(waker) = state.waker.take() {
-            waker.wake();
+        if let Some(waker) = &state.waker {
+            waker.wake_by_ref();
         }
     }
 
-    /// What is queued, taken, or `None`; `waker` is kept to be woken when
-    /// something is queued later.
-    pub(crate) fn take(&self, waker: &Waker) -> Option<Bytes> {
-        let mut state = self.lock();
-        if state.queued.is_empty() {
-            if !state.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                state.waker = Some(waker.clone());
-            }
+    /// What is queued, taken, or `None`.
+    pub(crate) fn take(&self) -> Option<Bytes> {
+        if !self.active.load(Ordering::Acquire) {
             return None;
         }
-        Some(state.queued.split().freeze())
+        let mut state = self.lock();
+        if state.queued.is_empty() {
+            return None;
+        }
+        let queued = state.queued.split().freeze();
+        self.active.store(state.open.is_some(), Ordering::Release);
+        Some(queued)
     }
 
     /// How many interim answers this connection has relayed.
@@ -168,11 +195,11 @@ mod tests {
         h.insert("connection", "x-secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         relay.queue(1, StatusCode::from_u16(103).unwrap(), &h);
-        assert!(relay.take(&waker()).is_none(), "no request open: dropped");
-        let open = relay.open();
+        assert!(relay.take().is_none(), "no request open: dropped");
+        let open = relay.open(&waker());
         relay.queue(open.id, StatusCode::from_u16(103).unwrap(), &h);
         relay.queue(open.id, StatusCode::CONTINUE, &h);
-        let sent = relay.take(&waker()).expect("queued");
+        let sent = relay.take().expect("queued");
         assert_eq!(
             &sent[..],
             b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n"
@@ -180,7 +207,11 @@ mod tests {
         let id = open.id;
         drop(open);
         relay.queue(id, StatusCode::PROCESSING, &h);
-        assert!(relay.take(&waker()).is_none(), "closed: a late 1xx is dropped");
+        assert!(relay.take().is_none(), "closed: a late 1xx is dropped");
+        assert!(
+            !relay.active.load(Ordering::Acquire),
+            "nothing for the socket wrapper to look at"
+        );
         assert_eq!(relay.relayed(), 1);
     }
 }

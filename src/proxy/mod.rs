@@ -220,11 +220,16 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         // The backend's 1xx answers go to an HTTP/1.1 client (never to 1.0,
         // RFC 9110 §15.2) while this call is open.
-        let relay = parts
-            .extensions
-            .remove::<interim::InterimRelay>()
-            .filter(|_| parts.version == http::Version::HTTP_11);
-        let open = relay.as_ref().map(|r| (r.clone(), r.open()));
+        let relay = interim::current().filter(|_| parts.version == http::Version::HTTP_11);
+        let open = match relay {
+            Some(relay) => {
+                // This task is the connection's: hyper polls the request on it.
+                let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+                let open = relay.open(&waker);
+                Some((relay, open))
+            }
+            None => None,
+        };
         let relayed = |mut req: Request<Body>| {
             if let Some((relay, open)) = &open {
                 relay.attach(&mut req, open);

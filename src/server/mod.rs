@@ -161,9 +161,8 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                 let live = live.clone();
                 let refused = verdicts.next_request();
                 let relay = relay.clone();
-                async move {
+                crate::proxy::interim::relaying(relay, async move {
                     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
-                    req.extensions_mut().insert(relay);
                     let resp = match (role, refused) {
                         (Role::Main, refused) => {
                             if let Some(why) = refused {
@@ -178,7 +177,7 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                         (Role::Admin, None) => not_found(),
                     };
                     Ok::<_, Infallible>(resp)
-                }
+                })
             });
             if let Err(e) = accept::serve_http1(&builder, TokioIo::new(stream), service, stop).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
