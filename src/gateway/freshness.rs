@@ -470,7 +470,11 @@ pub fn not_modified(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(since) = request.get(header::IF_MODIFIED_SINCE).and_then(parsed) else {
         return false;
     };
-    let modified = stored.get(header::LAST_MODIFIED).and_then(parsed);
+    // Without Last-Modified, the stored Date stands for it (RFC 9111 §4.3.2).
+    let modified = stored
+        .get(header::LAST_MODIFIED)
+        .or_else(|| stored.get(header::DATE))
+        .and_then(parsed);
     modified.is_some_and(|m| m <= since)
 }
 
@@ -520,5 +524,10 @@ mod conditional_tests {
             &stored
         ));
         assert!(!not_modified(&HeaderMap::new(), &stored));
+        // No Last-Modified: the stored Date stands for it (§4.3.2).
+        let dated = h(&[("date", "Thu, 26 Nov 2026 10:00:00 GMT")]);
+        let since = |d: &str| h(&[("if-modified-since", d)]);
+        assert!(not_modified(&since("Thu, 26 Nov 2026 10:00:00 GMT"), &dated));
+        assert!(!not_modified(&since("Thu, 26 Nov 2026 09:00:00 GMT"), &dated));
     }
 }
