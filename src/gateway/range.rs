@@ -143,7 +143,7 @@ fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
         let etag = stored.get(header::ETAG).map(|v| v.as_bytes().trim_ascii());
         return strong_tag(value) && etag == Some(value);
     }
-    let date = |v: &[u8]| httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok();
+    let date = |v: &[u8]| super::http_date::parse(std::str::from_utf8(v).ok()?);
     let modified = stored.get(header::LAST_MODIFIED).and_then(|v| date(v.as_bytes()));
     date(value).is_some_and(|d| Some(d) == modified)
 }
