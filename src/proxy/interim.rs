@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-/// A connection's relay of interim answers; the server runs each request
-/// of the connection in its scope ([`relaying`]).
+/// A connection's relay of interim answers; the server runs the
+/// connection (and so every request hyper polls on it) in its scope
+/// ([`relaying`]).
 #[derive(Clone, Default)]
 pub struct InterimRelay {
     state: Arc<Mutex<RelayState>>,
@@ -34,10 +35,11 @@ tokio::task_local! {
     static RELAY: InterimRelay;
 }
 
-/// Runs a request's future with the connection's relay in scope: a task
-/// local, so a request costs no allocation for it (request extensions
-/// would); a task spawned from it (a background refresh) has no client to
-/// relay to and sees none.
+/// Runs a connection's future with its relay in scope: a task local, set
+/// once per connection, so a request costs nothing for it (a request
+/// extension would cost allocations, a scope per request a move of the
+/// request's future); a task spawned from a request (a background
+/// refresh) has no client to relay to and sees none.
 pub async fn relaying<F: std::future::Future>(relay: InterimRelay, request: F) -> F::Output {
     RELAY.scope(relay, request).await
 }

@@ -160,8 +160,7 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                 let gateway = live.gateway();
                 let live = live.clone();
                 let refused = verdicts.next_request();
-                let relay = relay.clone();
-                crate::proxy::interim::relaying(relay, async move {
+                async move {
                     let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
                     let resp = match (role, refused) {
                         (Role::Main, refused) => {
@@ -177,9 +176,12 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                         (Role::Admin, None) => not_found(),
                     };
                     Ok::<_, Infallible>(resp)
-                })
+                }
             });
-            if let Err(e) = accept::serve_http1(&builder, TokioIo::new(stream), service, stop).await {
+            // The relay is in scope for the whole connection, so the
+            // requests hyper polls on it see it without a wrapper each.
+            let served = accept::serve_http1(&builder, TokioIo::new(stream), service, stop);
+            if let Err(e) = crate::proxy::interim::relaying(relay, served).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
