@@ -273,13 +273,7 @@ pub struct EntryAge {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::gateway::test_headers as h;
 
     #[test]
     fn parses_directives() {
@@ -493,13 +487,7 @@ pub const NOT_MODIFIED_HEADERS: [header::HeaderName; 7] = [
 mod conditional_tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::gateway::test_headers as h;
 
     #[test]
     fn conditionals() {

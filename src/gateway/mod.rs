@@ -197,3 +197,14 @@ impl Gateway {
         Some((answer(request.req.headers(), entry, now, is_head), outcome))
     }
 }
+
+/// A header map from name/value pairs (repeated names append), for the
+/// phases' unit tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+    let mut m = http::HeaderMap::new();
+    for (k, v) in pairs {
+        m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    m
+}

@@ -71,13 +71,7 @@ pub fn scope_field_keyed(
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::gateway::test_headers as h;
 
     #[test]
     fn scopes_differ_by_credential_and_never_hold_the_secret() {

@@ -65,13 +65,7 @@ fn parse(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::gateway::test_headers as h;
 
     fn names() -> Vec<HeaderName> {
         vec![

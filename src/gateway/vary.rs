@@ -143,13 +143,7 @@ fn q_text(q: u16) -> String {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::gateway::test_headers as h;
 
     #[test]
     fn variants() {
