@@ -195,6 +195,9 @@ impl fmt::Display for RuleSet {
                 },
                 r.max_body_bytes
             )?;
+            if let Some(h) = r.heuristic {
+                write!(f, " heuristic {}% max {}s", h.percent, h.max_ttl.as_secs())?;
+            }
             if !r.inputs.is_empty() {
                 write!(
                     f,
