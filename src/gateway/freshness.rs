@@ -34,11 +34,24 @@ pub struct Directives {
 fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for value in headers.get_all(name) {
-        let Ok(value) = value.to_str() else { continue };
+        let Ok(value) = value.to_str() else {
+            // A line that is not visible ASCII cannot be read: fail closed.
+            out.push(("no-store".to_string(), None));
+            continue;
+        };
         let mut member = String::new();
         let mut quoted = false;
+        let mut escaped = false;
         for c in value.chars().chain(std::iter::once(',')) {
             match c {
+                _ if escaped => {
+                    escaped = false;
+                    member.push(c);
+                }
+                '\\' if quoted => {
+                    escaped = true;
+                    member.push(c);
+                }
                 '"' => {
                     quoted = !quoted;
                     member.push(c);
@@ -61,6 +74,11 @@ fn members(headers: &HeaderMap, name: &HeaderName) -> Vec<(String, Option<String
                 }
                 _ => member.push(c),
             }
+        }
+        if quoted {
+            // An unterminated quoted string may hide anything after it:
+            // fail closed, as if the line said no-store.
+            out.push(("no-store".to_string(), None));
         }
     }
     out
@@ -302,6 +320,9 @@ mod tests {
         assert_eq!(cc("max-age=003600").max_age, Some(3600));
         assert_eq!(cc("max-age=99999999999999999999").max_age, Some(DELTA_SECONDS_MAX));
         assert!(cc("MUST-UNDERSTAND, no-store").must_understand);
+        // An escaped quote does not end a quoted string; one left open fails closed.
+        assert!(cc("max-age=3600, ext=\"a\\\"b\", private").private);
+        assert!(cc("max-age=60, x=\"oops, private").no_store);
     }
 
     #[test]

@@ -98,6 +98,8 @@ impl Gateway {
         if self.shared.pending.must_revalidate(entry.stored_at_ms) {
             entry.lifetime.ttl = Duration::ZERO;
             entry.lifetime.stale_while_revalidate = Duration::ZERO;
+            // Not even a client's max-stale may take it unvalidated.
+            entry.lifetime.must_revalidate = true;
         }
         entry
     }

@@ -27,6 +27,10 @@ fn parse(headers: &HeaderMap, name: &HeaderName) -> Option<Directives> {
         joined.push_str(line.to_str().ok()?);
     }
     let dictionary: Dictionary = Parser::new(joined.as_str()).parse().ok()?;
+    // An empty field is no targeted field (RFC 9213 §2.1).
+    if dictionary.is_empty() {
+        return None;
+    }
     let mut d = Directives {
         targeted: true,
         ..Directives::default()
@@ -98,6 +102,7 @@ mod tests {
         assert_eq!(d.max_age, Some(60));
         assert!(!d.must_revalidate);
         assert!(directives(&h(&[("cache-control", "max-age=60")]), &names()).is_none());
+        assert!(directives(&h(&[("cdn-cache-control", "")]), &names()).is_none());
         assert!(directives(&h(&[("cdn-cache-control", "max-age=\"60\",,")]), &names()).is_none());
     }
 
