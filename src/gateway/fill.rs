@@ -364,7 +364,7 @@ fn retain_for(lifetime: &Lifetime, headers: &HeaderMap) -> Duration {
 /// only if the origin allows it (`public`, `s-maxage`, `must-revalidate`).
 /// Credential-scoped rules never share it anyway; fixed-TTL public rules
 /// are the operator's explicit decision.
-fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, d: &freshness::Directives) -> bool {
+pub(super) fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, d: &freshness::Directives) -> bool {
     if rule.scope != Scope::Public || rule.ttl != TtlMode::Origin || !request.contains_key(header::AUTHORIZATION) {
         return true;
     }

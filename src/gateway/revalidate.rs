@@ -44,6 +44,24 @@ impl Gateway {
             }
             return (resp, miss(false, Some("set-cookie")));
         }
+        // The merged answer must pass what a 200 must pass to be stored.
+        let vary_star = entry
+            .headers
+            .get_all(header::VARY)
+            .iter()
+            .any(|v| v.as_bytes().split(|b| *b == b',').any(|p| p.trim_ascii() == b"*"));
+        let refusal = if vary_star {
+            Some("vary")
+        } else if self.request_directives(&client).no_store {
+            Some("request-no-store")
+        } else if !super::fill::shareable_with_authorization(fetched.rule, &client, &self.directives(&entry.headers)) {
+            Some("authorization")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason)));
+        }
         let cap = self.generation.config.cache.credential_max_ttl;
         let directives = self.directives(&entry.headers);
         let entry = match freshness::lifetime(fetched.rule, entry.status.as_u16(), &entry.headers, &directives) {
