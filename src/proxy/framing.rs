@@ -401,8 +401,20 @@ impl<S> Guarded<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Guarded<S> {
-    /// Writes queued interim answers, if at a boundary (or already begun).
+    /// Before hyper's bytes: queued interim answers if at a boundary (or
+    /// already begun); queued ones whose call ended are dropped when hyper
+    /// writes off a boundary, since its bytes may hold that final answer.
     fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.clean && self.interim.is_empty() {
+            if let Some(relay) = &self.relay {
+                relay.discard_if_closed();
+            }
+        }
+        self.poll_queued(cx)
+    }
+
+    /// Writes queued interim answers, if at a boundary (or already begun).
+    fn poll_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if self.interim.is_empty() {
                 let queued = match &self.relay {

@@ -137,6 +137,21 @@ impl InterimRelay {
         Some(queued)
     }
 
+    /// Drops what is queued if its backend call has ended: hyper is writing
+    /// bytes that were buffered after an earlier answer's unwritten tail,
+    /// and the final answer may be among them, so no boundary for a 1xx
+    /// is left (1xx answers are advisory; losing one is safe).
+    pub(crate) fn discard_if_closed(&self) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.lock();
+        if state.open.is_none() {
+            state.queued.clear();
+            self.active.store(false, Ordering::Release);
+        }
+    }
+
     /// How many interim answers this connection has relayed.
     pub fn relayed(&self) -> u64 {
         self.lock().relayed
