@@ -64,10 +64,10 @@ pub fn variant_field(scope: &str, names: &[HeaderName], request: &HeaderMap) -> 
 /// list (§5.3), whitespace around members and parameters dropped; for the
 /// `Accept` family, tokens lower-cased (case-insensitive, §12.5), `q`
 /// written canonically (`q=1` dropped, `0.50` as `0.5`), and members
-/// ordered by `q`, then by name: only `q` ranks them (RFC 9110 §12.4.2;
-/// for `Accept-Language`, members of equal `q` are equally acceptable, so
-/// `en, de` and `de, en` share one variant, as the cache-tests suite's
-/// `vary-normalise-lang-order` expects).
+/// ordered by `q`: by name among equal `q` for `Accept-Encoding` and
+/// `Accept-Charset` (no server ranks codings by order), in the client's
+/// order for `Accept` and `Accept-Language`, whose equal-`q` order real
+/// backends (Express's negotiator, Django) use to choose.
 fn normalised(name: &HeaderName, request: &HeaderMap) -> String {
     let accept_family = matches!(
         name.as_str(),
@@ -81,8 +81,14 @@ fn normalised(name: &HeaderName, request: &HeaderMap) -> String {
         .filter(|m| !m.is_empty())
         .map(|m| if accept_family { weighted(&m) } else { (m, 1000) })
         .collect();
-    if accept_family {
-        members.sort_by(|(a, qa), (b, qb)| qb.cmp(qa).then_with(|| a.cmp(b)));
+    match name.as_str() {
+        "accept-encoding" | "accept-charset" => {
+            members.sort_by(|(a, qa), (b, qb)| qb.cmp(qa).then_with(|| a.cmp(b)));
+        }
+        // Backends (Express's negotiator, Django) pick the first among
+        // equal q: their order is kept, only q ranks across.
+        "accept" | "accept-language" => members.sort_by(|(_, qa), (_, qb)| qb.cmp(qa)),
+        _ => {}
     }
     let written: Vec<String> = members
         .into_iter()
@@ -187,7 +193,7 @@ mod tests {
         );
         same("accept-language", &["en;q=0.5, de"], &["de, en;q=0.5"]);
         same("accept-language", &["EN-us, fr"], &["en-US,fr"]);
-        same("accept-language", &["en, de"], &["de, en"]);
+        differ("accept-language", &["en, de"], &["de, en"]);
         differ("accept-language", &["en;q=0.9, de"], &["en, de;q=0.9"]);
         // Other fields: whitespace only; case may matter.
         same("x-lang", &[" en , de"], &["en,de"]);
