@@ -267,13 +267,19 @@ fn ttl_by_status(raw: &Option<StatusTtls>) -> Result<Vec<(u16, Duration)>, RuleE
         let code = status
             .parse::<u16>()
             .ok()
-            .filter(|c| (100..=599).contains(c))
+            .filter(|c| (200..=599).contains(c))
             .ok_or_else(|| {
                 err(
                     map.span(),
-                    format!("ttl_by_status: {status:?} is not an HTTP status code"),
+                    format!("ttl_by_status: {status:?} is not a final HTTP status code"),
                 )
             })?;
+        if code == 206 || code == 304 {
+            return Err(err(
+                map.span(),
+                format!("ttl_by_status: {code} is never stored (cachegate stores complete answers only)"),
+            ));
+        }
         if code >= 500 {
             return Err(err(
                 map.span(),
