@@ -127,7 +127,7 @@ impl Gateway {
     /// A full answer from the backend: stored if it may be, and answered.
     async fn store_fetched(&self, resp: Response<Body>, fetched: Fetched<'_, '_>) -> (Response<Body>, Outcome) {
         let is_head = fetched.is_head;
-        let verdict = self.storable_lifetime(&resp, &fetched);
+        let verdict = self.storable_lifetime(resp.status(), resp.headers(), &fetched);
         // A 204 has no content, and no Content-Length to say so (RFC 9110 §15.3.5).
         let declared = match resp.status() {
             StatusCode::NO_CONTENT => Some(0),
@@ -175,15 +175,21 @@ impl Gateway {
         (answer_fetched(&client, entry, is_head), stored)
     }
 
-    /// How long a backend answer may be stored, or why it may not be (as
+    /// How long a backend answer (or a stored one a 304 refreshed) may be
+    /// stored, or why it may not be (as
     /// `Cache-Status` `detail=` names it): its directives and status
     /// (`freshness::lifetime`), what it carries (`storable.rs`), the
     /// request's `no-store`, an `Authorization` it may not be shared with.
-    fn storable_lifetime(&self, resp: &Response<Body>, fetched: &Fetched<'_, '_>) -> Result<Lifetime, &'static str> {
+    pub(super) fn storable_lifetime(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        fetched: &Fetched<'_, '_>,
+    ) -> Result<Lifetime, &'static str> {
         let rule = fetched.rule;
-        let directives = self.directives(resp.headers());
-        let lifetime = freshness::lifetime(rule, resp.status().as_u16(), resp.headers(), &directives)?;
-        if let Some(reason) = storable::unstorable_reason(resp) {
+        let directives = self.directives(headers);
+        let lifetime = freshness::lifetime(rule, status.as_u16(), headers, &directives)?;
+        if let Some(reason) = storable::unstorable_reason(headers) {
             return Err(reason);
         }
         if self.request_directives(&fetched.client).no_store {
@@ -364,7 +370,7 @@ fn retain_for(lifetime: &Lifetime, headers: &HeaderMap) -> Duration {
 /// only if the origin allows it (`public`, `s-maxage`, `must-revalidate`).
 /// Credential-scoped rules never share it anyway; fixed-TTL public rules
 /// are the operator's explicit decision.
-pub(super) fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, d: &freshness::Directives) -> bool {
+fn shareable_with_authorization(rule: &CacheRule, request: &HeaderMap, d: &freshness::Directives) -> bool {
     if rule.scope != Scope::Public || rule.ttl != TtlMode::Origin || !request.contains_key(header::AUTHORIZATION) {
         return true;
     }

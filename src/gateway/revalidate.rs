@@ -6,7 +6,7 @@
 use super::answer::{answer, miss};
 use super::coalesce::Role;
 use super::fill::Fetched;
-use super::{credential_end, freshness, Cacheable, Gateway, Outcome};
+use super::{Cacheable, Gateway, Outcome};
 use crate::proxy::{self, Body};
 use crate::store::entry::{now_ms, Entry};
 use http::{header, Method, Request, Response};
@@ -44,31 +44,9 @@ impl Gateway {
             }
             return (resp, miss(false, Some("set-cookie")));
         }
-        // The merged answer must pass what a 200 must pass to be stored.
-        let vary_star = entry
-            .headers
-            .get_all(header::VARY)
-            .iter()
-            .any(|v| v.as_bytes().split(|b| *b == b',').any(|p| p.trim_ascii() == b"*"));
-        let refusal = if vary_star {
-            Some("vary")
-        } else if self.request_directives(&client).no_store {
-            Some("request-no-store")
-        } else if !super::fill::shareable_with_authorization(fetched.rule, &client, &self.directives(&entry.headers)) {
-            Some("authorization")
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason)));
-        }
-        let cap = self.generation.config.cache.credential_max_ttl;
-        let directives = self.directives(&entry.headers);
-        let entry = match freshness::lifetime(fetched.rule, entry.status.as_u16(), &entry.headers, &directives) {
-            Ok(lifetime) => Entry {
-                lifetime: credential_end::capped(lifetime, &fetched.key.field, cap),
-                ..entry
-            },
+        // The merged answer must pass what a fetched 200 must pass.
+        let entry = match self.storable_lifetime(entry.status, &entry.headers, &fetched) {
+            Ok(lifetime) => Entry { lifetime, ..entry },
             // No longer storable (e.g. now no-store): answer, keep nothing.
             Err(reason) => return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason))),
         };

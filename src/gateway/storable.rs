@@ -3,7 +3,7 @@
 use crate::proxy::Body;
 use crate::BoxError;
 use bytes::Bytes;
-use http::{header, HeaderMap, Response};
+use http::{header, HeaderMap};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use std::pin::Pin;
@@ -12,8 +12,7 @@ use std::task::{Context, Poll};
 /// Why a response is not stored beyond its cache directives (which
 /// `freshness::lifetime` reads), as `Cache-Status` `detail=` names it;
 /// `None` means storable as far as headers go.
-pub fn unstorable_reason(resp: &Response<Body>) -> Option<&'static str> {
-    let headers = resp.headers();
+pub fn unstorable_reason(headers: &HeaderMap) -> Option<&'static str> {
     // Stricter than RFC 9111 on purpose: a cookie is one user's.
     if headers.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
