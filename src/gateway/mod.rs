@@ -83,13 +83,16 @@ impl Gateway {
         .await
     }
 
-    /// Phases 2 to 9 for an admitted request.
+    /// Phases 2 to 9 for an admitted request. Every path but a hit runs
+    /// boxed: an async fn's future is as large as its largest path, and
+    /// hyper moves the request's future (a memcpy of all of it) per request;
+    /// boxed, a hit's future stays small.
     pub async fn serve(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
         match self.route(&mut req) {
-            route::Route::Write => self.invalidate(req, from).await,
-            route::Route::Pass => self.pass(req, from).await,
+            route::Route::Write => Box::pin(self.invalidate(req, from)).await,
+            route::Route::Pass => Box::pin(self.pass(req, from)).await,
             route::Route::Reply(resp) => resp,
-            route::Route::Cached(rule, Err(detail)) => self.uncached(req, from, rule, detail).await,
+            route::Route::Cached(rule, Err(detail)) => Box::pin(self.uncached(req, from, rule, detail)).await,
             route::Route::Cached(rule, Ok(key)) => self.cached(Cacheable { req, from, rule, key }).await,
         }
     }
@@ -109,7 +112,7 @@ impl Gateway {
     async fn lookup_or_fill(self: &Arc<Self>, request: Cacheable<'_>) -> (Response<Body>, Outcome) {
         let mut found = match self.read(&request.key, request.req.headers()).await {
             Ok(found) => found,
-            Err(e) => return self.bypass(request, lookup::store_detail(&e)).await,
+            Err(e) => return Box::pin(self.bypass(request, lookup::store_detail(&e))).await,
         };
         let asks = self.request_directives(request.req.headers());
         if let Some(answered) = self.serve_fresh(&request, &mut found, &asks) {
@@ -127,16 +130,16 @@ impl Gateway {
         if !found.guarded {
             // A fresh entry the request's directives refused: a fill
             // follows, and needs the guard covering the record as it is now.
-            match self.guard_for(&request.key, &mut found).await {
+            match Box::pin(self.guard_for(&request.key, &mut found)).await {
                 Ok(()) => {}
-                Err(e) => return self.bypass(request, lookup::store_detail(&e)).await,
+                Err(e) => return Box::pin(self.bypass(request, lookup::store_detail(&e))).await,
             }
         }
         match self.shared.inflight.join(&request.key.key, &found.field) {
-            Role::Leader(leader) => self.lead(request, found, leader).await,
-            Role::Follower(follower) => match self.follow(&request, follower).await {
+            Role::Leader(leader) => Box::pin(self.lead(request, found, leader)).await,
+            Role::Follower(follower) => match Box::pin(self.follow(&request, follower)).await {
                 Some(answered) => answered,
-                None => self.fill(request, found, None).await,
+                None => Box::pin(self.fill(request, found, None)).await,
             },
         }
     }

@@ -171,7 +171,7 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                         }
                         (Role::Admin, Some(why)) => framing::refusal_response(why),
                         (Role::Admin, None) if crate::admin::owns(&gateway, req.uri().path()) => {
-                            crate::admin::handle(&live, &gateway, req).await
+                            Box::pin(crate::admin::handle(&live, &gateway, req)).await
                         }
                         (Role::Admin, None) => not_found(),
                     };
@@ -200,7 +200,7 @@ async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>
                 return rejected;
             }
             if admin_here && crate::admin::owns(gateway, req.uri().path()) {
-                return crate::admin::handle(live, gateway, req).await;
+                return Box::pin(crate::admin::handle(live, gateway, req)).await;
             }
             gateway.serve(req, from).await
         })
