@@ -22,7 +22,7 @@ impl Gateway {
         &self,
         req: &Request<Body>,
         rule: &CacheRule,
-        captures: &regex::Captures<'_>,
+        captures: &crate::rules::PathCaptures<'_>,
     ) -> Result<CacheKey, &'static str> {
         let config = &self.generation.config;
         let view = request_view(req);

@@ -4,12 +4,12 @@
 //! templates parsed); an error names the span of the setting at fault.
 
 use super::file::{RawInvalidate, RawRule, RawTtl, RuleDefaults};
+use super::path::PathPattern;
 use super::{
     CacheRule, DuplicateInputs, Heuristic, InvalidateRule, KeyInputs, RuleError, RuleSet, Scope, Template, TtlMode,
     When, INTERNAL_PREFIX,
 };
 use http::Method;
-use regex::Regex;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
@@ -126,12 +126,12 @@ fn err(span: Range<usize>, message: impl Into<String>) -> RuleError {
     }
 }
 
-fn template(src: &Spanned<String>, path: &Regex, glob: bool) -> Result<Template, RuleError> {
-    Template::parse(src.get_ref(), path, glob).map_err(|m| err(src.span(), m))
+fn template(src: &Spanned<String>, path: &PathPattern, glob: bool) -> Result<Template, RuleError> {
+    Template::parse(src.get_ref(), path.regex(), glob).map_err(|m| err(src.span(), m))
 }
 
-fn compile_regex(src: &Spanned<String>) -> Result<Regex, RuleError> {
-    Regex::new(src.get_ref()).map_err(|e| err(src.span(), format!("invalid path regex: {e}")))
+fn compile_regex(src: &Spanned<String>) -> Result<PathPattern, RuleError> {
+    PathPattern::new(src.get_ref()).map_err(|e| err(src.span(), format!("invalid path regex: {e}")))
 }
 
 /// The listed methods (upper-cased), or `default` when the rule lists none.

@@ -8,14 +8,15 @@ mod compile;
 mod file;
 pub mod glob;
 mod inputs;
+mod path;
 mod template;
 
 pub use file::{DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleDefaults, Scope, TtlMode, When};
 pub use inputs::KeyInputs;
+pub use path::{PathCaptures, PathPattern};
 pub use template::{glob_escape, query_param, RequestView, Template};
 
 use http::Method;
-use regex::{Captures, Regex};
 use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub struct CacheRule {
     pub index: usize,
     pub name: String,
     pub methods: Vec<Method>,
-    pub path: Regex,
+    pub path: PathPattern,
     pub key: Template,
     pub ttl: TtlMode,
     pub max_ttl: Option<Duration>,
@@ -99,7 +100,7 @@ impl CacheRule {
 pub struct InvalidateRule {
     pub name: String,
     pub methods: Vec<Method>,
-    pub path: Regex,
+    pub path: PathPattern,
     pub keys: Vec<Template>,
     /// Glob patterns; captured values are escaped when rendered.
     pub patterns: Vec<Template>,
@@ -121,7 +122,7 @@ pub struct RuleSet {
 /// A matched rule and the regex captures of the request path.
 pub struct Matched<'r, 'p, R> {
     pub rule: &'r R,
-    pub captures: Captures<'p>,
+    pub captures: PathCaptures<'p>,
 }
 
 /// Internal keys live under this prefix (after the key prefix); rule keys may not.
@@ -161,7 +162,12 @@ impl RuleSet {
     /// namespace ([`INTERNAL_PREFIX`]), or one longer than `max_key_bytes`.
     /// For a pattern the limit applies to the shortest key it can match, not
     /// to its glob-escaped spelling: a pattern for a key that fits is kept.
-    pub fn render_key(&self, template: &Template, req: &RequestView<'_>, captures: &Captures<'_>) -> Option<String> {
+    pub fn render_key(
+        &self,
+        template: &Template,
+        req: &RequestView<'_>,
+        captures: &PathCaptures<'_>,
+    ) -> Option<String> {
         let (key, key_len) = template.render_measured(req, captures)?;
         let usable = !key.is_empty() && !key.starts_with(INTERNAL_PREFIX) && key_len <= self.max_key_bytes;
         usable.then_some(key)
@@ -252,8 +258,8 @@ mod tests {
 
     /// Renders `src` (a pattern when `is_pattern`) for `GET /?query`.
     fn render(set: &RuleSet, src: &str, query: &str, is_pattern: bool) -> Option<String> {
-        let re = Regex::new(r"^/").unwrap();
-        let t = Template::parse(src, &re, is_pattern).unwrap();
+        let re = PathPattern::new(r"^/").unwrap();
+        let t = Template::parse(src, re.regex(), is_pattern).unwrap();
         let headers = HeaderMap::new();
         let view = RequestView {
             method: &Method::GET,

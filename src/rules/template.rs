@@ -10,9 +10,10 @@
 //! every task. Keys, patterns and tags are rendered alike, so a purge finds
 //! what a fill stored.
 
+use super::path::PathCaptures;
 use http::{HeaderMap, HeaderName, Method};
 use percent_encoding::percent_decode_str;
-use regex::{Captures, Regex};
+use regex::Regex;
 
 /// What a template may read from a request.
 pub struct RequestView<'a> {
@@ -122,7 +123,7 @@ impl Template {
     /// Renders the template; `None` when a header value is not valid text,
     /// or a percent-decoded query value is not valid UTF-8 (lossy decoding
     /// would give different values one key).
-    pub fn render(&self, req: &RequestView<'_>, captures: &Captures<'_>) -> Option<String> {
+    pub fn render(&self, req: &RequestView<'_>, captures: &PathCaptures<'_>) -> Option<String> {
         self.render_measured(req, captures).map(|(text, _)| text)
     }
 
@@ -130,7 +131,11 @@ impl Template {
     /// names: its own length for a key or tag; for a pattern, the shortest
     /// key the glob can match (glob escapes and `*` not counted), so that a
     /// length limit applies to keys, not to their escaped spelling.
-    pub(crate) fn render_measured(&self, req: &RequestView<'_>, captures: &Captures<'_>) -> Option<(String, usize)> {
+    pub(crate) fn render_measured(
+        &self,
+        req: &RequestView<'_>,
+        captures: &PathCaptures<'_>,
+    ) -> Option<(String, usize)> {
         let mut out = String::with_capacity(self.source.len() + 32);
         let mut key_len = 0;
         for part in &self.parts {
@@ -156,7 +161,7 @@ impl Part {
     }
 
     /// A placeholder's value for a request (a literal has none of its own).
-    fn value<'a>(&self, req: &'a RequestView<'_>, captures: &'a Captures<'_>) -> Option<std::borrow::Cow<'a, str>> {
+    fn value<'a>(&self, req: &'a RequestView<'_>, captures: &'a PathCaptures<'_>) -> Option<std::borrow::Cow<'a, str>> {
         Some(match self {
             Part::Literal(_) => "".into(),
             Part::Lower(inner) => {
@@ -167,7 +172,7 @@ impl Part {
                     value
                 }
             }
-            Part::Capture(i) => captures.get(*i).map(|m| m.as_str()).unwrap_or("").into(),
+            Part::Capture(i) => captures.get(*i).unwrap_or("").into(),
             Part::Query(name) => match find_param(req.query, name) {
                 Some(v) => String::from_utf8(v).ok()?.into(),
                 None => "".into(),
@@ -351,7 +356,7 @@ mod tests {
             query: Some("Q=XyZ"),
             headers: &headers,
         };
-        let caps = re.captures("/t/AbC").unwrap();
+        let caps = PathCaptures::from(re.captures("/t/AbC").unwrap());
         assert_eq!(t.render(&view, &caps).as_deref(), Some("t:abc:xyz"));
         assert_eq!(t.query_names().collect::<Vec<_>>(), ["Q"]);
         assert!(Template::parse("t:{id|upper}", &re, false).is_err());
@@ -364,7 +369,7 @@ mod tests {
         let t = Template::parse("task:{task_id}:{query.page}:{header.X-Tenant}:{{x}}", &re, false).unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-tenant", "acme".parse().unwrap());
-        let caps = re.captures("/api/v1/tasks/42").unwrap();
+        let caps = PathCaptures::from(re.captures("/api/v1/tasks/42").unwrap());
         assert_eq!(
             t.render(&view(&headers, Some("a=1&page=a%20b")), &caps).as_deref(),
             Some("task:42:a b:acme:{x}")
@@ -383,7 +388,7 @@ mod tests {
         let re = Regex::new(r"^/t/(?P<id>.+)$").unwrap();
         let t = Template::parse("task:{id}*", &re, true).unwrap();
         let headers = HeaderMap::new();
-        let caps = re.captures("/t/a*b?[c]").unwrap();
+        let caps = PathCaptures::from(re.captures("/t/a*b?[c]").unwrap());
         assert_eq!(t.render(&view(&headers, None), &caps).unwrap(), r"task:a\*b\?\[c\]*");
     }
 
@@ -391,7 +396,10 @@ mod tests {
         let re = Regex::new(r"^/").unwrap();
         let t = Template::parse(src, &re, is_pattern).unwrap();
         let headers = HeaderMap::new();
-        t.render(&view(&headers, Some(query)), &re.captures("/").unwrap())
+        t.render(
+            &view(&headers, Some(query)),
+            &PathCaptures::from(re.captures("/").unwrap()),
+        )
     }
 
     #[test]
@@ -443,7 +451,7 @@ mod tests {
             query: Some("q=1:2%3A"),
             headers: &headers,
         };
-        let caps = re.captures(req.path).unwrap();
+        let caps = PathCaptures::from(re.captures(req.path).unwrap());
         assert_eq!(
             t.render(&req, &caps).unwrap(),
             "a%3Ab%252F|h%3A1%25|example.com%3A8080|/t/a%3Ab%252F|q=1%3A2%253A|GET"
@@ -472,7 +480,7 @@ mod tests {
         let headers = HeaderMap::new();
         let measure = |src: &str, path: &str, is_pattern: bool| {
             let t = Template::parse(src, &re, is_pattern).unwrap();
-            t.render_measured(&view(&headers, None), &re.captures(path).unwrap())
+            t.render_measured(&view(&headers, None), &PathCaptures::from(re.captures(path).unwrap()))
                 .unwrap()
         };
         let (text, len) = measure("s:{id}:*", "/t/-*-", true);
