@@ -54,8 +54,18 @@ impl Outcome {
 
     /// Sets both headers, replacing any the backend sent.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        // The String's buffer becomes the value's: no second copy.
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.cache_status())) {
+        // The buffer becomes the value's: no second copy. A hit, the common
+        // case, is written without the formatting machinery.
+        let status = match self {
+            Outcome::Hit { ttl } => {
+                let mut v = Vec::with_capacity(40);
+                v.extend_from_slice(b"cachegate; hit; ttl=");
+                v.extend_from_slice(itoa::Buffer::new().format(*ttl).as_bytes());
+                v
+            }
+            other => other.cache_status().into_bytes(),
+        };
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(status)) {
             headers.insert(CACHE_STATUS, v);
         }
         headers.insert(X_CACHE, HeaderValue::from_static(self.x_cache()));
