@@ -161,7 +161,11 @@ fn write_fixed3(out: &mut Vec<u8>, whole: u64, thousandths: u32) {
     out.extend_from_slice(digits.format(whole).as_bytes());
     out.push(b'.');
     let t = thousandths.min(999);
-    out.extend_from_slice(&[b'0' + (t / 100) as u8, b'0' + (t / 10 % 10) as u8, b'0' + (t % 10) as u8]);
+    out.extend_from_slice(&[
+        b'0' + (t / 100) as u8,
+        b'0' + (t / 10 % 10) as u8,
+        b'0' + (t % 10) as u8,
+    ]);
 }
 
 /// A duration in milliseconds with three fraction digits.
@@ -307,7 +311,10 @@ mod tests {
             let d = Duration::from_micros(micros);
             let mut buf = Vec::new();
             write_ms(&mut buf, d);
-            assert_eq!(String::from_utf8(buf).unwrap(), format!("{:.3}", micros as f64 / 1000.0));
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                format!("{:.3}", micros as f64 / 1000.0)
+            );
         }
     }
 
@@ -324,7 +331,10 @@ mod tests {
         log.log(&line());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::fs::read_to_string(&path).unwrap_or_default().lines().count() < 1 {
-            assert!(std::time::Instant::now() < deadline, "the partial batch was never written");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the partial batch was never written"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         for _ in 0..1000 {
