@@ -22,3 +22,6 @@ pub mod warm;
 
 /// The error type for start-up paths (never used on the request path).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A boxed future, for the entry points the binary polls (see `server::start`).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -222,7 +222,13 @@ fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi, admin_token: &str
 }
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
+// Boxed here so that the lib compiles this future's code; polled only from
+// the binary, it would otherwise be compiled again there (38 s of a release build).
+pub fn run(args: DemoArgs) -> crate::BoxFuture<'static, Result<(), BoxError>> {
+    Box::pin(run_demo(args))
+}
+
+async fn run_demo(args: DemoArgs) -> Result<(), BoxError> {
     let listen: SocketAddr = args.listen.trim().parse().map_err(|_| {
         format!(
             "--listen: expected an address such as 127.0.0.1:8080, got {:?}",

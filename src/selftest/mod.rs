@@ -40,7 +40,13 @@ pub const USAGE: u8 = 2;
 const WARM_HIT_FLOOR: f64 = 0.9;
 
 /// Runs the self-test and prints the report; returns the exit status.
-pub async fn run(args: SelftestArgs) -> u8 {
+// Boxed here so that the lib compiles this future's code; polled only from
+// the binary, it would otherwise be compiled again there (38 s of a release build).
+pub fn run(args: SelftestArgs) -> crate::BoxFuture<'static, u8> {
+    Box::pin(run_selftest(args))
+}
+
+async fn run_selftest(args: SelftestArgs) -> u8 {
     let plan = match plan::plan(&args, std::io::stderr().is_terminal()) {
         Ok(p) => p,
         Err(msg) => {

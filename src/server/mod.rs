@@ -46,12 +46,15 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, then applies the
     /// purges still pending (all within `grace`; what is left stays in the
     /// purge journal for the next start); whether all of it finished.
-    pub async fn shutdown(self, grace: Duration) -> bool {
-        let deadline = std::time::Instant::now() + grace;
-        let gateway = self.live.gateway();
-        let _ = self.stop.send(true);
-        let finished = tokio::time::timeout(grace, self.task).await.is_ok();
-        gateway.flush_pending_purges(deadline).await && finished
+    pub fn shutdown(self, grace: Duration) -> crate::BoxFuture<'static, bool> {
+        // Boxed for the reason `start` is.
+        Box::pin(async move {
+            let deadline = std::time::Instant::now() + grace;
+            let gateway = self.live.gateway();
+            let _ = self.stop.send(true);
+            let finished = tokio::time::timeout(grace, self.task).await.is_ok();
+            gateway.flush_pending_purges(deadline).await && finished
+        })
     }
 
     /// Resolves if the server stops without being asked to.
@@ -80,7 +83,13 @@ enum Role {
 }
 
 /// Binds the configured addresses and starts serving.
-pub async fn start(config: Config) -> Result<Running, BoxError> {
+// Boxed here so that the lib compiles this future's code; polled only from
+// the binary, it would otherwise be compiled again there (38 s of a release build).
+pub fn start(config: Config) -> crate::BoxFuture<'static, Result<Running, BoxError>> {
+    Box::pin(bind_and_start(config))
+}
+
+async fn bind_and_start(config: Config) -> Result<Running, BoxError> {
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;

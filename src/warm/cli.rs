@@ -51,7 +51,13 @@ pub struct WarmArgs {
 }
 
 /// Runs `cachegate warm`.
-pub async fn run(args: WarmArgs) -> ExitCode {
+// Boxed here so that the lib compiles this future's code; polled only from
+// the binary, it would otherwise be compiled again there (38 s of a release build).
+pub fn run(args: WarmArgs) -> crate::BoxFuture<'static, ExitCode> {
+    Box::pin(run_warm(args))
+}
+
+async fn run_warm(args: WarmArgs) -> ExitCode {
     let (config, paths, options) = match prepare(&args).await {
         Ok(p) => p,
         Err(message) => {
