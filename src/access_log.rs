@@ -200,7 +200,9 @@ fn write_or_dash(out: &mut Vec<u8>, v: Option<&str>) {
 fn text(out: &mut Vec<u8>, l: &Line<'_>) {
     let mut digits = itoa::Buffer::new();
     write_timestamp(out);
-    let _ = write!(out, " {} ", l.client);
+    out.push(b' ');
+    crate::proxy::write_ip(out, l.client);
+    out.push(b' ');
     out.extend_from_slice(l.method.as_bytes());
     out.push(b' ');
     write_quoted(out, l.path);

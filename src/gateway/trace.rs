@@ -42,7 +42,8 @@ impl Gateway {
         };
         let started = Instant::now();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // A Uri clone shares its bytes: no copy of the path per line.
+        let uri = req.uri().clone();
         let (resp, t) = TRACE
             .scope(std::cell::RefCell::new(Trace::default()), async {
                 let resp = serve(req).await;
@@ -58,7 +59,7 @@ impl Gateway {
         log.log(&crate::access_log::Line {
             client: from.addr.ip(),
             method: method.as_str(),
-            path: &path,
+            path: uri.path(),
             status: resp.status().as_u16(),
             rule,
             key: t.key.as_deref(),

@@ -384,14 +384,14 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
     // Room for the three headers below, so the map grows at most once.
     headers.reserve(3);
-    let mut xff = String::with_capacity(64);
+    let mut xff = Vec::with_capacity(64);
     if let Some(prev) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         if !prev.trim().is_empty() {
-            xff.push_str(prev);
-            xff.push_str(", ");
+            xff.extend_from_slice(prev.as_bytes());
+            xff.extend_from_slice(b", ");
         }
     }
-    push_ip(&mut xff, from.addr.ip());
+    write_ip(&mut xff, from.addr.ip());
     // The String's buffer becomes the value's: no second copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -409,20 +409,21 @@ fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
 }
 
 /// An address as `Display` writes it; an IPv4 one (nearly every client)
-/// without the formatting machinery, which is on every forwarded request.
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+/// without the formatting machinery: this runs for every forwarded request
+/// and every access log line.
+pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut digits = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.push_str(digits.format(octet));
+                out.extend_from_slice(digits.format(octet).as_bytes());
             }
         }
         v6 => {
-            use std::fmt::Write;
+            use std::io::Write;
             let _ = write!(out, "{v6}");
         }
     }
@@ -434,11 +435,19 @@ mod tests {
 
     #[test]
     fn addresses_read_as_display_writes_them() {
-        for ip in ["127.0.0.1", "0.0.0.0", "255.255.255.255", "10.20.3.4", "::1", "2001:db8::7", "::ffff:1.2.3.4"] {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+        ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
-            push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            let mut s = Vec::new();
+            write_ip(&mut s, ip);
+            assert_eq!(String::from_utf8(s).unwrap(), ip.to_string());
         }
     }
 
