@@ -5,16 +5,24 @@
 # one core and the load generator to another, measures in interleaved rounds:
 # the FastAPI backend direct, nginx proxy_cache hits, cachegate hits with and
 # without its in-process tier, the in-app Redis decorator, cachegate and nginx
-# pass-through; then cachegate's memory (tier at its bound, 1 GiB streamed
-# through), the cross-instance staleness window of the tier, and the purge
-# cost over a million Redis entries. Prints the table, the target ratios and
-# the extra figures, and writes them to $RESULTS.
+# pass-through, and cachegate's rows again with the access log on as shipped
+# (cg-tier-log, cg-redis-log, cg-pass-log); then cachegate's memory (tier at
+# its bound, 1 GiB streamed through), the cross-instance staleness window of
+# the tier, the PUT cost over a million Redis entries, and the scaling figures
+# (1/64/512 connections, 1 KiB/16 KiB/256 KiB bodies, a Zipf working set 10x
+# the tier over a million ids, and a projection of the cores and Redis shards
+# 1 M req/s at 95 % hits would need). Prints the table, issue 18's targets
+# (log off and on; new and baseline binary) and the extra figures, and writes
+# them to $RESULTS.
 #
 #   bench/bench.sh                                  # full run: ~4.5 min build + ~3 min measuring
 #   CACHEGATE_BIN=target/release/cachegate bench/bench.sh   # skip the build
 #   BASELINE_BIN=/path/to/old/cachegate ONLY=cg-tier,cg-tier-base,cg-redis,cg-redis-base \
-#     SKIP=memory,stream,stale,purge bench/bench.sh            # new binary vs a baseline
+#     SKIP=memory,stream,stale,purge,scaling bench/bench.sh    # new binary vs a baseline
+#   CACHEGATE_BIN=target/release/cachegate BASELINE_BIN=/path/to/old/cachegate bench/bench.sh
+#                                                   # every figure of issue 18, old and new side by side (~15 min)
 #   ROUNDS=1 DURATION=2 RESULTS=/tmp/smoke.md bench/bench.sh  # smoke run
+#   ROUNDS=1 DURATION=2 ZIPF_IDS=100000 PURGE_ENTRIES=100000 RESULTS=/tmp/smoke.md bench/bench.sh  # quicker
 #
 # Needs: Debian's wrk, nginx, redis-server (with redis-cli), plus curl, taskset,
 # setsid and python3 with venv (its backend's packages come from PyPI the first
@@ -23,15 +31,24 @@
 # Knobs (environment), defaults in brackets:
 #   CACHEGATE_BIN      use this binary, skip `cargo build --release`
 #   BASELINE_BIN       a baseline cachegate binary (e.g. built from the commit before a
-#                      change): adds the rows cg-tier-base and cg-redis-base, the same
-#                      instances run from it, right after cg-tier and cg-redis in every
-#                      round; the report gives new ÷ baseline of the median req/s
+#                      change): adds the rows cg-tier-base, cg-redis-base, cg-pass-base
+#                      (and cg-tier-log-base, cg-redis-log-base, cg-pass-log-base), the
+#                      same instances run from it, right after their twins in every round,
+#                      and a baseline instance in the PUT measurement (direct / new /
+#                      baseline PUTs in rotating order); the Targets table shows the
+#                      baseline's figure beside the new one, plus new ÷ baseline req/s
 #   RESULTS            markdown results file [bench/RESULTS.md]
 #   ROUNDS [3]  DURATION (s per wrk run) [5]  THREADS [1]  CONNS [64]
 #   WORKING_SET [1000]  TASKS [10000]  DB_LATENCY_MS [2]
-#   SERVER_CPU [0]  LOADGEN_CPU [1]  PORT_BASE [19000] (uses PORT_BASE..PORT_BASE+60)
+#   SERVER_CPU [0]  LOADGEN_CPU [1]  PORT_BASE [19000] (uses PORT_BASE..PORT_BASE+84)
 #   PUTS [300]  STALE_TRIALS [200]  PURGE_ENTRIES [1000000]  STREAM_MB [1024]
-#   TIER_FILL_MB [96]   ONLY=row,row (matrix rows)   SKIP=matrix,memory,stream,stale,purge
+#   TIER_FILL_MB [96]   ONLY=row,row (matrix rows, e.g. cg-tier,cg-tier-log,nginx-hit)
+#   SKIP=matrix,memory,stream,stale,purge,scaling (sections), accesslog (the cg-*-log rows),
+#        zipf (the Zipf part of scaling: its fill of ZIPF_IDS misses takes ~2.5 min at 1 M)
+#   scaling: SCALE_CONNS [1,64,512]  BODY_SIZES [1024,16384,262144] (bytes)  BODY_IDS [100]
+#     SCALE_ROUNDS [1]  ZIPF_IDS [1000000]  ZIPF_S [1.0]  ZIPF_TASK_BYTES [600]
+#     ZIPF_TIER_DIV [10] (tier max_bytes = ZIPF_IDS x ZIPF_TASK_BYTES / this)
+#     PROJ_RPS [1000000]  PROJ_HIT [0.95] (the capacity projection's rate and hit rate)
 #   VENV [bench/run/venv]
 #
 # Exit status: 0 when every part ran without errors (targets missed or not:
@@ -80,7 +97,7 @@ BASELINE_ARGS=()
 if [[ -n ${BASELINE_BIN:-} ]]; then
   BASE=$(readlink -f "$BASELINE_BIN")
   [[ -x $BASE ]] || die "BASELINE_BIN=$BASELINE_BIN is not an executable"
-  log "baseline binary: $BASE (rows cg-tier-base, cg-redis-base)"
+  log "baseline binary: $BASE (rows cg-tier-base, cg-redis-base, cg-pass-base, cg-*-log-base; PUT via cg-purge-base)"
   BASELINE_ARGS=(--baseline-bin "$BASE")
 fi
 

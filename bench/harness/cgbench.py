@@ -12,17 +12,24 @@ written to <run>/pids), then:
             backend direct, cachegate pass-through, nginx pass-through
             (warm-up, verification against the backend's JSON, wrk, CPU
             accounting from /proc, cachegate's RSS sampled meanwhile);
-            with --baseline-bin, two more rows right after cachegate's hit
-            rows, the same instances run from a baseline binary
-            (cg-tier-base, cg-redis-base), so every round measures old
-            and new back to back; the report gives new ÷ baseline;
+            then cachegate's three rows again with the access log on as
+            shipped (cg-tier-log, cg-redis-log, cg-pass-log; SKIP=accesslog
+            drops them); with --baseline-bin, every cachegate row again
+            right after its twin, run from a baseline binary (cg-*-base),
+            so every round measures old and new back to back; the report
+            gives each target for both, and new ÷ baseline;
   memory    cachegate's tier filled past its default 64 MiB bound, then hit
             load: VmRSS / VmHWM;
   stream    1 GiB bodies streamed through cachegate: RSS growth;
   stale     two instances on one Redis: how long B serves a key from its
             tier after a PUT through A purged it;
   purge     1,000,000 records in a private Redis: a PUT's key+tag purge
-            cost, then the admin clear of them all and Redis's SLOWLOG;
+            cost (also through the baseline binary), then the admin clear
+            of them all and Redis's SLOWLOG;
+  scaling   req/CPU-s at 1/64/512 connections (cg-tier, nginx-hit); CPU
+            per hit of 1 KiB/16 KiB/256 KiB bodies (cachegate, nginx); a
+            Zipf working set over a million ids, 10x the tier (SKIP=zipf);
+            then a projection of cores and Redis shards for 1 M req/s;
 
 prints the tables and writes the markdown results file. Every process it
 started is stopped on the way out (normal end, error, INT, TERM).
@@ -54,11 +61,37 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(HERE))
 import benchctl as bc  # noqa: E402
 
-SECTIONS = ("matrix", "memory", "stream", "stale", "purge")
+SECTIONS = ("matrix", "memory", "stream", "stale", "purge", "scaling")
+# SKIP names that are not sections of their own: `accesslog` drops the
+# access-log rows (cg-*-log, cg-*-log-base) from the matrix; `zipf` drops the
+# Zipf part of `scaling` (its million-entry fill takes a few minutes)
+SKIP_EXTRA = ("accesslog", "zipf")
+# cachegate rows of the matrix that have access-log (-log) and baseline
+# (-base) variants: name -> (config, key prefix, tier on, Redis DB of the
+# plain row); the variants get their own prefixes and DBs (see INSTANCES)
+CG_ROWS = ("cg-tier", "cg-redis", "cg-pass")
+# name -> (config, key prefix, tier, Redis DB, port offset, access log, baseline binary)
+INSTANCES = {
+    "cg-tier": ("hit.toml", "cgt:", None, 1, 30, False, False),
+    "cg-redis": ("hit.toml", "cgr:", False, 2, 31, False, False),
+    "cg-pass": ("pass.toml", "cgp:", None, 3, 32, False, False),
+    "cg-tier-base": ("hit.toml", "cgtb:", None, 6, 33, False, True),
+    "cg-redis-base": ("hit.toml", "cgrb:", False, 7, 34, False, True),
+    "cg-pass-base": ("pass.toml", "cgpb:", None, 8, 35, False, True),
+    "cg-tier-log": ("hit.toml", "cgtl:", None, 9, 70, True, False),
+    "cg-redis-log": ("hit.toml", "cgrl:", False, 10, 71, True, False),
+    "cg-pass-log": ("pass.toml", "cgpl:", None, 11, 72, True, False),
+    "cg-tier-log-base": ("hit.toml", "cgtlb:", None, 12, 73, True, True),
+    "cg-redis-log-base": ("hit.toml", "cgrlb:", False, 13, 74, True, True),
+    "cg-pass-log-base": ("pass.toml", "cgplb:", None, 14, 75, True, True),
+}
 # --baseline-bin: (row of the current binary, the same row from the baseline
 # binary); new ÷ baseline median req/s at or above this is "within 3 %"
-BASELINE_PAIRS = (("cg-tier", "cg-tier-base"), ("cg-redis", "cg-redis-base"))
+BASELINE_PAIRS = tuple((n + v, n + v + "-base") for v in ("", "-log") for n in CG_ROWS)
 BASELINE_MIN_RATIO = 0.97
+# variants of the cachegate rows: suffix -> what
+VARIANTS = {"": "log off", "-base": "log off, baseline binary", "-log": "access log on",
+            "-log-base": "access log on, baseline binary"}
 
 
 def env_int(name: str, default: int) -> int:
@@ -83,19 +116,35 @@ class Knobs:
         self.purge_entries = env_int("PURGE_ENTRIES", 1_000_000)
         self.stream_mb = env_int("STREAM_MB", 1024)
         self.tier_fill_mb = env_int("TIER_FILL_MB", 96)
+        # scaling section
+        self.scale_conns = [int(x) for x in os.environ.get("SCALE_CONNS", "1,64,512").split(",") if x.strip()]
+        self.body_sizes = [int(x) for x in os.environ.get("BODY_SIZES", "1024,16384,262144").split(",")
+                           if x.strip()]
+        self.body_ids = env_int("BODY_IDS", 100)
+        self.scale_rounds = env_int("SCALE_ROUNDS", 1)
+        self.zipf_ids = env_int("ZIPF_IDS", 1_000_000)
+        self.zipf_s = float(os.environ.get("ZIPF_S", "") or 1.0)
+        self.zipf_task_bytes = env_int("ZIPF_TASK_BYTES", 600)
+        self.zipf_tier_div = env_int("ZIPF_TIER_DIV", 10)
+        self.proj_rps = env_int("PROJ_RPS", 1_000_000)
+        self.proj_hit = float(os.environ.get("PROJ_HIT", "") or 0.95)
         self.only = [r for r in os.environ.get("ONLY", "").split(",") if r]
         skip = [s for s in os.environ.get("SKIP", "").split(",") if s]
         for s in skip:
-            if s not in SECTIONS:
-                raise SystemExit(f"SKIP: unknown section {s!r} (known: {', '.join(SECTIONS)})")
+            if s not in SECTIONS + SKIP_EXTRA:
+                raise SystemExit(f"SKIP: unknown name {s!r} (known: {', '.join(SECTIONS + SKIP_EXTRA)})")
         self.sections = [s for s in SECTIONS if s not in skip]
+        self.skip = skip
 
     def invocation(self) -> str:
         defaults = {"ROUNDS": "3", "DURATION": "5", "THREADS": "1", "CONNS": "64",
                     "WORKING_SET": "1000", "TASKS": "10000", "DB_LATENCY_MS": "2",
                     "SERVER_CPU": "0", "LOADGEN_CPU": "1", "PORT_BASE": "19000", "PUTS": "300",
                     "STALE_TRIALS": "200", "PURGE_ENTRIES": "1000000", "STREAM_MB": "1024",
-                    "TIER_FILL_MB": "96", "ONLY": "", "SKIP": "", "CACHEGATE_BIN": "", "BASELINE_BIN": ""}
+                    "TIER_FILL_MB": "96", "ONLY": "", "SKIP": "", "CACHEGATE_BIN": "", "BASELINE_BIN": "",
+                    "SCALE_CONNS": "1,64,512", "BODY_SIZES": "1024,16384,262144", "BODY_IDS": "100",
+                    "SCALE_ROUNDS": "1", "ZIPF_IDS": "1000000", "ZIPF_S": "1.0", "ZIPF_TASK_BYTES": "600",
+                    "ZIPF_TIER_DIV": "10", "PROJ_RPS": "1000000", "PROJ_HIT": "0.95"}
         parts = []
         for k, d in defaults.items():
             v = os.environ.get(k, "")
@@ -555,9 +604,14 @@ class Bench:
                   "nginx-hit": b + 20, "nginx-pass": b + 21,
                   "cg-tier": b + 30, "cg-redis": b + 31, "cg-pass": b + 32,
                   "big": b + 40, "cg-big": b + 41, "stale-a": b + 50, "stale-b": b + 51,
-                  "cg-purge": b + 60}
+                  "cg-purge": b + 60,
+                  "sized": b + 80, "redis-zipf": b + 81, "cg-body": b + 82, "cg-zipf": b + 83,
+                  "nginx-body": b + 84}
+        for n, spec in INSTANCES.items():
+            if not spec[6] or self.baseline_bin:
+                self.P[n] = b + spec[4]
         if self.baseline_bin:
-            self.P.update({"cg-tier-base": b + 33, "cg-redis-base": b + 34})
+            self.P["cg-purge-base"] = b + 61
         self.token = secrets.token_hex(24)
         self.ids: list[str] = []
         self.extra_ids: list[str] = []
@@ -574,10 +628,21 @@ class Bench:
                 raise RuntimeError(f"port {self.P[n]} ({n}) is already in use by a process this run did "
                                    "not start; free it or set PORT_BASE")
 
-    def write_conf(self, name: str, base: str, prefix: str, tier: bool | None = None) -> Path:
+    def write_conf(self, name: str, base: str, prefix: str, tier: bool | None = None,
+                   access_log: bool | None = None, tier_max_bytes: int | None = None) -> Path:
+        """A copy of conf/BASE with its own key_prefix; optionally the tier on/off,
+        the access log on/off (`[access_log] enabled`, stdout: the daemon's log
+        file) and the tier's max_bytes."""
         text = (BENCH / "conf" / base).read_text()
         text, n = re.subn(r'(?m)^key_prefix = ".*"$', f'key_prefix = "{prefix}"', text)
         assert n == 1, f"{base}: expected one key_prefix line"
+        if access_log is not None:
+            text, n = re.subn(r'(?ms)^(\[access_log\]\n)enabled = \w+$',
+                              rf'\1enabled = {str(access_log).lower()}', text)
+            assert n == 1, f"{base}: expected `enabled = ...` right under [access_log]"
+        if tier_max_bytes is not None:
+            text, n = re.subn(r'(?ms)^(\[tier\]\nenabled = true\n)', rf'\1max_bytes = {tier_max_bytes}\n', text)
+            assert n == 1, f"{base}: expected `enabled = true` right under [tier]"
         if tier is not None:
             if "[tier]" in text:
                 text, n = re.subn(r'(?ms)^(\[tier\]\n)enabled = \w+$', rf'\1enabled = {str(tier).lower()}', text)
@@ -657,34 +722,32 @@ class Bench:
             raise RuntimeError("golden fetch failed")
         self.matrix_daemons = ["redis", "direct", "seed"]
 
-        if "matrix" in k.sections or "memory" in k.sections:
+        if "matrix" in k.sections or "memory" in k.sections or "scaling" in k.sections:
             self.start_nginx()
             self.matrix_daemons.append("nginx")
             direct = self.url("direct")
-            self.start_cachegate("cg-tier", self.write_conf("cg-tier", "hit.toml", "cgt:"), direct,
-                                 self.P["redis"], 1)
-            self.start_cachegate("cg-redis", self.write_conf("cg-redis", "hit.toml", "cgr:", tier=False),
-                                 direct, self.P["redis"], 2)
-            self.start_cachegate("cg-pass", self.write_conf("cg-pass", "pass.toml", "cgp:"), direct,
-                                 self.P["redis"], 3)
-            for n in ("cg-tier", "cg-redis", "cg-pass"):
+            # cg-tier, cg-redis, cg-pass always (memory and scaling use cg-tier);
+            # the access-log and baseline variants when a matrix row needs them.
+            # The variants have their own key prefixes and Redis DBs (4 and 5
+            # are cg-big's and stale's, 15 cg-body's).
+            wanted = set(CG_ROWS)
+            if "matrix" in k.sections:
+                wanted |= {r["name"] for r in self.rows() if r["name"] in INSTANCES}
+            started = []
+            for n, (conf, prefix, tier, db, _, log_on, base) in INSTANCES.items():
+                if n not in wanted:
+                    continue
+                self.start_cachegate(n, self.write_conf(n, conf, prefix, tier=tier,
+                                                        access_log=True if log_on else None),
+                                     direct, self.P["redis"], db, binary=self.baseline_bin if base else None)
+                started.append(n)
+            for n in started:
                 self.wait_cachegate(n)
                 self.matrix_daemons.append(n)
-            if self.baseline_bin and "matrix" in k.sections:
-                # the same instances from the baseline binary: same configs, their
-                # own key prefixes and Redis DBs (4 and 5 are cg-big's and stale's)
-                self.start_cachegate("cg-tier-base", self.write_conf("cg-tier-base", "hit.toml", "cgtb:"),
-                                     direct, self.P["redis"], 6, binary=self.baseline_bin)
-                self.start_cachegate("cg-redis-base",
-                                     self.write_conf("cg-redis-base", "hit.toml", "cgrb:", tier=False),
-                                     direct, self.P["redis"], 7, binary=self.baseline_bin)
-                for n in ("cg-tier-base", "cg-redis-base"):
-                    self.wait_cachegate(n)
-                    self.matrix_daemons.append(n)
             wait_until("nginx", lambda: http_ok(self.P["nginx-pass"], "/healthz"), self.d, "nginx")
 
     def start_nginx(self) -> None:
-        self.need_ports("nginx-hit", "nginx-pass")
+        self.need_ports("nginx-hit", "nginx-pass", "nginx-body")
         ng = self.run_dir / "cwd" / "nginx"
         for sub in ("cache", "tmp"):
             (ng / sub).mkdir(parents=True, exist_ok=True)
@@ -711,6 +774,10 @@ http {{
         server 127.0.0.1:{d};
         keepalive 64;
     }}
+    upstream sized {{
+        server 127.0.0.1:{self.P['sized']};
+        keepalive 64;
+    }}
     proxy_cache_path {ng}/cache levels=1:2 keys_zone=tasks:10m max_size=256m inactive=20m use_temp_path=off;
 
     # nginx-hit: proxy_cache (+ open_file_cache), as the peers harness's nginx-hit row
@@ -732,6 +799,23 @@ http {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }}
+    }}
+    # nginx-body: proxy_cache hits of the scaling section's bodies (harness/sizedbackend.py)
+    server {{
+        listen 127.0.0.1:{self.P['nginx-body']};
+        location /blob/ {{
+            proxy_pass http://sized;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache tasks;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            proxy_buffers 64 8k;
+            add_header X-Cache-Status $upstream_cache_status;
+            open_file_cache max=10000 inactive=60s;
+            open_file_cache_valid 60s;
         }}
     }}
     # nginx-pass: the same proxy, no cache (miss path)
@@ -771,17 +855,28 @@ http {{
             dict(name="nginx-pass", group="miss", url=self.url("nginx-pass"), hit_header="",
                  stats=[direct], warm=0, label="nginx proxy, no cache"),
         ]
+        # right after their plain twins, so each round measures them back to back:
+        # cg-X, cg-X-base (baseline binary), cg-X-log (access log on, stdout to
+        # the daemon's log file), cg-X-log-base
+        suffixes = [""]
         if self.baseline_bin:
-            # right after their current-binary twins, so each round measures old and new back to back
-            base = {
-                "cg-tier": dict(name="cg-tier-base", group="hit", url=self.url("cg-tier-base"), hit_header="x-cache",
-                                stats=[direct], warm=2, rss="cg-tier-base",
-                                label="cachegate hit, in-process tier (Redis behind) (baseline binary)"),
-                "cg-redis": dict(name="cg-redis-base", group="hit", url=self.url("cg-redis-base"),
-                                 hit_header="x-cache", stats=[direct], warm=1, rss="cg-redis-base",
-                                 label="cachegate hit from Redis (`[tier] enabled = false`) (baseline binary)"),
-            }
-            rows = [x for r in rows for x in ([r, base[r["name"]]] if r["name"] in base else [r])]
+            suffixes.append("-base")
+        if "accesslog" not in self.k.skip:
+            suffixes.append("-log")
+            if self.baseline_bin:
+                suffixes.append("-log-base")
+        out = []
+        for r in rows:
+            if r["name"] not in CG_ROWS:
+                out.append(r)
+                continue
+            for v in suffixes:
+                x = dict(r, name=r["name"] + v, url=self.url(r["name"] + v), rss=r["name"] + v,
+                         variant=v, twin=r["name"])
+                if v:
+                    x["label"] = r["label"] + f" ({VARIANTS[v]})"
+                out.append(x)
+        rows = out
         if self.k.only:
             rows = [r for r in rows if r["name"] in self.k.only]
         for i, r in enumerate(rows):
@@ -789,11 +884,50 @@ http {{
             r["verify"] = "exact"
         return rows
 
-    def wrk_args(self, duration: int | None = None) -> argparse.Namespace:
+    def wrk_args(self, duration: int | None = None, connections: int | None = None,
+                 ids: str | None = None, prefix: str = "/api/v1/tasks/") -> argparse.Namespace:
         k = self.k
-        return argparse.Namespace(loadgen_cpu=k.loadgen_cpu, threads=k.threads, connections=k.conns,
+        return argparse.Namespace(loadgen_cpu=k.loadgen_cpu, threads=k.threads,
+                                  connections=connections or k.conns,
                                   duration=duration or k.duration, script=str(HERE / "tasks.lua"),
-                                  ids=str(self.ids_file), prefix="/api/v1/tasks/")
+                                  ids=ids or str(self.ids_file), prefix=prefix)
+
+    def metrics_of(self, name: str) -> list[tuple[str, dict, float]]:
+        m = Raw(self.P[name])
+        try:
+            _, _, body = m.request("GET", "/metrics")
+        finally:
+            m.close()
+        return parse_metrics(body.decode())
+
+    @staticmethod
+    def metric_sum(metrics, part: str, **want) -> float:
+        """Sum of the samples whose name contains `part` (and the labels `want`)."""
+        return sum(v for n, labels, v in metrics
+                   if part in n and not n.endswith(("_created", "_bucket"))
+                   and all(labels.get(a) == b for a, b in want.items()))
+
+    def access_log_stats(self, name: str) -> dict:
+        """Lines the access log wrote (the daemon's log file: stdout) and dropped."""
+        out: dict = {}
+        f = self.run_dir / "logs" / f"{name}.log"
+        try:
+            lines, size = 0, 0
+            with open(f, "rb") as fh:
+                while True:
+                    b = fh.read(1 << 22)
+                    if not b:
+                        break
+                    lines += b.count(b"\n")
+                    size += len(b)
+            out.update({"file": str(f.relative_to(self.run_dir)), "lines": lines, "bytes": size})
+        except OSError:
+            pass
+        try:
+            out["dropped"] = self.metric_sum(self.metrics_of(name), "access_log_dropped")
+        except Exception as e:
+            out["dropped_error"] = str(e)[:200]
+        return out
 
     def matrix(self) -> None:
         k = self.k
@@ -852,7 +986,7 @@ http {{
                 recs.append(rec)
                 v = rec["verify"]
                 tally = ", ".join(f"{a}:{b}" for a, b in sorted(v["hit_header_values"].items()))
-                log(f"[round {rnd}] {row['name']:<11} {res['rps']:>9.0f} req/s  "
+                log(f"[round {rnd}] {row['name']:<17} {res['rps']:>9.0f} req/s  "
                     f"{(rec['per_cpu'] or 0):>9.0f} req/CPU-s  p50 {res['p50_us'] / 1000:6.2f} ms  "
                     f"p99 {res['p99_us'] / 1000:7.2f} ms  err {rec['errors']}  srv {rec['server_cpu_frac']:.2f}  "
                     f"lg {rec['loadgen_cpu_frac']:.2f}  db-reads {rec['upstream_db_reads']}  "
@@ -860,7 +994,14 @@ http {{
                     + (f" ({tally})" if tally else "")
                     + (f"  rss {mb(rec['rss_max_kb'])}" if rec.get("rss_max_kb") else ""))
         raw.close()
-        self.results["sections"]["matrix"] = {"records": recs}
+        logs = {}
+        for row in rows:
+            if row.get("variant", "").startswith("-log") and self.d.alive(row["name"]):
+                logs[row["name"]] = self.access_log_stats(row["name"])
+                log(f"{row['name']}: access log {logs[row['name']].get('lines', 0):,} lines, "
+                    f"{logs[row['name']].get('bytes', 0) / 1048576:.0f} MB, dropped "
+                    f"{logs[row['name']].get('dropped')}")
+        self.results["sections"]["matrix"] = {"records": recs, "access_log": logs}
 
     # ------------------------------------------------------------ 2. memory: tier at its bound
     def memory(self) -> None:
@@ -1064,10 +1205,16 @@ http {{
                      "fill_s": round(time.monotonic() - t, 1)}
         log(f"filled {keys0:,} keys in {out['fill_s']} s")
         self.start_cachegate(name, self.write_conf(name, "hit.toml", "cg:"), self.url("direct"), port, 0)
+        base = "cg-purge-base" if self.baseline_bin else None
+        if base:   # the same instance from the baseline binary, on the same keyspace
+            self.start_cachegate(base, self.write_conf(base, "hit.toml", "cg:"), self.url("direct"), port, 0,
+                                 binary=self.baseline_bin)
+            self.wait_cachegate(base)
         self.wait_cachegate(name)
         time.sleep(0.3)
 
         cg, direct = Raw(self.P[name]), Raw(self.P["direct"])
+        cgb = Raw(self.P[base]) if base else None
 
         def metrics():
             m = Raw(self.P[name])
@@ -1078,23 +1225,31 @@ http {{
             return parse_metrics(body.decode())
 
         ids = self.extra_ids[:k.puts]
-        # warm both paths (connections, code) before timing
+        # warm every path (connections, code) before timing
         for tid in ids[:5]:
-            cg.request("GET", f"/api/v1/tasks/{tid}")
+            for c in (cg, cgb):
+                if c:
+                    c.request("GET", f"/api/v1/tasks/{tid}")
             direct.request("PUT", f"/api/v1/tasks/{tid}", b'{"status":"todo"}')
-            cg.request("PUT", f"/api/v1/tasks/{tid}", b'{"status":"todo"}')
+            for c in (cg, cgb):
+                if c:
+                    c.request("PUT", f"/api/v1/tasks/{tid}", b'{"status":"todo"}')
         m0 = metrics()
         r.cmd("SLOWLOG", "RESET")
-        via, dir_, bad, primed = [], [], 0, {}
+        via, dir_, viab, bad, primed = [], [], [], 0, {}
+        ways = [(dir_, direct, False), (via, cg, True)] + ([(viab, cgb, True)] if cgb else [])
+        import itertools
+        orders = list(itertools.permutations(ways))   # every order in turn: no path always first
         for i, tid in enumerate(ids):
             path = f"/api/v1/tasks/{tid}"
-            st1, h1, _ = cg.request("GET", path)                       # an entry for the key purge
-            st2, h2, _ = cg.request("GET", f"/api/v1/tasks?offset={i}&limit=5")  # a tagged list page
-            for h in (h1, h2):
-                primed[h.get("x-cache")] = primed.get(h.get("x-cache"), 0) + 1
             body = json.dumps({"name": f"purge trial {i}"}).encode()
-            order = [(dir_, direct), (via, cg)] if i % 2 == 0 else [(via, cg), (dir_, direct)]
-            for lst, c in order:
+            for lst, c, prime in orders[i % len(orders)]:
+                if prime:   # an entry for the key purge and a tagged list page, through this instance
+                    st1, h1, _ = c.request("GET", path)
+                    st2, h2, _ = c.request("GET", f"/api/v1/tasks?offset={i}&limit=5")
+                    if c is cg:
+                        for h in (h1, h2):
+                            primed[h.get("x-cache")] = primed.get(h.get("x-cache"), 0) + 1
                 t0 = time.perf_counter_ns()
                 st, _, _ = c.request("PUT", path, body)
                 lst.append((time.perf_counter_ns() - t0) / 1e6)
@@ -1102,6 +1257,8 @@ http {{
                     bad += 1
         cg.close()
         direct.close()
+        if cgb:
+            cgb.close()
         m1 = metrics()
         slow_put = r.cmd("SLOWLOG", "GET", "4096") or []
         hists = {}
@@ -1121,10 +1278,19 @@ http {{
             "store_histograms": hists,
             "slowlog_max_us": max((e[2] for e in slow_put), default=0), "slowlog_n": len(slow_put),
         }
+        if viab:
+            out["put"].update({
+                "base_p50": pct(viab, 50), "base_p99": pct(viab, 99), "base_mean": statistics.fmean(viab),
+                "base_diff_p50": pct(viab, 50) - pct(dir_, 50), "base_diff_p99": pct(viab, 99) - pct(dir_, 99),
+                "base_diff_mean": statistics.fmean(viab) - statistics.fmean(dir_)})
         p = out["put"]
         log(f"PUT x{p['n']}: direct p50 {f_ms(p['direct_p50'])} p99 {f_ms(p['direct_p99'])} ms; via cachegate "
             f"p50 {f_ms(p['via_p50'])} p99 {f_ms(p['via_p99'])} ms; added p50 {f_ms(p['diff_p50'])} "
-            f"p99 {f_ms(p['diff_p99'])} ms; store calls {json.dumps(hists)}")
+            f"p99 {f_ms(p['diff_p99'])} ms; store calls {json.dumps(hists)}"
+            + (f"; baseline binary p50 {f_ms(p['base_p50'])} p99 {f_ms(p['base_p99'])} ms, added p99 "
+               f"{f_ms(p['base_diff_p99'])} ms" if viab else ""))
+        if base:
+            self.d.stop(base)
 
         # the admin clear over the million
         r.cmd("SLOWLOG", "RESET")
@@ -1161,6 +1327,213 @@ http {{
         self.d.stop(name)
         self.d.stop("redis-purge")
         self.results["sections"]["purge"] = out
+
+    # ------------------------------------------------------------ 6. scaling (reported, not a target)
+    def timed_wrk(self, row: dict, args: argparse.Namespace, script_args: list[str] | None = None,
+                  script: str | None = None) -> dict:
+        """One wrk run with the CPU accounting of the matrix rows (every running
+        server process; per-process split)."""
+        names = [n for n in self.d.order if self.d.alive(n)]
+        win = bc.Window([self.d.pid(n) for n in names], [])
+        ticks0 = {n: bc.tree_ticks([self.d.pid(n)]) for n in names}
+        win.start()
+        if script:
+            cmd = ["taskset", "-c", self.k.loadgen_cpu, "wrk", f"-t{args.threads}", f"-c{args.connections}",
+                   f"-d{args.duration}s", "--latency", "-s", script, row["url"], "--", *(script_args or [])]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120)
+            m = re.search(r"^WRKJSON (\{.*\})$", p.stdout, re.M)
+            if p.returncode != 0 or not m:
+                raise RuntimeError(f"wrk failed rc={p.returncode}: {p.stdout[-500:]} {p.stderr[-500:]}")
+            res = json.loads(m.group(1))
+        else:
+            cmd, res, _ = bc.run_wrk(args, row)
+        rec = dict(res)
+        rec.update(win.stop())
+        rec["cpu_by"] = {n: round((bc.tree_ticks([self.d.pid(n)]) - t0) / bc.HZ, 3)
+                         for n, t0 in ticks0.items() if self.d.alive(n)}
+        rec["errors"] = sum(res[x] for x in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+        rec["per_cpu"] = res["rps"] / rec["server_cpu_frac"] if rec.get("server_cpu_frac") else None
+        rec["us_per_req"] = 1e6 / rec["per_cpu"] if rec["per_cpu"] else None
+        rec["cmd"] = " ".join(cmd)
+        return rec
+
+    def scaling(self) -> None:
+        k = self.k
+        out: dict = {"conns": [], "bodies": [], "zipf": None}
+        self.results["sections"]["scaling"] = out
+        try:
+            self._scaling(out)
+        finally:
+            bad = [f"{r['row']} {r.get('conns') or r.get('size')}: {r['errors']}" for r in out["conns"] + out["bodies"]
+                   if r["errors"]]
+            bad += [f"cg-zipf run {i}: {r['errors']}" for i, r in enumerate((out["zipf"] or {}).get("runs", []))
+                    if r["errors"]]
+            fill = (out["zipf"] or {}).get("fill") or {}
+            if fill.get("errors"):
+                # not a measurement: a request wrk gave up on (timeout) is only a
+                # note, unless ids were left unfilled (they would show as misses)
+                msg = (f"scaling: the Zipf fill counted {fill['errors']} wrk errors {fill.get('errors_by')}; "
+                       f"Redis held {fill.get('redis_keys', 0):,} keys for {out['zipf']['ids']:,} ids")
+                if set(fill.get("errors_by") or {}) - {"err_timeout"} or fill.get("redis_keys", 0) < out["zipf"]["ids"]:
+                    bad.append(msg)
+                else:
+                    self.results["warnings"].append(msg)
+            bad += [f"{r['row']} {r['size']}: sampled {r['sampled']}" for r in out["bodies"]
+                    if any(not key.startswith("200 ") or not key.endswith(" True") for key in r["sampled"])]
+            if bad:
+                self.results["failures"].append("scaling: wrk errors or bad samples: " + "; ".join(bad)[:1000])
+
+    def _scaling(self, out: dict) -> None:
+        k = self.k
+        # (a) connections: cg-tier and nginx-hit at 1, 64, 512 connections
+        for rnd in range(1, k.scale_rounds + 1):
+            for c in k.scale_conns:
+                for name, hh, warm in (("cg-tier", "x-cache", 2), ("nginx-hit", "x-cache-status", 1)):
+                    row = dict(name=name, url=self.url(name))
+                    for _ in range(warm):
+                        bc.warm(row["url"], "/api/v1/tasks/", self.ids)
+                    rec = self.timed_wrk(row, self.wrk_args(connections=c))
+                    rec.update({"round": rnd, "row": name, "conns": c})
+                    out["conns"].append(rec)
+                    log(f"scaling c={c:<4} {name:<10} {rec['rps']:>9.0f} req/s {rec['per_cpu'] or 0:>9.0f} req/CPU-s "
+                        f"p99 {rec['p99_us'] / 1000:7.2f} ms  srv {rec['server_cpu_frac']:.2f} "
+                        f"lg {rec['loadgen_cpu_frac']:.2f} err {rec['errors']}")
+        # (b) body sizes: hits of 1 KiB .. 256 KiB bodies, cachegate (tier) and nginx
+        self.need_ports("sized")
+        self.d.start("sized", [sys.executable, str(HERE / "sizedbackend.py"), "--port", str(self.P["sized"]),
+                               "--tasks", str(max(k.zipf_ids, 1)), "--task-bytes", str(k.zipf_task_bytes)])
+        wait_until("/healthz", lambda: http_ok(self.P["sized"], "/healthz"), self.d, "sized")
+        if k.body_sizes:
+            self.start_cachegate("cg-body", self.write_conf("cg-body", "scale.toml", "cgbody:"), self.url("sized"),
+                                 self.P["redis"], 15)
+            self.wait_cachegate("cg-body")
+            ids_file = self.run_dir / "body-ids.txt"
+            ids = [str(i) for i in range(k.body_ids)]
+            ids_file.write_text("\n".join(ids) + "\n")
+            for rnd in range(1, k.scale_rounds + 1):
+                for size in k.body_sizes:
+                    prefix = f"/blob/{size}/"
+                    for name, hh, warm in (("cg-body", "x-cache", 2), ("nginx-body", "x-cache-status", 1)):
+                        row = dict(name=name, url=self.url(name))
+                        bad = 0
+                        for _ in range(warm):
+                            bad += bc.warm(row["url"], prefix, ids)[1]
+                        cl = bc.Client(row["url"])
+                        tally: dict[str, int] = {}
+                        for tid in ids[:20]:
+                            st, h, b = cl.get(prefix + tid)
+                            key = f"{st} {h.get(hh, '-')} {len(b) == size}"
+                            tally[key] = tally.get(key, 0) + 1
+                        cl.close()
+                        rec = self.timed_wrk(row, self.wrk_args(ids=str(ids_file), prefix=prefix))
+                        rec.update({"round": rnd, "row": name, "size": size, "warm_bad": bad, "sampled": tally,
+                                    "mb_s": rec["bytes"] / rec["duration_s"] / 1048576})
+                        out["bodies"].append(rec)
+                        log(f"scaling body {size:>7} {name:<10} {rec['rps']:>9.0f} req/s {rec['per_cpu'] or 0:>9.0f} "
+                            f"req/CPU-s ({rec['us_per_req'] or 0:.1f} µs/req) {rec['mb_s']:.0f} MB/s  "
+                            f"p99 {rec['p99_us'] / 1000:7.2f} ms  lg {rec['loadgen_cpu_frac']:.2f}  "
+                            f"err {rec['errors']}  sampled {tally}")
+            self.d.stop("cg-body")
+        # (c) Zipf over ZIPF_IDS ids, tier max_bytes = working set bytes / ZIPF_TIER_DIV
+        if "zipf" not in k.skip and k.zipf_ids > 0:
+            out["zipf"] = self.zipf()
+        self.d.stop("sized")
+
+    def zipf(self) -> dict:
+        k = self.k
+        n = k.zipf_ids
+        ws_bytes = n * k.zipf_task_bytes
+        tier_bytes = ws_bytes // max(k.zipf_tier_div, 1)
+        z: dict = {"ids": n, "s": k.zipf_s, "body_bytes": k.zipf_task_bytes, "ws_bytes": ws_bytes,
+                   "tier_max_bytes": tier_bytes}
+        self.start_redis("redis-zipf")
+        self.start_cachegate("cg-zipf", self.write_conf("cg-zipf", "scale.toml", "cgz:", tier_max_bytes=tier_bytes),
+                             self.url("sized"), self.P["redis-zipf"], 0)
+        self.wait_cachegate("cg-zipf")
+        row = dict(name="cg-zipf", url=self.url("cg-zipf"))
+        procs = ("cg-zipf", "redis-zipf", "sized")
+        # fill: every id once, in order (each a MISS: forward + store), in wrk runs
+        # of a few seconds, each starting where the last one's answered requests end
+        t0 = time.monotonic()
+        ticks0 = {p: bc.tree_ticks([self.d.pid(p)]) for p in procs}
+        m0 = self.metrics_of("cg-zipf")
+        start, runs, errors, rate, errors_by = 0, 0, 0, None, {}
+        pure = {p: 0.0 for p in procs}   # CPU of the runs that were all misses (no id 0 past the end)
+        pure_n = 0
+        while start < n:
+            runs += 1
+            left = n - start
+            d = 10 if rate is None else max(1, min(10, int(left / rate)))
+            t_run = {p: bc.tree_ticks([self.d.pid(p)]) for p in procs}
+            cmd = ["taskset", "-c", k.loadgen_cpu, "wrk", "-t1", f"-c{k.conns}", f"-d{d}s", "-s",
+                   str(HERE / "seqfill.lua"), row["url"], "--", str(start), str(n), "/api/v1/tasks/"]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=d + 60)
+            m = re.search(r"^WRKJSON (\{.*\})$", p.stdout, re.M)
+            if p.returncode != 0 or not m:
+                raise RuntimeError(f"fill: wrk failed rc={p.returncode}: {p.stdout[-500:]} {p.stderr[-500:]}")
+            res = json.loads(m.group(1))
+            for x in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"):
+                errors += res[x]
+                if res[x]:
+                    errors_by[x] = errors_by.get(x, 0) + res[x]
+            if res["requests"] == 0:
+                raise RuntimeError("fill: no request answered")
+            rate = res["rps"]
+            if start + res["requests"] + k.conns <= n:
+                for p in procs:
+                    pure[p] += (bc.tree_ticks([self.d.pid(p)]) - t_run[p]) / bc.HZ
+                pure_n += res["requests"]
+            start += res["requests"]
+        fill_s = time.monotonic() - t0
+        cpu = {p: (bc.tree_ticks([self.d.pid(p)]) - ticks0[p]) / bc.HZ for p in procs}
+        m1 = self.metrics_of("cg-zipf")
+        misses = self.metric_sum(m1, "cachegate_requests", cache_status="miss") - \
+            self.metric_sum(m0, "cachegate_requests", cache_status="miss")
+        r = Resp(self.P["redis-zipf"])
+        z["fill"] = {"seconds": round(fill_s, 1), "wrk_runs": runs, "requests": start, "errors": errors,
+                     "errors_by": errors_by,
+                     "misses": misses, "rps": start / fill_s, "cpu_s": cpu,
+                     "us_per_miss": ({p: 1e6 * v / pure_n for p, v in pure.items()} if pure_n else
+                                     {p: 1e6 * v / max(misses, 1) for p, v in cpu.items()}),
+                     "us_per_miss_from": pure_n or misses,
+                     "redis_keys": r.cmd("DBSIZE"),
+                     "redis_used_mb": int(r.info("memory").get("used_memory", 0)) / 1048576}
+        log(f"zipf fill: {start:,} requests ({misses:,.0f} misses) in {fill_s:.0f} s ({start / fill_s:,.0f} req/s), "
+            f"{errors} errors; per miss µs: " + ", ".join(f"{p} {v:.1f}" for p, v in z["fill"]["us_per_miss"].items())
+            + f"; Redis {z['fill']['redis_keys']:,} keys, {z['fill']['redis_used_mb']:.0f} MB")
+        # Zipf load: one warm-up run (the tier fills), then the measured runs
+        runs_out = []
+        for i in range(k.scale_rounds + 1):
+            ma = self.metrics_of("cg-zipf")
+            rec = self.timed_wrk(row, self.wrk_args(), script=str(HERE / "zipf.lua"),
+                                 script_args=[str(n), str(k.zipf_s), "262144", "/api/v1/tasks/", str(i + 1)])
+            mb_ = self.metrics_of("cg-zipf")
+            d = lambda part, **w: self.metric_sum(mb_, part, **w) - self.metric_sum(ma, part, **w)
+            hits, miss = d("cachegate_requests", cache_status="hit"), d("cachegate_requests", cache_status="miss")
+            tier = d("tier_hits")
+            total = hits + miss + d("cachegate_requests", cache_status="stale") + \
+                d("cachegate_requests", cache_status="bypass")
+            rec.update({"warmup": i == 0, "hits": hits, "misses": miss, "tier_hits": tier, "counted": total,
+                        "tier_hit_rate": tier / total if total else None,
+                        "hit_rate": hits / total if total else None,
+                        "tier_share_of_hits": tier / hits if hits else None})
+            runs_out.append(rec)
+            log(f"zipf {'warm-up' if i == 0 else 'run'}: {rec['rps']:,.0f} req/s, {rec['per_cpu'] or 0:,.0f} req/CPU-s, "
+                f"tier hit rate {f_pct(rec['tier_hit_rate'])}, hit rate {f_pct(rec['hit_rate'])} "
+                f"({tier:,.0f} tier hits, {hits:,.0f} hits, {miss:,.0f} misses of {total:,.0f}), "
+                f"p99 {rec['p99_us'] / 1000:.2f} ms, err {rec['errors']}")
+        z["runs"] = runs_out
+        z["redis_used_mb_end"] = int(r.info("memory").get("used_memory", 0)) / 1048576
+        r.close()
+        z["cg_rss_kb"] = proc_status(self.d.pid("cg-zipf")).get("VmRSS")
+        # the ideal: a tier holding the hottest ids that fit (perfect LFU)
+        fit = max(1, tier_bytes // max(k.zipf_task_bytes, 1))
+        w = [1.0 / (i ** k.zipf_s) for i in range(1, n + 1)]
+        z["ideal_hit_rate"] = sum(w[:fit]) / sum(w)
+        z["hottest_share"] = w[0] / sum(w)
+        self.d.stop("cg-zipf")
+        self.d.stop("redis-zipf")
+        return z
 
     # ------------------------------------------------------------ report
     def summarize(self) -> None:
@@ -1199,6 +1572,11 @@ http {{
                 "rss_max_kb": max([r["rss_max_kb"] for r in rs if r.get("rss_max_kb")], default=None),
                 "hwm_kb": max([r["hwm_kb"] for r in rs if r.get("hwm_kb")], default=None),
                 "cpu_split": self._cpu_split(rs),
+                # per-request CPU (µs): the row's own process, Redis, every server process
+                "us_own": med([self._us(r, self._proc(name)) for r in rs]),
+                "us_redis": med([self._us(r, "redis") for r in rs]),
+                "us_server": med([1e6 / r["per_cpu"] if r.get("per_cpu") else None for r in rs]),
+                "own_share": med([self._share(r, self._proc(name)) for r in rs]),
             }
 
         def per_round(a: str, b: str, f) -> list[float]:
@@ -1217,15 +1595,26 @@ http {{
         p99 = lambda x, y: x["p99_us"] / y["p99_us"]
         self.results["rows"] = S
         self.results["ratios"] = {
-            "tier_cpu": per_round("cg-tier", "nginx-hit", cpu),
-            "tier_rps": per_round("cg-tier", "nginx-hit", rps),
-            "tier_p99": per_round("cg-tier", "nginx-hit", p99),
-            "redis_cpu": per_round("cg-redis", "nginx-hit", cpu),
-            "redis_rps": per_round("cg-redis", "nginx-hit", rps),
             "tier_seed": per_round("cg-tier", "seed", rps),
-            "pass_direct": per_round("cg-pass", "direct", rps),
             "nginx_pass_direct": per_round("nginx-pass", "direct", rps),
         }
+        # cachegate's own share of the server core in its pass-through row ÷
+        # nginx's share in nginx-pass (same round)
+        share = lambda x, y: self._share(x, x["row"]) / self._share(y, "nginx")
+        for v in VARIANTS:   # "", "-base", "-log", "-log-base"
+            t, rd, ps = "cg-tier" + v, "cg-redis" + v, "cg-pass" + v
+            self.results["ratios"].update({
+                f"tier_cpu{v}": per_round(t, "nginx-hit", cpu),
+                f"tier_rps{v}": per_round(t, "nginx-hit", rps),
+                f"tier_p99{v}": per_round(t, "nginx-hit", p99),
+                f"redis_cpu{v}": per_round(rd, "nginx-hit", cpu),
+                f"redis_rps{v}": per_round(rd, "nginx-hit", rps),
+                f"pass_direct{v}": per_round(ps, "direct", rps),
+                f"pass_share{v}": per_round(ps, "nginx-pass", share),
+            })
+        for b in ("", "-base"):   # target 6: access log on ÷ off, req/CPU-s
+            for n in CG_ROWS:
+                self.results["ratios"][f"log_{n[3:]}{b}"] = per_round(n + "-log" + b, n + b, cpu)
         # new binary vs baseline binary (--baseline-bin): ratio of the median req/s
         self.results["baseline"] = [
             {"new": n, "base": b, "rps_new": S[n]["rps"], "rps_base": S[b]["rps"],
@@ -1234,6 +1623,23 @@ http {{
              "p99_ratio": S[n]["p99"] / S[b]["p99"] if S[n]["p99"] and S[b]["p99"] else None,
              "per_round": per_round(n, b, rps)}
             for n, b in BASELINE_PAIRS if n in S and b in S]
+
+    @staticmethod
+    def _proc(row: str) -> str:
+        """The server process a row measures (the others idle or serve it)."""
+        return "nginx" if row.startswith("nginx") else row
+
+    @staticmethod
+    def _us(rec: dict, proc: str) -> float | None:
+        """µs of `proc`'s CPU per request in one run."""
+        v = (rec.get("cpu_by") or {}).get(proc)
+        return 1e6 * v / rec["requests"] if v is not None and rec.get("requests") else None
+
+    @staticmethod
+    def _share(rec: dict, proc: str) -> float | None:
+        by = rec.get("cpu_by") or {}
+        tot = sum(by.values())
+        return by.get(proc, 0.0) / tot if tot and proc in by else None
 
     @staticmethod
     def _cpu_split(rs: list[dict]) -> dict[str, float]:
@@ -1305,82 +1711,150 @@ http {{
 
         # targets
         targets = []
+        has_base = bool(R.get("baseline_bin") or any(n.endswith("-base") for n in S))
 
-        def target(num, what, value, shown, goal, ok, rounds=None):
-            targets.append((num, what, shown, goal, "met" if ok else ("—" if ok is None else "**missed**"),
+        def verdict(ok):
+            return "met" if ok else ("—" if ok is None else "**missed**")
+
+        def target(num, what, shown, goal, ok, rounds=None, base=None):
+            """base: (shown, ok) of the baseline binary's figure, or None."""
+            targets.append((num, what, shown, (base[0] if base else "—") if has_base else None, goal,
+                            verdict(ok), (verdict(base[1]) if base else "—") if has_base else None,
                             ", ".join(f"{x:.2f}" for x in rounds) if rounds else ""))
 
-        v, vals = rr("tier_cpu")
-        target("1", "cachegate hit (tier) req/CPU-s ÷ nginx hit req/CPU-s", v, f_ratio(v), "≥ 1.15",
-               None if v is None else v >= 1.15, vals)
-        v, vals = rr("tier_rps")
-        target("1", "… the same in req/s (for reference)", v, f_ratio(v), "—", None, vals)
-        v, vals = rr("tier_p99")
-        p99s = (f" ({f_ms(S['cg-tier']['p99'])} vs {f_ms(S['nginx-hit']['p99'])} ms)"
-                if "cg-tier" in S and "nginx-hit" in S else "")
-        target("1", "cachegate hit (tier) p99 ÷ nginx hit p99", v, f_ratio(v) + p99s, "≤ 1.00",
-               None if v is None else v <= 1.0, vals)
-        v, vals = rr("redis_cpu")
-        target("2", "cachegate hit from Redis (tier off) req/CPU-s ÷ nginx hit req/CPU-s", v, f_ratio(v), "≥ 0.60",
-               None if v is None else v >= 0.6, vals)
-        v, vals = rr("tier_seed")
-        target("3", "cachegate hit (tier) req/s ÷ in-app decorator (seed) req/s", v, f_ratio(v), "≥ 15",
-               None if v is None else v >= 15, vals)
-        v, vals = rr("pass_direct")
-        target("4", "cachegate pass-through req/s ÷ direct backend req/s", v, f_ratio(v), "≥ 0.90",
-               None if v is None else v >= 0.9, vals)
+        def ratio_target(num, what, key, goal, test, rounds_too=True):
+            """A ratio target for the plain row's figure and its baseline twin's."""
+            v, vals = rr(key)
+            b = None
+            if has_base and key.endswith(("-log", "")) and not key.endswith("-base"):
+                bv, _ = rr(key + "-base")
+                b = (f_ratio(bv), None if bv is None or test is None else test(bv))
+            target(num, what, f_ratio(v), goal, None if v is None or test is None else test(v),
+                   vals if rounds_too else None, b)
+
+        def p99_shown(row):
+            if row in S and "nginx-hit" in S:
+                return f" ({f_ms(S[row]['p99'])} vs {f_ms(S['nginx-hit']['p99'])} ms)"
+            return ""
+
+        def p99_target(num, what, v_key, row):
+            v, vals = rr(v_key)
+            b = None
+            if has_base:
+                bv, _ = rr(v_key + "-base")
+                b = (f_ratio(bv) + p99_shown(row + "-base"), None if bv is None else bv <= 1.0)
+            target(num, what, f_ratio(v) + p99_shown(row), "≤ 1.00", None if v is None else v <= 1.0, vals, b)
+
+        def share_shown(v_key, row):
+            if row in S and "nginx-pass" in S and S[row]["own_share"] is not None \
+                    and S["nginx-pass"]["own_share"] is not None:
+                return f" ({f_pct(S[row]['own_share'])} vs {f_pct(S['nginx-pass']['own_share'])})"
+            return ""
+
+        def share_target(num, what, v_key, row):
+            v, vals = rr(v_key)
+            b = None
+            if has_base:
+                bv, _ = rr(v_key + "-base")
+                b = (f_ratio(bv) + share_shown(v_key + "-base", row + "-base"), None if bv is None else bv < 1.0)
+            target(num, what, f_ratio(v) + share_shown(v_key, row), "< 1.00", None if v is None else v < 1.0,
+                   vals, b)
+
+        for v, state in (("", "access log off"), ("-log", "access log on")):
+            ratio_target("1", f"`cg-tier{v}` req/CPU-s ÷ `nginx-hit` req/CPU-s ({state})", f"tier_cpu{v}",
+                         "≥ 1.25", lambda x: x >= 1.25)
+            p99_target("1", f"`cg-tier{v}` p99 ÷ `nginx-hit` p99 ({state})", f"tier_p99{v}", f"cg-tier{v}")
+        ratio_target("1", "… `cg-tier` ÷ `nginx-hit` in req/s (reference)", "tier_rps", "—", None)
+        for v, state in (("", "access log off"), ("-log", "access log on")):
+            ratio_target("2", f"`cg-redis{v}` (tier off) req/CPU-s ÷ `nginx-hit` req/CPU-s ({state})",
+                         f"redis_cpu{v}", "≥ 0.75", lambda x: x >= 0.75)
+        for v, state in (("", "access log off"), ("-log", "access log on")):
+            ratio_target("3", f"`cg-pass{v}` req/s ÷ `direct` req/s ({state})", f"pass_direct{v}", "≥ 0.90",
+                         lambda x: x >= 0.9)
+            share_target("3", f"cachegate's share of the server core in `cg-pass{v}` ÷ nginx's in `nginx-pass` "
+                              f"({state})", f"pass_share{v}", f"cg-pass{v}")
         v, vals = rr("nginx_pass_direct")
-        target("4", "… nginx pass-through ÷ direct (reference; ~0.76 in the issue)", v, f_ratio(v), "—", None, vals)
+        target("3", "… `nginx-pass` ÷ `direct` (reference; ~0.76 in the issue)", f_ratio(v), "—", None, vals)
+        pu = R["sections"].get("purge")
+        if pu and "put" in pu:
+            p = pu["put"]
+            b = ((f"{f_ms(p['base_diff_p99'])} ms", p["base_diff_p99"] <= 1) if "base_diff_p99" in p else None)
+            target("4", f"PUT latency added by cachegate (forward + key & tag purge), p99 via − p99 direct, "
+                        f"{p['n']} PUTs, {pu['keys_after_fill']:,} keys in Redis", f"{f_ms(p['diff_p99'])} ms",
+                   "≤ 1 ms", p["diff_p99"] <= 1, None, b)
+        sc = R["sections"].get("scaling")
+        if sc:
+            target("5", "scaling: connections, body sizes, Zipf working set 10× the tier, capacity projection "
+                        "(sections below)", "reported", "—", None)
+        for n in CG_ROWS:
+            key = f"log_{n[3:]}"
+            ratio_target("6", f"access log cost: `{n}-log` req/CPU-s ÷ `{n}` req/CPU-s"
+                              + ("" if n == "cg-tier" else " (reference)"), key,
+                         "≥ 0.90" if n == "cg-tier" else "(≥ 0.90)", lambda x: x >= 0.9)
+        # the earlier issue's figures, kept
+        v, vals = rr("tier_seed")
+        target("–", "`cg-tier` req/s ÷ in-app decorator (`seed`) req/s", f_ratio(v), "≥ 15",
+               None if v is None else v >= 15, vals)
         mem = R["sections"].get("memory")
         rss_load = max([S[n]["rss_max_kb"] for n in ("cg-tier", "cg-redis", "cg-pass")
                         if n in S and S[n]["rss_max_kb"]], default=None)
         if rss_load:
-            target("5", f"cachegate RSS under wrk load, {k.working_set:,}-id working set (max VmRSS of the "
-                        "cachegate rows)", rss_load, mb(rss_load), "< 100 MB", rss_load < 100 * 1024)
+            target("–", f"cachegate RSS under wrk load, {k.working_set:,}-id working set (max VmRSS of "
+                        "`cg-tier`, `cg-redis`, `cg-pass`)", mb(rss_load), "< 100 MB", rss_load < 100 * 1024)
         if mem:
             worst = max(mem["load_rss_max_kb"], mem["after_load"]["VmHWM"])
             filled = (f"its tier filled past the default 64 MiB bound ({mem['fill_bytes'] / 1048576:.0f} MB of "
                       "list pages)" if mem["fill_bytes"] >= 64 * 1048576 else
                       f"{mem['fill_bytes'] / 1048576:.0f} MB of list pages in its tier (less than its 64 MiB bound)")
-            target("5", f"cachegate RSS at full load with {filled} (max VmRSS / VmHWM)",
-                   worst, f"{mb(mem['load_rss_max_kb'])} / {mb(mem['after_load']['VmHWM'])}", "< 100 MB",
+            target("–", f"cachegate RSS at full load with {filled} (max VmRSS / VmHWM)",
+                   f"{mb(mem['load_rss_max_kb'])} / {mb(mem['after_load']['VmHWM'])}", "< 100 MB",
                    worst < 100 * 1024)
         st = R["sections"].get("stream")
         if st:
             g = max(v["growth_kb"] for v in st["variants"])
             complete = all(v["complete"] for v in st["variants"])
-            target("5", f"RSS growth while {st['size'] / 2**30:g} GiB streams through cachegate (worst of "
-                        f"{len(st['variants'])} variants)", g,
+            target("–", f"RSS growth while {st['size'] / 2**30:g} GiB streams through cachegate (worst of "
+                        f"{len(st['variants'])} variants)",
                    mb(g) + ("" if complete else " (a transfer was incomplete!)"), "< 32 MB",
                    g < 32 * 1024 and complete)
-        pu = R["sections"].get("purge")
-        if pu and "put" in pu:
-            p = pu["put"]
-            target("6", f"PUT latency added by cachegate's key+tag purge, p99 (via − direct, "
-                        f"{p['n']} PUTs, {pu['keys_after_fill']:,} keys in Redis)", p["diff_p99"],
-                   f"{f_ms(p['diff_p99'])} ms", "< 2 ms", p["diff_p99"] < 2)
         if pu and "clear" in pu:
             c = pu["clear"]
             done = (f"{c['seconds']:.1f} s in all" if c["status"] == 200 else
                     f"but the clear **failed**: HTTP {c['status']} after {c['seconds']:.1f} s, "
                     f"{c['keys_left']:,} keys left")
-            target("6", f"clear `task:*` over {pu['entries']:,} entries: slowest Redis command (SLOWLOG)",
-                   c["max_us"], f"{c['max_us'] / 1000:.2f} ms ({done})", "< 10 ms",
+            target("–", f"clear `task:*` over {pu['entries']:,} entries: slowest Redis command (SLOWLOG)",
+                   f"{c['max_us'] / 1000:.2f} ms ({done})", "< 10 ms",
                    c["max_us"] <= 10_000 and c["status"] == 200)
         sl = R["sections"].get("stale")
         if sl:
-            target("7", f"cross-instance staleness window p99 ({sl['trials']} trials)", sl["window_p99"],
+            target("–", f"cross-instance staleness window p99 ({sl['trials']} trials)",
                    f"{f_ms(sl['window_p99'])} ms", "< 5 ms",
                    sl["window_p99"] is not None and sl["window_p99"] < 5 and not sl["timed_out"])
         w("## Targets")
         w("")
-        w("Ratios are medians of per-round ratios (same round = measured back to back).")
+        w("Issue 18's targets (1–6), then the earlier figures (–). Ratios are medians of per-round ratios "
+          "(same round = measured back to back); *per round* = the new binary's."
+          + (" *baseline* = the same figure for the baseline binary's rows (`-base`: `BASELINE_BIN`), "
+             "against the same `nginx-hit` / `direct` / `nginx-pass` runs." if has_base else ""))
         w("")
-        w("| # | figure | measured | target | | per round |")
-        w("|---|---|---:|---:|---|---|")
+        if has_base:
+            w("| # | figure | new | baseline | target | new | baseline | per round |")
+            w("|---|---|---:|---:|---:|---|---|---|")
+        else:
+            w("| # | figure | measured | target | | per round |")
+            w("|---|---|---:|---:|---|---|")
         for t in targets:
-            w("| " + " | ".join(t) + " |")
+            w("| " + " | ".join(x for x in t if x is not None) + " |")
         w("")
+        logs = R["sections"].get("matrix", {}).get("access_log") or {}
+        if logs:
+            w("Access log rows (`-log`): `[access_log] enabled = true` as shipped (text, to stdout), stdout "
+              "redirected to the daemon's log file in the run directory: "
+              "lines written (warm-up and verification included) and lines dropped (`access_log_dropped`): "
+              + "; ".join(f"`{n}` {x.get('lines', 0):,} lines, {x.get('bytes', 0) / 1048576:.0f} MB, "
+                          + (f"{x['dropped']:,.0f} dropped" if isinstance(x.get("dropped"), float) else "dropped ?")
+                          for n, x in logs.items()) + ".")
+            w("")
 
         if mem or rss_load or st:
             w("## Memory")
@@ -1418,14 +1892,21 @@ http {{
             w("")
             if "put" in pu:
                 p = pu["put"]
-                w(f"- {p['n']} PUTs, each after priming an entry for the task (GET) and a tagged list page, "
-                  "alternating with the same PUT straight to the backend:")
+                w(f"- {p['n']} PUTs, each through cachegate after priming, through the same instance, an entry for "
+                  "the task (GET) and a tagged list page; the same PUT straight to the backend"
+                  + (" and through the baseline binary's instance" if "base_p99" in p else "")
+                  + ", the order rotating over every permutation:")
                 w("")
                 w("  | | p50 ms | p99 ms | mean ms |")
                 w("  |---|---:|---:|---:|")
                 w(f"  | PUT straight to the backend | {f_ms(p['direct_p50'])} | {f_ms(p['direct_p99'])} | {f_ms(p['direct_mean'])} |")
                 w(f"  | PUT through cachegate (forward + key + tag purge) | {f_ms(p['via_p50'])} | {f_ms(p['via_p99'])} | {f_ms(p['via_mean'])} |")
                 w(f"  | added | {f_ms(p['diff_p50'])} | {f_ms(p['diff_p99'])} | {f_ms(p['diff_mean'])} |")
+                if "base_p99" in p:
+                    w(f"  | PUT through the baseline binary (`cg-purge-base`, same keyspace) | {f_ms(p['base_p50'])} | "
+                      f"{f_ms(p['base_p99'])} | {f_ms(p['base_mean'])} |")
+                    w(f"  | added (baseline binary) | {f_ms(p['base_diff_p50'])} | {f_ms(p['base_diff_p99'])} | "
+                      f"{f_ms(p['base_diff_mean'])} |")
                 w("")
                 for op, h in p["store_histograms"].items():
                     w(f"- cachegate `store_duration_seconds{{op=\"{op}\"}}` over the PUTs: {h['count']} calls "
@@ -1460,6 +1941,12 @@ http {{
               f"PUTs answered 200: {sl['put_ok']}/{sl['trials']}; B's first new answers: "
               + ", ".join(f"{a}: {b}" for a, b in sorted(sl["new_x_cache"].items())) + ".")
             w("")
+        sc = R["sections"].get("scaling")
+        if sc:
+            self.render_scaling(w, sc)
+        proj = self.projection()
+        if proj:
+            self.render_projection(w, proj)
         notes = self.notes()
         if notes:
             w("## Notes")
@@ -1470,10 +1957,177 @@ http {{
         text = "\n".join(L)
         return text, text
 
+    # ------------------------------------------------------------ scaling report
+    def render_scaling(self, w, sc: dict) -> None:
+        k = self.k
+
+        def agg(recs, key):
+            groups: dict = {}
+            for r in recs:
+                groups.setdefault((r[key], r["row"]), []).append(r)
+            return groups
+
+        w("## Scaling (reported, not a target)")
+        w("")
+        if sc.get("conns"):
+            w(f"`GET /api/v1/tasks/{{id}}` over the {k.working_set:,}-id working set (as the matrix), wrk -t{k.threads} "
+              f"at each connection count; medians over {k.scale_rounds} round(s). µs/req = server CPU per request "
+              "(1e6 ÷ req/CPU-s).")
+            w("")
+            w("| connections | row | req/s | req/CPU-s | µs/req (server) | p50 ms | p99 ms | srv CPU | lg CPU | errors |")
+            w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for (c, row), rs in sorted(agg(sc["conns"], "conns").items()):
+                w(f"| {c} | `{row}` | {f_rps(med([r['rps'] for r in rs]))} | {f_rps(med([r['per_cpu'] for r in rs]))} | "
+                  f"{med([r['us_per_req'] for r in rs]) or 0:.1f} | {f_ms(med([r['p50_us'] / 1000 for r in rs]))} | "
+                  f"{f_ms(med([r['p99_us'] / 1000 for r in rs]))} | {f_pct(med([r['server_cpu_frac'] for r in rs]))} | "
+                  f"{f_pct(med([r['loadgen_cpu_frac'] for r in rs]))} | {sum(r['errors'] for r in rs)} |")
+            w("")
+        if sc.get("bodies"):
+            w(f"Hits of bodies of each size: `GET /blob/<size>/<n>` over {k.body_ids} ids from "
+              "`bench/harness/sizedbackend.py`, through cachegate (`cg-body`: `bench/conf/scale.toml`, tier on, "
+              f"default 64 MiB) and nginx proxy_cache (`nginx-body`), wrk -t{k.threads} -c{k.conns}. CPU per hit = "
+              "µs of server CPU per request.")
+            w("")
+            w("| body | row | req/s | req/CPU-s | CPU per hit µs | MB/s | p99 ms | lg CPU | errors | sampled (status hit-header size-ok) |")
+            w("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+            for (size, row), rs in sorted(agg(sc["bodies"], "size").items()):
+                tally: dict = {}
+                for r in rs:
+                    for a, b in r["sampled"].items():
+                        tally[a] = tally.get(a, 0) + b
+                w(f"| {size / 1024:g} KiB | `{row}` | {f_rps(med([r['rps'] for r in rs]))} | "
+                  f"{f_rps(med([r['per_cpu'] for r in rs]))} | {med([r['us_per_req'] for r in rs]) or 0:.1f} | "
+                  f"{med([r['mb_s'] for r in rs]):.0f} | {f_ms(med([r['p99_us'] / 1000 for r in rs]))} | "
+                  f"{f_pct(med([r['loadgen_cpu_frac'] for r in rs]))} | {sum(r['errors'] for r in rs)} | "
+                  + ", ".join(f"{a}: {b}" for a, b in sorted(tally.items())) + " |")
+            w("")
+        z = sc.get("zipf")
+        if z:
+            f = z["fill"]
+            w(f"**Working set 10× the tier.** `GET /api/v1/tasks/<n>`, n drawn Zipf (s = {z['s']:g}) over "
+              f"{z['ids']:,} ids (`bench/harness/zipf.lua`: {262144:,} draws per thread made in init()), "
+              f"{z['body_bytes']}-byte bodies from `bench/harness/sizedbackend.py` (it builds each body from its id: "
+              f"`backend.py --tasks 1000000` would need ~1.3 GB and ~25 s to start, and minutes to answer a million "
+              f"misses), so the working set is {z['ws_bytes'] / 1048576:.0f} MB of bodies; `cg-zipf` "
+              f"(`bench/conf/scale.toml`) has `[tier] max_bytes = {z['tier_max_bytes']:,}` (1/{k.zipf_tier_div} of "
+              f"that; the tier also weighs keys and headers, so it holds fewer than 1/{k.zipf_tier_div} of the "
+              f"entries) and a Redis of its own. First every id was requested once, in order ({f['requests']:,} "
+              f"requests, {f['misses']:,.0f} misses, {f['seconds']} s, {f_rps(f['rps'])} req/s, {f['errors']} errors; "
+              f"Redis then held {f['redis_keys']:,} keys, {f['redis_used_mb']:.0f} MB), so a tier miss is a Redis "
+              f"hit; then one warm-up run and {len(z['runs']) - 1} measured run(s) of {k.duration} s, wrk "
+              f"-t{k.threads} -c{k.conns}. Hit rates from cachegate's `/metrics` (`tier_hits`, `requests` by "
+              "cache_status) over each run.")
+            w("")
+            w("| run | req/s | req/CPU-s | µs/req (server) | tier hit rate | hit rate | tier hits | hits | misses | p50 ms | p99 ms | CPU split | errors |")
+            w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+            for i, r in enumerate(z["runs"]):
+                tot = sum(r["cpu_by"].values()) or 1
+                split = ", ".join(f"{n} {100 * v / tot:.0f}%" for n, v in sorted(r["cpu_by"].items(), key=lambda kv: -kv[1])
+                                  if v / tot >= 0.02)
+                w(f"| {'warm-up' if r['warmup'] else i} | {f_rps(r['rps'])} | {f_rps(r['per_cpu'])} | "
+                  f"{r['us_per_req'] or 0:.1f} | {f_pct(r['tier_hit_rate'])} | {f_pct(r['hit_rate'])} | "
+                  f"{r['tier_hits']:,.0f} | {r['hits']:,.0f} | {r['misses']:,.0f} | {f_ms(r['p50_us'] / 1000)} | "
+                  f"{f_ms(r['p99_us'] / 1000)} | {split} | {r['errors']} |")
+            w("")
+            w(f"For scale: a tier that always held the hottest ids that fit ({z['tier_max_bytes'] // z['body_bytes']:,} "
+              f"bodies, bodies only) would hit {f_pct(z['ideal_hit_rate'])}; the hottest id alone draws "
+              f"{100 * z['hottest_share']:.1f}% of requests. Per miss during the fill (µs of CPU per request): "
+              + ", ".join(f"{p} {v:.1f}" for p, v in f["us_per_miss"].items())
+              + f". cachegate's VmRSS at the end: {mb(z.get('cg_rss_kb'))}.")
+            w("")
+
+    def projection(self) -> dict | None:
+        """Cores and Redis shards for PROJ_RPS at PROJ_HIT, from the measured per-request costs."""
+        R, k = self.results, self.k
+        S = R.get("rows", {})
+        if "cg-tier" not in S or "cg-redis" not in S:
+            return None
+        t, rd = S["cg-tier"], S["cg-redis"]
+        c_tier, c_redis = t["us_own"], rd["us_own"]
+        r_cmd = rd["us_redis"]            # Redis µs per hit of cg-redis: one store read each
+        r_tier = t["us_redis"] or 0.0     # Redis µs per tier hit (tracking, invalidations)
+        if c_tier is None or c_redis is None or r_cmd is None:
+            return None
+        z = (R["sections"].get("scaling") or {}).get("zipf")
+        src_miss = None
+        if z and z.get("fill"):
+            um = z["fill"]["us_per_miss"]
+            c_miss, r_miss = um.get("cg-zipf"), um.get("redis-zipf")
+            src_miss = (f"the Zipf fill ({z['fill'].get('us_per_miss_from', z['fill']['requests']):,.0f} misses "
+                        "through `cg-zipf`: forward + store; backend CPU excluded)")
+        elif "cg-pass" in S and S["cg-pass"]["us_own"] is not None:
+            c_miss, r_miss = S["cg-pass"]["us_own"], 2 * r_cmd
+            src_miss = ("`cg-pass` (forward only: no store write, so a lower bound) and 2 Redis commands "
+                        "(no Zipf run: SKIP=zipf)")
+        else:
+            return None
+        b_miss = S["direct"]["us_server"] if "direct" in S else None   # FastAPI backend µs per request
+        measured = [r for r in (z or {}).get("runs", []) if not r["warmup"] and r.get("tier_share_of_hits") is not None]
+        f_meas = med([r["tier_share_of_hits"] for r in measured])
+        scenarios = [("every hit from the tier", 1.0)]
+        if f_meas is not None:
+            scenarios.append((f"hits split as in the Zipf run ({f_pct(f_meas)} from the tier)", f_meas))
+        scenarios.append(("tier off (every hit from Redis)", 0.0))
+        h, rate = k.proj_hit, k.proj_rps
+        out = {"rps": rate, "hit": h, "c_tier": c_tier, "c_redis": c_redis, "c_miss": c_miss, "r_cmd": r_cmd,
+               "r_tier": r_tier, "r_miss": r_miss, "b_miss": b_miss, "src_miss": src_miss,
+               "hottest": z["hottest_share"] if z else None, "scenarios": []}
+        for name, f in scenarios:
+            cg_us = h * (f * c_tier + (1 - f) * c_redis) + (1 - h) * c_miss     # per request, on average
+            redis_us = h * (f * r_tier + (1 - f) * r_cmd) + (1 - h) * r_miss
+            be_us = (1 - h) * b_miss if b_miss else None
+            units = {"cachegate": cg_us, "Redis": redis_us}
+            if be_us:
+                units["backend (FastAPI, one worker)"] = be_us
+            sat = {u: 1e6 / v for u, v in units.items() if v}   # req/s (all requests) one core of it carries
+            first = min(sat, key=sat.get)
+            sc = {"name": name, "f": f, "cg_us": cg_us, "redis_us": redis_us, "be_us": be_us,
+                  "cg_cores": rate * cg_us / 1e6, "redis_cores": rate * redis_us / 1e6,
+                  "be_cores": rate * be_us / 1e6 if be_us else None, "sat": sat, "first": first}
+            # one hot key: its share of Redis reads lands on one shard
+            if z and f == 0.0 and r_cmd:   # with a tier, the hottest keys stay in it
+                sc["hot_key_cores"] = rate * h * z["hottest_share"] * r_cmd / 1e6
+            out["scenarios"].append(sc)
+        return out
+
+    def render_projection(self, w, p: dict) -> None:
+        import math
+        w(f"## Projection: {p['rps']:,.0f} req/s at {100 * p['hit']:.0f} % hit rate")
+        w("")
+        w("Computed from this run's per-request CPU (µs of one core per request): "
+          f"cachegate per tier hit {p['c_tier']:.1f} (`cg-tier`'s own CPU ÷ its requests), per Redis hit "
+          f"{p['c_redis']:.1f} (`cg-redis`), per miss {p['c_miss']:.1f} (from {p['src_miss']}); Redis per command "
+          f"{p['r_cmd']:.1f} (Redis's CPU in the `cg-redis` row's split ÷ requests: one store read per hit), per "
+          f"tier hit {p['r_tier']:.2f}, per miss {p['r_miss']:.1f}"
+          + (f"; the FastAPI backend {p['b_miss']:.0f} per request (`direct`: 1e6 ÷ req/CPU-s)" if p["b_miss"] else "")
+          + ". Cores = rate × µs per request ÷ 1e6, at 100 % of a core (×1/0.7 for 70 % headroom); a Redis "
+          "shard is one core (single-threaded). Linear scaling assumed: no network, no kernel "
+          "cost beyond what loopback showed, keys spread evenly over shards.")
+        w("")
+        w("| scenario | cachegate µs/req | cachegate cores (instances) | at 70 % | Redis µs/req | Redis shards | at 70 % "
+          "| backend cores (misses) | one core of each saturates at (req/s) | first bottleneck |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for s in p["scenarios"]:
+            be = "—" if s["be_cores"] is None else f"{s['be_cores']:.0f}"
+            w(f"| {s['name']} | {s['cg_us']:.1f} | {math.ceil(s['cg_cores'])} | {math.ceil(s['cg_cores'] / 0.7)} | "
+              f"{s['redis_us']:.2f} | {math.ceil(s['redis_cores'])} | {math.ceil(s['redis_cores'] / 0.7)} | {be} | "
+              + ", ".join(f"{u} {v:,.0f}" for u, v in s["sat"].items()) + f" | {s['first']} |")
+        w("")
+        for s in p["scenarios"]:
+            if s.get("hot_key_cores") is not None:
+                w(f"- {s['name']}: the hottest key (Zipf s=1: {100 * p['hottest']:.1f} % of requests) alone needs "
+                  f"{s['hot_key_cores']:.2f} cores of the one shard that holds it"
+                  + (" — more than a shard has: hot keys need the tier (or replicas)" if s["hot_key_cores"] > 1 else "")
+                  + ".")
+        first = {s["first"] for s in p["scenarios"]}
+        w(f"- First bottleneck (the component one core of which carries the fewest requests per second): "
+          + "; ".join(f"{s['name']}: **{s['first']}**" for s in p["scenarios"]) + ".")
+        w("")
+
     def notes(self) -> list[str]:
         R = self.results
         S = R.get("rows", {})
-        out = list(R["failures"])
+        out = list(R["failures"]) + list(R.get("warnings") or [])
         for name, s in sorted(S.items(), key=lambda kv: kv[1]["index"]):
             if s["errors"]:
                 out.append(f"`{name}`: {s['errors']} wrk errors (non-2xx/3xx or socket errors) over {s['n']} runs.")
@@ -1578,8 +2232,12 @@ http {{
                  "uvicorn, 2 ms simulated DB latency); `cg-pass` = cachegate with `bench/conf/pass.toml` (no rule: "
                  "pass-through); `nginx-pass` = nginx proxy without cache. Every server process, Redis included, "
                  "is pinned to one core; wrk and this harness to the other."
-                 + (" `cg-tier-base`, `cg-redis-base` = `cg-tier`, `cg-redis` (same configs, own key prefixes "
-                    "and Redis DBs) run from the baseline binary (`BASELINE_BIN`)." if R.get("baseline") else ""))
+                 + " `cg-tier-log`, `cg-redis-log`, `cg-pass-log` = the same with the access log on as shipped "
+                 "(`[access_log] enabled = true`, text to stdout, redirected to the daemon's log file in the run "
+                 "directory); nginx keeps `access_log off`."
+                 + (" `-base` rows (`cg-tier-base`, `cg-redis-base`, `cg-pass-base`, `cg-*-log-base`) = the same "
+                    "instances (same configs, own key prefixes and Redis DBs) run from the baseline binary "
+                    "(`BASELINE_BIN`), right after their twins in every round." if R.get("baseline") else ""))
         L.append("- Each round goes through every row in turn. Before a hit row, every working-set id is requested "
                  "(twice for `cg-tier`, so its tier is warm), then 25 random responses are compared with the backend's "
                  "JSON and the hit header is tallied. *upstream reads* = backend DB reads during the timed run "
@@ -1623,6 +2281,7 @@ http {{
             self.section("stream", self.stream)
             self.section("stale", self.stale)
             self.section("purge", self.purge)
+            self.section("scaling", self.scaling)
         finally:
             log("stopping the server processes")
             self.d.stop_all()
@@ -1650,8 +2309,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", help="the cachegate binary")
     ap.add_argument("--backend-python", help="python of the venv with backend.py's dependencies")
-    ap.add_argument("--baseline-bin", help="a baseline cachegate binary: adds the rows cg-tier-base and "
-                                           "cg-redis-base (run from it) beside cg-tier and cg-redis")
+    ap.add_argument("--baseline-bin", help="a baseline cachegate binary: adds the rows cg-tier-base, "
+                                           "cg-redis-base, cg-pass-base and cg-*-log-base (run from it) beside "
+                                           "their twins, and a baseline instance in the PUT figures")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--rerender", action="store_true",
