@@ -36,36 +36,35 @@ impl Outcome {
         }
     }
 
-    pub fn cache_status(&self) -> String {
-        match self {
-            Outcome::Hit { ttl } => format!("cachegate; hit; ttl={ttl}"),
-            Outcome::Collapsed { ttl } => format!("cachegate; hit; ttl={ttl}; detail=collapsed"),
-            Outcome::Miss { stored: true, .. } => "cachegate; fwd=miss; stored".to_string(),
+    /// The `Cache-Status` value. A hit, the common case, is written
+    /// without the formatting machinery.
+    pub fn cache_status(&self) -> Vec<u8> {
+        use std::io::Write;
+        let mut v = Vec::with_capacity(48);
+        let _ = match self {
+            Outcome::Hit { ttl } => {
+                v.extend_from_slice(b"cachegate; hit; ttl=");
+                v.extend_from_slice(itoa::Buffer::new().format(*ttl).as_bytes());
+                Ok(())
+            }
+            Outcome::Collapsed { ttl } => write!(v, "cachegate; hit; ttl={ttl}; detail=collapsed"),
+            Outcome::Miss { stored: true, .. } => write!(v, "cachegate; fwd=miss; stored"),
             Outcome::Miss { stored: false, detail } => match detail {
-                Some(d) => format!("cachegate; fwd=miss; detail={d}"),
-                None => "cachegate; fwd=miss".to_string(),
+                Some(d) => write!(v, "cachegate; fwd=miss; detail={d}"),
+                None => write!(v, "cachegate; fwd=miss"),
             },
-            Outcome::Stale { detail } => format!("cachegate; hit; fwd=stale; detail={detail}"),
-            Outcome::Revalidated { stored: true } => "cachegate; fwd=stale; fwd-status=304; stored".to_string(),
-            Outcome::Revalidated { stored: false } => "cachegate; fwd=stale; fwd-status=304".to_string(),
-            Outcome::Bypass { detail } => format!("cachegate; fwd=bypass; detail={detail}"),
-        }
+            Outcome::Stale { detail } => write!(v, "cachegate; hit; fwd=stale; detail={detail}"),
+            Outcome::Revalidated { stored: true } => write!(v, "cachegate; fwd=stale; fwd-status=304; stored"),
+            Outcome::Revalidated { stored: false } => write!(v, "cachegate; fwd=stale; fwd-status=304"),
+            Outcome::Bypass { detail } => write!(v, "cachegate; fwd=bypass; detail={detail}"),
+        };
+        v
     }
 
     /// Sets both headers, replacing any the backend sent.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        // The buffer becomes the value's: no second copy. A hit, the common
-        // case, is written without the formatting machinery.
-        let status = match self {
-            Outcome::Hit { ttl } => {
-                let mut v = Vec::with_capacity(40);
-                v.extend_from_slice(b"cachegate; hit; ttl=");
-                v.extend_from_slice(itoa::Buffer::new().format(*ttl).as_bytes());
-                v
-            }
-            other => other.cache_status().into_bytes(),
-        };
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(status)) {
+        // The buffer becomes the value's: no second copy.
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.cache_status())) {
             headers.insert(CACHE_STATUS, v);
         }
         headers.insert(X_CACHE, HeaderValue::from_static(self.x_cache()));

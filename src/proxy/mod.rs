@@ -392,7 +392,7 @@ fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
         }
     }
     write_ip(&mut xff, from.addr.ip());
-    // The String's buffer becomes the value's: no second copy.
+    // The buffer becomes the value's: no second copy.
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
