@@ -206,19 +206,24 @@ fn check(args: ServeArgs) -> ExitCode {
     match load(&args) {
         Err(code) => code,
         Ok(config) => {
+            let o = &config.origins;
             let mut out = format!(
-                "{}: ok\nedition {}; listen {}; backend {}\n",
+                "{}: ok\nedition {}; listen {} ({}); backend {} ({})\n",
                 config.source,
                 config.edition.as_str(),
                 config.server.listen,
-                config.backend.url
+                o.listen,
+                config.backend.url,
+                o.backend
             );
             out.push_str(&match &config.redis {
                 Some(r) => format!(
-                    "store redis ({}) {} db {}; key prefix {:?}; in-process tier {}\n",
+                    "store redis ({}) {} ({}) db {} ({}); key prefix {:?}; in-process tier {}\n",
                     r.topology.name(),
-                    redact(&r.url),
+                    cachegate::config::redact_url(&r.url),
+                    o.redis_url,
                     r.db,
+                    o.redis_db,
                     config.cache.key_prefix,
                     match (config.tier_in_use(), config.tier.consistency) {
                         (false, _) => "off".to_string(),
@@ -272,14 +277,6 @@ async fn reload(args: ReloadArgs) -> ExitCode {
             eprintln!("cachegate reload: {url}: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Hides the password in a URL printed to the terminal.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
     }
 }
 

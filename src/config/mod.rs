@@ -19,8 +19,8 @@ pub use error::ConfigError;
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Overrides, RedisConfig,
-    Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Origins, Overrides,
+    RedisConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
 };
 pub use warm::{check_path, parse_path_list, WarmConfig, MAX_CONCURRENCY as MAX_WARM_CONCURRENCY};
 
@@ -61,5 +61,35 @@ impl Config {
     /// and the demo.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         Self::from_toml(text, "<inline>", &|_| None, &Overrides::default())
+    }
+
+    /// The one line that says what this instance talks to and why: the
+    /// effective listen address, backend and store (Redis URL with its
+    /// password masked, and DB), each with where it came from.
+    pub fn effective_summary(&self) -> String {
+        let o = &self.origins;
+        let store = match &self.redis {
+            Some(r) => format!(
+                "redis {} ({}) db {} ({})",
+                redact_url(&r.url),
+                o.redis_url,
+                r.db,
+                o.redis_db
+            ),
+            None => "memory (no Redis configured)".to_string(),
+        };
+        format!(
+            "listen {} ({}); backend {} ({}); store {store}",
+            self.server.listen, o.listen, self.backend.url, o.backend
+        )
+    }
+}
+
+/// A URL with its password (everything between `://` and the last `@`)
+/// replaced by `***`, for anything printed or logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
     }
 }

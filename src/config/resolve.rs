@@ -5,8 +5,8 @@
 use super::error::ConfigError;
 use super::file::RawConfig;
 use super::settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Overrides, RedisConfig,
-    ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Origins, Overrides,
+    RedisConfig, ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
 use crate::rules::{RuleDefaults, RuleError, RuleSet};
 
@@ -51,6 +51,7 @@ pub(super) fn resolve(
         "CACHEGATE_LISTEN",
         raw.server.listen.as_ref(),
     );
+    let listen_origin = origin(listen_src.as_ref(), file, text);
     let listen = match listen_src {
         None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         Some(src) => src.parse(
@@ -97,6 +98,7 @@ pub(super) fn resolve(
                 .to_string(),
         );
     }
+    let backend_origin = origin(backend_src.as_ref(), file, text);
     let backend_url = match backend_src {
         None => "http://127.0.0.1:8000"
             .parse::<http::Uri>()
@@ -122,7 +124,7 @@ pub(super) fn resolve(
 
     // [redis] and the environment variables of the reference deployment.
     let raw_redis = raw.redis.unwrap_or_default();
-    let redis_url = resolve_redis_url(&raw_redis, env, overrides, &at, &general)?;
+    let (redis_url, redis_url_origin) = resolve_redis_url(&raw_redis, env, overrides, (file, text), (&at, &general))?;
     let default_ttl = match env("CACHE_TTL") {
         Some(v) => v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
             general(format!(
@@ -151,6 +153,7 @@ pub(super) fn resolve(
         None => StoreKind::Memory,
     };
 
+    let mut redis_db_origin = String::new();
     let redis = match store {
         StoreKind::Memory => None,
         StoreKind::Redis => {
@@ -173,6 +176,12 @@ pub(super) fn resolve(
                 }
             }
             let url_db = parsed.db;
+            redis_db_origin = match (env("REDIS_DB"), &raw_redis.db, url_db) {
+                (Some(_), _, _) => "environment REDIS_DB".to_string(),
+                (None, Some(d), _) => file_origin(file, text, d.span()),
+                (None, None, Some(_)) => format!("the Redis URL, {redis_url_origin}"),
+                (None, None, None) => format!("edition {}'s default", edition.as_str()),
+            };
             let db = match env("REDIS_DB") {
                 Some(v) => Some(v.parse::<u8>().map_err(|_| {
                     general(format!(
@@ -359,6 +368,12 @@ pub(super) fn resolve(
     Ok(Config {
         warnings,
         source: file.to_string(),
+        origins: Origins {
+            listen: listen_origin,
+            backend: backend_origin,
+            redis_url: redis_url_origin,
+            redis_db: redis_db_origin,
+        },
         edition,
         server,
         backend,
@@ -406,6 +421,21 @@ impl Source<'_> {
 /// cachegate's own, then the CDN one (RFC 9213 §3).
 const DEFAULT_TARGETED: [&str; 2] = ["cachegate-cache-control", "cdn-cache-control"];
 
+/// Where a picked value came from, in words; `None` is the built-in default.
+fn origin(src: Option<&Source>, file: &str, text: &str) -> String {
+    match src {
+        None => "default".to_string(),
+        Some(Source::Flag(_, name)) => format!("flag {name}"),
+        Some(Source::Env(_, name)) => format!("environment {name}"),
+        Some(Source::File(s)) => file_origin(file, text, s.span()),
+    }
+}
+
+/// `proxy.toml:12`: the file and line a value was read from.
+fn file_origin(file: &str, text: &str, span: Range<usize>) -> String {
+    format!("{file}:{}", super::error::line_col(text, span.start).0)
+}
+
 fn pick<'a>(
     flag: Option<String>,
     flag_name: &'static str,
@@ -449,13 +479,17 @@ fn purge_journal(
     }
 }
 
+/// Also says where the URL came from (see [`origin`]).
 fn resolve_redis_url(
     raw: &super::file::RawRedis,
     env: &dyn Fn(&str) -> Option<String>,
     overrides: &Overrides,
-    at: &dyn Fn(Range<usize>, String) -> ConfigError,
-    general: &dyn Fn(String) -> ConfigError,
-) -> Result<Option<super::redis_url::RedisUrl>, ConfigError> {
+    (file, text): (&str, &str),
+    (at, general): (
+        &dyn Fn(Range<usize>, String) -> ConfigError,
+        &dyn Fn(String) -> ConfigError,
+    ),
+) -> Result<(Option<super::redis_url::RedisUrl>, String), ConfigError> {
     let host_port = match (env("REDIS_HOST"), env("REDIS_PORT")) {
         (None, None) => None,
         (host, port) => Some(format!(
@@ -464,20 +498,30 @@ fn resolve_redis_url(
             port.unwrap_or_else(|| "6379".into())
         )),
     };
+    let env_name = if env("REDIS_URL").is_some() {
+        "REDIS_URL"
+    } else {
+        "REDIS_HOST/REDIS_PORT"
+    };
     let src = pick(
         overrides.redis_url.clone(),
         "--redis-url",
         env("REDIS_URL").or(host_port),
-        "REDIS_URL (or REDIS_HOST/REDIS_PORT)",
+        env_name,
         raw.url.as_ref(),
     );
+    let url_origin = match (&src, &raw.cluster) {
+        (None, Some(list)) => file_origin(file, text, list.span()),
+        (None, None) => "default".to_string(),
+        (Some(_), _) => origin(src.as_ref(), file, text),
+    };
     if let (Some(_), Some(url)) = (&raw.cluster, &raw.url) {
         return Err(at(
             url.span(),
             "[redis] has both url and cluster: give one of them".into(),
         ));
     }
-    match src {
+    let url = match src {
         // The file's `cluster = [...]` list, when nothing names a URL.
         None => match &raw.cluster {
             None => Ok(None),
@@ -510,7 +554,8 @@ fn resolve_redis_url(
                 general,
             )
             .map(Some),
-    }
+    };
+    url.map(|u| (u, url_origin))
 }
 
 fn positive(

@@ -201,6 +201,18 @@ pub struct CacheConfig {
     pub honour_request_directives: bool,
 }
 
+/// Where the values an operator most often wonders about came from
+/// ("flag --listen", "environment REDIS_DB", "proxy.toml:12", "default"):
+/// the start-up line and `check` print them, so a `REDIS_DB` inherited from
+/// the backend's shell does not pick another DB silently.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    pub listen: String,
+    pub backend: String,
+    pub redis_url: String,
+    pub redis_db: String,
+}
+
 /// The whole resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -209,6 +221,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// Where the config came from (a file name, or `<inline>`).
     pub source: String,
+    /// Where the listen address, backend and Redis settings came from.
+    pub origins: Origins,
     pub edition: Edition,
     pub server: ServerConfig,
     pub backend: BackendConfig,

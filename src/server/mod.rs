@@ -126,7 +126,14 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
             let _ = admin.await;
         }
     });
-    tracing::info!(%addr, ?admin_addr, store = gateway.store().kind(), edition = config.edition.as_str(), "cachegate listening");
+    tracing::info!(
+        %addr,
+        ?admin_addr,
+        store = gateway.store().kind(),
+        edition = config.edition.as_str(),
+        effective = %config.effective_summary(),
+        "cachegate listening"
+    );
     Ok(Running {
         addr,
         admin_addr,

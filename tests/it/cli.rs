@@ -282,3 +282,83 @@ fn check_reports_bad_input_settings_at_their_place() {
     let (code, _, stderr) = cachegate(&["check", "--config", &path.display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// `check` and the start-up line say which listen address, backend, Redis
+/// URL and DB are in effect and where each came from, so settings inherited
+/// from a shared shell (the backend's `REDIS_DB`) are never silent; the
+/// Redis password is never printed.
+#[test]
+fn check_and_start_up_name_each_setting_and_its_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "edition = \"enterprise\"\n[server]\nlisten = \"127.0.0.1:9999\"\n[backend]\nurl = \"http://127.0.0.1:8000\"\n",
+    )
+    .unwrap();
+    let name = file.display().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["check", "--config", &name, "--backend", "http://127.0.0.1:8111"])
+        .env_remove("CACHEGATE_LISTEN")
+        .env_remove("CACHEGATE_BACKEND")
+        .env_remove("REDIS_URL")
+        .env("REDIS_HOST", "10.0.0.9")
+        .env("REDIS_PORT", "6390")
+        .env("REDIS_PASSWORD", "hunter2")
+        .env("REDIS_DB", "5")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for expected in [
+        format!("listen 127.0.0.1:9999 ({name}:3)"),
+        "backend http://127.0.0.1:8111/ (flag --backend)".to_string(),
+        "redis://10.0.0.9:6390 (environment REDIS_HOST/REDIS_PORT) db 5 (environment REDIS_DB)".to_string(),
+    ] {
+        assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    // Without REDIS_DB: the edition's DB, and the URL's password masked.
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["check", "--config", &name])
+        .env_remove("REDIS_HOST")
+        .env_remove("REDIS_DB")
+        .env("REDIS_URL", "redis://:hunter2@10.0.0.9:6390")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("redis://***@10.0.0.9:6390 (environment REDIS_URL) db 2 (edition enterprise's default)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    // The running proxy's start-up line says the same.
+    let port = crate::common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["--config", &name, "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_HOST")
+        .env_remove("CACHEGATE_BACKEND")
+        .env("RUST_LOG", "info")
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let line = std::io::BufRead::lines(stderr)
+        .map_while(Result::ok)
+        .find(|l| l.contains("cachegate listening"));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a start-up line");
+    for expected in [
+        format!("listen 127.0.0.1:{port} (flag --listen)"),
+        format!("backend http://127.0.0.1:8000/ ({name}:5)"),
+        "redis redis://127.0.0.1:1 (flag --redis-url) db 2 (edition enterprise's default)".to_string(),
+    ] {
+        assert!(line.contains(&expected), "missing {expected:?} in: {line}");
+    }
+}
