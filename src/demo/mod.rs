@@ -117,14 +117,6 @@ fn check_listen(listen: SocketAddr) -> Result<(), BoxError> {
     }
 }
 
-/// Hides the password in a URL printed to the terminal.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
 /// A word for a shell command line: as is when safe, else single-quoted.
 fn shell_word(s: &str) -> String {
     let safe = !s.is_empty()
@@ -139,10 +131,13 @@ fn shell_word(s: &str) -> String {
 
 /// The `cachegate selftest` line that checks a running demo: reads of the
 /// acme tenant's tasks 1-3, purging `task:{id}` before each cold fetch, and
-/// a PUT whose new name the next read must show.
-pub fn selftest_command(proxy_url: &str, api_token: &str, admin_token: &str) -> String {
+/// a PUT whose new name the next read must show. `program` is the binary
+/// to run: the demo's own path, so the line works when `cachegate` is not
+/// on `PATH` (a fresh `cargo build`).
+pub fn selftest_command(program: &str, proxy_url: &str, api_token: &str, admin_token: &str) -> String {
     format!(
-        "cachegate selftest --url {} --path {} --id 1-3 --token {} --admin-token {} --purge-key {} --write {}",
+        "{} selftest --url {} --path {} --id 1-3 --token {} --admin-token {} --purge-key {} --write {}",
+        shell_word(program),
         shell_word(proxy_url),
         shell_word("/api/v1/tasks/{id}"),
         shell_word(api_token),
@@ -150,6 +145,14 @@ pub fn selftest_command(proxy_url: &str, api_token: &str, admin_token: &str) -> 
         shell_word("task:{id}"),
         shell_word(r#"PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}"#),
     )
+}
+
+/// The path of the running binary, for lines meant to be pasted; plain
+/// `cachegate` when the OS does not say.
+fn running_program() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "cachegate".to_string())
 }
 
 /// The banner printed once everything runs.
@@ -168,7 +171,7 @@ fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi, admin_token: &str
     let store = match &config.redis {
         Some(r) => format!(
             "redis {} db {} (key prefix {:?})",
-            redact(&r.url),
+            crate::config::redact_url(&r.url),
             r.db,
             config.cache.key_prefix
         ),
@@ -214,7 +217,7 @@ fn banner(config: &Config, proxy: SocketAddr, api: &SampleApi, admin_token: &str
     );
     out.push_str(&format!(
         "  {}\n",
-        selftest_command(&format!("http://{host}"), acme, admin_token)
+        selftest_command(&running_program(), &format!("http://{host}"), acme, admin_token)
     ));
     out.push('\n');
     out.push_str("Press Ctrl-C to stop.\n");
@@ -303,8 +306,15 @@ mod tests {
 
     #[test]
     fn selftest_command_quotes_what_the_shell_would_split() {
-        let line = selftest_command("http://127.0.0.1:8080", "acme-00ff", "tok_en-1");
-        assert!(line.starts_with("cachegate selftest --url http://127.0.0.1:8080 --path '/api/v1/tasks/{id}' --id 1-3"));
+        let line = selftest_command(
+            "/opt/my builds/cachegate",
+            "http://127.0.0.1:8080",
+            "acme-00ff",
+            "tok_en-1",
+        );
+        assert!(line.starts_with(
+            "'/opt/my builds/cachegate' selftest --url http://127.0.0.1:8080 --path '/api/v1/tasks/{id}' --id 1-3"
+        ));
         assert!(line.contains(" --token acme-00ff --admin-token tok_en-1 --purge-key 'task:{id}' "));
         assert!(line.ends_with(r#" --write 'PUT /api/v1/tasks/{id} {"name":"selftest {nonce}"}'"#));
         assert_eq!(shell_word("it's"), r"'it'\''s'");

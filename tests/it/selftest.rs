@@ -94,8 +94,13 @@ impl Demo {
             let line = line.expect("read the demo's banner");
             banner.push_str(&line);
             banner.push('\n');
-            if let Some(rest) = line.trim().strip_prefix("cachegate selftest ") {
-                selftest = Some(shell_words(rest));
+            // `<the demo's own binary> selftest ...`: pasteable even when
+            // cachegate is not on PATH.
+            let words = shell_words(line.trim());
+            if words.get(1).map(String::as_str) == Some("selftest") {
+                let program = std::fs::canonicalize(&words[0]).expect("the selftest line names a file");
+                assert_eq!(program, std::fs::canonicalize(BIN).unwrap(), "{line}");
+                selftest = Some(words[2..].to_vec());
             }
             if line.contains("Press Ctrl-C") {
                 break;
