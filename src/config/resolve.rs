@@ -197,6 +197,15 @@ pub(super) fn resolve(
                 },
             };
             let db = db.unwrap_or(edition.default_db());
+            // The reference sets REDIS_DB for the app too: one inherited from
+            // the backend's shell would silently share or split the cache.
+            if env("REDIS_DB").is_some() && db != edition.default_db() && !parsed.topology.is_cluster() {
+                warnings.push(format!(
+                    "REDIS_DB={db} from the environment is not edition {}'s DB {}: entries go to DB {db} (unset REDIS_DB to use the edition's)",
+                    edition.as_str(),
+                    edition.default_db()
+                ));
+            }
             let cluster = parsed.topology.is_cluster();
             Some(RedisConfig {
                 url: parsed.url,

@@ -318,6 +318,11 @@ fn check_and_start_up_name_each_setting_and_its_origin() {
         assert!(stdout.contains(&expected), "missing {expected:?} in:\n{stdout}");
     }
     assert!(!stdout.contains("hunter2"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: REDIS_DB=5 from the environment is not edition enterprise's DB 2"),
+        "{stderr}"
+    );
 
     // Without REDIS_DB: the edition's DB, and the URL's password masked.
     let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
