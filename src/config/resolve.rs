@@ -274,7 +274,7 @@ pub(super) fn resolve(
         max_bytes: raw.store.memory.max_bytes.unwrap_or(256 * 1024 * 1024),
     };
 
-    let admin = super::admin::admin_config(raw.admin, env, &at)?;
+    let admin = super::admin::admin_config(raw.admin, env, &at, &general)?;
     let tier = TierConfig {
         enabled: raw.tier.enabled.unwrap_or(true),
         max_bytes: raw.tier.max_bytes.unwrap_or(64 * 1024 * 1024),
