@@ -136,6 +136,8 @@ fn main() -> ExitCode {
             println!("name = {name:?}");
             println!("sha256 = \"{sha}\"");
             println!("scopes = [\"read\", \"purge\", \"inspect\"]");
+            println!("# or, for CACHEGATE_ADMIN_TOKENS or a CACHEGATE_ADMIN_TOKENS_FILE secret (one per line):");
+            println!("{name}:{sha}:read+purge+inspect");
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),

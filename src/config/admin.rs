@@ -201,7 +201,9 @@ pub fn parse_token_list(text: &str) -> Result<Vec<AdminToken>, String> {
         };
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return Err(format!("entry {n}: the name must be letters, digits, '-', '_' or '.'; {syntax}"));
+            return Err(format!(
+                "entry {n}: the name must be letters, digits, '-', '_' or '.'; {syntax}"
+            ));
         }
         let sha256 = hex::decode(hash.trim())
             .ok()
@@ -215,11 +217,9 @@ pub fn parse_token_list(text: &str) -> Result<Vec<AdminToken>, String> {
                 "read" => AdminScope::Read,
                 "purge" => AdminScope::Purge,
                 "inspect" => AdminScope::Inspect,
-                other => {
-                    return Err(format!(
-                        "entry {n} ({name}): unknown admin scope {other:?}; expected read, purge or inspect joined by '+'"
-                    ))
-                }
+                other => return Err(format!(
+                    "entry {n} ({name}): unknown admin scope {other:?}; expected read, purge or inspect joined by '+'"
+                )),
             });
         }
         if tokens.iter().any(|t| t.name == name) {
