@@ -131,13 +131,13 @@ fn main() -> ExitCode {
             if hash.is_none() {
                 println!("token: {token}");
             }
+            println!("# for CACHEGATE_ADMIN_TOKENS or a CACHEGATE_ADMIN_TOKENS_FILE secret (one per line):");
+            println!("{name}:{sha}:read+purge+inspect");
             println!("# paste into proxy.toml (the token itself is not stored there):");
             println!("[[admin.tokens]]");
             println!("name = {name:?}");
             println!("sha256 = \"{sha}\"");
             println!("scopes = [\"read\", \"purge\", \"inspect\"]");
-            println!("# or, for CACHEGATE_ADMIN_TOKENS or a CACHEGATE_ADMIN_TOKENS_FILE secret (one per line):");
-            println!("{name}:{sha}:read+purge+inspect");
             ExitCode::SUCCESS
         }
         Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),

@@ -217,9 +217,11 @@ pub fn parse_token_list(text: &str) -> Result<Vec<AdminToken>, String> {
                 "read" => AdminScope::Read,
                 "purge" => AdminScope::Purge,
                 "inspect" => AdminScope::Inspect,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "entry {n} ({name}): unknown admin scope {other:?}; expected read, purge or inspect joined by '+'"
-                )),
+                ))
+                }
             });
         }
         if tokens.iter().any(|t| t.name == name) {
@@ -267,5 +269,47 @@ mod tests {
             assert!(err.contains(says), "{text}: {err}");
             assert!(!err.contains("s3cret") && !err.contains(HASH), "{err}");
         }
+    }
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> Result<crate::config::Config, String> {
+        let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        crate::config::Config::from_toml(text, "proxy.toml", &env, &crate::config::Overrides::default())
+            .map_err(|e| e.to_string())
+    }
+
+    const FILE_TOKEN: &str = "[[admin.tokens]]\nname = \"ops\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\nscopes = [\"read\"]\n";
+
+    #[test]
+    fn env_tokens_are_merged_with_the_file_and_the_listener_comes_from_the_env() {
+        let ci = format!("ci:{}:read+purge", hex::encode(hash_token("ci-secret")));
+        let config = load(FILE_TOKEN, &[(TOKENS_ENV, ci.as_str()), (LISTEN_ENV, "127.0.0.1:9191")]).unwrap();
+        let names: Vec<&str> = config.admin.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ops", "ci"]);
+        assert_eq!(config.admin.tokens[1].sha256, hash_token("ci-secret"));
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9191".parse().unwrap()));
+
+        // The same from a secret file.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("admin_tokens");
+        std::fs::write(&secret, format!("# made by cachegate token\n{ci}\n")).unwrap();
+        let path = secret.display().to_string();
+        let config = load("", &[(TOKENS_FILE_ENV, path.as_str())]).unwrap();
+        assert_eq!(config.admin.tokens.len(), 1);
+        assert_eq!(config.admin.tokens[0].scopes, [AdminScope::Read, AdminScope::Purge]);
+    }
+
+    #[test]
+    fn bad_env_tokens_are_config_errors_that_hide_the_value() {
+        let ops = format!("ops:{HASH}:read");
+        let err = load(FILE_TOKEN, &[(TOKENS_ENV, ops.as_str())]).unwrap_err();
+        assert!(err.contains("both in the file and in the environment"), "{err}");
+        let err = load("", &[(TOKENS_ENV, ops.as_str()), (TOKENS_FILE_ENV, "/x")]).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        let err = load("", &[(TOKENS_ENV, "ops:hunter2:read")]).unwrap_err();
+        assert!(err.contains(TOKENS_ENV) && !err.contains("hunter2"), "{err}");
+        let err = load("", &[(TOKENS_FILE_ENV, "/nonexistent/admin_tokens")]).unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+        let err = load("", &[(LISTEN_ENV, "nowhere")]).unwrap_err();
+        assert!(err.contains(LISTEN_ENV), "{err}");
     }
 }

@@ -349,7 +349,7 @@ pub(super) fn resolve(
 
     if admin.tokens.is_empty() {
         warnings.push(format!(
-            "no admin tokens ([[admin.tokens]]): every admin route under {} answers 401; `cachegate token` makes one",
+            "no admin tokens ([[admin.tokens]], CACHEGATE_ADMIN_TOKENS or CACHEGATE_ADMIN_TOKENS_FILE): every admin route under {} answers 401; `cachegate token` makes one",
             admin.prefix
         ));
     }
