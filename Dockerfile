@@ -6,8 +6,10 @@
 #       -e CACHEGATE_BACKEND=http://backend:8000 cachegate
 
 # ---- build ------------------------------------------------------------------
-# Base images pinned by digest (taken 2026-12 from the tags shown; refresh
-# with `docker buildx imagetools inspect rust:1-bookworm`, its "Digest:" line).
+# Base images pinned by digest (of the tags shown, taken 2026-12 from public
+# projects pinning them, without registry access to re-check; refresh and
+# check with `docker buildx imagetools inspect rust:1-bookworm`, its
+# "Digest:" line, and likewise debian:bookworm-slim below).
 FROM rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS builder
 WORKDIR /src
 
