@@ -6,7 +6,11 @@
 #       -e CACHEGATE_BACKEND=http://backend:8000 cachegate
 
 # ---- build ------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+# Base images pinned by digest (of the tags shown, taken 2026-12 from public
+# projects pinning them, without registry access to re-check; refresh and
+# check with `docker buildx imagetools inspect rust:1-bookworm`, its
+# "Digest:" line, and likewise debian:bookworm-slim below).
+FROM rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e AS builder
 WORKDIR /src
 
 # Dependencies first, against a dummy crate, so that this (slow) layer is
@@ -26,7 +30,7 @@ RUN touch src/main.rs src/lib.rs \
     && cp target/release/cachegate /usr/local/bin/cachegate
 
 # ---- runtime ----------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim@sha256:7b140f374b289a7c2befc338f42ebe6441b7ea838a042bbd5acbfca6ec875818
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -40,6 +44,8 @@ COPY --from=builder /usr/local/bin/cachegate /usr/local/bin/cachegate
 COPY proxy.toml /etc/cachegate/proxy.toml
 
 USER cachegate:cachegate
-EXPOSE 8080
+# 8080: the proxy; 9091: the admin API, /metrics and health when
+# CACHEGATE_ADMIN_LISTEN (or [admin] listen) puts them there, as compose does.
+EXPOSE 8080 9091
 ENTRYPOINT ["cachegate"]
 CMD ["--config", "/etc/cachegate/proxy.toml"]

@@ -51,6 +51,9 @@ enum Command {
     Reload(ReloadArgs),
     /// Run a sample task API with cachegate in front of it.
     Demo(cachegate::demo::DemoArgs),
+    /// Run the sample task API alone (UUID task ids, as the reference's), as
+    /// docker-compose.yml's backend; prints each tenant's token.
+    DemoBackend(cachegate::demo::DemoBackendArgs),
     /// Fill the cache from a list of paths through the normal fill path;
     /// exit 1 if any path failed, 2 on a usage or config error.
     Warm(cachegate::warm::WarmArgs),
@@ -128,6 +131,8 @@ fn main() -> ExitCode {
             if hash.is_none() {
                 println!("token: {token}");
             }
+            println!("# for CACHEGATE_ADMIN_TOKENS or a CACHEGATE_ADMIN_TOKENS_FILE secret (one per line):");
+            println!("{name}:{sha}:read+purge+inspect");
             println!("# paste into proxy.toml (the token itself is not stored there):");
             println!("[[admin.tokens]]");
             println!("name = {name:?}");
@@ -137,6 +142,15 @@ fn main() -> ExitCode {
         }
         Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),
         Some(Command::Selftest(args)) => ExitCode::from(runtime.block_on(cachegate::selftest::run(args))),
+        Some(Command::DemoBackend(args)) => runtime.block_on(async {
+            match cachegate::demo::backend::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cachegate demo-backend: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Some(Command::Demo(args)) => runtime.block_on(async {
             match cachegate::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,

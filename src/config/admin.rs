@@ -1,6 +1,9 @@
 //! `[admin]`: the admin API's prefix, its own listener, and its tokens
 //! (only their SHA-256 is kept; a token is checked in constant time by
-//! `crate::admin`).
+//! `crate::admin`). Tokens come from the file and from the environment
+//! (`CACHEGATE_ADMIN_TOKENS`, or a file such as a Docker secret named by
+//! `CACHEGATE_ADMIN_TOKENS_FILE`), merged; the listener from
+//! `CACHEGATE_ADMIN_LISTEN` or the file.
 
 use super::error::ConfigError;
 use sha2::{Digest, Sha256};
@@ -52,10 +55,18 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
 }
 
+/// The environment variable holding admin tokens as hashes.
+pub const TOKENS_ENV: &str = "CACHEGATE_ADMIN_TOKENS";
+/// The environment variable naming a file (a Docker secret) in the same syntax.
+pub const TOKENS_FILE_ENV: &str = "CACHEGATE_ADMIN_TOKENS_FILE";
+/// The environment variable for `[admin] listen`.
+pub const LISTEN_ENV: &str = "CACHEGATE_ADMIN_LISTEN";
+
 pub(super) fn admin_config(
     raw: super::file::RawAdmin,
     env: &dyn Fn(&str) -> Option<String>,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
+    general: &dyn Fn(String) -> ConfigError,
 ) -> Result<AdminConfig, ConfigError> {
     let prefix = match &raw.prefix {
         None => "/api/v1/cache".to_string(),
@@ -73,9 +84,14 @@ pub(super) fn admin_config(
             v.to_string()
         }
     };
-    let listen = match &raw.listen {
-        None => None,
-        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+    let listen = match (env(LISTEN_ENV), &raw.listen) {
+        (Some(v), _) => Some(v.trim().parse::<SocketAddr>().map_err(|_| {
+            general(format!(
+                "environment variable {LISTEN_ENV}: expected a socket address such as 127.0.0.1:9091, got {v:?}"
+            ))
+        })?),
+        (None, None) => None,
+        (None, Some(l)) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
             at(
                 l.span(),
                 format!(
@@ -130,10 +146,170 @@ pub(super) fn admin_config(
             scopes,
         });
     }
+    for token in tokens_from_env(env).map_err(general)? {
+        if tokens.iter().any(|t: &AdminToken| t.name == token.name) {
+            return Err(general(format!(
+                "admin token {:?} is defined both in the file and in the environment; give each token one name",
+                token.name
+            )));
+        }
+        tokens.push(token);
+    }
     Ok(AdminConfig {
         prefix,
         listen,
         metrics_require_token: raw.metrics_require_token.unwrap_or(false),
         tokens,
     })
+}
+
+/// The tokens of `CACHEGATE_ADMIN_TOKENS` or of the file
+/// `CACHEGATE_ADMIN_TOKENS_FILE` names (one of them; both is an error).
+/// An error names the variable and the entry's position, never its text.
+fn tokens_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<AdminToken>, String> {
+    let (text, origin) = match (env(TOKENS_ENV), env(TOKENS_FILE_ENV)) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(_), Some(_)) => return Err(format!("set {TOKENS_ENV} or {TOKENS_FILE_ENV}, not both")),
+        (Some(text), None) => (text, format!("environment variable {TOKENS_ENV}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path.trim())
+                .map_err(|e| format!("{TOKENS_FILE_ENV}: cannot read {:?}: {e}", path.trim()))?;
+            (text, format!("{TOKENS_FILE_ENV} file {:?}", path.trim()))
+        }
+    };
+    parse_token_list(&text).map_err(|e| format!("{origin}: {e}"))
+}
+
+/// `name:sha256hex:scope+scope` entries separated by commas or line ends;
+/// blank lines and lines starting with `#` are skipped.
+pub fn parse_token_list(text: &str) -> Result<Vec<AdminToken>, String> {
+    let entries = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    let mut tokens: Vec<AdminToken> = Vec::new();
+    for (i, entry) in entries.enumerate() {
+        let n = i + 1;
+        let syntax = "expected name:sha256:scopes, e.g. ops:<64 hex digits from `cachegate token`>:read+purge+inspect";
+        let mut parts = entry.split(':');
+        let (Some(name), Some(hash), Some(scope_list), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("entry {n}: {syntax}"));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(format!(
+                "entry {n}: the name must be letters, digits, '-', '_' or '.'; {syntax}"
+            ));
+        }
+        let sha256 = hex::decode(hash.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                format!("entry {n} ({name}): the hash must be 64 hex digits (the sha256 `cachegate token` prints), not the token itself")
+            })?;
+        let mut scopes = Vec::new();
+        for s in scope_list.split('+').map(str::trim) {
+            scopes.push(match s {
+                "read" => AdminScope::Read,
+                "purge" => AdminScope::Purge,
+                "inspect" => AdminScope::Inspect,
+                other => {
+                    return Err(format!(
+                    "entry {n} ({name}): unknown admin scope {other:?}; expected read, purge or inspect joined by '+'"
+                ))
+                }
+            });
+        }
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(format!("entry {n}: the name {name:?} is used twice"));
+        }
+        tokens.push(AdminToken {
+            name: name.to_string(),
+            sha256,
+            scopes,
+        });
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    #[test]
+    fn token_list_reads_names_hashes_and_scopes() {
+        let text = format!("# ops and ci\nops:{HASH}:read+purge+inspect\n\nci:{HASH}:read, other:{HASH}:purge\n");
+        let tokens = parse_token_list(&text).unwrap();
+        let names: Vec<&str> = tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ops", "ci", "other"]);
+        assert_eq!(tokens[0].sha256, hash_token("password"));
+        assert_eq!(
+            tokens[0].scopes,
+            [AdminScope::Read, AdminScope::Purge, AdminScope::Inspect]
+        );
+        assert_eq!(tokens[2].scopes, [AdminScope::Purge]);
+    }
+
+    #[test]
+    fn token_list_errors_never_show_the_value() {
+        for (text, says) in [
+            ("ops:s3cret-token:read".to_string(), "64 hex digits"),
+            (format!("ops:{HASH}:write"), "unknown admin scope"),
+            (format!("ops:{HASH}"), "expected name:sha256:scopes"),
+            (format!("ops:{HASH}:read,ops:{HASH}:read"), "used twice"),
+            (format!("o p:{HASH}:read"), "the name must be"),
+        ] {
+            let err = parse_token_list(&text).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(!err.contains("s3cret") && !err.contains(HASH), "{err}");
+        }
+    }
+
+    fn load(text: &str, vars: &[(&str, &str)]) -> Result<crate::config::Config, String> {
+        let env = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+        crate::config::Config::from_toml(text, "proxy.toml", &env, &crate::config::Overrides::default())
+            .map_err(|e| e.to_string())
+    }
+
+    const FILE_TOKEN: &str = "[[admin.tokens]]\nname = \"ops\"\nsha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\nscopes = [\"read\"]\n";
+
+    #[test]
+    fn env_tokens_are_merged_with_the_file_and_the_listener_comes_from_the_env() {
+        let ci = format!("ci:{}:read+purge", hex::encode(hash_token("ci-secret")));
+        let config = load(FILE_TOKEN, &[(TOKENS_ENV, ci.as_str()), (LISTEN_ENV, "127.0.0.1:9191")]).unwrap();
+        let names: Vec<&str> = config.admin.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["ops", "ci"]);
+        assert_eq!(config.admin.tokens[1].sha256, hash_token("ci-secret"));
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9191".parse().unwrap()));
+
+        // The same from a secret file.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("admin_tokens");
+        std::fs::write(&secret, format!("# made by cachegate token\n{ci}\n")).unwrap();
+        let path = secret.display().to_string();
+        let config = load("", &[(TOKENS_FILE_ENV, path.as_str())]).unwrap();
+        assert_eq!(config.admin.tokens.len(), 1);
+        assert_eq!(config.admin.tokens[0].scopes, [AdminScope::Read, AdminScope::Purge]);
+    }
+
+    #[test]
+    fn bad_env_tokens_are_config_errors_that_hide_the_value() {
+        let ops = format!("ops:{HASH}:read");
+        let err = load(FILE_TOKEN, &[(TOKENS_ENV, ops.as_str())]).unwrap_err();
+        assert!(err.contains("both in the file and in the environment"), "{err}");
+        let err = load("", &[(TOKENS_ENV, ops.as_str()), (TOKENS_FILE_ENV, "/x")]).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
+        let err = load("", &[(TOKENS_ENV, "ops:hunter2:read")]).unwrap_err();
+        assert!(err.contains(TOKENS_ENV) && !err.contains("hunter2"), "{err}");
+        let err = load("", &[(TOKENS_FILE_ENV, "/nonexistent/admin_tokens")]).unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+        let err = load("", &[(LISTEN_ENV, "nowhere")]).unwrap_err();
+        assert!(err.contains(LISTEN_ENV), "{err}");
+    }
 }

@@ -292,7 +292,7 @@ pub(super) fn resolve(
         max_bytes: raw.store.memory.max_bytes.unwrap_or(256 * 1024 * 1024),
     };
 
-    let admin = super::admin::admin_config(raw.admin, env, &at)?;
+    let admin = super::admin::admin_config(raw.admin, env, &at, &general)?;
     let tier = TierConfig {
         enabled: raw.tier.enabled.unwrap_or(true),
         max_bytes: raw.tier.max_bytes.unwrap_or(64 * 1024 * 1024),
@@ -367,7 +367,7 @@ pub(super) fn resolve(
 
     if admin.tokens.is_empty() {
         warnings.push(format!(
-            "no admin tokens ([[admin.tokens]]): every admin route under {} answers 401; `cachegate token` makes one",
+            "no admin tokens ([[admin.tokens]], CACHEGATE_ADMIN_TOKENS or CACHEGATE_ADMIN_TOKENS_FILE): every admin route under {} answers 401; `cachegate token` makes one",
             admin.prefix
         ));
     }

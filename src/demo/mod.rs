@@ -4,11 +4,14 @@
 //! to show the cache at work: `GET/PUT/DELETE /api/v1/tasks/{id}`,
 //! `POST /api/v1/tasks` and `GET /api/v1/tasks`, JSON bodies, bearer-token
 //! auth for two tenants (random tokens made at start) and per-tenant data.
-//! The API itself is `sample_api.rs`.
+//! The API itself is `sample_api.rs`; `cachegate demo-backend` runs it alone
+//! (`backend.rs`).
 
+pub mod backend;
 mod sample_api;
 
-pub use sample_api::{serve_sample_api, SampleApi, Tenant};
+pub use backend::DemoBackendArgs;
+pub use sample_api::{seeded_ids, serve_sample_api, serve_sample_api_with, SampleApi, TaskIds, Tenant};
 
 use crate::config::{AdminScope, AdminToken, Config, Overrides};
 use crate::BoxError;

@@ -2,8 +2,10 @@
 //! service closely enough to show the cache at work: `GET/PUT/DELETE
 //! /api/v1/tasks/{id}`, `POST /api/v1/tasks` and `GET /api/v1/tasks`, JSON
 //! bodies, bearer-token auth for two tenants (random tokens made at start)
-//! and per-tenant data. [`serve_sample_api`] is public so that tests can run
-//! the same API.
+//! and per-tenant data, and an unauthenticated `GET /health`. Task ids are
+//! numbers (`cachegate demo`) or UUIDs, as the reference's are
+//! (`cachegate demo-backend`, [`TaskIds`]). [`serve_sample_api`] is public
+//! so that tests can run the same API.
 
 use crate::server::accept;
 use bytes::Bytes;
@@ -51,6 +53,47 @@ const FIRST_NEW_ID: u64 = 1000;
 
 /// Largest request body the sample API reads.
 const MAX_BODY: usize = 64 * 1024;
+
+/// How the sample API names its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskIds {
+    /// `1`, `2`, ... (the demo's short ids).
+    Numeric,
+    /// UUIDs, as the reference task service gives: seeded tasks get fixed
+    /// ones (`00000000-0000-4000-8000-000000000001` for task 1), created
+    /// tasks random version-4 ones.
+    Uuid,
+}
+
+impl TaskIds {
+    /// The id of a seeded task, from its short id.
+    pub fn seeded(self, short: &str) -> String {
+        match self {
+            TaskIds::Numeric => short.to_string(),
+            TaskIds::Uuid => format!("00000000-0000-4000-8000-{short:0>12}"),
+        }
+    }
+
+    fn created(self, next: u64) -> String {
+        match self {
+            TaskIds::Numeric => next.to_string(),
+            TaskIds::Uuid => {
+                let mut b: [u8; 16] = rand::random();
+                b[6] = (b[6] & 0x0f) | 0x40; // version 4
+                b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+                let h = hex::encode(b);
+                format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+            }
+        }
+    }
+}
+
+/// The seeded tasks' ids of each tenant, in order.
+pub fn seeded_ids(ids: TaskIds) -> Vec<(&'static str, Vec<String>)> {
+    SEED.iter()
+        .map(|(tenant, tasks)| (*tenant, tasks.iter().map(|(id, _, _)| ids.seeded(id)).collect()))
+        .collect()
+}
 
 /// A tenant of the sample API and its bearer token.
 #[derive(Debug, Clone)]
@@ -113,6 +156,7 @@ struct State {
     /// Every task by id; ids are unique across tenants.
     tasks: BTreeMap<String, Task>,
     next_id: u64,
+    ids: TaskIds,
 }
 
 impl State {
@@ -142,8 +186,14 @@ fn random_token(tenant: &str) -> String {
     format!("{tenant}-{}", hex::encode(rand::random::<[u8; 16]>()))
 }
 
-/// Serves the sample task API on `listener` until [`SampleApi::shutdown`].
+/// Serves the sample task API, numeric ids, on `listener` until
+/// [`SampleApi::shutdown`].
 pub async fn serve_sample_api(listener: TcpListener) -> SampleApi {
+    serve_sample_api_with(listener, TaskIds::Numeric).await
+}
+
+/// Serves the sample task API with the given kind of task ids.
+pub async fn serve_sample_api_with(listener: TcpListener, ids: TaskIds) -> SampleApi {
     let tenants: Vec<Tenant> = SEED
         .iter()
         .map(|(name, _)| Tenant {
@@ -153,11 +203,12 @@ pub async fn serve_sample_api(listener: TcpListener) -> SampleApi {
         .collect();
     let mut tasks = BTreeMap::new();
     for (tenant, seeded) in SEED {
-        for (id, name, status) in seeded.iter() {
+        for (short, name, status) in seeded.iter() {
+            let id = ids.seeded(short);
             tasks.insert(
-                id.to_string(),
+                id.clone(),
                 Task {
-                    id: id.to_string(),
+                    id,
                     name: name.to_string(),
                     status: status.to_string(),
                     tenant: tenant.to_string(),
@@ -170,6 +221,7 @@ pub async fn serve_sample_api(listener: TcpListener) -> SampleApi {
         tenants: tenants.clone(),
         tasks,
         next_id: FIRST_NEW_ID,
+        ids,
     }));
     // A listener whose address cannot be read still serves; report 0.0.0.0:0.
     let addr = listener
@@ -278,6 +330,10 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 async fn handle(state: &Shared, req: Request<Incoming>) -> ApiResponse {
+    // For healthchecks (compose's, a load balancer's): no token needed.
+    if req.uri().path() == "/health" {
+        return json_response(StatusCode::OK, &json!({ "status": "healthy" }));
+    }
     let Some(route) = route(req.uri().path()) else {
         return detail(StatusCode::NOT_FOUND, "Not Found");
     };
@@ -374,7 +430,7 @@ fn create(state: &Shared, tenant: &str, body: &serde_json::Map<String, Value>) -
         Err(e) => return e.response(),
     };
     let mut st = lock(state);
-    let id = st.next_id.to_string();
+    let id = st.ids.created(st.next_id);
     st.next_id += 1;
     let task = Task {
         id: id.clone(),

@@ -78,6 +78,13 @@ fn token_prints_a_token_and_its_hash_line() {
     let hash_line = stdout.lines().find(|l| l.starts_with("sha256 = ")).unwrap();
     let expected = hex_sha256(token);
     assert_eq!(hash_line, format!("sha256 = \"{expected}\""));
+    // And the line for CACHEGATE_ADMIN_TOKENS / a secret file.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == format!("ops:{expected}:read+purge+inspect")),
+        "{stdout}"
+    );
     // The printed lines parse as the admin config they are meant for.
     let snippet: String = stdout
         .lines()
@@ -366,4 +373,21 @@ fn check_and_start_up_name_each_setting_and_its_origin() {
     ] {
         assert!(line.contains(&expected), "missing {expected:?} in: {line}");
     }
+}
+
+/// A bad `CACHEGATE_ADMIN_TOKENS` stops `check` (and start-up) with exit 2,
+/// naming the variable but never echoing its value.
+#[test]
+fn bad_admin_tokens_in_the_environment_exit_2_without_echoing_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["check", "--config", "proxy.toml"])
+        .env("CACHEGATE_ADMIN_TOKENS", "ops:my-raw-secret-token:read")
+        .env_remove("CACHEGATE_ADMIN_TOKENS_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("CACHEGATE_ADMIN_TOKENS"), "{stderr}");
+    assert!(!stderr.contains("my-raw-secret-token"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("my-raw-secret-token"));
 }

@@ -48,8 +48,29 @@ fn read(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// The compose file with its `<<` merge keys applied, as compose reads it.
 fn compose() -> Value {
-    serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is not valid YAML")
+    let mut v: Value = serde_yaml::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is not valid YAML");
+    v.apply_merge().expect("docker-compose.yml: bad merge key");
+    v
+}
+
+/// proxy.toml loaded with a service's compose environment, its Docker
+/// secret (`/run/secrets/NAME`) replaced by a file holding a valid token line.
+fn load_with_env(service: &str, env: &HashMap<String, String>) -> Config {
+    let secret = tempfile::NamedTempFile::new().expect("temp file");
+    let line = format!("ops:{}:read\n", "ab".repeat(32));
+    std::fs::write(secret.path(), line).expect("write secret");
+    let lookup = |name: &str| {
+        env.get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| match v.strip_prefix("/run/secrets/") {
+                Some(_) => secret.path().display().to_string(),
+                None => v.clone(),
+            })
+    };
+    Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
+        .unwrap_or_else(|e| panic!("{service}: proxy.toml with the compose environment: {e}"))
 }
 
 fn proxy_toml() -> Config {
@@ -225,7 +246,8 @@ fn the_services_exist() {
 fn redis_is_the_reference_service() {
     let compose = compose();
     let redis = service(&compose, REDIS);
-    assert_eq!(redis.get("image").map(str_of).as_deref(), Some("redis:7-alpine"));
+    let image = redis.get("image").map(str_of).unwrap_or_default();
+    assert!(image.starts_with("redis:7-alpine@sha256:"), "{image}");
     let command = match redis.get("command").expect("redis has no command") {
         Value::Sequence(items) => items.iter().map(str_of).collect::<Vec<_>>().join(" "),
         other => str_of(other),
@@ -360,9 +382,20 @@ fn the_lb_publishes_the_port_proxy_toml_listens_on() {
     );
     for name in all_replicas() {
         let cg = service(&compose, name);
-        // Only the load balancers publish: a replica's port would clash
-        // with its twin's.
-        assert!(ports(cg).is_empty(), "{name} publishes {:?}", ports(cg));
+        // Only the load balancers publish the proxy port; a replica may
+        // publish its admin port on the host's loopback only.
+        let admin_port = environment(cg)
+            .get("CACHEGATE_ADMIN_LISTEN")
+            .map(|a| a.parse::<std::net::SocketAddr>().expect("admin listen").port());
+        for (_, container) in ports(cg) {
+            assert_eq!(Some(container), admin_port, "{name} publishes {container}");
+        }
+        for raw in cg.get("ports").and_then(Value::as_sequence).into_iter().flatten() {
+            assert!(
+                str_of(raw).starts_with("127.0.0.1:"),
+                "{name} publishes {raw:?} beyond loopback"
+            );
+        }
         assert!(
             container_ports(cg).contains(&listen_port),
             "{name} must expose {listen_port}"
@@ -463,23 +496,48 @@ fn the_replicas_share_one_redis_and_one_config() {
         assert_eq!(envs[0], envs[1], "{group:?} run with different environments");
         let mounts: Vec<_> = group.iter().map(|n| volumes(service(&compose, n))).collect();
         assert_eq!(mounts[0], mounts[1], "{group:?} mount different files");
-        let builds: Vec<_> = group
+        let images: Vec<_> = group
             .iter()
-            .map(|n| service(&compose, n).get("build").cloned())
+            .map(|n| service(&compose, n).get("image").map(str_of))
             .collect();
-        assert!(builds[0].is_some(), "{} is not built from the Dockerfile", group[0]);
-        assert_eq!(builds[0], builds[1], "{group:?} run different images");
+        assert!(images[0].is_some(), "{} names no image", group[0]);
+        assert_eq!(images[0], images[1], "{group:?} run different images");
     }
     // What the default replicas run with: one Redis, one DB, one key prefix.
     let configs: Vec<Config> = REPLICAS
         .iter()
         .map(|name| {
             let env = environment(service(&compose, name));
-            let lookup = |v: &str| env.get(v).filter(|v| !v.is_empty()).cloned();
-            Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
-                .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"))
+            load_with_env(name, &env)
         })
         .collect();
+    // The image is built once: one service builds it, every cachegate and
+    // the default backend run it by name.
+    let services = compose["services"].as_mapping().expect("services");
+    let builders: Vec<String> = services
+        .iter()
+        .filter(|(_, svc)| svc.get("build").is_some())
+        .map(|(n, _)| str_of(n))
+        .collect();
+    assert_eq!(
+        builders,
+        [REPLICAS[0]],
+        "exactly one service builds the cachegate image"
+    );
+    let image = service(&compose, REPLICAS[0]).get("image").map(str_of).expect("image");
+    for name in all_replicas() {
+        assert_eq!(
+            service(&compose, name).get("image").map(str_of).as_ref(),
+            Some(&image),
+            "{name}"
+        );
+    }
+    let backend_image = service(&compose, BACKEND).get("image").map(str_of).unwrap_or_default();
+    assert_eq!(
+        backend_image,
+        format!("${{BACKEND_IMAGE:-{image}}}"),
+        "the backend runs the cachegate image unless BACKEND_IMAGE is set"
+    );
     let store = |c: &Config| {
         let r = c.redis.as_ref().expect("no redis config");
         (r.url.clone(), r.db, c.cache.key_prefix.clone())
@@ -536,9 +594,7 @@ fn proxy_toml_with_the_compose_environment_targets_the_services() {
     let compose = compose();
     for name in REPLICAS {
         let env = environment(service(&compose, name));
-        let lookup = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
-        let config = Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
-            .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"));
+        let config = load_with_env(name, &env);
         assert_eq!(config.store, StoreKind::Redis);
         let redis = config.redis.as_ref().expect("no redis config");
         let (_, host, port) = url_parts(&redis.url);
@@ -693,8 +749,13 @@ fn long_running_services_have_healthchecks() {
     let compose = compose();
     let listen_port = proxy_toml().server.listen.port();
     for name in all_replicas() {
-        // The image has no curl; the check asks /readyz on the listen port,
-        // so a replica still warming its cache is not sent traffic.
+        // The image has no curl; the check asks /readyz on the admin
+        // listener (health lives there when it has its own), so a replica
+        // still warming its cache is not sent traffic.
+        let env = environment(service(&compose, name));
+        let listen_port = env.get("CACHEGATE_ADMIN_LISTEN").map_or(listen_port, |a| {
+            a.parse::<std::net::SocketAddr>().expect("admin listen").port()
+        });
         let test = healthcheck_test(service(&compose, name)).join(" ");
         assert!(
             test.contains("/readyz"),
@@ -705,7 +766,7 @@ fn long_running_services_have_healthchecks() {
             "{name}: healthcheck {test:?} should ask port {listen_port}"
         );
     }
-    for name in [LB, CLUSTER_LB] {
+    for name in [LB, CLUSTER_LB, BACKEND, REDIS] {
         let test = healthcheck_test(service(&compose, name));
         assert!(!test.is_empty(), "{name} has an empty healthcheck");
     }
@@ -836,9 +897,7 @@ fn cluster_replicas_use_the_cluster_url() {
 
         // What the replica runs with: proxy.toml plus its environment,
         // through the real loader, gives a cluster of the six nodes on DB 0.
-        let lookup = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
-        let config = Config::from_toml(&read("proxy.toml"), "proxy.toml", &lookup, &Overrides::default())
-            .unwrap_or_else(|e| panic!("{name}: proxy.toml with the compose environment: {e}"));
+        let config = load_with_env(name, &env);
         let redis = config.redis.as_ref().expect("no redis config");
         let RedisTopology::Cluster { nodes: seeds } = &redis.topology else {
             panic!("{name}: loads as {:?}, not a cluster", redis.topology);
@@ -846,5 +905,53 @@ fn cluster_replicas_use_the_cluster_url() {
         let seeds: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
         assert_eq!(seeds, nodes, "{name}: the loaded cluster seeds");
         assert_eq!(redis.db, 0, "{name}: a cluster has DB 0 only");
+    }
+}
+
+#[test]
+fn every_base_image_is_pinned_by_digest() {
+    let pinned = |image: &str| {
+        image.split_once("@sha256:").is_some_and(|(tag, digest)| {
+            tag.contains(':') && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    };
+    let compose = compose();
+    let local = service(&compose, REPLICAS[0]).get("image").map(str_of).expect("image");
+    for (name, svc) in compose["services"].as_mapping().expect("services") {
+        let image = svc.get("image").map(str_of).unwrap_or_default();
+        if image == local || image.starts_with("${BACKEND_IMAGE:-") {
+            continue; // built here
+        }
+        assert!(
+            pinned(&image),
+            "{}: image {image:?} is not pinned by digest",
+            str_of(name)
+        );
+    }
+    for line in read("Dockerfile").lines().filter(|l| l.starts_with("FROM ")) {
+        let image = line.split_whitespace().nth(1).unwrap_or_default();
+        assert!(pinned(image), "Dockerfile: {line:?} is not pinned by digest");
+    }
+}
+
+#[test]
+fn the_lbs_do_not_forward_admin_paths() {
+    let prefix = proxy_toml().admin.prefix;
+    for conf_path in [LB_CONF, CLUSTER_LB_CONF] {
+        let statements = nginx_statements(&read(conf_path));
+        for path in [prefix.as_str(), "/metrics"] {
+            let at = statements
+                .iter()
+                .position(|st| st.first().map(String::as_str) == Some("location") && st.contains(&path.to_string()))
+                .unwrap_or_else(|| panic!("{conf_path}: no location for {path}"));
+            assert!(
+                statements[at + 1..]
+                    .iter()
+                    .take_while(|st| st.first().map(String::as_str) != Some("}"))
+                    .any(|st| st.first().map(String::as_str) == Some("return")
+                        && st.get(1).map(String::as_str) == Some("404")),
+                "{conf_path}: {path} must answer 404, not be proxied"
+            );
+        }
     }
 }

@@ -17,6 +17,7 @@ mod admin_api;
 mod admin_docs;
 mod cli;
 mod compose;
+mod compose_processes;
 mod credentials_end;
 mod faults;
 mod fleet_history;
