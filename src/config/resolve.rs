@@ -8,7 +8,7 @@ use super::settings::{
     AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Overrides, RedisConfig,
     ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
-use crate::rules::{RuleDefaults, RuleError, RuleSet};
+use crate::rules::{RuleDefaults, RuleError, RuleSet, TtlSource};
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -123,15 +123,18 @@ pub(super) fn resolve(
     // [redis] and the environment variables of the reference deployment.
     let raw_redis = raw.redis.unwrap_or_default();
     let redis_url = resolve_redis_url(&raw_redis, env, overrides, &at, &general)?;
-    let default_ttl = match env("CACHE_TTL") {
-        Some(v) => v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
-            general(format!(
-                "environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}"
-            ))
-        })?,
+    let (default_ttl, default_ttl_source) = match env("CACHE_TTL") {
+        Some(v) => {
+            let secs = v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
+                general(format!(
+                    "environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}"
+                ))
+            })?;
+            (secs, TtlSource::Env)
+        }
         None => match &raw_redis.default_ttl {
-            Some(t) => positive(t, "default_ttl", &at)?,
-            None => 300,
+            Some(t) => (positive(t, "default_ttl", &at)?, TtlSource::File),
+            None => (300, TtlSource::BuiltIn),
         },
     };
 
@@ -340,6 +343,7 @@ pub(super) fn resolve(
 
     let defaults = RuleDefaults {
         ttl: cache.default_ttl,
+        ttl_source: default_ttl_source,
         max_body_bytes: cache.max_body_bytes,
         max_key_bytes: cache.max_key_bytes,
     };
