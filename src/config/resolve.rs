@@ -5,7 +5,7 @@
 use super::error::ConfigError;
 use super::file::RawConfig;
 use super::settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Overrides, RedisConfig,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Overrides, RedisConfig,
     ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
 use crate::rules::{RuleDefaults, RuleError, RuleSet, TtlSource};
@@ -270,6 +270,20 @@ pub(super) fn resolve(
                     ),
                 ))
             }
+        },
+        debug_key_header: match &raw.cache.debug_key_header {
+            None => DebugKeyHeader::Off,
+            Some(v) => match v.get_ref().as_str() {
+                "off" => DebugKeyHeader::Off,
+                "private" => DebugKeyHeader::Private,
+                "all" => DebugKeyHeader::All,
+                other => {
+                    return Err(at(
+                        v.span(),
+                        format!("debug_key_header must be \"off\", \"private\" or \"all\", got {other:?}"),
+                    ))
+                }
+            },
         },
     };
     let memory = MemoryConfig {

@@ -53,6 +53,7 @@ mod write_guard;
 
 pub use crate::outcome::Outcome;
 pub use generation::Gateway;
+pub use purge::UrlPurge;
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 
 use crate::proxy::{Body, ClientInfo};
@@ -105,8 +106,13 @@ impl Gateway {
             t.rule = Some(rule.index);
             t.key = Some(request.key.key.clone());
         });
+        let shown_key = self.shown_key(&request.key);
         let (resp, outcome) = self.lookup_or_fill(request).await;
-        self.counted(rule, resp, outcome)
+        let mut resp = self.counted(rule, resp, outcome);
+        if let Some(key) = shown_key {
+            resp.headers_mut().insert(key::X_CACHE_KEY, key);
+        }
+        resp
     }
 
     async fn lookup_or_fill(self: &Arc<Self>, request: Cacheable<'_>) -> (Response<Body>, Outcome) {

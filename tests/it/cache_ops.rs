@@ -126,3 +126,223 @@ async fn cache_ttl_is_the_ttl_of_rules_without_one() {
     let own = redis.pttl("o:1").await;
     assert!((100_000..=120_000).contains(&own), "ttl = 120 kept: pttl {own}");
 }
+
+both_stores!(
+    purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded,
+    purge_method_is_configurable_and_can_be_disabled,
+    x_cache_key_is_off_by_default_and_shown_when_enabled,
+);
+
+/// One credential-scoped rule whose backend varies on `Accept-Language`,
+/// with the tests' admin tokens.
+fn purge_config(extra: &str) -> String {
+    format!(
+        "{HEAD}\n{extra}\n{}\n{}",
+        admin::tokens_toml(),
+        r#"
+[[rule]]
+name = "task"
+path = '^/t/(?P<id>[^/]+)$'
+key = "task:{id}"
+ttl = 300
+
+[[rule]]
+name = "doc"
+path = '^/doc/(?P<id>[^/]+)$'
+key = "doc:{id}"
+ttl = 300
+scope = "public"
+"#
+    )
+}
+
+/// The requests whose entries a purge of `/t/1` must remove: the shared
+/// (`anon`) entry in two `Vary` variants, and two callers' own entries.
+const CALLERS: [&[(&str, &str)]; 4] = [
+    &[("accept-language", "en")],
+    &[("accept-language", "de")],
+    &[("authorization", "Bearer alice"), ("accept-language", "en")],
+    &[("authorization", "Bearer bob"), ("accept-language", "en")],
+];
+
+fn purge_header(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+async fn purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded(kind: Kind) {
+    let w = World::start(kind, &purge_config("")).await;
+    w.backend.on(
+        "GET",
+        "/t/1",
+        Reply::new().header("vary", "accept-language").body("task one"),
+    );
+    w.backend.on("GET", "/t/2", Reply::new().body("task two"));
+    for headers in CALLERS {
+        assert_eq!(w.client.get_h("/t/1", headers).await.x_cache(), Some("MISS"), "{headers:?}");
+    }
+    w.client.get("/t/2").await;
+    for headers in CALLERS {
+        w.client.until_hit("/t/1", headers).await;
+    }
+    w.client.until_hit("/t/2", &[]).await;
+    let fetched = w.backend.count("GET", "/t/1");
+    assert_eq!(fetched, 4);
+
+    // Refused: no token, a token without the purge scope, another host.
+    let r = w.client.send("PURGE", "/t/1", &[], empty()).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"], "unauthorized");
+    assert!(r.header("www-authenticate").is_some());
+    let read = purge_header(admin::READ);
+    let r = w.client.send("PURGE", "/t/1", &[("authorization", &read)], empty()).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"], "insufficient_scope");
+    let request = format!(
+        "PURGE http://elsewhere.example/t/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        w.proxy.addr,
+        admin::PURGE
+    );
+    let reply = raw_exchange(w.proxy.addr, request.as_bytes(), PATIENCE).await;
+    let answers = reply.responses();
+    assert_eq!(answers.len(), 1, "{}", reply.text());
+    assert_eq!(answers[0].status, 400, "another host's URL: {}", reply.text());
+    assert!(String::from_utf8_lossy(&answers[0].body).contains("other_host"));
+    for headers in CALLERS {
+        assert_eq!(w.client.get_h("/t/1", headers).await.x_cache(), Some("HIT"), "refused purges purge nothing");
+    }
+
+    // The purge: every scope and variant of the key, nothing else.
+    let purge = purge_header(admin::PURGE);
+    let r = w.client.send("PURGE", "/t/1", &[("authorization", &purge)], empty()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["purged"], true, "{body}");
+    assert_eq!(body["key"], "task:1", "{body}");
+    assert_eq!(body["entries"], 1, "one logical key held entries: {body}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    for headers in CALLERS {
+        let again = w.client.get_h("/t/1", headers).await;
+        assert_eq!(again.x_cache(), Some("MISS"), "{headers:?} after the purge");
+        assert_eq!(again.text(), "task one");
+    }
+    assert_eq!(w.backend.count("GET", "/t/1"), fetched + 4, "each entry fetched again");
+    assert_eq!(w.client.get("/t/2").await.x_cache(), Some("HIT"), "another URL is kept");
+
+    // Nothing left to purge; a URL no rule caches.
+    w.client
+        .send("PURGE", "/t/3", &[("authorization", &purge)], empty())
+        .await;
+    let r = w.client.send("PURGE", "/t/3", &[("authorization", &purge)], empty()).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["purged"], false);
+    let r = w
+        .client
+        .send("PURGE", "/uncached/x", &[("authorization", &purge)], empty())
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.json()["error"], "no_rule");
+
+    assert_eq!(w.backend.count_path("/t/1") - w.backend.count("GET", "/t/1"), 0);
+    assert_eq!(w.backend.count("PURGE", "/t/1"), 0, "a PURGE never reaches the backend");
+    assert_eq!(w.backend.count("PURGE", "/t/3"), 0);
+    assert_eq!(w.backend.count("PURGE", "/uncached/x"), 0);
+    let scrape = admin::scrape(&w.client).await;
+    assert!(
+        scrape.sum("cachegate_purges_total", &[("kind", "url")]) >= 2.0,
+        "purges by URL are counted"
+    );
+}
+
+async fn purge_method_is_configurable_and_can_be_disabled(kind: Kind) {
+    let w = World::start(kind, &purge_config("[admin]\npurge_method = \"BAN\"\n")).await;
+    w.backend.on("GET", "/doc/1", Reply::new().body("doc"));
+    w.client.get("/doc/1").await;
+    w.client.until_hit("/doc/1", &[]).await;
+    let purge = purge_header(admin::PURGE);
+    // PURGE is now an ordinary unsafe method: forwarded (and, as any
+    // write, it invalidates its own URI, RFC 9111 §4.4).
+    w.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    assert_eq!(w.backend.count("PURGE", "/doc/1"), 1);
+    w.client.until_hit("/doc/1", &[]).await;
+    let r = w.client.send("BAN", "/doc/1", &[("authorization", &purge)], empty()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["key"], "doc:1");
+    assert_eq!(w.client.get("/doc/1").await.x_cache(), Some("MISS"));
+    assert_eq!(w.backend.count("BAN", "/doc/1"), 0);
+
+    let off = World::start(kind, &purge_config("[admin]\npurge_method = \"\"\n")).await;
+    off.backend.on("GET", "/doc/1", Reply::new().body("doc"));
+    off.client.get("/doc/1").await;
+    off.client.until_hit("/doc/1", &[]).await;
+    off.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    assert_eq!(off.backend.count("PURGE", "/doc/1"), 1, "disabled: forwarded");
+}
+
+async fn x_cache_key_is_off_by_default_and_shown_when_enabled(kind: Kind) {
+    let alice = [("authorization", "Bearer alice")];
+    for (setting, shared_shown, private_shown) in [
+        ("", false, false),
+        ("[cache]\ndebug_key_header = \"off\"\n", false, false),
+        ("[cache]\ndebug_key_header = \"private\"\n", false, true),
+        ("[cache]\ndebug_key_header = \"all\"\n", true, true),
+    ] {
+        let w = World::start(kind, &purge_config(setting)).await;
+        w.backend.on("GET", "/t/1", Reply::new().body("task"));
+        w.backend.on("GET", "/doc/1", Reply::new().body("doc"));
+        for _ in 0..2 {
+            let public = w.client.get("/doc/1").await;
+            let anonymous = w.client.get("/t/1").await;
+            let own = w.client.get_h("/t/1", &alice).await;
+            assert_eq!(public.header("x-cache-key").is_some(), shared_shown, "{setting}: public");
+            assert_eq!(anonymous.header("x-cache-key").is_some(), shared_shown, "{setting}: anon");
+            assert_eq!(own.header("x-cache-key"), private_shown.then_some("task:1"), "{setting}: credential");
+            if shared_shown {
+                assert_eq!(public.header("x-cache-key"), Some("doc:1"));
+            }
+        }
+    }
+}
+
+/// Redis down: the purge answers 503 with JSON saying so (never a crash,
+/// never forwarded), is kept, and is applied once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_url_with_the_store_down_is_queued_and_applied_later() {
+    let w = World::start(Kind::Redis, &purge_config("")).await;
+    w.backend.on("GET", "/doc/1", Reply::new().body("doc"));
+    w.client.get("/doc/1").await;
+    w.client.until_hit("/doc/1", &[]).await;
+    w.redis().kill();
+    let purge = purge_header(admin::PURGE);
+    let r = w.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["error"], "store_unavailable", "{body}");
+    assert_eq!(body["queued"], true, "{body}");
+    assert_eq!(w.backend.count("PURGE", "/doc/1"), 0);
+    w.redis().restart();
+    eventually("the kept purge is applied", PATIENCE, || async {
+        !w.redis().exists("doc:1").await
+    })
+    .await;
+    let fetched = w.backend.count("GET", "/doc/1");
+    eventually("the URL is filled again", PATIENCE, || async {
+        w.client.get("/doc/1").await.x_cache() == Some("HIT")
+    })
+    .await;
+    assert!(w.backend.count("GET", "/doc/1") > fetched, "fetched again after the purge");
+}
+
+#[test]
+fn bad_purge_method_or_debug_key_header_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, says) in [
+        ("[admin]\npurge_method = \"GET\"\n", "purge_method"),
+        ("[cache]\ndebug_key_header = \"yes\"\n", "debug_key_header"),
+    ] {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let (code, _, stderr) = cachegate(&["check", "--config", &file.display().to_string()], None);
+        assert_eq!(code, 2, "{text}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains("bad.toml:2:"), "{text}: {stderr}");
+    }
+}
