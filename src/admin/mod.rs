@@ -9,6 +9,7 @@
 //! never cached.
 
 mod auth;
+pub mod inspect;
 mod purge_url;
 mod routes;
 mod scope_purge;

@@ -346,3 +346,57 @@ fn bad_purge_method_or_debug_key_header_is_a_config_error() {
         assert!(stderr.contains(says) && stderr.contains("bad.toml:2:"), "{text}: {stderr}");
     }
 }
+
+/// `cachegate inspect KEY` reads an entry from the config's Redis: its
+/// scope fields, status, TTL, headers and body (cut and flagged when long).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_what_a_key_holds() {
+    let w = World::start(Kind::Redis, &purge_config("")).await;
+    let long = "x".repeat(5000);
+    w.backend.on(
+        "GET",
+        "/t/1",
+        Reply::new().header("content-type", "application/json").body(r#"{"id":"1","name":"Sample Task"}"#),
+    );
+    w.backend.on("GET", "/t/2", Reply::new().body(long.clone()));
+    w.client.until_hit("/t/1", &[]).await;
+    w.client.until_hit("/t/1", &[("authorization", "Bearer alice")]).await;
+    w.client.until_hit("/t/2", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inspect.toml");
+    std::fs::write(&file, "[store]\nkind = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:1\"\n").unwrap();
+    let config = file.display().to_string();
+    let url = w.redis().url();
+    let inspect = |key: &str, more: &[&str]| {
+        let mut args = vec!["inspect", key, "--config", &config, "--redis-url", &url];
+        args.extend_from_slice(more);
+        cachegate(&args, None)
+    };
+    let (code, stdout, stderr) = inspect("task:1", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("key task:1\nrecord ttl "), "{stdout}");
+    assert!(stdout.contains("entry anon: status 200, fresh, ttl "), "{stdout}");
+    assert!(stdout.contains("  content-type: application/json"), "{stdout}");
+    assert!(stdout.contains(r#"{"id":"1","name":"Sample Task"}"#), "{stdout}");
+    assert_eq!(stdout.matches("\nentry ").count(), 2, "anon and alice's: {stdout}");
+
+    let (code, stdout, stderr) = inspect("task:2", &["--json", "--max-body", "100"]);
+    assert_eq!(code, 0, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let entry = &shown["entries"][0];
+    assert_eq!(entry["truncated"], true, "{shown}");
+    assert_eq!(entry["body_bytes"], 5000);
+    assert_eq!(entry["body"].as_str().unwrap().len(), 100);
+    assert!(shown["record_ttl"].as_u64().is_some_and(|t| t > 200), "{shown}");
+
+    let (code, _, stderr) = inspect("task:absent", &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no cached entry"), "{stderr}");
+    let (code, _, stderr) = inspect("__cg:secret", &[]);
+    assert_eq!(code, 2, "{stderr}");
+    let memory = dir.path().join("memory.toml");
+    std::fs::write(&memory, "[store]\nkind = \"memory\"\n").unwrap();
+    let (code, _, stderr) = cachegate(&["inspect", "task:1", "--config", &memory.display().to_string()], None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("memory store"), "{stderr}");
+}
