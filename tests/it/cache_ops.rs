@@ -400,3 +400,58 @@ async fn inspect_shows_what_a_key_holds() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("memory store"), "{stderr}");
 }
+
+/// The `redis-cli` lines of docs/redis-cli.md, run against a real Redis
+/// holding what the proxy stored (their `-n 2` pointed at the test's DB):
+/// each works, and shows what the page says it shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_recipes_work_as_documented() {
+    let rules = r#"
+[[rule]]
+name = "task"
+path = '^/api/v1/tasks/(?P<task_id>[^/]+)$'
+key = "task:{task_id}"
+ttl = 300
+tags = ["tasks"]
+"#;
+    let w = World::start(Kind::Redis, &format!("{HEAD}\n{rules}")).await;
+    w.backend.on("GET", "/api/v1/tasks/123", Reply::new().body(r#"{"id":"123"}"#));
+    w.client.until_hit("/api/v1/tasks/123", &[]).await;
+    w.client
+        .until_hit("/api/v1/tasks/123", &[("authorization", "Bearer alice")])
+        .await;
+    let doc = std::fs::read_to_string("docs/redis-cli.md").unwrap();
+    let lines: Vec<&str> = doc.lines().filter(|l| l.starts_with("redis-cli -n 2 ")).collect();
+    assert!(lines.len() >= 8, "{lines:?}");
+    let port = w.redis().port().to_string();
+    let mut shown = std::collections::HashMap::new();
+    for line in lines {
+        let args: Vec<String> = line
+            .split_whitespace()
+            .skip(3)
+            .map(|a| a.trim_matches('\'').to_string())
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["-p", &port, "-n", "0"])
+            .args(&args)
+            .output()
+            .expect("redis-cli");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success() && !stdout.contains("ERR"), "{line}: {stdout}");
+        shown.insert(args.join(" "), stdout);
+    }
+    assert_eq!(shown["TYPE task:123"].trim(), "hash");
+    let fields = &shown["HKEYS task:123"];
+    assert!(fields.lines().any(|f| f == "anon"), "{fields}");
+    assert!(
+        fields.lines().any(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit())),
+        "a credential's field: {fields}"
+    );
+    assert!(shown["HGET task:123 anon"].contains(r#"{"id":"123"}"#));
+    assert!(shown["HGETALL task:123"].contains("__cg"));
+    let ttl: i64 = shown["TTL task:123"].trim().parse().unwrap();
+    assert!((200..=300).contains(&ttl), "{ttl}");
+    assert_eq!(shown["--scan --pattern task:*"].trim(), "task:123");
+    assert_eq!(shown["ZRANGE __cg:tag:tasks 0 -1"].trim(), "task:123");
+    assert!(shown["INFO memory"].contains("used_memory_human"));
+}
