@@ -91,7 +91,10 @@ impl Outcome {
                 detail,
                 requested: true,
             },
-            Outcome::Revalidated { stored, .. } => Outcome::Revalidated { stored, requested: true },
+            Outcome::Revalidated { stored, .. } => Outcome::Revalidated {
+                stored,
+                requested: true,
+            },
             other => other,
         }
     }

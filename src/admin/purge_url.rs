@@ -55,7 +55,11 @@ async fn answer(gateway: &Gateway, req: &Request<Body>) -> Response<Body> {
             }),
         ),
         UrlPurge::Purged { keys, entries } => proxy::json(
-            if entries > 0 { StatusCode::OK } else { StatusCode::NOT_FOUND },
+            if entries > 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            },
             &json!({
                 "purged": entries > 0,
                 "key": keys.first(),

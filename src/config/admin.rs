@@ -56,7 +56,9 @@ pub struct AdminConfig {
 }
 
 /// Methods the proxy forwards as they are; none of them may purge.
-const STANDARD_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 pub(super) fn admin_config(
     raw: super::file::RawAdmin,

@@ -5,8 +5,8 @@
 use super::error::ConfigError;
 use super::file::RawConfig;
 use super::settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Overrides, RedisConfig,
-    ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Overrides,
+    RedisConfig, ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
 use crate::rules::{RuleDefaults, RuleError, RuleSet, TtlSource};
 

@@ -113,7 +113,12 @@ fn cache_ttl_7(name: &str) -> Option<String> {
 async fn cache_ttl_is_the_ttl_of_rules_without_one() {
     let backend = Backend::start().await;
     let redis = RedisServer::start();
-    let text = render(&format!("{HEAD}\n{TTL_RULES}"), Kind::Redis, &backend.url(), Some(&redis.url()));
+    let text = render(
+        &format!("{HEAD}\n{TTL_RULES}"),
+        Kind::Redis,
+        &backend.url(),
+        Some(&redis.url()),
+    );
     let proxy = Proxy::start_with_env(&text, cache_ttl_7).await;
     let client = proxy.client();
     for path in ["/d/1", "/o/1"] {
@@ -178,7 +183,11 @@ async fn purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded(kin
     );
     w.backend.on("GET", "/t/2", Reply::new().body("task two"));
     for headers in CALLERS {
-        assert_eq!(w.client.get_h("/t/1", headers).await.x_cache(), Some("MISS"), "{headers:?}");
+        assert_eq!(
+            w.client.get_h("/t/1", headers).await.x_cache(),
+            Some("MISS"),
+            "{headers:?}"
+        );
     }
     w.client.get("/t/2").await;
     for headers in CALLERS {
@@ -194,7 +203,10 @@ async fn purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded(kin
     assert_eq!(r.json()["error"], "unauthorized");
     assert!(r.header("www-authenticate").is_some());
     let read = purge_header(admin::READ);
-    let r = w.client.send("PURGE", "/t/1", &[("authorization", &read)], empty()).await;
+    let r = w
+        .client
+        .send("PURGE", "/t/1", &[("authorization", &read)], empty())
+        .await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"], "insufficient_scope");
     let request = format!(
@@ -208,12 +220,19 @@ async fn purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded(kin
     assert_eq!(answers[0].status, 400, "another host's URL: {}", reply.text());
     assert!(String::from_utf8_lossy(&answers[0].body).contains("other_host"));
     for headers in CALLERS {
-        assert_eq!(w.client.get_h("/t/1", headers).await.x_cache(), Some("HIT"), "refused purges purge nothing");
+        assert_eq!(
+            w.client.get_h("/t/1", headers).await.x_cache(),
+            Some("HIT"),
+            "refused purges purge nothing"
+        );
     }
 
     // The purge: every scope and variant of the key, nothing else.
     let purge = purge_header(admin::PURGE);
-    let r = w.client.send("PURGE", "/t/1", &[("authorization", &purge)], empty()).await;
+    let r = w
+        .client
+        .send("PURGE", "/t/1", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     assert_eq!(body["purged"], true, "{body}");
@@ -232,7 +251,10 @@ async fn purge_by_url_removes_every_scope_and_variant_and_is_never_forwarded(kin
     w.client
         .send("PURGE", "/t/3", &[("authorization", &purge)], empty())
         .await;
-    let r = w.client.send("PURGE", "/t/3", &[("authorization", &purge)], empty()).await;
+    let r = w
+        .client
+        .send("PURGE", "/t/3", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["purged"], false);
     let r = w
@@ -261,10 +283,15 @@ async fn purge_method_is_configurable_and_can_be_disabled(kind: Kind) {
     let purge = purge_header(admin::PURGE);
     // PURGE is now an ordinary unsafe method: forwarded (and, as any
     // write, it invalidates its own URI, RFC 9111 §4.4).
-    w.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    w.client
+        .send("PURGE", "/doc/1", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(w.backend.count("PURGE", "/doc/1"), 1);
     w.client.until_hit("/doc/1", &[]).await;
-    let r = w.client.send("BAN", "/doc/1", &[("authorization", &purge)], empty()).await;
+    let r = w
+        .client
+        .send("BAN", "/doc/1", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["key"], "doc:1");
     assert_eq!(w.client.get("/doc/1").await.x_cache(), Some("MISS"));
@@ -274,7 +301,9 @@ async fn purge_method_is_configurable_and_can_be_disabled(kind: Kind) {
     off.backend.on("GET", "/doc/1", Reply::new().body("doc"));
     off.client.get("/doc/1").await;
     off.client.until_hit("/doc/1", &[]).await;
-    off.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    off.client
+        .send("PURGE", "/doc/1", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(off.backend.count("PURGE", "/doc/1"), 1, "disabled: forwarded");
 }
 
@@ -293,9 +322,21 @@ async fn x_cache_key_is_off_by_default_and_shown_when_enabled(kind: Kind) {
             let public = w.client.get("/doc/1").await;
             let anonymous = w.client.get("/t/1").await;
             let own = w.client.get_h("/t/1", &alice).await;
-            assert_eq!(public.header("x-cache-key").is_some(), shared_shown, "{setting}: public");
-            assert_eq!(anonymous.header("x-cache-key").is_some(), shared_shown, "{setting}: anon");
-            assert_eq!(own.header("x-cache-key"), private_shown.then_some("task:1"), "{setting}: credential");
+            assert_eq!(
+                public.header("x-cache-key").is_some(),
+                shared_shown,
+                "{setting}: public"
+            );
+            assert_eq!(
+                anonymous.header("x-cache-key").is_some(),
+                shared_shown,
+                "{setting}: anon"
+            );
+            assert_eq!(
+                own.header("x-cache-key"),
+                private_shown.then_some("task:1"),
+                "{setting}: credential"
+            );
             if shared_shown {
                 assert_eq!(public.header("x-cache-key"), Some("doc:1"));
             }
@@ -313,7 +354,10 @@ async fn purge_by_url_with_the_store_down_is_queued_and_applied_later() {
     w.client.until_hit("/doc/1", &[]).await;
     w.redis().kill();
     let purge = purge_header(admin::PURGE);
-    let r = w.client.send("PURGE", "/doc/1", &[("authorization", &purge)], empty()).await;
+    let r = w
+        .client
+        .send("PURGE", "/doc/1", &[("authorization", &purge)], empty())
+        .await;
     assert_eq!(r.status, 503, "{}", r.text());
     let body = r.json();
     assert_eq!(body["error"], "store_unavailable", "{body}");
@@ -329,7 +373,10 @@ async fn purge_by_url_with_the_store_down_is_queued_and_applied_later() {
         w.client.get("/doc/1").await.x_cache() == Some("HIT")
     })
     .await;
-    assert!(w.backend.count("GET", "/doc/1") > fetched, "fetched again after the purge");
+    assert!(
+        w.backend.count("GET", "/doc/1") > fetched,
+        "fetched again after the purge"
+    );
 }
 
 #[test]
@@ -343,7 +390,10 @@ fn bad_purge_method_or_debug_key_header_is_a_config_error() {
         std::fs::write(&file, text).unwrap();
         let (code, _, stderr) = cachegate(&["check", "--config", &file.display().to_string()], None);
         assert_eq!(code, 2, "{text}: {stderr}");
-        assert!(stderr.contains(says) && stderr.contains("bad.toml:2:"), "{text}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("bad.toml:2:"),
+            "{text}: {stderr}"
+        );
     }
 }
 
@@ -356,7 +406,9 @@ async fn inspect_shows_what_a_key_holds() {
     w.backend.on(
         "GET",
         "/t/1",
-        Reply::new().header("content-type", "application/json").body(r#"{"id":"1","name":"Sample Task"}"#),
+        Reply::new()
+            .header("content-type", "application/json")
+            .body(r#"{"id":"1","name":"Sample Task"}"#),
     );
     w.backend.on("GET", "/t/2", Reply::new().body(long.clone()));
     w.client.until_hit("/t/1", &[]).await;
@@ -364,7 +416,11 @@ async fn inspect_shows_what_a_key_holds() {
     w.client.until_hit("/t/2", &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("inspect.toml");
-    std::fs::write(&file, "[store]\nkind = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:1\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[store]\nkind = \"redis\"\n\n[redis]\nurl = \"redis://127.0.0.1:1\"\n",
+    )
+    .unwrap();
     let config = file.display().to_string();
     let url = w.redis().url();
     let inspect = |key: &str, more: &[&str]| {
@@ -415,7 +471,8 @@ ttl = 300
 tags = ["tasks"]
 "#;
     let w = World::start(Kind::Redis, &format!("{HEAD}\n{rules}")).await;
-    w.backend.on("GET", "/api/v1/tasks/123", Reply::new().body(r#"{"id":"123"}"#));
+    w.backend
+        .on("GET", "/api/v1/tasks/123", Reply::new().body(r#"{"id":"123"}"#));
     w.client.until_hit("/api/v1/tasks/123", &[]).await;
     w.client
         .until_hit("/api/v1/tasks/123", &[("authorization", "Bearer alice")])
@@ -444,7 +501,9 @@ tags = ["tasks"]
     let fields = &shown["HKEYS task:123"];
     assert!(fields.lines().any(|f| f == "anon"), "{fields}");
     assert!(
-        fields.lines().any(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit())),
+        fields
+            .lines()
+            .any(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit())),
         "a credential's field: {fields}"
     );
     assert!(shown["HGET task:123 anon"].contains(r#"{"id":"123"}"#));
