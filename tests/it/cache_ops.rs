@@ -514,3 +514,31 @@ tags = ["tasks"]
     assert_eq!(shown["ZRANGE __cg:tag:tasks 0 -1"].trim(), "task:123");
     assert!(shown["INFO memory"].contains("used_memory_human"));
 }
+
+/// Two instances sharing Redis, each with its in-process tier: after a
+/// `PURGE` answered by one, neither serves the URL from its tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_url_reaches_every_instances_tier() {
+    let backend = Backend::start().await;
+    let redis = RedisServer::start();
+    let setup = admin::Setup::new("community", &backend.url(), &redis);
+    let (one, two) = (setup.start().await, setup.start().await);
+    assert!(
+        one.gateway().config().tier_in_use(),
+        "the tier is on by default on Redis"
+    );
+    let (a, b) = (one.client(), two.client());
+    backend.on("GET", "/api/v1/tasks/1", Reply::new().body("one"));
+    a.until_hit("/api/v1/tasks/1", &[]).await;
+    b.until_hit("/api/v1/tasks/1", &[]).await;
+    let fetched = backend.count("GET", "/api/v1/tasks/1");
+    let purge = purge_header(admin::PURGE);
+    let r = a
+        .send("PURGE", "/api/v1/tasks/1", &[("authorization", &purge)], empty())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Right after the answer: the other instance's tier no longer has it.
+    assert_eq!(b.get("/api/v1/tasks/1").await.x_cache(), Some("MISS"));
+    assert_eq!(backend.count("GET", "/api/v1/tasks/1"), fetched + 1);
+    assert_eq!(backend.count("PURGE", "/api/v1/tasks/1"), 0);
+}
