@@ -60,6 +60,9 @@ enum Command {
     /// Check a running deployment: connectivity, hit/miss latency, invalidation,
     /// concurrency; exit 1 when a check fails, 2 on usage errors.
     Selftest(cachegate::selftest::SelftestArgs),
+    /// Show what one cache key holds in Redis (entries, TTL, headers,
+    /// body); exit 1 if nothing, 2 on a usage or config error.
+    Inspect(cachegate::admin::inspect::InspectArgs),
     /// Print a new random admin token and the line to paste into proxy.toml.
     #[command(alias = "hash-token")]
     Token {
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             println!("scopes = [\"read\", \"purge\", \"inspect\"]");
             ExitCode::SUCCESS
         }
+        Some(Command::Inspect(args)) => runtime.block_on(cachegate::admin::inspect::run(args)),
         Some(Command::Warm(args)) => runtime.block_on(cachegate::warm::cli::run(args)),
         Some(Command::Selftest(args)) => ExitCode::from(runtime.block_on(cachegate::selftest::run(args))),
         Some(Command::DemoBackend(args)) => runtime.block_on(async {

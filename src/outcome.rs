@@ -14,13 +14,20 @@ pub enum Outcome {
     /// Served from another request's concurrent fill (coalesced).
     Collapsed { ttl: u64 },
     /// Looked up, not found, forwarded; `stored` says whether it was kept,
-    /// `detail` why not.
-    Miss { stored: bool, detail: Option<&'static str> },
+    /// `detail` why not. `requested`: a fresh entry was found but the
+    /// request's own directives (`no-cache`, `max-age=0`, `Pragma:
+    /// no-cache`) refused it (RFC 9211 `fwd=request`).
+    Miss {
+        stored: bool,
+        detail: Option<&'static str>,
+        requested: bool,
+    },
     /// A stale entry was served: while it is refreshed in the background
     /// (`revalidating`) or because the backend failed (`backend-error`).
     Stale { detail: &'static str },
-    /// A stale entry was validated with the backend (304) and served.
-    Revalidated { stored: bool },
+    /// An entry was validated with the backend (304) and served: a stale
+    /// one, or (`requested`) a fresh one the request's directives refused.
+    Revalidated { stored: bool, requested: bool },
     /// Not looked up (store down, key unusable); forwarded uncached.
     Bypass { detail: &'static str },
 }
@@ -48,17 +55,48 @@ impl Outcome {
                 Ok(())
             }
             Outcome::Collapsed { ttl } => write!(v, "cachegate; hit; ttl={ttl}; detail=collapsed"),
-            Outcome::Miss { stored: true, .. } => write!(v, "cachegate; fwd=miss; stored"),
-            Outcome::Miss { stored: false, detail } => match detail {
-                Some(d) => write!(v, "cachegate; fwd=miss; detail={d}"),
-                None => write!(v, "cachegate; fwd=miss"),
-            },
+            Outcome::Miss {
+                stored,
+                detail,
+                requested,
+            } => {
+                v.extend_from_slice(if *requested {
+                    b"cachegate; fwd=request"
+                } else {
+                    b"cachegate; fwd=miss"
+                });
+                match (stored, detail) {
+                    (true, _) => write!(v, "; stored"),
+                    (false, Some(d)) => write!(v, "; detail={d}"),
+                    (false, None) => Ok(()),
+                }
+            }
             Outcome::Stale { detail } => write!(v, "cachegate; hit; fwd=stale; detail={detail}"),
-            Outcome::Revalidated { stored: true } => write!(v, "cachegate; fwd=stale; fwd-status=304; stored"),
-            Outcome::Revalidated { stored: false } => write!(v, "cachegate; fwd=stale; fwd-status=304"),
+            Outcome::Revalidated { stored, requested } => {
+                let fwd = if *requested { "request" } else { "stale" };
+                let stored = if *stored { "; stored" } else { "" };
+                write!(v, "cachegate; fwd={fwd}; fwd-status=304{stored}")
+            }
             Outcome::Bypass { detail } => write!(v, "cachegate; fwd=bypass; detail={detail}"),
         };
         v
+    }
+
+    /// The same outcome, marked as forwarded because the request's own
+    /// directives refused the fresh entry that was found.
+    pub fn requested(self) -> Outcome {
+        match self {
+            Outcome::Miss { stored, detail, .. } => Outcome::Miss {
+                stored,
+                detail,
+                requested: true,
+            },
+            Outcome::Revalidated { stored, .. } => Outcome::Revalidated {
+                stored,
+                requested: true,
+            },
+            other => other,
+        }
     }
 
     /// Sets both headers, replacing any the backend sent.

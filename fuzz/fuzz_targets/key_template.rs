@@ -83,6 +83,7 @@ fn literal_text(t: &str) -> String {
 fn defaults() -> RuleDefaults {
     RuleDefaults {
         ttl: Duration::from_secs(300),
+        ttl_source: cachegate::rules::TtlSource::BuiltIn,
         max_body_bytes: 1 << 20,
         max_key_bytes: MAX_KEY_BYTES,
     }

@@ -9,12 +9,15 @@
 //! never cached.
 
 mod auth;
+pub mod inspect;
+mod purge_url;
 mod routes;
 mod scope_purge;
 
 pub use auth::{hash_token, new_token};
+pub use purge_url::{is_purge, purge_url};
 
-use crate::config::{AdminScope, Edition};
+use crate::config::{AdminScope, AdminToken, Edition};
 use crate::gateway::Gateway;
 use crate::proxy::{self, Body};
 use crate::reload::Live;
@@ -101,6 +104,34 @@ fn route(prefix: &str, path: &str) -> Option<Route> {
     })
 }
 
+/// The 401 (no or unknown token) or 403 (token without `scope`) for a
+/// request, or `None` when its token grants the scope.
+fn token_refusal(headers: &http::HeaderMap, tokens: &[AdminToken], scope: AdminScope) -> Option<Response<Body>> {
+    match auth::check(headers, tokens, scope) {
+        Access::Granted => None,
+        Access::Unauthenticated => {
+            let mut resp = proxy::json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin token is required: Authorization: Bearer <token>",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cachegate\""),
+            );
+            Some(resp)
+        }
+        Access::MissingScope => Some(proxy::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({
+                "error": "insufficient_scope",
+                "message": format!("this token lacks the {:?} scope", scope.as_str()),
+                "required_scope": scope.as_str(),
+            }),
+        )),
+    }
+}
+
 /// Answers an admin request; the caller has checked [`owns`].
 pub async fn handle(live: &Arc<Live>, gateway: &Gateway, req: Request<Body>) -> Response<Body> {
     let config = gateway.config();
@@ -152,30 +183,8 @@ pub async fn handle(live: &Arc<Live>, gateway: &Gateway, req: Request<Body>) -> 
         _ => scope.is_some(),
     };
     if let (true, Some(scope)) = (token_needed, scope) {
-        match auth::check(req.headers(), &config.admin.tokens, scope) {
-            Access::Granted => {}
-            Access::Unauthenticated => {
-                let mut resp = proxy::json_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "a valid admin token is required: Authorization: Bearer <token>",
-                );
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"cachegate\""),
-                );
-                return resp;
-            }
-            Access::MissingScope => {
-                return proxy::json(
-                    StatusCode::FORBIDDEN,
-                    &serde_json::json!({
-                        "error": "insufficient_scope",
-                        "message": format!("this token lacks the {:?} scope", scope.as_str()),
-                        "required_scope": scope.as_str(),
-                    }),
-                );
-            }
+        if let Some(refused) = token_refusal(req.headers(), &config.admin.tokens, scope) {
+            return refused;
         }
     }
     let mut resp = match route {

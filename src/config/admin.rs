@@ -52,6 +52,9 @@ pub struct AdminConfig {
     /// set, the main listener forwards those paths to the backend.
     pub listen: Option<SocketAddr>,
     pub metrics_require_token: bool,
+    /// The method that purges one URL on the main listener (`PURGE` by
+    /// default); `None`: disabled, the method is forwarded like any other.
+    pub purge_method: Option<http::Method>,
     pub tokens: Vec<AdminToken>,
 }
 
@@ -61,6 +64,11 @@ pub const TOKENS_ENV: &str = "CACHEGATE_ADMIN_TOKENS";
 pub const TOKENS_FILE_ENV: &str = "CACHEGATE_ADMIN_TOKENS_FILE";
 /// The environment variable for `[admin] listen`.
 pub const LISTEN_ENV: &str = "CACHEGATE_ADMIN_LISTEN";
+
+/// Methods the proxy forwards as they are; none of them may purge.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 pub(super) fn admin_config(
     raw: super::file::RawAdmin,
@@ -155,10 +163,29 @@ pub(super) fn admin_config(
         }
         tokens.push(token);
     }
+
+    let purge_method = match &raw.purge_method {
+        None => http::Method::from_bytes(b"PURGE").ok(),
+        Some(m) if m.get_ref().is_empty() => None,
+        Some(m) => match http::Method::from_bytes(m.get_ref().as_bytes()) {
+            // A method the proxy must forward (GET, POST, ...) cannot be it.
+            Ok(method) if !STANDARD_METHODS.contains(&method.as_str()) => Some(method),
+            _ => {
+                return Err(at(
+                    m.span(),
+                    format!(
+                        "purge_method must be a method name of its own such as \"PURGE\" (not a standard one), or \"\" to disable, got {:?}",
+                        m.get_ref()
+                    ),
+                ))
+            }
+        },
+    };
     Ok(AdminConfig {
         prefix,
         listen,
         metrics_require_token: raw.metrics_require_token.unwrap_or(false),
+        purge_method,
         tokens,
     })
 }

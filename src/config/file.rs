@@ -114,6 +114,8 @@ pub struct RawCache {
     pub forward_targeted_cache_control: Option<bool>,
     /// `"honour"` (default) or `"ignore"` the client's cache directives.
     pub request_directives: Option<Spanned<String>>,
+    /// `"off"` (default), `"private"` or `"all"`: answers carry `X-Cache-Key`.
+    pub debug_key_header: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +124,8 @@ pub struct RawAdmin {
     pub prefix: Option<Spanned<String>>,
     pub listen: Option<Spanned<String>>,
     pub metrics_require_token: Option<bool>,
+    /// The method that purges one URL on the main listener; "" disables.
+    pub purge_method: Option<Spanned<String>>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
 }

@@ -19,7 +19,8 @@ pub use error::ConfigError;
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Origins, Overrides,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Origins,
+    Overrides,
     RedisConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
 };
 pub use warm::{check_path, parse_path_list, WarmConfig, MAX_CONCURRENCY as MAX_WARM_CONCURRENCY};

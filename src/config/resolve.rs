@@ -5,10 +5,11 @@
 use super::error::ConfigError;
 use super::file::RawConfig;
 use super::settings::{
-    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, Edition, MemoryConfig, Origins, Overrides,
+    AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Origins,
+    Overrides,
     RedisConfig, ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
-use crate::rules::{RuleDefaults, RuleError, RuleSet};
+use crate::rules::{RuleDefaults, RuleError, RuleSet, TtlSource};
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -125,15 +126,18 @@ pub(super) fn resolve(
     // [redis] and the environment variables of the reference deployment.
     let raw_redis = raw.redis.unwrap_or_default();
     let (redis_url, redis_url_origin) = resolve_redis_url(&raw_redis, env, overrides, (file, text), (&at, &general))?;
-    let default_ttl = match env("CACHE_TTL") {
-        Some(v) => v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
-            general(format!(
-                "environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}"
-            ))
-        })?,
+    let (default_ttl, default_ttl_source) = match env("CACHE_TTL") {
+        Some(v) => {
+            let secs = v.parse::<u64>().ok().filter(|t| *t > 0).ok_or_else(|| {
+                general(format!(
+                    "environment variable CACHE_TTL: expected a positive number of seconds, got {v:?}"
+                ))
+            })?;
+            (secs, TtlSource::Env)
+        }
         None => match &raw_redis.default_ttl {
-            Some(t) => positive(t, "default_ttl", &at)?,
-            None => 300,
+            Some(t) => (positive(t, "default_ttl", &at)?, TtlSource::File),
+            None => (300, TtlSource::BuiltIn),
         },
     };
 
@@ -286,6 +290,20 @@ pub(super) fn resolve(
                 ))
             }
         },
+        debug_key_header: match &raw.cache.debug_key_header {
+            None => DebugKeyHeader::Off,
+            Some(v) => match v.get_ref().as_str() {
+                "off" => DebugKeyHeader::Off,
+                "private" => DebugKeyHeader::Private,
+                "all" => DebugKeyHeader::All,
+                other => {
+                    return Err(at(
+                        v.span(),
+                        format!("debug_key_header must be \"off\", \"private\" or \"all\", got {other:?}"),
+                    ))
+                }
+            },
+        },
     };
     let memory = MemoryConfig {
         max_entries: raw.store.memory.max_entries.unwrap_or(100_000),
@@ -358,6 +376,7 @@ pub(super) fn resolve(
 
     let defaults = RuleDefaults {
         ttl: cache.default_ttl,
+        ttl_source: default_ttl_source,
         max_body_bytes: cache.max_body_bytes,
         max_key_bytes: cache.max_key_bytes,
     };

@@ -199,6 +199,20 @@ pub struct CacheConfig {
     pub forward_targeted_cache_control: bool,
     /// Whether the client's `Cache-Control` / `Pragma` are obeyed.
     pub honour_request_directives: bool,
+    /// Which answers show the key they were stored under (`X-Cache-Key`).
+    pub debug_key_header: DebugKeyHeader,
+}
+
+/// `[cache] debug_key_header`: which answers of a rule carry `X-Cache-Key`
+/// (the logical key, never the scope field that identifies a caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugKeyHeader {
+    /// None (the default).
+    Off,
+    /// Answers from a credential scope only (one caller's own entries).
+    Private,
+    /// Every answer, shared scopes (`anon`, `public`) included.
+    All,
 }
 
 /// Where the values an operator most often wonders about came from

@@ -67,5 +67,9 @@ pub(super) fn strip_body(resp: Response<Body>, is_head: bool) -> Response<Body> 
 }
 
 pub(super) fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {
-    Outcome::Miss { stored, detail }
+    Outcome::Miss {
+        stored,
+        detail,
+        requested: false,
+    }
 }

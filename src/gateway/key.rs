@@ -2,7 +2,9 @@
 //! and tags the rule renders, the credential scope's field (with any
 //! implicit variant), and the `Vary` variant a response selects.
 
+use super::scope::{ANONYMOUS, PUBLIC};
 use super::{implicit, suspect_credentials, vary, Gateway};
+use crate::config::DebugKeyHeader;
 use crate::proxy::Body;
 use crate::rules::{CacheRule, RequestView};
 use http::{header, Method, Request};
@@ -16,7 +18,32 @@ pub(super) struct CacheKey {
     pub(super) tags: Vec<String>,
 }
 
+/// The opt-in debug header naming the key an answer was stored under.
+pub(super) const X_CACHE_KEY: http::HeaderName = http::HeaderName::from_static("x-cache-key");
+
+impl CacheKey {
+    /// Whether the entry is shared by callers (`anon`, `public`, with or
+    /// without an implicit variant), rather than one credential's.
+    fn is_shared(&self) -> bool {
+        let scope = self.field.split('#').next().unwrap_or("");
+        scope == ANONYMOUS || scope == PUBLIC
+    }
+}
+
 impl Gateway {
+    /// The `X-Cache-Key` value for this key, when `[cache]
+    /// debug_key_header` shows it: only the logical key (as `{prefix}` is
+    /// not part of it, nor the scope field, no caller's hash is shown).
+    /// Off by default: nothing is computed then.
+    pub(super) fn shown_key(&self, key: &CacheKey) -> Option<http::HeaderValue> {
+        let shown = match self.generation.config.cache.debug_key_header {
+            DebugKeyHeader::Off => false,
+            DebugKeyHeader::Private => !key.is_shared(),
+            DebugKeyHeader::All => true,
+        };
+        shown.then(|| http::HeaderValue::from_str(&key.key).ok()).flatten()
+    }
+
     /// The logical key and scope field, or why there is none.
     pub(super) fn cache_key(
         &self,

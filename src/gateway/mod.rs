@@ -53,6 +53,7 @@ mod write_guard;
 
 pub use crate::outcome::Outcome;
 pub use generation::Gateway;
+pub use purge::UrlPurge;
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 
 use crate::proxy::{Body, ClientInfo};
@@ -105,8 +106,13 @@ impl Gateway {
             t.rule = Some(rule.index);
             t.key = Some(request.key.key.clone());
         });
+        let shown_key = self.shown_key(&request.key);
         let (resp, outcome) = self.lookup_or_fill(request).await;
-        self.counted(rule, resp, outcome)
+        let mut resp = self.counted(rule, resp, outcome);
+        if let Some(key) = shown_key {
+            resp.headers_mut().insert(key::X_CACHE_KEY, key);
+        }
+        resp
     }
 
     async fn lookup_or_fill(self: &Arc<Self>, request: Cacheable<'_>) -> (Response<Body>, Outcome) {
@@ -127,21 +133,24 @@ impl Gateway {
             );
             return (resp, answer::miss(false, Some("only-if-cached")));
         }
-        if !found.guarded {
-            // A fresh entry the request's directives refused: a fill
-            // follows, and needs the guard covering the record as it is now.
+        // A fresh entry the request's directives refused (RFC 9211
+        // `fwd=request`): a fill follows, and needs the guard covering the
+        // record as it is now.
+        let refused_fresh = !found.guarded;
+        if refused_fresh {
             match Box::pin(self.guard_for(&request.key, &mut found)).await {
                 Ok(()) => {}
                 Err(e) => return Box::pin(self.bypass(request, lookup::store_detail(&e))).await,
             }
         }
-        match self.shared.inflight.join(&request.key.key, &found.field) {
+        let (resp, outcome) = match self.shared.inflight.join(&request.key.key, &found.field) {
             Role::Leader(leader) => Box::pin(self.lead(request, found, leader)).await,
             Role::Follower(follower) => match Box::pin(self.follow(&request, follower)).await {
                 Some(answered) => answered,
                 None => Box::pin(self.fill(request, found, None)).await,
             },
-        }
+        };
+        (resp, if refused_fresh { outcome.requested() } else { outcome })
     }
 
     /// What the client's own cache directives ask, unless the operator

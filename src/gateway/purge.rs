@@ -152,6 +152,55 @@ impl Gateway {
     }
 }
 
+/// What purging one URL (`PURGE /path?query`) did.
+#[derive(Debug)]
+pub enum UrlPurge {
+    /// No rule caches a GET or HEAD of the URL: there is nothing to purge.
+    NoRule,
+    /// The keys a GET or HEAD of the URL uses were purged (every scope,
+    /// every variant, every instance's tier); `entries`: how many held any.
+    Purged { keys: Vec<String>, entries: u64 },
+    /// The store did not answer: the purge is kept, journalled and replayed
+    /// (`pending_purges.rs`), and until then the URL is neither served from
+    /// the cache nor filled.
+    Queued { keys: Vec<String>, error: String },
+}
+
+impl Gateway {
+    /// Purges the entries a GET (or HEAD) of this request's URL would use,
+    /// under the key the rules render from this request (its `Host`,
+    /// query and headers, as a GET's would be), whatever scope or variant
+    /// they are in. The request is never forwarded.
+    pub async fn purge_url(&self, req: &Request<Body>) -> UrlPurge {
+        let view = request_view(req);
+        let keys = self.keys_for_uri(req.uri().path(), req.uri().query(), &view);
+        let Some(first) = keys.first() else {
+            return UrlPurge::NoRule;
+        };
+        trace::note(|t| t.key = Some(first.clone()));
+        let store = &self.shared.store;
+        let purged = store.purge_keys(&keys, false).await;
+        match purged {
+            Ok(entries) => {
+                self.shared.metrics.purged("url", entries);
+                // No instance's tier may serve them after the answer.
+                store.fence().await;
+                UrlPurge::Purged { keys, entries }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.purge(Purge {
+                    keys: keys.clone(),
+                    ..Purge::default()
+                })
+                .await;
+                store.fence().await;
+                UrlPurge::Queued { keys, error }
+            }
+        }
+    }
+}
+
 /// The path and query of a `Location`-like header when it points at the
 /// same host (relative, or absolute with the request's host); never another.
 fn same_host_uri(value: &HeaderValue, host: &str) -> Option<http::Uri> {

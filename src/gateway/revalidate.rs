@@ -51,7 +51,7 @@ impl Gateway {
             Err(reason) => return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason))),
         };
         let outcome = match self.store_entry(&entry, fetched).await {
-            Outcome::Miss { stored, .. } => Outcome::Revalidated { stored },
+            Outcome::Miss { stored, requested, .. } => Outcome::Revalidated { stored, requested },
             other => other,
         };
         (answer(&client, entry, now_ms(), is_head), outcome)

@@ -3,7 +3,7 @@
 //! and becomes a [`CacheRule`] or [`InvalidateRule`] (regexes compiled,
 //! templates parsed); an error names the span of the setting at fault.
 
-use super::file::{RawInvalidate, RawRule, RawTtl, RuleDefaults};
+use super::file::{RawInvalidate, RawRule, RawTtl, RuleDefaults, TtlSource};
 use super::path::PathPattern;
 use super::{
     CacheRule, DuplicateInputs, Heuristic, InvalidateRule, KeyInputs, RuleError, RuleSet, Scope, Template, TtlMode,
@@ -37,7 +37,10 @@ impl RuleSet {
 
 fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<CacheRule, RuleError> {
     // The settings first, then the path and templates, each in file order.
-    let ttl = ttl(&r.ttl)?.unwrap_or(TtlMode::Fixed(defaults.ttl));
+    let (ttl, ttl_source) = match ttl(&r.ttl)? {
+        Some(given) => (given, TtlSource::Rule),
+        None => (TtlMode::Fixed(defaults.ttl), defaults.ttl_source),
+    };
     let max_ttl = seconds(&r.max_ttl, "max_ttl")?;
     let default_ttl = seconds(&r.default_ttl, "default_ttl")?;
     let stale_while_revalidate = window(&r.stale_while_revalidate, "stale_while_revalidate")?;
@@ -70,6 +73,7 @@ fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<Cach
         path,
         key,
         ttl,
+        ttl_source,
         max_ttl,
         default_ttl,
         stale_while_revalidate,

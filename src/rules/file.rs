@@ -63,8 +63,32 @@ pub struct RawInvalidate {
 pub struct RuleDefaults {
     /// `[redis] default_ttl`: a rule's TTL when it names none.
     pub ttl: Duration,
+    /// Where `ttl` came from, for `cachegate check`.
+    pub ttl_source: TtlSource,
     pub max_body_bytes: usize,
     pub max_key_bytes: usize,
+}
+
+/// Where a rule's fixed TTL came from: its own `ttl`, else the default
+/// (`CACHE_TTL`, else `[redis] default_ttl`, else 300 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlSource {
+    Rule,
+    Env,
+    File,
+    BuiltIn,
+}
+
+impl TtlSource {
+    /// As `cachegate check` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TtlSource::Rule => "rule",
+            TtlSource::Env => "CACHE_TTL env",
+            TtlSource::File => "[redis] default_ttl",
+            TtlSource::BuiltIn => "built-in default",
+        }
+    }
 }
 
 /// Who may share a cached response.

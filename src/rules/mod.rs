@@ -11,7 +11,7 @@ mod inputs;
 mod path;
 mod template;
 
-pub use file::{DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleDefaults, Scope, TtlMode, When};
+pub use file::{DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleDefaults, Scope, TtlMode, TtlSource, When};
 pub use inputs::KeyInputs;
 pub use path::{PathCaptures, PathPattern};
 pub use template::{glob_escape, query_param, RequestView, Template};
@@ -38,6 +38,8 @@ pub struct CacheRule {
     pub path: PathPattern,
     pub key: Template,
     pub ttl: TtlMode,
+    /// Where `ttl` came from (the rule, or a default and which).
+    pub ttl_source: TtlSource,
     pub max_ttl: Option<Duration>,
     /// With `TtlMode::Origin`, the lifetime when the origin gives none.
     pub default_ttl: Option<Duration>,
@@ -181,7 +183,7 @@ impl fmt::Display for RuleSet {
             let methods: Vec<&str> = r.methods.iter().map(|m| m.as_str()).collect();
             write!(
                 f,
-                "rule {:?}: {} {} -> key {:?} ttl {} statuses {} scope {} max_body {} B",
+                "rule {:?}: {} {} -> key {:?} ttl {} ({}) statuses {} scope {} max_body {} B",
                 r.name,
                 methods.join(","),
                 r.path.as_str(),
@@ -190,6 +192,7 @@ impl fmt::Display for RuleSet {
                     TtlMode::Fixed(t) => format!("{}s", t.as_secs()),
                     TtlMode::Origin => "origin".to_string(),
                 },
+                r.ttl_source.as_str(),
                 match &r.statuses {
                     Some(listed) => format!("{listed:?}"),
                     None if r.ttl == TtlMode::Origin => "origin's".to_string(),

@@ -84,7 +84,7 @@ pub fn classify(headers: &HeaderMap) -> (CacheClass, Option<String>, Option<&'st
         let last = v.rsplit(',').next().unwrap_or("");
         let params: Vec<&str> = last.split(';').map(str::trim).collect();
         let class = if params.iter().any(|p| p.starts_with("fwd=")) {
-            if params.contains(&"fwd=miss") {
+            if params.contains(&"fwd=miss") || params.contains(&"fwd=request") {
                 CacheClass::Miss
             } else {
                 CacheClass::Other

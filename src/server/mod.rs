@@ -215,6 +215,11 @@ async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>
             if let Some(rejected) = gateway.admit(&mut req) {
                 return rejected;
             }
+            // `PURGE /path` (`[admin] purge_method`): answered here, never
+            // forwarded, whichever listener serves the admin routes.
+            if crate::admin::is_purge(gateway, &req) {
+                return Box::pin(crate::admin::purge_url(gateway, req)).await;
+            }
             if admin_here && crate::admin::owns(gateway, req.uri().path()) {
                 return Box::pin(crate::admin::handle(live, gateway, req)).await;
             }

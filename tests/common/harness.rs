@@ -1126,6 +1126,17 @@ impl Proxy {
         .await
     }
 
+    /// As [`Proxy::start`], with `env` standing for the process environment.
+    pub async fn start_with_env(text: &str, env: fn(&str) -> Option<String>) -> Proxy {
+        let text = text.to_string();
+        Proxy::start_loading(Box::new(move || {
+            let mut config = Config::from_toml(&text, "test.toml", &env, &Overrides::default())?;
+            config.access_log.enabled = false;
+            Ok(config)
+        }))
+        .await
+    }
+
     /// Starts cachegate from a config file (with the process environment),
     /// as the binary does; a reload reads the file again.
     pub async fn start_file(path: &std::path::Path) -> Proxy {

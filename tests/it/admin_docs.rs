@@ -1,6 +1,7 @@
 //! The curl examples of `docs/admin-api.md`, run as written (with `$TOKEN`
 //! and `localhost:8080` pointed at a test instance): every one answers with
-//! the status and JSON fields its section documents.
+//! the status and JSON fields its section documents, and every route the
+//! admin API answers has an example.
 
 use crate::common::admin::*;
 use crate::common::{Backend, Client, RedisServer};
@@ -43,7 +44,7 @@ fn examples(doc: &str) -> Vec<Example> {
                 .map(|(body, _)| body.to_string());
             let line = line.as_str();
             let line = line.split("    #").next().unwrap_or(line);
-            let method = ["DELETE", "POST"]
+            let method = ["DELETE", "POST", "PURGE"]
                 .into_iter()
                 .find(|m| line.contains(&format!("-X {m}")))
                 .unwrap_or("GET");
@@ -67,7 +68,7 @@ async fn every_documented_example_works_as_written() {
     let doc = std::fs::read_to_string("docs/admin-api.md").unwrap();
     let examples = examples(&doc);
     assert!(
-        examples.len() >= 11,
+        examples.len() >= 14,
         "one example per route at least: {}",
         examples.len()
     );
@@ -78,6 +79,41 @@ async fn every_documented_example_works_as_written() {
     let client: Client = instance.client();
     // Something to find: task:1 cached.
     client.get("/api/v1/tasks/1").await;
+
+    let documented: std::collections::BTreeSet<(String, String)> = examples
+        .iter()
+        .map(|ex| (ex.method.clone(), ex.path.split('?').next().unwrap_or("").to_string()))
+        .collect();
+    for (method, route) in [
+        ("GET", "/api/v1/cache/health"),
+        ("GET", "/api/v1/cache/basic-stats"),
+        ("GET", "/api/v1/cache/stats"),
+        ("DELETE", "/api/v1/cache/clear"),
+        ("GET", "/api/v1/cache/keys"),
+        ("GET", "/api/v1/cache/key/task:1"),
+        ("DELETE", "/api/v1/cache/key/task:1"),
+        ("POST", "/api/v1/cache/scope/purge"),
+        ("POST", "/api/v1/cache/reload"),
+        ("PURGE", "/api/v1/tasks/1"),
+        ("GET", "/metrics"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ] {
+        assert!(
+            documented.contains(&(method.to_string(), route.to_string())),
+            "docs/admin-api.md has no curl example of {method} {route}"
+        );
+    }
+    let clear_params: Vec<&str> = examples
+        .iter()
+        .filter_map(|ex| ex.path.strip_prefix("/api/v1/cache/clear?"))
+        .collect();
+    for param in ["pattern=", "tag=", "soft="] {
+        assert!(
+            clear_params.iter().any(|q| q.contains(param)),
+            "no clear example with {param}"
+        );
+    }
 
     for ex in &examples {
         // DELETE key/task:1 would remove what later examples read: refill.
@@ -114,6 +150,10 @@ async fn every_documented_example_works_as_written() {
             ("DELETE", "/api/v1/cache/key/task:1") => has(&["status", "key", "deleted"]),
             ("GET", "/healthz") | ("GET", "/readyz") => has(&["status"]),
             ("POST", "/api/v1/cache/scope/purge") => has(&["status", "scope", "purged"]),
+            ("PURGE", "/api/v1/tasks/1") => {
+                has(&["purged", "key", "keys", "entries"]);
+                assert_eq!(v["purged"], true, "{v}");
+            }
             ("POST", "/api/v1/cache/reload") => has(&["reloaded", "generation", "source", "restart_required"]),
             other => panic!("docs/admin-api.md has an example this test does not know: {other:?}"),
         }

@@ -887,7 +887,8 @@ async fn no_cache_on_a_fresh_entry_refills_it(kind: Kind) {
     let r = w.client.get_h(path, &[("cache-control", "no-cache")]).await;
     assert_eq!(w.backend.count("GET", path), 2, "no-cache goes to the backend");
     assert_eq!(r.text(), "second", "{}", shown(&r));
-    assert_eq!(r.cache_status(), "cachegate; fwd=miss; stored");
+    // RFC 9211 §2.2: the request's directives, not a miss, sent it on.
+    assert_eq!(r.cache_status(), "cachegate; fwd=request; stored");
     let next = w.client.get(path).await;
     assert_eq!(next.x_cache(), Some("HIT"), "{}", shown(&next));
     assert_eq!(next.text(), "second", "the new answer replaced the entry");

@@ -1455,6 +1455,8 @@ async fn catch_all_request_directives(kind: Kind) {
             "{headers:?} must reach the backend"
         );
         assert_ne!(r.x_cache(), Some("HIT"), "{headers:?}");
+        // RFC 9211 §2.2: forwarded because of the request, not a miss.
+        assert_eq!(r.cache_status(), "cachegate; fwd=request; stored", "{headers:?}");
         assert_eq!(
             header_of(&w.backend.last_headers(path), "if-none-match").as_deref(),
             Some("\"r\""),

@@ -15,6 +15,7 @@ mod history;
 mod access_log;
 mod admin_api;
 mod admin_docs;
+mod cache_ops;
 mod cli;
 mod compose;
 mod compose_processes;
