@@ -488,16 +488,17 @@ fn purge_journal(
     }
 }
 
+/// How errors are made: at a place in the file, or about the whole of it.
+type ErrorAt<'a> = &'a dyn Fn(Range<usize>, String) -> ConfigError;
+type ErrorGeneral<'a> = &'a dyn Fn(String) -> ConfigError;
+
 /// Also says where the URL came from (see [`origin`]).
 fn resolve_redis_url(
     raw: &super::file::RawRedis,
     env: &dyn Fn(&str) -> Option<String>,
     overrides: &Overrides,
     (file, text): (&str, &str),
-    (at, general): (
-        &dyn Fn(Range<usize>, String) -> ConfigError,
-        &dyn Fn(String) -> ConfigError,
-    ),
+    (at, general): (ErrorAt<'_>, ErrorGeneral<'_>),
 ) -> Result<(Option<super::redis_url::RedisUrl>, String), ConfigError> {
     let host_port = match (env("REDIS_HOST"), env("REDIS_PORT")) {
         (None, None) => None,
