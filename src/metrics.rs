@@ -57,6 +57,11 @@ struct WarmLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurgeLabels {
     kind: &'static str,
 }
@@ -100,12 +105,24 @@ pub struct Metrics {
     warm_pending: Gauge,
     purges_pending: Gauge,
     purges_replayed: Counter,
+    /// Upgrade requests (WebSocket), by result; and tunnels open now.
+    upgrades: Family<UpgradeLabels, Counter>,
+    tunnels_open: Gauge,
     /// A start-up warm run with `ready_waits` is going: `/readyz` says 503.
     warming: std::sync::atomic::AtomicBool,
     pub started: Instant,
     /// This process's id among the instances sharing the store.
     instance: String,
     flushing: tokio::sync::Mutex<()>,
+}
+
+/// An open tunnel, counted in `cachegate_tunnels_open` while it lives.
+pub struct TunnelOpen(Gauge);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Hit and miss figures of one instance or of the fleet.
@@ -210,6 +227,21 @@ impl Metrics {
             "Paths fetched by cache warming, by result (stored, skipped, failed)",
             warm_paths.clone(),
         );
+        let upgrades = Family::<UpgradeLabels, Counter>::default();
+        registry.register(
+            "upgrades",
+            "Upgrade requests (WebSocket), by result: tunnelled, declined by the backend, failed",
+            upgrades.clone(),
+        );
+        for result in ["tunnelled", "declined", "failed"] {
+            let _ = upgrades.get_or_create(&UpgradeLabels { result });
+        }
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Upgraded connections being tunnelled now",
+            tunnels_open.clone(),
+        );
         let warm_pending = Gauge::default();
         registry.register(
             "warm_pending",
@@ -244,6 +276,8 @@ impl Metrics {
             access_log_dropped,
             warm_paths,
             warm_pending,
+            upgrades,
+            tunnels_open,
             warming: std::sync::atomic::AtomicBool::new(false),
             registry,
             requests,
@@ -372,6 +406,17 @@ impl Metrics {
     /// Counts a warmed path by result (`stored`, `skipped`, `failed`).
     pub fn warmed(&self, result: &'static str) {
         self.warm_paths.get_or_create(&WarmLabels { result }).inc();
+    }
+
+    /// Counts an upgrade request by result (`tunnelled`, `declined`, `failed`).
+    pub fn upgrade(&self, result: &'static str) {
+        self.upgrades.get_or_create(&UpgradeLabels { result }).inc();
+    }
+
+    /// One more open tunnel, until the guard is dropped.
+    pub fn tunnel_opened(&self) -> TunnelOpen {
+        self.tunnels_open.inc();
+        TunnelOpen(self.tunnels_open.clone())
     }
 
     /// Adds to (or, negative, takes from) the paths warming has to do.

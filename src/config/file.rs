@@ -58,6 +58,8 @@ pub struct RawBackend {
     pub pool_idle_timeout_ms: Option<u64>,
     pub forwarded_headers: Option<bool>,
     pub preserve_host: Option<bool>,
+    pub upgrades: Option<bool>,
+    pub tunnel_idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -121,6 +121,9 @@ pub(super) fn resolve(
         pool_idle_timeout: Duration::from_millis(raw.backend.pool_idle_timeout_ms.unwrap_or(4_000)),
         forwarded_headers: raw.backend.forwarded_headers.unwrap_or(true),
         preserve_host: raw.backend.preserve_host.unwrap_or(false),
+        upgrades: raw.backend.upgrades.unwrap_or(true),
+        // nginx's proxy_read_timeout, which bounds its WebSocket tunnels.
+        tunnel_idle_timeout: Duration::from_millis(raw.backend.tunnel_idle_timeout_ms.unwrap_or(60_000).max(1)),
     };
 
     // [redis] and the environment variables of the reference deployment.

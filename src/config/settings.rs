@@ -104,6 +104,11 @@ pub struct BackendConfig {
     /// Forward the client's `Host` (and make it part of every entry's
     /// identity) instead of the backend URL's authority.
     pub preserve_host: bool,
+    /// Tunnel `Connection: upgrade` requests (WebSocket) to the backend;
+    /// off, their upgrade headers are dropped like other hop-by-hop ones.
+    pub upgrades: bool,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

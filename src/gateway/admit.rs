@@ -24,6 +24,13 @@ impl Gateway {
         // reach the backend, so they must not reach a key either: drop them
         // before anything reads the request.
         let server = &self.generation.config.server;
+        // An upgrade (WebSocket) is tunnelled by `tunnel.rs`: what it asks
+        // for is kept aside before its hop-by-hop headers go.
+        if req.headers().contains_key(http::header::UPGRADE) && self.generation.config.backend.upgrades {
+            if let Some(requested) = proxy::upgrade::requested(req.method(), req.headers()) {
+                req.extensions_mut().insert(requested);
+            }
+        }
         proxy::strip_hop_by_hop(req.headers_mut());
         proxy::remove_named(req.headers_mut(), &server.strip_request_headers);
         if !server.underscores_in_headers {

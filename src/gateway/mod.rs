@@ -21,6 +21,9 @@
 //! 9. **answer** (`answer.rs`): the response, with `Age`, `Cache-Status`
 //!    and `X-Cache`; 304 to a satisfied conditional request.
 //!
+//! An upgrade request (WebSocket) skips phases 2 to 9: **tunnel**
+//! (`tunnel.rs`) forwards it and, on `101`, joins the two connections.
+//!
 //! A store failure anywhere is "no cache" for this request (fail open). The
 //! gateway knows nothing of the admin API: the server routes those paths
 //! before they get here (`crate::server`).
@@ -48,6 +51,7 @@ mod storable;
 mod suspect_credentials;
 mod targeted;
 mod trace;
+mod tunnel;
 mod vary;
 mod write_guard;
 
@@ -89,6 +93,9 @@ impl Gateway {
     /// hyper moves the request's future (a memcpy of all of it) per request;
     /// boxed, a hit's future stays small.
     pub async fn serve(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
+        if req.extensions().get::<crate::proxy::upgrade::Requested>().is_some() {
+            return Box::pin(self.tunnel(req, from)).await;
+        }
         match self.route(&mut req) {
             route::Route::Write => Box::pin(self.invalidate(req, from)).await,
             route::Route::Pass => Box::pin(self.pass(req, from)).await,

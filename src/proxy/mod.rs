@@ -11,6 +11,7 @@ pub mod interim;
 mod keep_alive;
 pub mod normalize;
 mod retry;
+pub mod upgrade;
 
 use crate::config::BackendConfig;
 use crate::BoxError;
@@ -239,6 +240,10 @@ impl Forwarder {
         parts.uri = self.target(&parts.uri)?;
         parts.version = http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        let upgrading = parts.extensions.get::<upgrade::Requested>().is_some();
+        if let Some(upgrade::Requested(protocol)) = parts.extensions.get::<upgrade::Requested>() {
+            upgrade::restore(&mut parts.headers, protocol.clone());
+        }
         if self.forwarded_headers {
             add_forwarded(&mut parts.headers, from);
         } else {
@@ -284,7 +289,15 @@ impl Forwarder {
             self.follow_keep_alive(announced);
         }
         let (mut parts, body) = resp.into_parts();
+        // A 101's Upgrade says what the tunnel now speaks: kept for the client.
+        let switched = match parts.headers.get(header::UPGRADE) {
+            Some(p) if upgrading && parts.status == StatusCode::SWITCHING_PROTOCOLS => Some(p.clone()),
+            _ => None,
+        };
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = switched {
+            upgrade::restore(&mut parts.headers, protocol);
+        }
         if let Some((_, links)) = &self.own_host {
             host::relativize_links(&mut parts.headers, links);
         }

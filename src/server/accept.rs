@@ -53,13 +53,14 @@ pub async fn serve_http1<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: HttpService<Incoming, ResBody = B>,
     S::Error: Into<BoxError>,
     B: http_body::Body + 'static,
     B::Error: Into<BoxError>,
 {
-    let conn = builder.serve_connection(io, service);
+    // Upgrades on: a 101 hands the connection to a tunnel (gateway/tunnel.rs).
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => res,

@@ -51,5 +51,6 @@ mod stampede;
 mod store_glob;
 mod tags;
 mod tier;
+mod upgrades;
 mod warm;
 mod write_history;
