@@ -27,6 +27,7 @@ mod http_semantics;
 mod http_stale;
 mod path_normalisation;
 mod poisoning;
+mod process_log;
 mod proxy_credentials;
 mod proxy_fail_open;
 mod proxy_forwarding;
