@@ -6,6 +6,7 @@ pub mod accept;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::Route;
 use crate::proxy::{self, framing, Body, ClientInfo};
 use crate::reload::Live;
 use crate::BoxError;
@@ -178,11 +179,19 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                             }
                             serve_main(&live, &gateway, req, from).await
                         }
-                        (Role::Admin, Some(why)) => framing::refusal_response(why),
-                        (Role::Admin, None) if crate::admin::owns(&gateway, req.uri().path()) => {
-                            Box::pin(crate::admin::handle(&live, &gateway, req)).await
+                        (Role::Admin, refused) => {
+                            let id = proxy::request_id::assign(req.headers_mut());
+                            let mut resp = match refused {
+                                Some(why) => framing::refusal_response(why),
+                                None if crate::admin::owns(&gateway, req.uri().path()) => {
+                                    Box::pin(crate::admin::handle(&live, &gateway, req)).await
+                                }
+                                None => not_found(),
+                            };
+                            gateway.metrics().answered(Route::admin, resp.status().as_u16());
+                            proxy::request_id::stamp(resp.headers_mut(), id);
+                            resp
                         }
-                        (Role::Admin, None) => not_found(),
                     };
                     Ok::<_, Infallible>(resp)
                 }
@@ -206,10 +215,12 @@ async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>
     gateway
         .logged(req, from, |mut req| async move {
             if let Some(rejected) = gateway.admit(&mut req) {
-                return rejected;
+                return gateway.answered_unruled(rejected);
             }
             if admin_here && crate::admin::owns(gateway, req.uri().path()) {
-                return Box::pin(crate::admin::handle(live, gateway, req)).await;
+                let resp = Box::pin(crate::admin::handle(live, gateway, req)).await;
+                gateway.metrics().answered(Route::admin, resp.status().as_u16());
+                return resp;
             }
             gateway.serve(req, from).await
         })
