@@ -111,7 +111,12 @@ impl Collector for ProcessCollector {
             "Virtual memory size in bytes",
             status_bytes(&status, "VmSize:"),
         )?;
-        gauge(&mut encoder, "process_open_fds", "Number of open file descriptors", open_fds())?;
+        gauge(
+            &mut encoder,
+            "process_open_fds",
+            "Number of open file descriptors",
+            open_fds(),
+        )?;
         gauge(
             &mut encoder,
             "process_max_fds",

@@ -105,7 +105,10 @@ async fn json_lines_carry_time_request_id_agent_and_bytes() {
     let w = World::start(Kind::Redis, &config_with_log("json", &path)).await;
     let given = w
         .client
-        .get_h("/api/v1/tasks/3", &[("x-request-id", "client-id.1:a_b-c"), ("user-agent", "probe/1.0 (x)")])
+        .get_h(
+            "/api/v1/tasks/3",
+            &[("x-request-id", "client-id.1:a_b-c"), ("user-agent", "probe/1.0 (x)")],
+        )
         .await;
     let made = w.client.get_h("/api/v1/tasks/3", &[("x-request-id", "bad id!")]).await;
     let got = lines(&path, 2).await;
@@ -151,7 +154,8 @@ async fn text_lines_name_their_fields() {
     let us = got[1].split(" us=").nth(1).and_then(|r| r.split(' ').next()).unwrap();
     assert!(us.parse::<u64>().is_ok(), "integer microseconds: {}", got[1]);
     assert!(
-        got[0].contains(" GET \"/api/v1/tasks/7\" 200 id=") && got[0].contains(" rule=task key=\"task:7\" cache=MISS backend=200 backend_us="),
+        got[0].contains(" GET \"/api/v1/tasks/7\" 200 id=")
+            && got[0].contains(" rule=task key=\"task:7\" cache=MISS backend=200 backend_us="),
         "{}",
         got[0]
     );

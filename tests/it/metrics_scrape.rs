@@ -111,9 +111,8 @@ async fn every_dashboard_query_names_a_scraped_metric() {
 
 #[test]
 fn query_names_are_found_and_label_values_are_not() {
-    let names = metric_names(
-        r#"sum(rate(cachegate_requests_total{route="rule",x="cachegate_nope"}[5m])) / process_max_fds"#,
-    );
+    let names =
+        metric_names(r#"sum(rate(cachegate_requests_total{route="rule",x="cachegate_nope"}[5m])) / process_max_fds"#);
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
         ["cachegate_requests_total", "process_max_fds"]
@@ -128,7 +127,8 @@ fn routed(s: &Scrape, route: &str, class: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_total_counts_rule_pass_and_admin_traffic_by_status_class() {
     let w = World::std(Kind::Redis).await;
-    w.backend.on("GET", "/plain/missing", Reply::new().status(404).body("no"));
+    w.backend
+        .on("GET", "/plain/missing", Reply::new().status(404).body("no"));
     let before = w.client.scrape().await;
 
     let miss = w.client.get("/api/v1/tasks/2").await;
@@ -233,7 +233,10 @@ async fn every_counter_is_present_at_zero_from_start() {
         ("cachegate_purges_total", vec![("kind", "tag")]),
         ("cachegate_config_reloads_total", vec![("result", "error")]),
         ("cachegate_warm_paths_total", vec![("result", "failed")]),
-        ("cachegate_requests_total", vec![("route", "pass"), ("status_class", "5xx")]),
+        (
+            "cachegate_requests_total",
+            vec![("route", "pass"), ("status_class", "5xx")],
+        ),
         (
             "cachegate_requests_total",
             vec![("rule", "task"), ("cache_status", "bypass"), ("status_class", "5xx")],

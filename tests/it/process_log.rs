@@ -101,7 +101,10 @@ fn no_colour_codes_when_stderr_is_a_pipe_with_or_without_no_color() {
         let log = serve_piped(no_color);
         let text = String::from_utf8_lossy(&log);
         assert!(text.contains("cachegate listening"), "NO_COLOR={no_color:?}: {text}");
-        assert!(!log.contains(&ESC), "NO_COLOR={no_color:?}: colour codes in a pipe: {text:?}");
+        assert!(
+            !log.contains(&ESC),
+            "NO_COLOR={no_color:?}: colour codes in a pipe: {text:?}"
+        );
     }
 }
 

@@ -27,7 +27,11 @@ async fn the_backend_and_the_client_see_the_same_id() {
     assert_ne!(again.header("x-request-id"), Some(made.as_str()), "ids are not reused");
 
     // A malformed one (too long, a space, two of them) is replaced, for both.
-    for bad in [vec!["x".repeat(129)], vec!["has space".to_string()], vec!["a".into(), "b".into()]] {
+    for bad in [
+        vec!["x".repeat(129)],
+        vec!["has space".to_string()],
+        vec!["a".into(), "b".into()],
+    ] {
         let headers: Vec<(&str, &str)> = bad.iter().map(|v| ("x-request-id", v.as_str())).collect();
         let r = w.client.get_h(pass, &headers).await;
         let id = r.header("x-request-id").expect("an id").to_string();
