@@ -94,3 +94,19 @@ async fn the_admin_listener_answers_with_an_id_too() {
     assert_eq!(r.header("x-request-id"), Some("adm-7"));
     assert!(admin.get("/nope").await.header("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_do_not_depend_on_the_access_log() {
+    let template = format!("{}\n[access_log]\nenabled = false\n", std_config());
+    let w = World::start(Kind::Memory, &template).await;
+    let path = "/api/v1/tasks/5";
+    let miss = w.client.get_h(path, &[("x-request-id", "no-log-1")]).await;
+    assert_eq!(miss.header("x-request-id"), Some("no-log-1"));
+    let seen = w.backend.last_headers(path).expect("the backend was asked");
+    assert_eq!(seen.get("x-request-id").unwrap(), "no-log-1");
+    w.client.until_hit(path, &[]).await;
+    let hit = w.client.get(path).await;
+    assert_eq!(hit.x_cache(), Some("HIT"));
+    let id = hit.header("x-request-id").expect("an id on a hit");
+    assert_ne!(id, "no-log-1");
+}
