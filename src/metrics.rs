@@ -45,7 +45,7 @@ pub enum Route {
     /// A `[[rule]]` covers it (whatever the cache did with it).
     rule,
     /// Anything else the gateway answered: no rule, a write, a request
-    /// refused at admission.
+    /// refused (at admission, or by a rule's `duplicate_inputs = "reject"`).
     pass,
     /// The admin API, health and `/metrics`.
     admin,
