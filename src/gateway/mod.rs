@@ -74,10 +74,13 @@ pub(crate) struct Cacheable<'g> {
 impl Gateway {
     /// A request's whole life (phases 1 to 9), and its access log line.
     pub async fn handle(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
-        self.logged(req, from, |mut req| async move {
+        self.logged(req, from, |mut req, id| async move {
             match self.admit(&mut req) {
                 Some(rejected) => self.answered_unruled(rejected),
-                None => self.serve(req, from).await,
+                None => {
+                    id.forward_on(req.headers_mut());
+                    self.serve(req, from).await
+                }
             }
         })
         .await

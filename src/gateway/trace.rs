@@ -3,7 +3,7 @@
 //! and the request's `X-Request-Id`, given to the backend and the answer.
 
 use super::Gateway;
-use crate::proxy::request_id;
+use crate::proxy::request_id::RequestId;
 use crate::proxy::{Body, ClientInfo};
 use http::{Request, Response};
 use std::future::Future;
@@ -31,19 +31,19 @@ pub(super) fn note(note: impl FnOnce(&mut Trace)) {
 }
 
 impl Gateway {
-    /// Runs `serve` on the request with its `X-Request-Id` (the answer gets
-    /// it too) and writes its access log line (when the log is on). The
-    /// server wraps whatever answers a request on the main listener in
-    /// this, admin routes included.
-    pub async fn logged<F, Fut>(&self, mut req: Request<Body>, from: ClientInfo, serve: F) -> Response<Body>
+    /// Runs `serve` on the request with its `X-Request-Id` (`serve` sets it
+    /// on the request once admitted; the answer gets it here) and writes
+    /// its access log line (when the log is on). The server wraps whatever
+    /// answers a request on the main listener in this, admin routes included.
+    pub async fn logged<F, Fut>(&self, req: Request<Body>, from: ClientInfo, serve: F) -> Response<Body>
     where
-        F: FnOnce(Request<Body>) -> Fut,
+        F: FnOnce(Request<Body>, RequestId) -> Fut,
         Fut: Future<Output = Response<Body>>,
     {
-        let id = request_id::assign(req.headers_mut());
+        let id = RequestId::of(req.headers());
         let Some(log) = &self.shared.access_log else {
-            let mut resp = serve(req).await;
-            request_id::stamp(resp.headers_mut(), id);
+            let mut resp = serve(req, id.clone()).await;
+            id.stamp(resp.headers_mut());
             return resp;
         };
         let started = Instant::now();
@@ -54,7 +54,7 @@ impl Gateway {
         let bytes_in = http_body::Body::size_hint(req.body()).exact();
         let (mut resp, t) = TRACE
             .scope(std::cell::RefCell::new(Trace::default()), async {
-                let resp = serve(req).await;
+                let resp = serve(req, id.clone()).await;
                 (resp, TRACE.with(|t| t.take()))
             })
             .await;
@@ -66,7 +66,7 @@ impl Gateway {
         };
         log.log(&crate::access_log::Line {
             client: from.addr.ip(),
-            request_id: id.to_str().unwrap_or("-"),
+            request_id: id.as_str(),
             user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
             method: method.as_str(),
             path: uri.path(),
@@ -80,7 +80,7 @@ impl Gateway {
             bytes_out: http_body::Body::size_hint(resp.body()).exact(),
             took: started.elapsed(),
         });
-        request_id::stamp(resp.headers_mut(), id);
+        id.stamp(resp.headers_mut());
         resp
     }
 }

@@ -77,24 +77,49 @@ fn hex_into(out: &mut [u8], mut v: u64) {
     }
 }
 
-/// The request's id (the client's if well-formed, else a new one), set on
-/// the request so the backend gets it; returned for the answer and the log.
-pub fn assign(request: &mut HeaderMap) -> HeaderValue {
-    let mut given = request.get_all(&X_REQUEST_ID).iter();
-    // One well-formed value kept as is (a shared copy, no allocation).
-    if let (Some(v), None) = (given.next(), given.next()) {
-        if well_formed(v.as_bytes()) {
-            return v.clone();
-        }
-    }
-    let id = generate();
-    request.insert(X_REQUEST_ID, id.clone());
-    id
+/// A request's id: the client's if well-formed, else one made for it.
+#[derive(Clone)]
+pub struct RequestId {
+    value: HeaderValue,
+    /// Not the client's: the request's header must be set (or replaced).
+    made: bool,
 }
 
-/// Sets the id on an answer, over any the backend or a stored entry had.
-pub fn stamp(answer: &mut HeaderMap, id: HeaderValue) {
-    answer.insert(X_REQUEST_ID, id);
+impl RequestId {
+    /// Chooses the request's id; the request is left as it is, so that the
+    /// admission limits count only what the client sent.
+    pub fn of(request: &HeaderMap) -> RequestId {
+        let mut given = request.get_all(&X_REQUEST_ID).iter();
+        // One well-formed value kept as is (a shared copy, no allocation).
+        if let (Some(v), None) = (given.next(), given.next()) {
+            if well_formed(v.as_bytes()) {
+                return RequestId {
+                    value: v.clone(),
+                    made: false,
+                };
+            }
+        }
+        RequestId {
+            value: generate(),
+            made: true,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.value.to_str().unwrap_or("-")
+    }
+
+    /// Sets the id on an admitted request, so the backend gets it.
+    pub fn forward_on(&self, request: &mut HeaderMap) {
+        if self.made {
+            request.insert(X_REQUEST_ID, self.value.clone());
+        }
+    }
+
+    /// Sets the id on an answer, over any the backend or a stored entry had.
+    pub fn stamp(self, answer: &mut HeaderMap) {
+        answer.insert(X_REQUEST_ID, self.value);
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +128,11 @@ mod tests {
 
     #[test]
     fn a_well_formed_client_id_is_kept_and_any_other_replaced() {
+        let assign = |h: &mut HeaderMap| {
+            let id = RequestId::of(h);
+            id.forward_on(h);
+            id.value
+        };
         for kept in ["abc", "A.b_c:d-e", &"x".repeat(128)] {
             let mut h = HeaderMap::new();
             h.insert(X_REQUEST_ID, HeaderValue::from_str(kept).unwrap());

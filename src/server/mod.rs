@@ -180,7 +180,7 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                             serve_main(&live, &gateway, req, from).await
                         }
                         (Role::Admin, refused) => {
-                            let id = proxy::request_id::assign(req.headers_mut());
+                            let id = proxy::request_id::RequestId::of(req.headers());
                             let mut resp = match refused {
                                 Some(why) => framing::refusal_response(why),
                                 None if crate::admin::owns(&gateway, req.uri().path()) => {
@@ -189,7 +189,7 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                                 None => not_found(),
                             };
                             gateway.metrics().answered(Route::admin, resp.status().as_u16());
-                            proxy::request_id::stamp(resp.headers_mut(), id);
+                            id.stamp(resp.headers_mut());
                             resp
                         }
                     };
@@ -213,10 +213,11 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
 async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
     let admin_here = gateway.config().admin.listen.is_none();
     gateway
-        .logged(req, from, |mut req| async move {
+        .logged(req, from, |mut req, id| async move {
             if let Some(rejected) = gateway.admit(&mut req) {
                 return gateway.answered_unruled(rejected);
             }
+            id.forward_on(req.headers_mut());
             if admin_here && crate::admin::owns(gateway, req.uri().path()) {
                 let resp = Box::pin(crate::admin::handle(live, gateway, req)).await;
                 gateway.metrics().answered(Route::admin, resp.status().as_u16());
