@@ -180,12 +180,20 @@ async fn build_info_and_process_metrics_are_exposed() {
         commit == "unknown" || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
         "{commit}"
     );
-    let git = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+    // Built from a git checkout: a commit of this repository (not
+    // necessarily HEAD: a commit made after the build moves HEAD).
+    let in_git = std::process::Command::new("git")
+        .args(["rev-parse", "--git-dir"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output();
-    if let Some(out) = git.ok().filter(|o| o.status.success()) {
-        assert_eq!(commit, String::from_utf8_lossy(&out.stdout).trim(), "commit from git");
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if in_git {
+        let known = std::process::Command::new("git")
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(known, "{commit} is not a commit of this checkout");
     }
 
     let rss = s.scalar("process_resident_memory_bytes", &[]);
