@@ -15,12 +15,18 @@ WORKDIR /src
 
 # Dependencies first, against a dummy crate, so that this (slow) layer is
 # reused for as long as Cargo.toml and Cargo.lock do not change.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
+
+# The commit cachegate_build_info reports: the build context has no .git, so
+# pass it (`docker build --build-arg CACHEGATE_COMMIT=$(git rev-parse --short
+# HEAD) .`); without it the commit label reads "unknown".
+ARG CACHEGATE_COMMIT=unknown
+ENV CACHEGATE_COMMIT=$CACHEGATE_COMMIT
 
 # The real sources. COPY keeps the files' timestamps, which may be older than
 # the dummy build's: touch them so cargo rebuilds the crate itself.

@@ -3,6 +3,8 @@
 //! every instance sharing the store (each instance adds its deltas to a
 //! shared hash in batches, never one extra round trip per request).
 
+mod process;
+
 use crate::outcome::Outcome;
 pub use crate::store::coherence_metrics::CoherenceMetrics;
 use crate::store::{Store, StoreError};
@@ -25,10 +27,43 @@ pub enum CacheStatus {
     bypass,
 }
 
+/// One family for all traffic. A request a `[[rule]]` covers carries its
+/// rule and cache status; the others (`route="pass"` or `"admin"`) carry
+/// them empty, which Prometheus reads as absent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     rule: String,
-    cache_status: CacheStatus,
+    cache_status: Option<CacheStatus>,
+    route: Route,
+    status_class: &'static str,
+}
+
+/// What answered a request, as `cachegate_requests_total{route}` says it.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Route {
+    /// A `[[rule]]` covers it (whatever the cache did with it).
+    rule,
+    /// Anything else the gateway answered: no rule, a write, a request
+    /// refused (at admission, or by a rule's `duplicate_inputs = "reject"`).
+    pass,
+    /// The admin API, health and `/metrics`.
+    admin,
+}
+
+/// `status_class` values, by the status's first digit less one.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of a status's class in [`STATUS_CLASSES`] (anything outside
+/// 100..=599, which hyper never sends, counts as 5xx).
+fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -71,7 +106,8 @@ struct PurgeLabels {
 /// keeps its counts.
 pub struct RuleCounters {
     name: String,
-    by_status: [Counter; 4],
+    /// By cache status (hit, miss, stale, bypass), then status class.
+    by_status: [[Counter; 5]; 4],
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -82,6 +118,8 @@ pub struct Metrics {
     tier_hits: Counter,
     coherence: CoherenceMetrics,
     requests: Family<RequestLabels, Counter>,
+    /// `route="pass"` and `route="admin"` by status class, resolved once.
+    unruled: [[Counter; 5]; 2],
     /// Every rule counted since start, the current config's and earlier ones.
     rules: std::sync::Mutex<Vec<Arc<RuleCounters>>>,
     /// Config reloads, by result.
@@ -158,15 +196,46 @@ impl Default for Metrics {
     }
 }
 
+/// Purge kinds counted in `cachegate_purges_total`, present from start.
+const PURGE_KINDS: [&str; 5] = ["key", "pattern", "tag", "scope", "clear"];
+
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("cachegate");
+        // The process_* series are unprefixed (Prometheus's standard names);
+        // everything else is cachegate_*.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector::new()));
+        let registry = root.sub_registry_with_prefix("cachegate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Requests through a cache rule, by rule and cache status",
+            "Requests answered: by route (rule, pass, admin) and status class; for route=rule also by rule and cache status",
             requests.clone(),
         );
+        let unruled = [Route::pass, Route::admin].map(|route| {
+            STATUS_CLASSES.map(|status_class| {
+                requests
+                    .get_or_create(&RequestLabels {
+                        rule: String::new(),
+                        cache_status: None,
+                        route,
+                        status_class,
+                    })
+                    .clone()
+            })
+        });
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build runs (commit: git at build time, CACHEGATE_COMMIT, or unknown)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("CACHEGATE_COMMIT"),
+            })
+            .set(1);
         let backend_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "backend_duration_seconds",
@@ -189,6 +258,9 @@ impl Metrics {
         registry.register("store_errors", "Store calls that failed, by kind", store_errors.clone());
         let purges = Family::<PurgeLabels, Counter>::default();
         registry.register("purges", "Purge operations, by kind", purges.clone());
+        for kind in PURGE_KINDS {
+            let _ = purges.get_or_create(&PurgeLabels { kind });
+        }
         let purged_keys = Counter::default();
         registry.register("purged_keys", "Keys removed by purges", purged_keys.clone());
         let stored_bytes = Counter::default();
@@ -221,12 +293,18 @@ impl Metrics {
             "Config reloads, by result (ok, error)",
             reloads.clone(),
         );
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
         let warm_paths = Family::<WarmLabels, Counter>::default();
         registry.register(
             "warm_paths",
             "Paths fetched by cache warming, by result (stored, skipped, failed)",
             warm_paths.clone(),
         );
+        for result in ["stored", "skipped", "failed"] {
+            let _ = warm_paths.get_or_create(&WarmLabels { result });
+        }
         let upgrades = Family::<UpgradeLabels, Counter>::default();
         registry.register(
             "upgrades",
@@ -267,7 +345,7 @@ impl Metrics {
             tier_hits.clone(),
         );
         let coherence = CoherenceMetrics::new();
-        coherence.register(&mut registry);
+        coherence.register(registry);
         Metrics {
             purges_pending,
             purges_replayed,
@@ -279,8 +357,9 @@ impl Metrics {
             upgrades,
             tunnels_open,
             warming: std::sync::atomic::AtomicBool::new(false),
-            registry,
+            registry: root,
             requests,
+            unruled,
             rules: std::sync::Mutex::new(Vec::new()),
             reloads,
             backend_latency,
@@ -307,13 +386,17 @@ impl Metrics {
                 if let Some(known) = all.iter().find(|r| &r.name == name) {
                     return known.clone();
                 }
-                let counter = |cache_status| {
-                    self.requests
-                        .get_or_create(&RequestLabels {
-                            rule: name.clone(),
-                            cache_status,
-                        })
-                        .clone()
+                let counter = |cache_status: CacheStatus| {
+                    STATUS_CLASSES.map(|status_class| {
+                        self.requests
+                            .get_or_create(&RequestLabels {
+                                rule: name.clone(),
+                                cache_status: Some(cache_status.clone()),
+                                route: Route::rule,
+                                status_class,
+                            })
+                            .clone()
+                    })
                 };
                 let made = Arc::new(RuleCounters {
                     name: name.clone(),
@@ -345,8 +428,10 @@ impl Metrics {
             .clone()
     }
 
-    /// Counts a request through the rule whose counters are `r`.
-    pub fn record(&self, r: &RuleCounters, outcome: &Outcome) {
+    /// Counts a request a rule covers (whose counters are `r`), answered
+    /// with `status`.
+    pub fn record(&self, r: &RuleCounters, outcome: &Outcome, status: u16) {
+        let http_status = status;
         let (status, hit) = match outcome {
             Outcome::Hit { .. } | Outcome::Collapsed { .. } => (0, Some(true)),
             Outcome::Miss { .. } => (1, Some(false)),
@@ -354,7 +439,7 @@ impl Metrics {
             Outcome::Revalidated { .. } => (1, Some(false)),
             Outcome::Bypass { .. } => (3, None),
         };
-        r.by_status[status].inc();
+        r.by_status[status][status_class(http_status)].inc();
         match hit {
             Some(true) => {
                 r.hits.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +449,17 @@ impl Metrics {
             }
             None => {}
         }
+    }
+
+    /// Counts a request no rule covers: `route` is [`Route::pass`] or
+    /// [`Route::admin`] (rule traffic is counted by [`Metrics::record`]).
+    pub fn answered(&self, route: Route, status: u16) {
+        let by_class = match route {
+            Route::rule => return,
+            Route::pass => &self.unruled[0],
+            Route::admin => &self.unruled[1],
+        };
+        by_class[status_class(status)].inc();
     }
 
     pub fn backend_latency(&self, took: Duration) {

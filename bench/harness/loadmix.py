@@ -299,7 +299,7 @@ def cache_counts(port: int) -> dict:
     st, _, body = http_get(port, "/metrics")
     c: Counter = Counter()
     for name, labels, v in parse_metrics(body.decode(errors="replace")):
-        if name.startswith("cachegate_requests") and "cache_status" in labels:
+        if name.startswith("cachegate_requests") and labels.get("cache_status"):
             c[labels["cache_status"]] += v
         elif name.startswith("cachegate_store_errors"):
             c["store_errors"] += v

@@ -61,7 +61,7 @@ impl Gateway {
             }
         }
         if let Some(counters) = self.generation.rule_counters.get(rule.index) {
-            self.shared.metrics.record(counters, &outcome);
+            self.shared.metrics.record(counters, &outcome, resp.status().as_u16());
         }
         resp
     }

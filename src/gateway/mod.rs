@@ -79,10 +79,13 @@ pub(crate) struct Cacheable<'g> {
 impl Gateway {
     /// A request's whole life (phases 1 to 9), and its access log line.
     pub async fn handle(self: &Arc<Self>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
-        self.logged(req, from, |mut req| async move {
+        self.logged(req, from, |mut req, id| async move {
             match self.admit(&mut req) {
-                Some(rejected) => rejected,
-                None => self.serve(req, from).await,
+                Some(rejected) => self.answered_unruled(rejected),
+                None => {
+                    id.forward_on(req.headers_mut());
+                    self.serve(req, from).await
+                }
             }
         })
         .await
@@ -94,15 +97,24 @@ impl Gateway {
     /// boxed, a hit's future stays small.
     pub async fn serve(self: &Arc<Self>, mut req: Request<Body>, from: ClientInfo) -> Response<Body> {
         if req.extensions().get::<crate::proxy::upgrade::Requested>().is_some() {
-            return Box::pin(self.tunnel(req, from)).await;
+            return self.answered_unruled(Box::pin(self.tunnel(req, from)).await);
         }
         match self.route(&mut req) {
-            route::Route::Write => Box::pin(self.invalidate(req, from)).await,
-            route::Route::Pass => Box::pin(self.pass(req, from)).await,
-            route::Route::Reply(resp) => resp,
+            route::Route::Write => self.answered_unruled(Box::pin(self.invalidate(req, from)).await),
+            route::Route::Pass => self.answered_unruled(Box::pin(self.pass(req, from)).await),
+            route::Route::Reply(resp) => self.answered_unruled(resp),
             route::Route::Cached(rule, Err(detail)) => Box::pin(self.uncached(req, from, rule, detail)).await,
             route::Route::Cached(rule, Ok(key)) => self.cached(Cacheable { req, from, rule, key }).await,
         }
+    }
+
+    /// Counts an answer to a request no `[[rule]]` covers (a write, no
+    /// match, refused at admission) as `route="pass"`; those a rule covers
+    /// are counted with their rule (`counted`).
+    pub fn answered_unruled(&self, resp: Response<Body>) -> Response<Body> {
+        let status = resp.status().as_u16();
+        self.shared.metrics.answered(crate::metrics::Route::pass, status);
+        resp
     }
 
     /// Phases 4 to 9; the outcome is set on the response's headers and

@@ -1,7 +1,9 @@
 //! The access log line of a request: what the phases note about it on the
-//! way (rule, key, backend status and time), written once it is answered.
+//! way (rule, key, backend status and time), written once it is answered;
+//! and the request's `X-Request-Id`, given to the backend and the answer.
 
 use super::Gateway;
+use crate::proxy::request_id::RequestId;
 use crate::proxy::{Body, ClientInfo};
 use http::{Request, Response};
 use std::future::Future;
@@ -29,24 +31,30 @@ pub(super) fn note(note: impl FnOnce(&mut Trace)) {
 }
 
 impl Gateway {
-    /// Runs `serve` on the request and writes its access log line (when the
-    /// log is on). The server wraps whatever answers a request on the main
-    /// listener in this, admin routes included.
+    /// Runs `serve` on the request with its `X-Request-Id` (`serve` sets it
+    /// on the request once admitted; the answer gets it here) and writes
+    /// its access log line (when the log is on). The server wraps whatever
+    /// answers a request on the main listener in this, admin routes included.
     pub async fn logged<F, Fut>(&self, req: Request<Body>, from: ClientInfo, serve: F) -> Response<Body>
     where
-        F: FnOnce(Request<Body>) -> Fut,
+        F: FnOnce(Request<Body>, RequestId) -> Fut,
         Fut: Future<Output = Response<Body>>,
     {
+        let id = RequestId::of(req.headers());
         let Some(log) = &self.shared.access_log else {
-            return serve(req).await;
+            let mut resp = serve(req, id.clone()).await;
+            id.stamp(resp.headers_mut());
+            return resp;
         };
         let started = Instant::now();
         let method = req.method().clone();
-        // A Uri clone shares its bytes: no copy of the path per line.
+        // A Uri or HeaderValue clone shares its bytes: no copy per line.
         let uri = req.uri().clone();
-        let (resp, t) = TRACE
+        let user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        let bytes_in = http_body::Body::size_hint(req.body()).exact();
+        let (mut resp, t) = TRACE
             .scope(std::cell::RefCell::new(Trace::default()), async {
-                let resp = serve(req).await;
+                let resp = serve(req, id.clone()).await;
                 (resp, TRACE.with(|t| t.take()))
             })
             .await;
@@ -58,6 +66,8 @@ impl Gateway {
         };
         log.log(&crate::access_log::Line {
             client: from.addr.ip(),
+            request_id: id.as_str(),
+            user_agent: user_agent.as_ref().and_then(|v| v.to_str().ok()),
             method: method.as_str(),
             path: uri.path(),
             status: resp.status().as_u16(),
@@ -66,9 +76,11 @@ impl Gateway {
             cache: resp.headers().get("x-cache").and_then(|v| v.to_str().ok()),
             backend_status: t.backend_status,
             backend_time: t.backend_time,
-            bytes: http_body::Body::size_hint(resp.body()).exact(),
+            bytes_in,
+            bytes_out: http_body::Body::size_hint(resp.body()).exact(),
             took: started.elapsed(),
         });
+        id.stamp(resp.headers_mut());
         resp
     }
 }

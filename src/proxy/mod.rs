@@ -10,6 +10,7 @@ pub mod host;
 pub mod interim;
 mod keep_alive;
 pub mod normalize;
+pub mod request_id;
 mod retry;
 pub mod upgrade;
 

@@ -6,6 +6,7 @@ pub mod accept;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::metrics::Route;
 use crate::proxy::{self, framing, Body, ClientInfo};
 use crate::reload::Live;
 use crate::BoxError;
@@ -185,11 +186,19 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
                             }
                             serve_main(&live, &gateway, req, from).await
                         }
-                        (Role::Admin, Some(why)) => framing::refusal_response(why),
-                        (Role::Admin, None) if crate::admin::owns(&gateway, req.uri().path()) => {
-                            Box::pin(crate::admin::handle(&live, &gateway, req)).await
+                        (Role::Admin, refused) => {
+                            let id = proxy::request_id::RequestId::of(req.headers());
+                            let mut resp = match refused {
+                                Some(why) => framing::refusal_response(why),
+                                None if crate::admin::owns(&gateway, req.uri().path()) => {
+                                    Box::pin(crate::admin::handle(&live, &gateway, req)).await
+                                }
+                                None => not_found(),
+                            };
+                            gateway.metrics().answered(Route::admin, resp.status().as_u16());
+                            id.stamp(resp.headers_mut());
+                            resp
                         }
-                        (Role::Admin, None) => not_found(),
                     };
                     Ok::<_, Infallible>(resp)
                 }
@@ -211,17 +220,22 @@ async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver
 async fn serve_main(live: &Arc<Live>, gateway: &Arc<Gateway>, req: Request<Body>, from: ClientInfo) -> Response<Body> {
     let admin_here = gateway.config().admin.listen.is_none();
     gateway
-        .logged(req, from, |mut req| async move {
+        .logged(req, from, |mut req, id| async move {
             if let Some(rejected) = gateway.admit(&mut req) {
-                return rejected;
+                return gateway.answered_unruled(rejected);
             }
+            id.forward_on(req.headers_mut());
             // `PURGE /path` (`[admin] purge_method`): answered here, never
             // forwarded, whichever listener serves the admin routes.
             if crate::admin::is_purge(gateway, &req) {
-                return Box::pin(crate::admin::purge_url(gateway, req)).await;
+                let resp = Box::pin(crate::admin::purge_url(gateway, req)).await;
+                gateway.metrics().answered(Route::admin, resp.status().as_u16());
+                return resp;
             }
             if admin_here && crate::admin::owns(gateway, req.uri().path()) {
-                return Box::pin(crate::admin::handle(live, gateway, req)).await;
+                let resp = Box::pin(crate::admin::handle(live, gateway, req)).await;
+                gateway.metrics().answered(Route::admin, resp.status().as_u16());
+                return resp;
             }
             gateway.serve(req, from).await
         })

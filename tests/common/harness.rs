@@ -1298,14 +1298,15 @@ impl Scrape {
         (!self.find(name, labels).is_empty()).then(|| self.scalar(name, labels))
     }
 
-    /// `cachegate_requests_total` for a rule, by cache status.
+    /// `cachegate_requests_total` for a rule, by cache status (summed over
+    /// status classes).
     pub fn requests(&self, rule: &str) -> HashMap<String, f64> {
         ["hit", "miss", "stale", "bypass"]
             .iter()
             .map(|s| {
                 (
                     s.to_string(),
-                    self.scalar("cachegate_requests_total", &[("rule", rule), ("cache_status", s)]),
+                    self.sum("cachegate_requests_total", &[("rule", rule), ("cache_status", s)]),
                 )
             })
             .collect()

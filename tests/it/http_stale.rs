@@ -246,7 +246,7 @@ async fn stale_if_error_ends_with_its_window(kind: Kind) {
 async fn metrics_count_stale_answers(kind: Kind) {
     let w = world(kind).await;
     assert_eq!(
-        w.client.scrape().await.scalar(
+        w.client.scrape().await.sum(
             "cachegate_requests_total",
             &[("rule", "sie"), ("cache_status", "stale")]
         ),
@@ -260,7 +260,7 @@ async fn metrics_count_stale_answers(kind: Kind) {
     let second = w.client.get(path).await;
     assert_eq!(second.x_cache(), Some("STALE"));
     assert_eq!(
-        w.client.scrape().await.scalar(
+        w.client.scrape().await.sum(
             "cachegate_requests_total",
             &[("rule", "sie"), ("cache_status", "stale")]
         ),
@@ -272,7 +272,7 @@ async fn metrics_count_stale_answers(kind: Kind) {
     let s = w.client.first_non_hit(swr, &[]).await;
     assert_eq!(s.x_cache(), Some("STALE"));
     assert_eq!(
-        w.client.scrape().await.scalar(
+        w.client.scrape().await.sum(
             "cachegate_requests_total",
             &[("rule", "swr"), ("cache_status", "stale")]
         ),
