@@ -27,6 +27,7 @@
 
 mod admit;
 mod answer;
+mod backend_probe;
 mod coalesce;
 mod credential_end;
 mod fill;
@@ -52,6 +53,7 @@ mod vary;
 mod write_guard;
 
 pub use crate::outcome::Outcome;
+pub use backend_probe::{spawn_backend_probe, BackendState};
 pub use generation::Gateway;
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};
 
