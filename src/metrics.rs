@@ -435,7 +435,9 @@ impl Metrics {
     /// Sets `store_up`, and on a cluster `store_shard_up` for each primary
     /// (a primary no longer serving slots is dropped).
     pub fn set_store_health(&self, store: &dyn Store) {
-        self.store_up.set(store.is_up() as i64);
+        // Connected but refused (NOAUTH) is not up either.
+        let usable = store.health().state == crate::store::health::StoreState::Ok;
+        self.store_up.set(usable as i64);
         {
             // One copy at a time, so two scrapes never add the same errors.
             let _one = self.store_errors_synced.lock().unwrap_or_else(|p| p.into_inner());

@@ -121,6 +121,22 @@ async fn no_password_for_a_server_that_requires_one_is_auth_failed() {
     );
     let (backend, proxy) = start(&format!("url = \"{}\"", redis.url()), "").await;
     shows(&proxy, &backend, "auth_failed", "NOAUTH", 503).await;
+    // Fixed at the server: caching resumes, the state is ok again.
+    assert_eq!(
+        cli(
+            redis.port(),
+            &["-a", "right-password", "CONFIG", "SET", "requirepass", ""]
+        )
+        .trim(),
+        "OK"
+    );
+    let c = proxy.client();
+    eventually("health says ok", PATIENCE, || async {
+        c.get(PATH).await;
+        admin(&c, "health").await.json()["store"]["state"] == "ok"
+    })
+    .await;
+    assert_eq!(c.get("/readyz").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,4 +419,33 @@ fn metric(addr: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+#[test]
+fn a_bad_health_setting_is_reported_at_its_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (line, needle) in [
+        ("probe_interval_ms = -1", "probe_interval_ms"),
+        ("ready_requires_store = \"sometimes\"", "ready_requires_store"),
+        ("probe_path = \"health\"", "probe_path"),
+        ("probe_fall = 0", "probe_fall"),
+        ("no_such_key = 1", "no_such_key"),
+    ] {
+        let file = dir.path().join("proxy.toml");
+        std::fs::write(
+            &file,
+            format!("[backend]\nurl = \"http://127.0.0.1:8000\"\n\n[health]\n{line}\n"),
+        )
+        .expect("write config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachegate"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .env_remove("REDIS_URL")
+            .output()
+            .expect("run cachegate check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {err}");
+        assert!(err.contains("proxy.toml:5:"), "{line}: file:line:col expected: {err}");
+        assert!(err.contains(needle), "{line}: {err}");
+    }
 }
