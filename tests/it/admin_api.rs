@@ -1131,6 +1131,10 @@ async fn health_is_degraded_while_redis_stalls() {
         "Redis answered nothing for {PATIENCE:?} and every request bypassed, yet health says: {last}"
     );
     assert_eq!(last["store_up"], false);
+    assert_eq!(
+        last["store"]["state"], "timeout",
+        "a silent Redis is named a timeout: {last}"
+    );
     eventually("health is healthy again", PATIENCE, || {
         let (c, u) = (&c, &health_url);
         async move { get_ok(c, u).await["status"] == "healthy" }
