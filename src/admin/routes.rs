@@ -202,17 +202,20 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
     let info = match info {
         Ok(info) => info,
         Err(e) => {
-            let health = gw.store().health();
-            let status = if health.state.is_misconfiguration() {
+            // Up a moment ago but this call failed (a timeout on a large
+            // keyspace): the call's own error says why.
+            let store = match gw.store().health() {
+                h if h.state == StoreState::Ok => StoreHealth {
+                    state: StoreState::classify(&e.to_string()),
+                    detail: e.to_string(),
+                },
+                h => h,
+            };
+            let status = if store.state.is_misconfiguration() {
                 "disabled"
             } else {
                 "degraded"
             };
-            let detail = match health.state {
-                StoreState::Ok => e.to_string(),
-                _ => health.detail.clone(),
-            };
-            let store = StoreHealth { detail, ..health };
             return proxy::json(
                 StatusCode::OK,
                 &json!({
