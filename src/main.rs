@@ -224,6 +224,12 @@ fn check(args: ServeArgs) -> ExitCode {
     match load(&args) {
         Err(code) => code,
         Ok(config) => {
+            // What start-up builds from the Redis settings, built here too,
+            // so check refuses what start-up would.
+            if let Some(Err(e)) = config.redis.as_ref().map(cachegate::store::redis_connect::fred_config) {
+                eprintln!("{}: the Redis settings are not usable: {e}", config.source);
+                return ExitCode::from(2);
+            }
             let o = &config.origins;
             let mut out = format!(
                 "{}: ok\nedition {}; listen {} ({}); backend {} ({})\n",

@@ -129,7 +129,13 @@ pub struct Metrics {
     /// makes, resolved once (the family's label lookup hashes and locks).
     store_ops: Vec<(&'static str, Histogram)>,
     store_latency: Family<OpLabels, Histogram>,
+    /// Store errors by cause (`store::health::ERROR_KINDS`), every kind
+    /// present from start; the store counts, scrapes copy its figures.
     store_errors: Family<ErrorLabels, Counter>,
+    store_errors_synced: std::sync::Mutex<()>,
+    /// 1 while the backend probe (`crate::gateway::backend_probe`) finds
+    /// the backend up.
+    backend_up: Gauge,
     purges: Family<PurgeLabels, Counter>,
     purged_keys: Counter,
     stored_bytes: Counter,
@@ -255,7 +261,22 @@ impl Metrics {
             .map(|op| (*op, store_latency.get_or_create(&OpLabels { op }).clone()))
             .collect();
         let store_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("store_errors", "Store calls that failed, by kind", store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Store errors by cause: failed connection attempts and calls (auth_failed, db_out_of_range, tls_error, connection_refused, dns_failed, timeout, unreachable, error)",
+            store_errors.clone(),
+        );
+        for kind in crate::store::health::ERROR_KINDS {
+            let _ = store_errors.get_or_create(&ErrorLabels { kind });
+        }
+        let backend_up = Gauge::default();
+        registry.register(
+            "backend_up",
+            "1 while the backend probe reaches the backend ([health] probe), 0 while it does not",
+            backend_up.clone(),
+        );
+        // Up until a probe says otherwise (no probe: never down).
+        backend_up.set(1);
         let purges = Family::<PurgeLabels, Counter>::default();
         registry.register("purges", "Purge operations, by kind", purges.clone());
         for kind in PURGE_KINDS {
@@ -366,6 +387,8 @@ impl Metrics {
             store_ops,
             store_latency,
             store_errors,
+            store_errors_synced: std::sync::Mutex::new(()),
+            backend_up,
             purges,
             purged_keys,
             stored_bytes,
@@ -466,13 +489,14 @@ impl Metrics {
         self.backend_latency.observe(took.as_secs_f64());
     }
 
-    /// Records a store call's latency and, if it failed, its error kind.
     /// This process's id among the instances sharing the store.
     pub fn instance(&self) -> &str {
         &self.instance
     }
 
-    pub fn store_call<T>(&self, op: &'static str, took: Duration, result: &Result<T, StoreError>) {
+    /// Records a store call's latency. Its errors are counted by the store
+    /// itself, by cause, and copied at each scrape (`set_store_health`).
+    pub fn store_call<T>(&self, op: &'static str, took: Duration, _result: &Result<T, StoreError>) {
         match self.store_ops.iter().find(|(known, _)| *known == op) {
             Some((_, histogram)) => histogram.observe(took.as_secs_f64()),
             None => self
@@ -480,14 +504,11 @@ impl Metrics {
                 .get_or_create(&OpLabels { op })
                 .observe(took.as_secs_f64()),
         }
-        if let Err(e) = result {
-            let kind = match e {
-                StoreError::Unavailable => "unavailable",
-                StoreError::Timeout => "timeout",
-                StoreError::Backend(_) => "error",
-            };
-            self.store_errors.get_or_create(&ErrorLabels { kind }).inc();
-        }
+    }
+
+    /// Sets `backend_up` from the backend probe.
+    pub fn set_backend_up(&self, up: bool) {
+        self.backend_up.set(up as i64);
     }
 
     pub fn purged(&self, kind: &'static str, keys: u64) {
@@ -555,7 +576,21 @@ impl Metrics {
     /// Sets `store_up`, and on a cluster `store_shard_up` for each primary
     /// (a primary no longer serving slots is dropped).
     pub fn set_store_health(&self, store: &dyn Store) {
-        self.store_up.set(store.is_up() as i64);
+        // Connected but refused (NOAUTH) is not up either.
+        let usable = store.health().state == crate::store::health::StoreState::Ok;
+        self.store_up.set(usable as i64);
+        {
+            // One copy at a time, so two scrapes never add the same errors.
+            let _one = self.store_errors_synced.lock().unwrap_or_else(|p| p.into_inner());
+            let counts = store.error_counts();
+            for (kind, total) in crate::store::health::ERROR_KINDS.into_iter().zip(counts) {
+                let counter = self.store_errors.get_or_create(&ErrorLabels { kind });
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
         let shards = store.shards();
         if !shards.is_empty() {
             self.store_shard_up.clear();

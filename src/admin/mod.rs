@@ -199,12 +199,7 @@ pub async fn handle(live: &Arc<Live>, gateway: &Gateway, req: Request<Body>) -> 
         Route::ScopePurge => scope_purge::purge(gateway, req).await,
         Route::Metrics => routes::metrics(gateway),
         Route::Healthz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "alive"})),
-        // Not ready while a start-up warm run that readiness waits for goes on.
-        Route::Readyz if gateway.metrics().warming() => proxy::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "warming", "pending": gateway.metrics().warm_pending()}),
-        ),
-        Route::Readyz => proxy::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Route::Readyz => routes::readyz(gateway),
         Route::Unknown => proxy::json_error(StatusCode::NOT_FOUND, "not_found", "no such admin route"),
     };
     resp.headers_mut()

@@ -1,11 +1,13 @@
 //! The admin route handlers. Each returns JSON in the reference shape.
 
 use crate::config::Edition;
-use crate::gateway::Gateway;
+use crate::config::StoreReadiness;
+use crate::gateway::{BackendState, Gateway};
 use crate::metrics::{HitMiss, Metrics};
 use crate::proxy::{self, Body};
 use crate::rules::{query_param, INTERNAL_PREFIX};
 use crate::store::entry::{now_ms, Entry};
+use crate::store::health::{StoreHealth, StoreState};
 use crate::store::StoreError;
 use base64::Engine;
 use http::{Response, StatusCode};
@@ -58,9 +60,73 @@ fn features(edition: Edition) -> Value {
     })
 }
 
+/// The store's state for `health` and `/readyz`:
+/// `{"kind", "state", "detail"}` (detail `null` when ok).
+fn store_state(gw: &Gateway, store: &StoreHealth) -> Value {
+    json!({
+        "kind": gw.store().kind(),
+        "state": store.state.as_str(),
+        "detail": (store.state != StoreState::Ok).then_some(store.detail.as_str()),
+    })
+}
+
+/// The backend probe's verdict: `{"state": "up"|"down", "detail"}`.
+fn backend_state(backend: &BackendState) -> Value {
+    json!({
+        "state": if backend.up { "up" } else { "down" },
+        "detail": backend.detail,
+    })
+}
+
+/// `/readyz`: 503 while a start-up warm run readiness waits for goes on,
+/// while the store is unusable in a way `[health] ready_requires_store`
+/// counts (by default a misconfiguration: credentials, database, TLS, host
+/// name), and, with `ready_requires_backend`, while the backend is down.
+/// The body names the store's and the backend's state either way.
+pub fn readyz(gw: &Gateway) -> Response<Body> {
+    let metrics = gw.metrics();
+    if metrics.warming() {
+        return proxy::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "warming", "pending": metrics.warm_pending()}),
+        );
+    }
+    let settings = &gw.config().health;
+    let store = gw.store().health();
+    let backend = gw.backend_state();
+    let mut reasons = Vec::new();
+    let store_counts = match settings.ready_requires_store {
+        StoreReadiness::Config => store.state.is_misconfiguration(),
+        StoreReadiness::Up => store.state != StoreState::Ok,
+        StoreReadiness::Never => false,
+    };
+    if store_counts {
+        reasons.push(format!("store {}: {}", store.state.as_str(), store.detail));
+    }
+    if settings.ready_requires_backend && !backend.up {
+        reasons.push(format!("backend down: {}", backend.detail));
+    }
+    let (status, word) = if reasons.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    let mut body = json!({
+        "status": word,
+        "store": store_state(gw, &store),
+        "backend": backend_state(&backend),
+    });
+    if !reasons.is_empty() {
+        body["reasons"] = json!(reasons);
+    }
+    proxy::json(status, &body)
+}
+
 pub async fn health(gw: &Gateway) -> Response<Body> {
     let config = gw.config();
-    let up = gw.store().is_up();
+    let store = gw.store().health();
+    let backend = gw.backend_state();
+    let up = store.state == StoreState::Ok;
     let shards: Vec<Value> = gw
         .store()
         .shards()
@@ -68,9 +134,10 @@ pub async fn health(gw: &Gateway) -> Response<Body> {
         .map(|(shard, up)| json!({"shard": shard, "up": up}))
         .collect();
     let mut body = json!({
-            "status": if up { "healthy" } else { "degraded" },
-            "store": gw.store().kind(),
+            "status": if up && backend.up { "healthy" } else { "degraded" },
+            "store": store_state(gw, &store),
             "store_up": up,
+            "backend": backend_state(&backend),
             "edition": config.edition.as_str(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
@@ -115,12 +182,14 @@ pub async fn basic_stats(gw: &Gateway) -> Response<Body> {
     )
 }
 
+/// `stats` in the reference's shape. When the store does not answer it is
+/// still 200: `"status": "disabled"` when the cause is a misconfiguration
+/// (nothing is cached until it is fixed), else `"degraded"` (down for now),
+/// with this instance's own figures and `null` for what only the store
+/// knows.
 pub async fn stats(gw: &Gateway) -> Response<Body> {
-    let info = match gw.store().info().await {
-        Ok(i) => i,
-        Err(e) => return store_failed(e),
-    };
-    let (all, rules, _) = figures(gw).await;
+    let info = gw.store().info().await;
+    let (all, rules, fleet) = figures(gw).await;
     let (local, local_rules) = gw.metrics().local();
     let mut per_rule = Map::new();
     for (name, hm) in rules {
@@ -130,11 +199,57 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
     for (name, hm) in local_rules {
         local_per_rule.insert(name, json!(hm));
     }
+    let info = match info {
+        Ok(info) => info,
+        Err(e) => {
+            // Up a moment ago but this call failed (a timeout on a large
+            // keyspace): the call's own error says why.
+            let store = match gw.store().health() {
+                h if h.state == StoreState::Ok => StoreHealth {
+                    state: StoreState::classify(&e.to_string()),
+                    detail: e.to_string(),
+                },
+                h => h,
+            };
+            let status = if store.state.is_misconfiguration() {
+                "disabled"
+            } else {
+                "degraded"
+            };
+            return proxy::json(
+                StatusCode::OK,
+                &json!({
+                    "status": status,
+                    "store": gw.store().kind(),
+                    "store_state": store_state(gw, &store),
+                    "server": null,
+                    "memory": null,
+                    "stats": {
+                        "total_keys": null,
+                        "internal_keys": null,
+                        "hits": all.hits,
+                        "misses": all.misses,
+                        "hit_rate": all.hit_rate,
+                        "rules": per_rule,
+                        "scope": if fleet { "fleet" } else { "instance" },
+                        "instance": {
+                            "hits": local.hits,
+                            "misses": local.misses,
+                            "hit_rate": local.hit_rate,
+                            "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
+                            "rules": local_per_rule,
+                        },
+                    },
+                }),
+            );
+        }
+    };
     proxy::json(
         StatusCode::OK,
         &json!({
             "status": "enabled",
             "store": gw.store().kind(),
+            "store_state": store_state(gw, &StoreHealth::ok()),
             "server": {
                 "version": info.version,
                 "uptime_seconds": info.uptime_seconds,
@@ -150,6 +265,8 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
             },
             "stats": {
                 "total_keys": info.total_keys,
+                "internal_keys": info.internal_keys,
+                "db_keys": info.db_keys,
                 "hits": all.hits,
                 "misses": all.misses,
                 "hit_rate": all.hit_rate,

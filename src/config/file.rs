@@ -30,6 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub warm: super::warm::RawWarm,
     #[serde(default)]
+    pub health: super::health::RawHealth,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,

@@ -8,6 +8,7 @@
 mod admin;
 mod error;
 mod file;
+mod health;
 mod inputs;
 pub mod redis_url;
 mod resolve;
@@ -16,6 +17,7 @@ mod warm;
 
 pub use admin::{hash_token, AdminConfig, AdminScope, AdminToken};
 pub use error::ConfigError;
+pub use health::{HealthConfig, StoreReadiness};
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
 pub use redis_url::{RedisTls, RedisTopology};
 pub use settings::{

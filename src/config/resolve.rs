@@ -376,6 +376,7 @@ pub(super) fn resolve(
     };
 
     let warm = super::warm::resolve(raw.warm, file, env, &at)?;
+    let health = super::health::resolve(raw.health, &at)?;
 
     let defaults = RuleDefaults {
         ttl: cache.default_ttl,
@@ -418,6 +419,7 @@ pub(super) fn resolve(
         admin,
         rules: Arc::new(rules),
         warm,
+        health,
     })
 }
 
@@ -524,11 +526,29 @@ fn resolve_redis_url(
 ) -> Result<(Option<super::redis_url::RedisUrl>, String), ConfigError> {
     let host_port = match (env("REDIS_HOST"), env("REDIS_PORT")) {
         (None, None) => None,
-        (host, port) => Some(format!(
-            "redis://{}:{}",
-            host.unwrap_or_else(|| "127.0.0.1".into()),
-            port.unwrap_or_else(|| "6379".into())
-        )),
+        (host, port) => {
+            // Checked here, naming the variable, so `check` refuses what
+            // start-up would (exit 2), instead of start-up failing later.
+            let port = match port {
+                None => 6379,
+                Some(p) => match p.trim().parse::<u16>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(general(format!(
+                            "environment variable REDIS_PORT: expected a port number 1-65535, got {p:?}"
+                        )))
+                    }
+                },
+            };
+            let host = host.unwrap_or_else(|| "127.0.0.1".into());
+            if host.parse::<http::uri::Authority>().is_err() || host.contains(['/', '@', ':']) && !host.starts_with('[')
+            {
+                return Err(general(format!(
+                    "environment variable REDIS_HOST: expected a host name or IP address, got {host:?}"
+                )));
+            }
+            Some(format!("redis://{host}:{port}"))
+        }
     };
     let env_name = if env("REDIS_URL").is_some() {
         "REDIS_URL"

@@ -259,4 +259,6 @@ pub struct Config {
     pub rules: Arc<RuleSet>,
     /// `[warm]`: cache warming at start, and `cachegate warm`'s defaults.
     pub warm: super::warm::WarmConfig,
+    /// `[health]`: what readiness requires, the backend probe.
+    pub health: super::health::HealthConfig,
 }

@@ -53,6 +53,8 @@ pub(super) struct Shared {
     /// store answers; and whether an outage repair is under way.
     pub(super) pending: Arc<PendingPurges>,
     pub(super) access_log: Option<AccessLog>,
+    /// The backend probe's verdict (`backend_probe.rs`).
+    pub(super) backend_health: super::backend_probe::BackendHealth,
 }
 
 /// Everything a request needs: this generation and the shared state.
@@ -82,6 +84,7 @@ impl Gateway {
                 keyspace_walks: tokio::sync::Semaphore::new(1),
                 pending,
                 access_log,
+                backend_health: Default::default(),
             }),
         })
     }

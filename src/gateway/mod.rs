@@ -30,6 +30,7 @@
 
 mod admit;
 mod answer;
+mod backend_probe;
 mod coalesce;
 mod credential_end;
 mod fill;
@@ -56,6 +57,7 @@ mod vary;
 mod write_guard;
 
 pub use crate::outcome::Outcome;
+pub use backend_probe::{spawn_backend_probe, BackendState};
 pub use generation::Gateway;
 pub use purge::UrlPurge;
 pub use scope::{scope_field, scope_field_keyed, ScopeKey, ANONYMOUS, PUBLIC};

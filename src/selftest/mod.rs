@@ -288,7 +288,12 @@ async fn store_check(ctx: &Ctx<'_>, report: &mut Report) -> bool {
         ),
         Ok(a) => match serde_json::from_slice::<serde_json::Value>(&a.body) {
             Ok(v) => {
-                let store = v["store"].as_str().unwrap_or("unknown").to_string();
+                // `store` is {"kind", "state", "detail"} (a bare kind before).
+                let store = v["store"]["kind"]
+                    .as_str()
+                    .or(v["store"].as_str())
+                    .unwrap_or("unknown")
+                    .to_string();
                 let status = v["status"].as_str().unwrap_or("unknown").to_string();
                 if v["store_up"].as_bool() == Some(true) {
                     Check::ok(
@@ -300,7 +305,10 @@ async fn store_check(ctx: &Ctx<'_>, report: &mut Report) -> bool {
                     Check::failed(
                         "store",
                         "connectivity",
-                        format!("the {store} store is down (admin health: {status})"),
+                        format!(
+                            "the {store} store is down: {} (admin health: {status})",
+                            v["store"]["detail"].as_str().unwrap_or("no detail")
+                        ),
                     )
                 }
             }

@@ -119,6 +119,8 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     let (stop, stopped) = watch::channel(false);
     // [warm]: in the background; readiness may wait for it.
     crate::warm::spawn_at_start(live.clone(), stopped.clone());
+    let weak_live = Arc::downgrade(&live);
+    crate::gateway::spawn_backend_probe(move || weak_live.upgrade().map(|l| l.gateway()));
     let main = tokio::spawn(listen(listener, live.clone(), stopped.clone(), Role::Main));
     let admin = admin_listener.map(|l| tokio::spawn(listen(l, live.clone(), stopped, Role::Admin)));
     let task = tokio::spawn(async move {

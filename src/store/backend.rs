@@ -178,6 +178,16 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// Why the backend is unusable, if it is (no I/O).
+    fn health(&self) -> super::health::StoreHealth {
+        super::health::StoreHealth::ok()
+    }
+
+    /// Errors counted so far, by kind ([`super::health::ERROR_KINDS`]).
+    fn error_counts(&self) -> [u64; super::health::ERROR_KINDS.len()] {
+        [0; super::health::ERROR_KINDS.len()]
+    }
+
     /// On a Redis Cluster, each primary and whether it is reachable.
     fn shards(&self) -> Vec<(String, bool)> {
         Vec::new()
@@ -240,6 +250,8 @@ fn process_info(total_keys: u64) -> StoreInfo {
         peak_memory: proc_kb(&status, "VmHWM").unwrap_or(0),
         total_system_memory: proc_kb(&meminfo, "MemTotal").unwrap_or(0),
         total_keys,
+        internal_keys: 0,
+        db_keys: total_keys,
     }
 }
 

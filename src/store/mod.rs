@@ -26,6 +26,7 @@ pub mod backend;
 pub mod coherence;
 pub mod coherence_metrics;
 pub mod entry;
+pub mod health;
 // Redis glob matching lives with the rules that write the patterns.
 pub use crate::rules::glob;
 pub mod memory;
@@ -154,8 +155,15 @@ pub struct StoreInfo {
     pub used_memory: u64,
     pub peak_memory: u64,
     pub total_system_memory: u64,
-    /// Keys in the store (Redis: the DB's key count).
+    /// Cache records holding entries (a logical key with its scopes and
+    /// variants counts one); internal keys and foreign keys left out.
     pub total_keys: u64,
+    /// cachegate's internal keys under the prefix (`__cg:`: epoch, secret,
+    /// indexes, stats, marks); 0 for the memory store.
+    pub internal_keys: u64,
+    /// Every key in the database, cachegate's or not (Redis `DBSIZE`;
+    /// summed over the primaries of a cluster).
+    pub db_keys: u64,
 }
 
 /// The cache as the gateway sees it, implemented once by
@@ -180,6 +188,21 @@ pub trait Store: Send + Sync + 'static {
     /// before any background task does (`gateway/pending_purges.rs`).
     fn outages(&self) -> u64 {
         0
+    }
+
+    /// Why the store is unusable, if it is (cheap; no I/O): `/readyz` and
+    /// the admin `health` route show it.
+    fn health(&self) -> health::StoreHealth {
+        if self.is_up() {
+            health::StoreHealth::ok()
+        } else {
+            health::StoreHealth::unreachable()
+        }
+    }
+
+    /// Store errors counted so far, by kind ([`health::ERROR_KINDS`]).
+    fn error_counts(&self) -> [u64; health::ERROR_KINDS.len()] {
+        [0; health::ERROR_KINDS.len()]
     }
 
     /// The secret that keys credential-scope hashes. Shared by every

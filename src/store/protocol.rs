@@ -182,6 +182,14 @@ impl<B: Backend> Store for Protocol<B> {
         self.backend.outages()
     }
 
+    fn health(&self) -> super::health::StoreHealth {
+        self.backend.health()
+    }
+
+    fn error_counts(&self) -> [u64; super::health::ERROR_KINDS.len()] {
+        self.backend.error_counts()
+    }
+
     fn scope_secret(&self) -> Option<Bytes> {
         self.secret.clone().or_else(|| self.backend.shared_secret())
     }

@@ -21,6 +21,7 @@
 
 use super::backend::{Backend, Change, Fill, Index, Keys, Member, Page};
 use super::entry::{now_ms, TTL_OFFSET};
+use super::health::{HealthTracker, StoreHealth, StoreState, ERROR_KINDS};
 use super::redis_lua::Scripts;
 use super::redis_walk::RedisCursor;
 use super::{FillGuard, Record, StoreError, StoreInfo, StoreResult, GEN_FIELD, MARK_FIELD};
@@ -79,6 +80,8 @@ pub struct RedisBackend {
     timeouts: AtomicU64,
     /// How many times Redis came back after being unreachable.
     outages: AtomicU64,
+    /// Why Redis is unusable, by cause (`health.rs`).
+    health: Arc<HealthTracker>,
     /// On a Redis Cluster: fills reserve then commit (`redis_cluster.rs`),
     /// and keyspace walks visit every primary.
     pub(super) cluster: bool,
@@ -107,8 +110,14 @@ impl RedisBackend {
             .then(|| super::redis_shards::Shards::new(config.clone()));
         let builder = super::redis_connect::builder(config, 2);
         let pool = builder.build_pool(cfg.pool_size)?;
+        let health = Arc::new(HealthTracker::new());
+        // Listening before connecting, so the first attempt's cause is seen.
+        for client in pool.clients() {
+            follow_errors(client.error_rx(), health.clone());
+        }
         pool.connect_pool();
         let notices = builder.build_subscriber_client()?;
+        follow_errors(notices.error_rx(), health.clone());
         notices.connect();
         // Re-subscribes after every reconnect.
         notices.manage_subscriptions();
@@ -140,6 +149,7 @@ impl RedisBackend {
             up: AtomicBool::new(true),
             timeouts: AtomicU64::new(0),
             outages: AtomicU64::new(0),
+            health,
             cluster: cfg.topology.is_cluster(),
             last_sync_ms: AtomicU64::new(0),
             shards,
@@ -200,10 +210,13 @@ impl RedisBackend {
         let now = self.pool.next_connected().is_connected() && !self.stalled();
         if self.up.swap(now, Ordering::Relaxed) != now {
             if now {
+                self.health.connected();
+                self.health.recovered();
                 self.outages.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(target: "cachegate::store", "redis is reachable again; caching resumes");
             } else {
-                tracing::warn!(target: "cachegate::store", "redis is unreachable; forwarding uncached until it is back");
+                let cause = self.health.health(false).state;
+                tracing::warn!(target: "cachegate::store", state = cause.as_str(), "redis is unreachable; forwarding uncached until it is back");
             }
         }
         now
@@ -225,9 +238,20 @@ impl RedisBackend {
                 if self.timeouts.swap(0, Ordering::Relaxed) >= STALL_AFTER {
                     self.is_up_logged();
                 }
-                result.map_err(|e| StoreError::Backend(e.to_string()))
+                match result {
+                    Ok(value) => {
+                        self.health.call_ok();
+                        Ok(value)
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        self.health.call_failed(&message);
+                        Err(StoreError::Backend(message))
+                    }
+                }
             }
             Err(_) => {
+                self.health.call_timed_out();
                 if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 == STALL_AFTER {
                     self.is_up_logged();
                 }
@@ -384,6 +408,26 @@ async fn probe_while_stalled(store: std::sync::Weak<RedisBackend>) {
     }
 }
 
+/// Classifies every connection error a fred client reports (each failed
+/// connection attempt included) until the client is dropped.
+fn follow_errors(
+    mut errors: tokio::sync::broadcast::Receiver<(Error, Option<fred::types::config::Server>)>,
+    health: Arc<HealthTracker>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match errors.recv().await {
+                Ok((error, server)) => {
+                    let server = server.map(|s| s.to_string());
+                    health.connect_failed(&error.to_string(), server.as_deref());
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
 async fn fetch_shared_secret(store: Arc<RedisBackend>) {
     let key = format!("{}{INTERNAL_PREFIX}secret", store.prefix);
     loop {
@@ -419,6 +463,8 @@ pub(super) fn parse_info(text: &str, total_keys: u64) -> StoreInfo {
         peak_memory: num("used_memory_peak"),
         total_system_memory: num("total_system_memory"),
         total_keys,
+        internal_keys: 0,
+        db_keys: total_keys,
     }
 }
 
@@ -616,8 +662,13 @@ impl Backend for RedisBackend {
             return self.cluster_info(client).await;
         }
         let text: String = self.bounded(client.info(None)).await?;
-        let total_keys: u64 = self.bounded(client.dbsize()).await?;
-        Ok(parse_info(&text, total_keys))
+        let db_keys: u64 = self.bounded(client.dbsize()).await?;
+        let (records, internal) = self.count_keys().await?;
+        Ok(StoreInfo {
+            total_keys: records,
+            internal_keys: internal,
+            ..parse_info(&text, db_keys)
+        })
     }
 
     fn shared_secret(&self) -> Option<Bytes> {
@@ -630,6 +681,21 @@ impl Backend for RedisBackend {
 
     fn outages(&self) -> u64 {
         self.outages.load(Ordering::SeqCst)
+    }
+
+    fn health(&self) -> StoreHealth {
+        let up = self.is_up_logged();
+        if !up && self.stalled() {
+            return StoreHealth {
+                state: StoreState::Timeout,
+                detail: format!("redis did not answer in time ({STALL_AFTER} calls in a row got no answer within the store timeout)"),
+            };
+        }
+        self.health.health(up)
+    }
+
+    fn error_counts(&self) -> [u64; ERROR_KINDS.len()] {
+        self.health.counts()
     }
 
     fn shards(&self) -> Vec<(String, bool)> {

@@ -260,8 +260,11 @@ impl RedisBackend {
             total.connected_clients += one.connected_clients;
             total.used_memory += one.used_memory;
             total.peak_memory += one.peak_memory;
-            total.total_keys += one.total_keys;
+            total.db_keys += one.db_keys;
         }
+        let (records, internal) = self.count_keys().await?;
+        total.total_keys = records;
+        total.internal_keys = internal;
         Ok(total)
     }
 }

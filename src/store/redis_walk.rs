@@ -37,6 +37,40 @@ impl RedisCursor {
 }
 
 impl RedisBackend {
+    /// How many keys of this prefix are cachegate's records holding
+    /// entries, and how many are its internal keys (`P__cg:*`: epoch,
+    /// secret, tag and scope indexes, stats, marks): a walk of the whole
+    /// keyspace, page by page, for the admin `stats` route.
+    pub(super) async fn count_keys(&self) -> StoreResult<(u64, u64)> {
+        let mut records = 0u64;
+        let mut cursor = RedisCursor::default();
+        loop {
+            let page = self.scan_keys("*", Keys::Records, cursor).await?;
+            records += page.items.len() as u64;
+            match page.next {
+                Some(next) => cursor = next,
+                None => break,
+            }
+        }
+        let client = self.client()?;
+        let internal_pattern = format!("{}{INTERNAL_PREFIX}*", glob_escape(&self.prefix));
+        let mut internal = 0u64;
+        for node in self.primaries(client).await? {
+            let mut at = "0".to_string();
+            loop {
+                let (next, found) = self
+                    .scan_page_on((client, node.as_ref()), at, &internal_pattern, None)
+                    .await?;
+                internal += found.len() as u64;
+                if next == "0" {
+                    break;
+                }
+                at = next;
+            }
+        }
+        Ok((records, internal))
+    }
+
     /// One page of the keys matching `pattern` (logical keys, internal
     /// ones left out; with [`Keys::Records`], only cachegate's records).
     pub(super) async fn scan_keys(

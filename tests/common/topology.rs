@@ -23,7 +23,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(port: u16, cmd: &mut Command) -> Proc {
+    pub fn spawn(port: u16, cmd: &mut Command) -> Proc {
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

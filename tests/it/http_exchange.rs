@@ -484,6 +484,11 @@ impl StallingBackend {
                             Ok(n) => head.extend_from_slice(&buf[..n]),
                         }
                     }
+                    if head.is_empty() {
+                        // A connection that sent nothing (the backend
+                        // probe's TCP connect) is no request.
+                        continue;
+                    }
                     requests.fetch_add(1, Ordering::SeqCst);
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: max-age=60\r\n\r\n{}",

@@ -51,6 +51,7 @@ mod selftest;
 mod shipped_configs;
 mod shutdown;
 mod stampede;
+mod store_errors;
 mod store_glob;
 mod tags;
 mod tier;
