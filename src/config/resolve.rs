@@ -6,8 +6,7 @@ use super::error::ConfigError;
 use super::file::RawConfig;
 use super::settings::{
     AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Origins,
-    Overrides,
-    RedisConfig, ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
+    Overrides, RedisConfig, ServerConfig, StoreKind, TierConfig, DEFAULT_STRIPPED,
 };
 use crate::rules::{RuleDefaults, RuleError, RuleSet, TtlSource};
 

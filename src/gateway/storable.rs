@@ -17,6 +17,16 @@ pub fn unstorable_reason(headers: &HeaderMap) -> Option<&'static str> {
     if headers.contains_key(header::SET_COOKIE) {
         return Some("set-cookie");
     }
+    // An event stream (SSE) is unbounded and live: each client must get
+    // its own, as it happens, whatever lifetime the backend gave it.
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+    {
+        return Some("event-stream");
+    }
     if headers.get_all(header::VARY).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|p| p.trim() == "*"))

@@ -20,6 +20,7 @@ mod cli;
 mod compose;
 mod compose_processes;
 mod credentials_end;
+mod event_streams;
 mod faults;
 mod fleet_history;
 mod hostile_input;
