@@ -7,7 +7,6 @@
 use crate::common::*;
 use std::collections::BTreeSet;
 
-
 const DASHBOARD: &str = include_str!("../../deploy/grafana-dashboard.json");
 
 /// Every PromQL text of the dashboard: panel targets' `expr` and the
@@ -94,10 +93,7 @@ async fn every_dashboard_query_names_a_scraped_metric() {
     ] {
         assert!(used.contains(needed), "the dashboard does not show {needed}: {used:?}");
     }
-    let missing: Vec<&String> = used
-        .iter()
-        .filter(|name| !scraped(&scrape, name))
-        .collect();
+    let missing: Vec<&String> = used.iter().filter(|name| !scraped(&scrape, name)).collect();
     assert!(
         missing.is_empty(),
         "dashboard queries name metrics /metrics does not have: {missing:?}\n{}",
