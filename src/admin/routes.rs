@@ -96,7 +96,7 @@ pub fn readyz(gw: &Gateway) -> Response<Body> {
     let backend = gw.backend_state();
     let mut reasons = Vec::new();
     let store_counts = match settings.ready_requires_store {
-        StoreReadiness::Config => store.state.is_misconfiguration(),
+        StoreReadiness::Config => store.is_misconfiguration(),
         StoreReadiness::Up => store.state != StoreState::Ok,
         StoreReadiness::Never => false,
     };
@@ -208,10 +208,11 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
                 h if h.state == StoreState::Ok => StoreHealth {
                     state: StoreState::classify(&e.to_string()),
                     detail: e.to_string(),
+                    was_up: true,
                 },
                 h => h,
             };
-            let status = if store.state.is_misconfiguration() {
+            let status = if store.is_misconfiguration() {
                 "disabled"
             } else {
                 "degraded"

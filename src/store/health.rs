@@ -73,16 +73,6 @@ impl StoreState {
         }
     }
 
-    /// Whether the cause is the deployment's configuration (credentials,
-    /// database, TLS, host name), which does not heal by waiting, rather
-    /// than Redis being down or slow for now.
-    pub fn is_misconfiguration(self) -> bool {
-        matches!(
-            self,
-            StoreState::AuthFailed | StoreState::DbOutOfRange | StoreState::TlsError | StoreState::DnsFailed
-        )
-    }
-
     /// What an operator should look at, for the log.
     fn advice(self) -> &'static str {
         match self {
@@ -166,13 +156,30 @@ pub struct StoreHealth {
     /// What to check, then the last error's own words (and the server's
     /// address); empty when ok.
     pub detail: String,
+    /// A connection to the store succeeded since start.
+    pub was_up: bool,
 }
 
 impl StoreHealth {
+    /// Whether the cause is this deployment's configuration, which does
+    /// not heal by waiting: Redis refused the credentials or the database;
+    /// or a TLS or name-lookup failure before any connection ever worked.
+    /// After one did, those are an outage: a Redis container that restarts
+    /// stops resolving by its service name for a while, and readiness must
+    /// not take every replica out of rotation for it.
+    pub fn is_misconfiguration(&self) -> bool {
+        match self.state {
+            StoreState::AuthFailed | StoreState::DbOutOfRange => true,
+            StoreState::TlsError | StoreState::DnsFailed => !self.was_up,
+            _ => false,
+        }
+    }
+
     pub fn ok() -> StoreHealth {
         StoreHealth {
             state: StoreState::Ok,
             detail: String::new(),
+            was_up: true,
         }
     }
 
@@ -181,6 +188,7 @@ impl StoreHealth {
         StoreHealth {
             state: StoreState::Unreachable,
             detail: format!("{} (no connection to the store)", StoreState::Unreachable.advice()),
+            was_up: false,
         }
     }
 }
@@ -191,6 +199,8 @@ impl StoreHealth {
 pub struct HealthTracker {
     /// The last connection attempt's failure; `Ok` once one succeeded.
     connect: Mutex<StoreHealth>,
+    /// A connection succeeded since start.
+    was_up: std::sync::atomic::AtomicBool,
     /// A call failure that leaves the connection up but the store unusable
     /// (index of a [`StoreState`]); cleared by the next good call.
     call: AtomicU8,
@@ -209,6 +219,7 @@ impl HealthTracker {
     pub fn new() -> HealthTracker {
         HealthTracker {
             connect: Mutex::new(StoreHealth::ok()),
+            was_up: std::sync::atomic::AtomicBool::new(false),
             call: AtomicU8::new(0),
             call_detail: Mutex::new(String::new()),
             counts: Default::default(),
@@ -225,11 +236,16 @@ impl HealthTracker {
         };
         self.count(state);
         self.log(state, &detail);
-        *lock(&self.connect) = StoreHealth { state, detail };
+        *lock(&self.connect) = StoreHealth {
+            state,
+            detail,
+            was_up: false,
+        };
     }
 
     /// A connection came up: connection failures are history.
     pub fn connected(&self) {
+        self.was_up.store(true, Ordering::Relaxed);
         let mut connect = lock(&self.connect);
         if connect.state != StoreState::Ok {
             *connect = StoreHealth::ok();
@@ -271,17 +287,18 @@ impl HealthTracker {
             return StoreHealth {
                 state: call,
                 detail: lock(&self.call_detail).clone(),
+                was_up: self.was_up.load(Ordering::Relaxed),
             };
         }
         if up {
             return StoreHealth::ok();
         }
-        let connect = lock(&self.connect).clone();
-        if connect.state == StoreState::Ok {
-            StoreHealth::unreachable()
-        } else {
-            connect
+        let mut health = lock(&self.connect).clone();
+        if health.state == StoreState::Ok {
+            health = StoreHealth::unreachable();
         }
+        health.was_up = self.was_up.load(Ordering::Relaxed);
+        health
     }
 
     /// Errors counted so far, in the order of [`ERROR_KINDS`].
@@ -349,6 +366,31 @@ mod tests {
         for (message, state) in cases {
             assert_eq!(StoreState::classify(message), state, "{message}");
         }
+    }
+
+    #[test]
+    fn dns_and_tls_failures_are_misconfiguration_only_before_any_connection() {
+        let fresh = HealthTracker::new();
+        fresh.connect_failed("failed to lookup address information: Name or service not known", None);
+        let before = fresh.health(false);
+        assert_eq!(before.state, StoreState::DnsFailed);
+        assert!(before.is_misconfiguration(), "a name that never resolved");
+
+        let restarted = HealthTracker::new();
+        restarted.connected();
+        restarted.connect_failed("failed to lookup address information: Name or service not known", None);
+        let after = restarted.health(false);
+        assert_eq!(after.state, StoreState::DnsFailed, "still named honestly");
+        assert!(
+            !after.is_misconfiguration(),
+            "a Redis that worked and went away is an outage"
+        );
+
+        restarted.call_failed("WRONGPASS invalid username-password pair");
+        assert!(
+            restarted.health(true).is_misconfiguration(),
+            "refused credentials always are"
+        );
     }
 
     #[test]

@@ -689,6 +689,7 @@ impl Backend for RedisBackend {
             return StoreHealth {
                 state: StoreState::Timeout,
                 detail: format!("redis did not answer in time ({STALL_AFTER} calls in a row got no answer within the store timeout)"),
+                was_up: true,
             };
         }
         self.health.health(up)
