@@ -260,6 +260,8 @@ fn redis_is_the_reference_service() {
         .expect("no --appendonly");
     assert_eq!(words.get(i + 1), Some(&"yes"), "{command}");
     assert_eq!(ports(redis), vec![(Some(6380), 6379)]);
+    // Published on loopback only: Redis holds the scope secret.
+    assert_eq!(str_of(&redis["ports"][0]), "127.0.0.1:6380:6379");
     assert!(
         volumes(redis)
             .iter()
