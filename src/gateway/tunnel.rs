@@ -29,15 +29,18 @@ impl Gateway {
         }
         let backend_side = hyper::upgrade::on(&mut resp);
         let idle = self.generation.config.backend.tunnel_idle_timeout;
-        metrics.upgrade("tunnelled");
         tokio::spawn(async move {
-            let _open = metrics.tunnel_opened();
             match tokio::try_join!(client_side, backend_side) {
                 Ok((client, backend)) => {
+                    metrics.upgrade("tunnelled");
+                    let _open = metrics.tunnel_opened();
                     let end = upgrade::pump(TokioIo::new(client), TokioIo::new(backend), idle).await;
                     tracing::debug!(peer = %from.addr, ?end, "tunnel closed");
                 }
-                Err(e) => tracing::debug!(peer = %from.addr, error = %e, "upgrade did not complete"),
+                Err(e) => {
+                    metrics.upgrade("failed");
+                    tracing::debug!(peer = %from.addr, error = %e, "upgrade did not complete");
+                }
             }
         });
         resp

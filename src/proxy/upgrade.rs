@@ -107,6 +107,9 @@ where
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                // Bytes arriving count as activity even while a slow peer
+                // takes them: the idle timeout is for silence, not load.
+                last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
                 }

@@ -109,7 +109,11 @@ async fn websocket_messages_cross_the_tunnel_both_ways_and_nothing_is_cached() {
     let seen = echo.last_headers.lock().unwrap().clone().unwrap();
     assert_eq!(seen["authorization"], "Bearer tenant-a");
     assert!(seen.contains_key("x-forwarded-for"), "{seen:?}");
-    assert_eq!(metric(&proxy, "cachegate_tunnels_open"), 2.0);
+    // Counted once both sides have handed their connections over.
+    eventually("both tunnels open", PATIENCE, || async {
+        metric(&proxy, "cachegate_tunnels_open") == 2.0
+    })
+    .await;
 
     let big = vec![7u8; 200 * 1024];
     first.send(Message::text("hello")).await.unwrap();
