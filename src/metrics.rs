@@ -203,7 +203,7 @@ impl Default for Metrics {
 }
 
 /// Purge kinds counted in `cachegate_purges_total`, present from start.
-const PURGE_KINDS: [&str; 5] = ["key", "pattern", "tag", "scope", "clear"];
+const PURGE_KINDS: [&str; 6] = ["key", "pattern", "tag", "scope", "clear", "url"];
 
 impl Metrics {
     pub fn new() -> Metrics {
