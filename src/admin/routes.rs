@@ -199,6 +199,14 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
     for (name, hm) in local_rules {
         local_per_rule.insert(name, json!(hm));
     }
+    // This instance's own figures, whether the store answers or not.
+    let instance = json!({
+        "hits": local.hits,
+        "misses": local.misses,
+        "hit_rate": local.hit_rate,
+        "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
+        "rules": local_per_rule,
+    });
     let info = match info {
         Ok(info) => info,
         Err(e) => {
@@ -233,13 +241,7 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
                         "hit_rate": all.hit_rate,
                         "rules": per_rule,
                         "scope": if fleet { "fleet" } else { "instance" },
-                        "instance": {
-                            "hits": local.hits,
-                            "misses": local.misses,
-                            "hit_rate": local.hit_rate,
-                            "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
-                            "rules": local_per_rule,
-                        },
+                        "instance": instance,
                     },
                 }),
             );
@@ -272,13 +274,7 @@ pub async fn stats(gw: &Gateway) -> Response<Body> {
                 "misses": all.misses,
                 "hit_rate": all.hit_rate,
                 "rules": per_rule,
-                "instance": {
-                    "hits": local.hits,
-                    "misses": local.misses,
-                    "hit_rate": local.hit_rate,
-                    "uptime_seconds": gw.metrics().started.elapsed().as_secs(),
-                    "rules": local_per_rule,
-                },
+                "instance": instance,
             },
         }),
     )
