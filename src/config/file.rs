@@ -62,6 +62,11 @@ pub struct RawBackend {
     pub preserve_host: Option<bool>,
     pub upgrades: Option<bool>,
     pub tunnel_idle_timeout_ms: Option<u64>,
+    pub tls_ca_file: Option<Spanned<String>>,
+    pub tls_cert_file: Option<Spanned<String>>,
+    pub tls_key_file: Option<Spanned<String>>,
+    pub tls_insecure_skip_verify: Option<Spanned<bool>>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

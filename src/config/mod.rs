@@ -19,7 +19,7 @@ pub use admin::{hash_token, AdminConfig, AdminScope, AdminToken};
 pub use error::ConfigError;
 pub use health::{HealthConfig, StoreReadiness};
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};
-pub use redis_url::{RedisTls, RedisTopology};
+pub use redis_url::{ClientTls, RedisTls, RedisTopology};
 pub use settings::{
     AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Origins,
     Overrides, RedisConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,

@@ -35,9 +35,10 @@ impl RedisTopology {
     }
 }
 
-/// TLS to Redis (and to the sentinels).
+/// TLS settings of an outgoing connection: to Redis (and the sentinels),
+/// or to an `https://` backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RedisTls {
+pub struct ClientTls {
     /// PEM file of the CA(s) to trust; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) and its key, for servers that require one.
@@ -46,6 +47,9 @@ pub struct RedisTls {
     /// Accept any server certificate. For tests only.
     pub insecure_skip_verify: bool,
 }
+
+/// The `[redis]` name of the TLS settings.
+pub type RedisTls = ClientTls;
 
 /// A parsed Redis URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,23 +189,46 @@ pub(super) fn resolve_tls(
     at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
 ) -> Result<Option<RedisTls>, super::ConfigError> {
     let on = url_tls || raw.tls.as_ref().is_some_and(|t| *t.get_ref());
+    let fields = TlsFields {
+        ca_file: &raw.tls_ca_file,
+        cert_file: &raw.tls_cert_file,
+        key_file: &raw.tls_key_file,
+        insecure_skip_verify: &raw.tls_insecure_skip_verify,
+    };
+    client_tls(fields, (on, "use a rediss:// URL (or tls = true)"), at)
+}
+
+/// The `tls_*` keys of a section, as written.
+pub(super) struct TlsFields<'a> {
+    pub ca_file: &'a Option<toml::Spanned<String>>,
+    pub cert_file: &'a Option<toml::Spanned<String>>,
+    pub key_file: &'a Option<toml::Spanned<String>>,
+    pub insecure_skip_verify: &'a Option<toml::Spanned<bool>>,
+}
+
+/// The TLS settings of a client connection, their files checked (they
+/// exist and hold PEM certificates or a key) at their place in the file.
+/// `on`: whether the connection uses TLS, and what turns it on (for the
+/// error a `tls_*` key gets without it).
+pub(super) fn client_tls(
+    raw: TlsFields<'_>,
+    (on, turn_on): (bool, &str),
+    at: &dyn Fn(std::ops::Range<usize>, String) -> super::ConfigError,
+) -> Result<Option<ClientTls>, super::ConfigError> {
     let file = |f: &Option<toml::Spanned<String>>, what: &str| -> Result<Option<PathBuf>, super::ConfigError> {
         let Some(f) = f else { return Ok(None) };
         if !on {
-            return Err(at(
-                f.span(),
-                format!("{what} needs TLS: use a rediss:// URL (or tls = true)"),
-            ));
+            return Err(at(f.span(), format!("{what} needs TLS: {turn_on}")));
         }
         let path = PathBuf::from(f.get_ref());
         std::fs::metadata(&path)
             .map_err(|e| at(f.span(), format!("{what} {:?}: {e}", f.get_ref())))
             .map(|_| Some(path))
     };
-    let ca_file = file(&raw.tls_ca_file, "tls_ca_file")?;
-    let cert_file = file(&raw.tls_cert_file, "tls_cert_file")?;
-    let key_file = file(&raw.tls_key_file, "tls_key_file")?;
-    match (&raw.tls_cert_file, &raw.tls_key_file) {
+    let ca_file = file(raw.ca_file, "tls_ca_file")?;
+    let cert_file = file(raw.cert_file, "tls_cert_file")?;
+    let key_file = file(raw.key_file, "tls_key_file")?;
+    match (raw.cert_file, raw.key_file) {
         (Some(c), None) => return Err(at(c.span(), "tls_cert_file needs tls_key_file".into())),
         (None, Some(k)) => return Err(at(k.span(), "tls_key_file needs tls_cert_file".into())),
         _ => {}
@@ -214,8 +241,8 @@ pub(super) fn resolve_tls(
         CertificateDer::pem_file_iter(path).is_ok_and(|mut it| it.next().is_some_and(|c| c.is_ok()))
     };
     for (path, spanned, what) in [
-        (&ca_file, &raw.tls_ca_file, "tls_ca_file"),
-        (&cert_file, &raw.tls_cert_file, "tls_cert_file"),
+        (&ca_file, raw.ca_file, "tls_ca_file"),
+        (&cert_file, raw.cert_file, "tls_cert_file"),
     ] {
         if let (Some(path), Some(s)) = (path, spanned) {
             if !certs(path) {
@@ -226,7 +253,7 @@ pub(super) fn resolve_tls(
             }
         }
     }
-    if let (Some(path), Some(s)) = (&key_file, &raw.tls_key_file) {
+    if let (Some(path), Some(s)) = (&key_file, raw.key_file) {
         if PrivateKeyDer::from_pem_file(path).is_err() {
             return Err(at(
                 s.span(),
@@ -234,17 +261,14 @@ pub(super) fn resolve_tls(
             ));
         }
     }
-    let insecure_skip_verify = match &raw.tls_insecure_skip_verify {
+    let insecure_skip_verify = match raw.insecure_skip_verify {
         Some(v) if *v.get_ref() && !on => {
-            return Err(at(
-                v.span(),
-                "tls_insecure_skip_verify needs TLS: use a rediss:// URL (or tls = true)".into(),
-            ))
+            return Err(at(v.span(), format!("tls_insecure_skip_verify needs TLS: {turn_on}")))
         }
         Some(v) => *v.get_ref(),
         None => false,
     };
-    Ok(on.then_some(RedisTls {
+    Ok(on.then_some(ClientTls {
         ca_file,
         cert_file,
         key_file,

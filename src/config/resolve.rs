@@ -105,12 +105,24 @@ pub(super) fn resolve(
             .map_err(|e| general(e.to_string()))?,
         Some(src) => src.parse(
             parse_backend_url,
-            "an http:// URL such as http://127.0.0.1:8000",
+            "an http:// or https:// URL such as http://127.0.0.1:8000",
             &at,
             &general,
         )?,
     };
+    let backend_tls = super::redis_url::client_tls(
+        super::redis_url::TlsFields {
+            ca_file: &raw.backend.tls_ca_file,
+            cert_file: &raw.backend.tls_cert_file,
+            key_file: &raw.backend.tls_key_file,
+            insecure_skip_verify: &raw.backend.tls_insecure_skip_verify,
+        },
+        (backend_url.scheme_str() == Some("https"), "use an https:// backend URL"),
+        &at,
+    )?;
     let backend = BackendConfig {
+        tls: backend_tls,
+        http2: raw.backend.http2.unwrap_or(true),
         url: backend_url,
         connect_timeout: Duration::from_millis(raw.backend.connect_timeout_ms.unwrap_or(1000)),
         timeout: Duration::from_millis(raw.backend.timeout_ms.unwrap_or(30_000)),
@@ -482,7 +494,8 @@ fn pick<'a>(
 
 fn parse_backend_url(s: &str) -> Option<http::Uri> {
     let uri: http::Uri = s.parse().ok()?;
-    (uri.scheme_str() == Some("http") && uri.authority().is_some() && uri.query().is_none()).then_some(uri)
+    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    (scheme_ok && uri.authority().is_some() && uri.query().is_none()).then_some(uri)
 }
 
 /// The Redis URL from flag, `REDIS_URL`, `REDIS_HOST`/`REDIS_PORT` or the

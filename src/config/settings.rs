@@ -109,6 +109,10 @@ pub struct BackendConfig {
     pub upgrades: bool,
     /// A tunnel with no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// TLS to an `https://` backend (`None` for `http://`).
+    pub tls: Option<super::ClientTls>,
+    /// Speak HTTP/2 to an `https://` backend that offers it (ALPN).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ mod keep_alive;
 pub mod normalize;
 pub mod request_id;
 mod retry;
+pub mod tls;
 pub mod upgrade;
 
 use crate::config::BackendConfig;
@@ -26,6 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// How the backend is reached: TCP, and TLS for an `https://` backend
+/// (with HTTP/2 when it offers it by ALPN and `[backend] http2` allows).
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
 /// The body type used throughout: streamed, boxed, errors boxed.
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -89,12 +94,13 @@ impl ForwardError {
 pub struct Forwarder {
     /// Swapped for one with a shorter idle timeout when the backend
     /// announces a keep-alive timeout below ours (`keep_alive.rs`).
-    client: arc_swap::ArcSwap<Client<HttpConnector, Body>>,
+    client: arc_swap::ArcSwap<Client<Connector, Body>>,
     /// No pool: every request on a connection of its own (retries).
-    fresh: Client<HttpConnector, Body>,
+    fresh: Client<Connector, Body>,
+    /// Kept for the pools made later (a lower keep-alive timeout).
+    connector: Connector,
     /// The pooled client's idle timeout now, in ms.
     idle_timeout_ms: std::sync::atomic::AtomicU64,
-    connect_timeout: Duration,
     pool_idle_per_host: usize,
     base: Uri,
     timeout: Duration,
@@ -170,15 +176,16 @@ pub fn drop_underscored(headers: &mut HeaderMap) {
 
 impl Forwarder {
     pub fn new(cfg: &BackendConfig) -> Forwarder {
+        let connector = connector(cfg);
         Forwarder {
             client: arc_swap::ArcSwap::from_pointee(pooled_client(
-                cfg.connect_timeout,
+                &connector,
                 cfg.pool_idle_per_host,
                 cfg.pool_idle_timeout,
             )),
-            fresh: pooled_client(cfg.connect_timeout, 0, Duration::ZERO),
+            fresh: pooled_client(&connector, 0, Duration::ZERO),
+            connector,
             idle_timeout_ms: (cfg.pool_idle_timeout.as_millis() as u64).into(),
-            connect_timeout: cfg.connect_timeout,
             pool_idle_per_host: cfg.pool_idle_per_host,
             base: cfg.url.clone(),
             timeout: cfg.timeout,
@@ -325,7 +332,7 @@ impl Forwarder {
                 announced.as_secs()
             );
             self.client.store(std::sync::Arc::new(pooled_client(
-                self.connect_timeout,
+                &self.connector,
                 self.pool_idle_per_host,
                 idle,
             )));
@@ -340,7 +347,7 @@ enum Failure {
 }
 
 async fn send(
-    client: &Client<HttpConnector, Body>,
+    client: &Client<Connector, Body>,
     req: Request<Body>,
     deadline: tokio::time::Instant,
 ) -> Result<Response<hyper::body::Incoming>, Failure> {
@@ -352,19 +359,40 @@ async fn send(
 
 /// A client to the backend keeping up to `idle_per_host` idle connections
 /// for `idle_timeout` (none with 0).
-fn pooled_client(
-    connect_timeout: Duration,
-    idle_per_host: usize,
-    idle_timeout: Duration,
-) -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
+fn pooled_client(connector: &Connector, idle_per_host: usize, idle_timeout: Duration) -> Client<Connector, Body> {
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(idle_per_host)
         .pool_idle_timeout(idle_timeout)
-        .build(connector)
+        .build(connector.clone())
+}
+
+/// TCP with cachegate's settings, wrapped in TLS for an `https://`
+/// backend: SNI from the URL's host, the CA of `tls_ca_file` or the
+/// system's, a client certificate when configured, ALPN `h2` (if
+/// `http2`) and `http/1.1`. A plain `http://` backend never handshakes.
+fn connector(cfg: &BackendConfig) -> Connector {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(cfg.connect_timeout));
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let tls = match &cfg.tls {
+        Some(files) => tls::client_config(files).unwrap_or_else(|e| {
+            // The files were checked when the config was read; one that
+            // changed since must not mean a connection without checks.
+            tracing::error!("[backend] TLS settings unusable, every https connection will fail: {e}");
+            tls::refusing_config()
+        }),
+        None => tls::refusing_config(),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    if cfg.http2 && cfg.tls.is_some() {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.wrap_connector(tcp)
+    }
 }
 
 /// The backend's own `Host` and link prefix, unless the client's is kept.
@@ -374,7 +402,8 @@ fn own_host(cfg: &BackendConfig) -> Option<(HeaderValue, String)> {
     }
     let authority = cfg.url.authority()?.as_str();
     let value = HeaderValue::from_str(authority).ok()?;
-    let links = format!("http://{authority}{}", cfg.url.path().trim_end_matches('/')).to_ascii_lowercase();
+    let scheme = cfg.url.scheme_str().unwrap_or("http");
+    let links = format!("{scheme}://{authority}{}", cfg.url.path().trim_end_matches('/')).to_ascii_lowercase();
     Some((value, links))
 }
 

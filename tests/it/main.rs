@@ -28,6 +28,7 @@ mod http_conformance;
 mod http_exchange;
 mod http_semantics;
 mod http_stale;
+mod https_backend;
 mod metrics_scrape;
 mod path_normalisation;
 mod poisoning;
