@@ -148,6 +148,12 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("server.max_uri_bytes", server.max_uri_bytes);
     keep!("server.max_header_bytes", server.max_header_bytes);
     keep!("server.max_headers", server.max_headers);
+    // The listener's protocols and certificate (a certificate reload is
+    // not built yet: a new one needs a restart).
+    keep!("server.tls", server.tls);
+    keep!("server.http2", server.http2);
+    keep!("server.h2c", server.h2c);
+    keep!("server.h2_max_concurrent_streams", server.h2_max_concurrent_streams);
     keep!("admin.listen", admin.listen);
     keep!("store", store);
     keep!("redis", redis);

@@ -48,6 +48,18 @@ pub struct RawServer {
     pub strip_request_headers: Option<Vec<String>>,
     pub underscores_in_headers: Option<bool>,
     pub shutdown_timeout_ms: Option<u64>,
+    pub http2: Option<bool>,
+    pub h2c: Option<bool>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[server.tls]`: the listener's certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

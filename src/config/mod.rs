@@ -22,7 +22,7 @@ pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_
 pub use redis_url::{ClientTls, RedisTls, RedisTopology};
 pub use settings::{
     AccessLogConfig, BackendConfig, CacheConfig, Config, Consistency, DebugKeyHeader, Edition, MemoryConfig, Origins,
-    Overrides, RedisConfig, Scope, ServerConfig, StoreKind, TierConfig, TtlMode, When,
+    Overrides, RedisConfig, Scope, ServerConfig, ServerTls, StoreKind, TierConfig, TtlMode, When,
 };
 pub use warm::{check_path, parse_path_list, WarmConfig, MAX_CONCURRENCY as MAX_WARM_CONCURRENCY};
 

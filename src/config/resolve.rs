@@ -81,6 +81,13 @@ pub(super) fn resolve(
         max_headers: raw.server.max_headers.unwrap_or(100),
         header_read_timeout: Duration::from_millis(raw.server.header_read_timeout_ms.unwrap_or(10_000)),
         shutdown_timeout: Duration::from_millis(raw.server.shutdown_timeout_ms.unwrap_or(30_000)),
+        http2: raw.server.http2.unwrap_or(true),
+        h2c: raw.server.h2c.unwrap_or(false),
+        h2_max_concurrent_streams: raw.server.h2_max_concurrent_streams.unwrap_or(100).max(1),
+        tls: match &raw.server.tls {
+            None => None,
+            Some(t) => Some(server_tls(t, &at)?),
+        },
     };
 
     // [backend]
@@ -432,6 +439,38 @@ pub(super) fn resolve(
         warm,
         health,
     })
+}
+
+/// `[server.tls]`: both files readable and holding PEM (a certificate, a
+/// private key), reported at their place.
+fn server_tls(
+    raw: &super::file::RawServerTls,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<super::settings::ServerTls, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_file = std::path::PathBuf::from(raw.cert_file.get_ref());
+    let key_file = std::path::PathBuf::from(raw.key_file.get_ref());
+    let has_cert = CertificateDer::pem_file_iter(&cert_file).is_ok_and(|mut it| it.next().is_some_and(|c| c.is_ok()));
+    if !has_cert {
+        return Err(at(
+            raw.cert_file.span(),
+            format!(
+                "cert_file {:?} is not a readable PEM certificate",
+                raw.cert_file.get_ref()
+            ),
+        ));
+    }
+    if PrivateKeyDer::from_pem_file(&key_file).is_err() {
+        return Err(at(
+            raw.key_file.span(),
+            format!(
+                "key_file {:?} is not a readable PEM private key",
+                raw.key_file.get_ref()
+            ),
+        ));
+    }
+    Ok(super::settings::ServerTls { cert_file, key_file })
 }
 
 /// A value with where it came from, for error messages.

@@ -76,6 +76,20 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT: how long in-flight requests may take to finish
     /// before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// HTTP/2 from clients: over TLS when ALPN picks `h2` (`http2`), and
+    /// in cleartext with prior knowledge (`h2c`).
+    pub http2: bool,
+    pub h2c: bool,
+    pub h2_max_concurrent_streams: u32,
+    /// `[server.tls]`: the listener speaks TLS with this certificate.
+    pub tls: Option<ServerTls>,
+}
+
+/// The listener's certificate chain and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 /// Headers that make some backends serve another URL or method than the

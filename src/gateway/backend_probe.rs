@@ -127,6 +127,7 @@ impl Gateway {
         };
         let from = ClientInfo {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
         };
         match self.generation.forwarder.forward(req, from).await {
             Ok(resp) if resp.status().is_success() || resp.status().is_redirection() => {

@@ -114,6 +114,8 @@ pub struct Forwarder {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
+    /// The client came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -439,7 +441,8 @@ fn add_forwarded(headers: &mut HeaderMap, from: ClientInfo) {
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if from.tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // Always our own value: a client-sent one must not reach the backend.
     match headers.get(header::HOST).cloned() {
         Some(host) => {

@@ -3,8 +3,9 @@
 //! in a task of its own, then let each finish gracefully before returning.
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
+use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -61,6 +62,34 @@ where
 {
     // Upgrades on: a 101 hands the connection to a tunnel (gateway/tunnel.rs).
     let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => res,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection until it ends, or, once `stop` turns true,
+/// until its open streams are answered (GOAWAY, then graceful shutdown).
+pub async fn serve_http2<I, S, B>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => res,

@@ -11,10 +11,10 @@ use crate::proxy::{self, framing, Body, ClientInfo};
 use crate::reload::Live;
 use crate::BoxError;
 use http_body_util::BodyExt;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,71 +149,206 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
 async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver<bool>, role: Role) {
     // Connection settings come from the first config: a reload keeps them
     // (crate::reload lists them as restart-only).
-    let first = live.gateway();
-    let server = &first.config().server;
-    let head_buffer = server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096;
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .keep_alive(true)
-        // hyper's own hard limits, above ours so that ours answer with a
-        // JSON body first: the head buffer must hold any URI up to hyper's
-        // own URI cap (65,534 bytes) for `admit` to see it and answer 414.
-        .max_buf_size(head_buffer)
-        .max_headers(server.max_headers + 1);
-    let builder = Arc::new(builder);
+    let settings = match Connections::new(&live.gateway().config().server) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!("cannot serve TLS: {e}");
+            return;
+        }
+    };
     accept::accept_loop(listener, stopped, move |stream, peer, stop| {
-        let live = live.clone();
-        let builder = builder.clone();
+        let (live, settings) = (live.clone(), settings.clone());
+        let served = Served { live, role, stop };
         async move {
-            let from = ClientInfo { addr: peer };
-            // Ambiguous framing is refused before hyper reads it (see
-            // proxy/framing.rs); the verdicts come in request order.
-            let (mut stream, verdicts) = framing::Guarded::new(stream, head_buffer);
-            // The backend's 1xx answers, written between hyper's answers.
-            let relay = crate::proxy::interim::InterimRelay::default();
-            stream.relay_interim(relay.clone());
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                // The generation the request starts on serves it to the end.
-                let gateway = live.gateway();
-                let live = live.clone();
-                let refused = verdicts.next_request();
-                async move {
-                    let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
-                    let resp = match (role, refused) {
-                        (Role::Main, refused) => {
-                            if let Some(why) = refused {
-                                req.extensions_mut().insert(why);
-                            }
-                            serve_main(&live, &gateway, req, from).await
-                        }
-                        (Role::Admin, refused) => {
-                            let id = proxy::request_id::RequestId::of(req.headers());
-                            let mut resp = match refused {
-                                Some(why) => framing::refusal_response(why),
-                                None if crate::admin::owns(&gateway, req.uri().path()) => {
-                                    Box::pin(crate::admin::handle(&live, &gateway, req)).await
-                                }
-                                None => not_found(),
-                            };
-                            gateway.metrics().answered(Route::admin, resp.status().as_u16());
-                            id.stamp(resp.headers_mut());
-                            resp
-                        }
+            match &settings.tls {
+                Some(acceptor) => {
+                    // A handshake is bounded like a request head.
+                    let accepted = tokio::time::timeout(settings.head_timeout, acceptor.accept(stream)).await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    Ok::<_, Infallible>(resp)
+                    let from = ClientInfo { addr: peer, tls: true };
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_h2(&settings, stream, from, served).await
+                    } else {
+                        serve_h1(&settings, stream, from, served).await
+                    }
                 }
-            });
-            // The relay is in scope for the whole connection, so the
-            // requests hyper polls on it see it without a wrapper each.
-            let served = accept::serve_http1(&builder, TokioIo::new(stream), service, stop);
-            if let Err(e) = crate::proxy::interim::relaying(relay, served).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                None => {
+                    let from = ClientInfo { addr: peer, tls: false };
+                    if settings.h2c && h2_preface(&stream, settings.head_timeout).await {
+                        serve_h2(&settings, stream, from, served).await
+                    } else {
+                        serve_h1(&settings, stream, from, served).await
+                    }
+                }
             }
         }
     })
     .await
+}
+
+/// How a listener's connections are served: hyper's HTTP/1.1 and HTTP/2
+/// settings, TLS, and whether cleartext HTTP/2 is looked for.
+struct Connections {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// The framing guard's longest line.
+    head_buffer: usize,
+    head_timeout: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    h2c: bool,
+}
+
+impl Connections {
+    fn new(server: &crate::config::ServerConfig) -> Result<Connections, BoxError> {
+        let head_buffer = server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096;
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .keep_alive(true)
+            // hyper's own hard limits, above ours so that ours answer with a
+            // JSON body first: the head buffer must hold any URI up to hyper's
+            // own URI cap (65,534 bytes) for `admit` to see it and answer 414.
+            .max_buf_size(head_buffer)
+            .max_headers(server.max_headers + 1);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(server.h2_max_concurrent_streams)
+            // Above ours, so that `admit` answers 431 with a JSON body.
+            .max_header_list_size((server.max_header_bytes + server.max_uri_bytes + 4096) as u32)
+            // Rapid reset (CVE-2023-44487): a client that opens and resets
+            // streams faster than they are served loses its connection.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        let tls = match &server.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(proxy::tls::server_config(
+                files,
+                server.http2,
+            )?))),
+            None => None,
+        };
+        Ok(Connections {
+            h1,
+            h2,
+            head_buffer,
+            head_timeout: server.header_read_timeout,
+            tls,
+            h2c: server.h2c && server.http2,
+        })
+    }
+}
+
+/// What a connection's requests are served with.
+#[derive(Clone)]
+struct Served {
+    live: Arc<Live>,
+    role: Role,
+    stop: watch::Receiver<bool>,
+}
+
+/// HTTP/1.1: behind the framing guard, with the backend's 1xx relayed.
+async fn serve_h1<S>(settings: &Connections, stream: S, from: ClientInfo, served: Served)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Ambiguous framing is refused before hyper reads it (see
+    // proxy/framing.rs); the verdicts come in request order.
+    let (mut stream, verdicts) = framing::Guarded::new(stream, settings.head_buffer);
+    // The backend's 1xx answers, written between hyper's answers.
+    let relay = crate::proxy::interim::InterimRelay::default();
+    stream.relay_interim(relay.clone());
+    let Served { live, role, stop } = served;
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let refused = verdicts.next_request();
+        respond(live.clone(), role, from, (req, refused))
+    });
+    // The relay is in scope for the whole connection, so the
+    // requests hyper polls on it see it without a wrapper each.
+    let served = accept::serve_http1(&settings.h1, TokioIo::new(stream), service, stop);
+    if let Err(e) = crate::proxy::interim::relaying(relay, served).await {
+        tracing::debug!(peer = %from.addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2: its framing is unambiguous (no guard); no 1xx relay.
+async fn serve_h2<S>(settings: &Connections, stream: S, from: ClientInfo, served: Served)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Served { live, role, stop } = served;
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        // HTTP/2 names the authority in the target: as `Host`, for the
+        // same checks, keys and forwarding as HTTP/1.1.
+        if !req.headers().contains_key(http::header::HOST) {
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(http::header::HOST, host);
+            }
+        }
+        respond(live.clone(), role, from, (req, None))
+    });
+    if let Err(e) = accept::serve_http2(&settings.h2, TokioIo::new(stream), service, stop).await {
+        tracing::debug!(peer = %from.addr, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Whether a cleartext connection opens with the HTTP/2 preface (prior
+/// knowledge, RFC 9113 §3.3), read without consuming it.
+async fn h2_preface(stream: &tokio::net::TcpStream, within: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let peeked = tokio::time::timeout(within, async {
+        loop {
+            match stream.peek(&mut buf).await {
+                // Enough to tell, or the client stopped sending.
+                Ok(n) if n >= PREFACE.len() || n == 0 || !PREFACE.starts_with(&buf[..n]) => return n,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await, // more of the preface is on its way
+                Err(_) => return 0,
+            }
+        }
+    })
+    .await;
+    matches!(peeked, Ok(n) if n >= PREFACE.len()) && buf == PREFACE
+}
+
+/// One request on a listener, whatever the protocol: the generation it
+/// starts on serves it to the end.
+async fn respond(
+    live: Arc<Live>,
+    role: Role,
+    from: ClientInfo,
+    (req, refused): (hyper::Request<hyper::body::Incoming>, Option<framing::Refusal>),
+) -> Result<Response<Body>, Infallible> {
+    let gateway = live.gateway();
+    let mut req = req.map(|b| b.map_err(BoxError::from).boxed());
+    let resp = match (role, refused) {
+        (Role::Main, refused) => {
+            if let Some(why) = refused {
+                req.extensions_mut().insert(why);
+            }
+            serve_main(&live, &gateway, req, from).await
+        }
+        (Role::Admin, refused) => {
+            let id = proxy::request_id::RequestId::of(req.headers());
+            let mut resp = match refused {
+                Some(why) => framing::refusal_response(why),
+                None if crate::admin::owns(&gateway, req.uri().path()) => {
+                    Box::pin(crate::admin::handle(&live, &gateway, req)).await
+                }
+                None => not_found(),
+            };
+            gateway.metrics().answered(Route::admin, resp.status().as_u16());
+            id.stamp(resp.headers_mut());
+            resp
+        }
+    };
+    Ok(resp)
 }
 
 /// A request on the main listener: admitted, then the admin routes (unless

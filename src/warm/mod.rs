@@ -304,7 +304,15 @@ async fn warm_one(gateway: &Arc<Gateway>, path: &str, headers: &HeaderMap) -> Pa
         Err(_) => return report(Verdict::Failed, Some("bad path".into()), None),
     };
     *req.headers_mut() = headers.clone();
-    let resp = gateway.handle(req, ClientInfo { addr: WARM_CLIENT }).await;
+    let resp = gateway
+        .handle(
+            req,
+            ClientInfo {
+                addr: WARM_CLIENT,
+                tls: false,
+            },
+        )
+        .await;
     let status = resp.status().as_u16();
     let cache_status = resp
         .headers()

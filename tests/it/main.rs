@@ -29,6 +29,7 @@ mod http_exchange;
 mod http_semantics;
 mod http_stale;
 mod https_backend;
+mod listener_protocols;
 mod metrics_scrape;
 mod path_normalisation;
 mod poisoning;
