@@ -51,7 +51,7 @@ pub async fn serve_http1<I, S, B>(
     builder: &http1::Builder,
     io: I,
     service: S,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -62,14 +62,7 @@ where
 {
     // Upgrades on: a 101 hands the connection to a tunnel (gateway/tunnel.rs).
     let conn = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => res,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    }
+    until_stopped(conn, stop, |c| c.graceful_shutdown()).await
 }
 
 /// Serves one HTTP/2 connection until it ends, or, once `stop` turns true,
@@ -78,7 +71,7 @@ pub async fn serve_http2<I, S, B>(
     builder: &http2::Builder<TokioExecutor>,
     io: I,
     service: S,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -90,11 +83,24 @@ where
     B::Error: Into<BoxError>,
 {
     let conn = builder.serve_connection(io, service);
+    until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+}
+
+/// Drives a connection to its end; once `stop` turns true, asks it to
+/// shut down gracefully (`graceful`: each protocol's own) and waits.
+async fn until_stopped<C, E>(
+    conn: C,
+    mut stop: watch::Receiver<bool>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => res,
         _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             conn.await
         }
     }

@@ -121,8 +121,17 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     crate::warm::spawn_at_start(live.clone(), stopped.clone());
     let weak_live = Arc::downgrade(&live);
     crate::gateway::spawn_backend_probe(move || weak_live.upgrade().map(|l| l.gateway()));
-    let main = tokio::spawn(listen(listener, live.clone(), stopped.clone(), Role::Main));
-    let admin = admin_listener.map(|l| tokio::spawn(listen(l, live.clone(), stopped, Role::Admin)));
+    // Connection settings come from the first config: a reload keeps them
+    // (crate::reload lists them as restart-only). A certificate rustls
+    // refuses (a key that does not match) fails the start, not each handshake.
+    let connections = Arc::new(Connections::new(&config.server)?);
+    let main = tokio::spawn(listen(
+        listener,
+        live.clone(),
+        stopped.clone(),
+        (Role::Main, connections.clone()),
+    ));
+    let admin = admin_listener.map(|l| tokio::spawn(listen(l, live.clone(), stopped, (Role::Admin, connections))));
     let task = tokio::spawn(async move {
         let _ = main.await;
         if let Some(admin) = admin {
@@ -146,16 +155,12 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
     })
 }
 
-async fn listen(listener: TcpListener, live: Arc<Live>, stopped: watch::Receiver<bool>, role: Role) {
-    // Connection settings come from the first config: a reload keeps them
-    // (crate::reload lists them as restart-only).
-    let settings = match Connections::new(&live.gateway().config().server) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            tracing::error!("cannot serve TLS: {e}");
-            return;
-        }
-    };
+async fn listen(
+    listener: TcpListener,
+    live: Arc<Live>,
+    stopped: watch::Receiver<bool>,
+    (role, settings): (Role, Arc<Connections>),
+) {
     accept::accept_loop(listener, stopped, move |stream, peer, stop| {
         let (live, settings) = (live.clone(), settings.clone());
         let served = Served { live, role, stop };
