@@ -1,6 +1,6 @@
-//! The listeners: serve HTTP/1.1 with hyper (`accept.rs`), route the admin
-//! paths to `crate::admin` and every other request to the [`Gateway`], and
-//! shut down gracefully.
+//! The listeners: TLS when configured, then HTTP/1.1 or HTTP/2 with hyper
+//! (`accept.rs`); route the admin paths to `crate::admin` and every other
+//! request to the [`Gateway`]; shut down gracefully.
 
 pub mod accept;
 
