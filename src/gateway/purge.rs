@@ -183,6 +183,12 @@ impl Gateway {
         match purged {
             Ok(entries) => {
                 self.shared.metrics.purged("url", entries);
+                // Kept among the recent purges as a write's purge is, so an
+                // outage repair that replays them covers this one too.
+                self.shared.pending.went_through(&Purge {
+                    keys: keys.clone(),
+                    ..Purge::default()
+                });
                 // No instance's tier may serve them after the answer.
                 store.fence().await;
                 UrlPurge::Purged { keys, entries }
