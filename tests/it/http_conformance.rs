@@ -102,7 +102,7 @@ async fn not_reused(w: &World, path: &str, what: &str) -> Resp {
 // 1. Status codes (RFC 9111 §3, §4.2.2, §5.2.2.3)
 // ---------------------------------------------------------------------------
 
-/// Each status, given `max-age=1` and an ETag by the origin, is stored and
+/// Each status, given `max-age=2` and an ETag by the origin, is stored and
 /// hit; once stale it is revalidated (a 304 refreshes it: REVALIDATED, the
 /// stored status and body), and, with `stale-if-error`, served stale when
 /// the backend then fails — exactly as a 200 is.
@@ -110,13 +110,13 @@ async fn status_family(kind: Kind, statuses: &[u16]) {
     let w = World::start(kind, &template(ORIGIN)).await;
     let body = |s: u16| if s == 204 { String::new() } else { format!("status {s}") };
     for &s in statuses {
-        let cc = "max-age=1";
+        let cc = "max-age=2";
         w.backend.on(
             "GET",
             &format!("/reval/{s}"),
             reply(s, &[("cache-control", cc), ("etag", "\"e\"")], &body(s)),
         );
-        let sie = "max-age=1, stale-if-error=60";
+        let sie = "max-age=2, stale-if-error=60";
         w.backend.on(
             "GET",
             &format!("/sie/{s}"),
@@ -127,7 +127,9 @@ async fn status_family(kind: Kind, statuses: &[u16]) {
             assert_eq!(hit.status.as_u16(), s);
         }
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two-second lifetimes (a 1 s one can arrive already 1 s old: the
+    // backend's `Date` has whole seconds), so every entry is stale here.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     for &s in statuses {
         let path = format!("/reval/{s}");
         w.backend.on(

@@ -105,9 +105,13 @@ fn shown(r: &Resp) -> String {
     format!("{} {:?} {:?}", r.status, r.cache_status(), r.text())
 }
 
-/// Lets a `max-age=1` entry go stale (the sleep creates the condition).
+/// Lets a `max-age=2` entry go stale (the sleep creates the condition).
+// Two seconds, not one: the backend's `Date` has whole seconds, so an
+// answer that crosses a second boundary on its way arrives 1 s old
+// (RFC 9111 §4.2.3), and a 1 s entry would already be stale on the
+// immediate second GET that `store` expects to be a hit.
 async fn until_stale() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
 /// GETs `path`: the answer must be stored. Then a second GET is a hit.
@@ -433,7 +437,7 @@ async fn broken_refreshes(kind: Kind, name: &str, cc: &str, expect: Broken) {
 /// RFC 9111 §4.2.4 and RFC 5861 §4: an answer that breaks off is an error;
 /// within `stale-if-error` the stale entry answers instead, whole.
 async fn a_broken_body_is_answered_from_the_stale_entry_within_stale_if_error(kind: Kind) {
-    broken_refreshes(kind, "sie", "max-age=1, stale-if-error=60", Broken::Stale).await;
+    broken_refreshes(kind, "sie", "max-age=2, stale-if-error=60", Broken::Stale).await;
 }
 
 /// RFC 9111 §5.2.2.2: `must-revalidate` forbids the stale entry even
@@ -442,7 +446,7 @@ async fn a_broken_body_under_must_revalidate_is_a_502(kind: Kind) {
     broken_refreshes(
         kind,
         "mr",
-        "max-age=1, stale-if-error=60, must-revalidate",
+        "max-age=2, stale-if-error=60, must-revalidate",
         Broken::BadGateway,
     )
     .await;
@@ -451,7 +455,7 @@ async fn a_broken_body_under_must_revalidate_is_a_502(kind: Kind) {
 /// RFC 9111 §4.2.4: without a stale window nothing stale may answer; the
 /// broken answer is a 502, never the truncated body as if whole.
 async fn a_broken_body_without_stale_if_error_is_a_502(kind: Kind) {
-    broken_refreshes(kind, "plain", "max-age=1", Broken::BadGateway).await;
+    broken_refreshes(kind, "plain", "max-age=2", Broken::BadGateway).await;
 }
 
 /// A backend that sends a head declaring 100 bytes, 40 of them, and then
@@ -551,7 +555,7 @@ async fn a_304_replaces_every_line_of_a_field_but_never_the_framing(kind: Kind) 
         "GET",
         path,
         reply(
-            &[("cache-control", "max-age=1"), ("etag", "\"v1\""), ("x-version", "1")],
+            &[("cache-control", "max-age=2"), ("etag", "\"v1\""), ("x-version", "1")],
             body,
         ),
     );
@@ -616,7 +620,7 @@ async fn a_head_refreshes_the_entry_it_shares_with_get(kind: Kind) {
         "GET",
         path,
         reply(
-            &[("cache-control", "max-age=1"), ("etag", "\"h1\""), ("x-version", "1")],
+            &[("cache-control", "max-age=2"), ("etag", "\"h1\""), ("x-version", "1")],
             "the old body",
         ),
     );
@@ -672,7 +676,7 @@ async fn a_304_with_set_cookie_is_answered_but_never_stored(kind: Kind) {
     w.backend.on(
         "GET",
         path,
-        reply(&[("cache-control", "max-age=1"), ("etag", "\"c1\"")], body),
+        reply(&[("cache-control", "max-age=2"), ("etag", "\"c1\"")], body),
     );
     store(&w, path).await;
     until_stale().await;
@@ -725,7 +729,7 @@ async fn a_304_with_set_cookie_is_answered_but_never_stored(kind: Kind) {
 // 9. Request directives (RFC 9111 §5.2.1)
 // ---------------------------------------------------------------------------
 
-/// `max-stale` on an entry stored with `headers` (`max-age=1`, no stale
+/// `max-stale` on an entry stored with `headers` (`max-age=2`, no stale
 /// window): stale by more than a second, it is served for `max-stale=60`
 /// and bare `max-stale` without the backend, and refused for `max-stale=0`.
 async fn max_stale_flow(kind: Kind, path: &str, headers: &[(&str, &str)]) {
@@ -734,7 +738,7 @@ async fn max_stale_flow(kind: Kind, path: &str, headers: &[(&str, &str)]) {
     store(&w, path).await;
     // Stale by more than a whole second, so max-stale=0 refuses it (the
     // sleep creates the condition).
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     for asks in ["max-stale=60", "max-stale"] {
         let r = w.client.get_h(path, &[("cache-control", asks)]).await;
         assert_eq!(
@@ -764,7 +768,7 @@ async fn max_stale_flow(kind: Kind, path: &str, headers: &[(&str, &str)]) {
 async fn max_stale_takes_a_stale_entry_without_asking_the_backend(kind: Kind) {
     // Kept past its lifetime by its stale-if-error window (which alone would
     // never serve it without a backend error).
-    max_stale_flow(kind, "/ms/plain", &[("cache-control", "max-age=1, stale-if-error=60")]).await;
+    max_stale_flow(kind, "/ms/plain", &[("cache-control", "max-age=2, stale-if-error=60")]).await;
 }
 
 /// An entry with neither a validator nor a stale window is dropped when it
@@ -774,7 +778,7 @@ async fn max_stale_finds_nothing_once_an_entry_with_nothing_to_keep_it_expired(k
     let w = world(kind).await;
     let path = "/ms/gone";
     w.backend
-        .on("GET", path, reply(&[("cache-control", "max-age=1")], "short"));
+        .on("GET", path, reply(&[("cache-control", "max-age=2")], "short"));
     store(&w, path).await;
     until_stale().await;
     let r = w.client.get_h(path, &[("cache-control", "max-stale=60")]).await;
@@ -789,7 +793,7 @@ async fn max_stale_finds_nothing_once_an_entry_with_nothing_to_keep_it_expired(k
 /// RFC 9111 §5.2.1.2, as above, on an entry with an ETag (which the store
 /// keeps past its lifetime for revalidation, RFC 9111 §4.3).
 async fn max_stale_takes_a_stale_entry_with_a_validator(kind: Kind) {
-    max_stale_flow(kind, "/ms/etag", &[("cache-control", "max-age=1"), ("etag", "\"m\"")]).await;
+    max_stale_flow(kind, "/ms/etag", &[("cache-control", "max-age=2"), ("etag", "\"m\"")]).await;
 }
 
 /// RFC 9111 §5.2.2.2: an entry with `must-revalidate` is never used stale,
@@ -801,13 +805,13 @@ async fn max_stale_never_takes_a_must_revalidate_entry(kind: Kind) {
         "GET",
         path,
         reply(
-            &[("cache-control", "max-age=1, must-revalidate"), ("etag", "\"s\"")],
+            &[("cache-control", "max-age=2, must-revalidate"), ("etag", "\"s\"")],
             "strict",
         ),
     );
     store(&w, path).await;
     for (asked, asks) in [(2, "max-stale=60"), (3, "max-stale")] {
-        // Stale again (the refresh is stored with max-age=1 too).
+        // Stale again (the refresh is stored with max-age=2 too).
         until_stale().await;
         let r = w.client.get_h(path, &[("cache-control", asks)]).await;
         assert_ne!(r.x_cache(), Some("STALE"), "{asks}: {}", shown(&r));

@@ -925,9 +925,9 @@ async fn revalidation_flow(w: &World, path: &str) {
     w.backend.on(
         "GET",
         path,
-        reply(&[("cache-control", "max-age=1"), ("etag", "\"e1\"")], "first"),
+        reply(&[("cache-control", "max-age=2"), ("etag", "\"e1\"")], "first"),
     );
-    assert_stored(w, path, "max-age=1 with an ETag").await;
+    assert_stored(w, path, "max-age=2 with an ETag").await;
     w.backend.on(
         "GET",
         path,
@@ -935,8 +935,8 @@ async fn revalidation_flow(w: &World, path: &str) {
     );
     // Some time after it went stale (RFC 9111 §4.3: any later use of a stale
     // entry with a validator may be a conditional request); the sleep
-    // creates that condition: max-age=1 has run out.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // creates that condition: max-age=2 has run out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = w.client.get(path).await;
     assert_eq!(w.backend.count("GET", path), 2);
     assert_eq!(
