@@ -213,6 +213,16 @@ pub fn admin_reload_url(config: &Config) -> String {
     format!("http://{}{}/reload", reachable(addr), config.admin.prefix)
 }
 
+/// Whether the listener serving the reload route speaks TLS (`[admin.tls]`
+/// on an admin listener, else `[server.tls]`): `cachegate reload` calls it
+/// in plain HTTP, so it then points to SIGHUP.
+pub fn reload_route_has_tls(config: &Config) -> bool {
+    match config.admin.listen {
+        Some(_) => config.admin.tls.is_some(),
+        None => config.server.tls.is_some(),
+    }
+}
+
 /// A listening address as a client on this host reaches it (`0.0.0.0` and
 /// `::` are not addresses to connect to).
 fn reachable(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {

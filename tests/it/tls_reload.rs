@@ -531,7 +531,8 @@ fn admin_tls_mistakes_are_reported_at_their_place() {
 }
 
 /// The binary: a real SIGHUP after the files were renewed in place; the
-/// keep-alive connection opened before goes on, new ones see the new certificate.
+/// keep-alive connection opened before goes on, new ones see the new
+/// certificate. `cachegate reload` cannot reach a TLS listener and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_to_the_binary_reloads_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -584,4 +585,16 @@ async fn sighup_to_the_binary_reloads_the_certificate() {
     .await;
     assert_eq!(kept.call("GET", "/api/v1/tasks/2", None).await.unwrap().0, 200);
     assert!(!kept.driver.is_finished(), "the same connection");
+
+    // `cachegate reload` speaks plain HTTP: against a TLS listener it fails
+    // and points to SIGHUP.
+    let out = Command::new(env!("CARGO_BIN_EXE_cachegate"))
+        .args(["reload", "--config", path.to_str().unwrap()])
+        .env_remove("CACHEGATE_LISTEN")
+        .env_remove("CACHEGATE_BACKEND")
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("cachegate reload");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGHUP"), "{out:?}");
 }
