@@ -297,6 +297,13 @@ async fn reload(args: ReloadArgs) -> ExitCode {
             eprintln!("cachegate reload: {url} answered {status}: {}", body.trim_end());
             ExitCode::from(if status == 422 { 2 } else { 1 })
         }
+        Err(e) if cachegate::reload::reload_route_has_tls(&config) => {
+            eprintln!(
+                "cachegate reload: {url}: {e} (the listener serving the reload route speaks TLS, \
+                 which cachegate reload does not: send the instance SIGHUP instead)"
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("cachegate reload: {url}: {e}");
             ExitCode::FAILURE

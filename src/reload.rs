@@ -13,9 +13,20 @@
 //! store and its connection, the tier, the access log writer, the edition
 //! that picks the Redis DB) needs a restart: a reload that changes it keeps
 //! the running value and says which settings it kept.
+//!
+//! The listeners' certificates are the exception among what was built at
+//! start: every reload reads the `[server.tls]` and `[admin.tls]` files
+//! again (the same paths too: certbot and cert-manager rewrite them in
+//! place), and the next handshakes use them (`proxy::listener_tls`);
+//! established connections keep going on the session they negotiated, so
+//! a reload never drops a connection. A certificate that does not load or
+//! whose key is not its own refuses the whole reload, and the running
+//! config and certificates stay. Turning TLS on or off on a listener
+//! (`[server.tls]` or `[admin.tls]` present or absent) needs a restart.
 
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
+use crate::proxy::listener_tls::{self, BuiltTls, ListenersTls};
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,6 +41,8 @@ pub struct Live {
     loader: OnceLock<Loader>,
     /// One reload at a time: two would race to be the last swapped in.
     reloading: tokio::sync::Mutex<()>,
+    /// The listeners' certificates, swapped with each generation.
+    listeners_tls: ListenersTls,
 }
 
 /// What a successful reload did.
@@ -48,6 +61,9 @@ pub enum ReloadError {
     Invalid(ConfigError),
     /// The config did not come from a file (an inline test config).
     NoSource,
+    /// A listener's certificate, key or client CA did not load (the
+    /// setting, the file and the reason).
+    Certificate(String),
 }
 
 impl std::fmt::Display for ReloadError {
@@ -55,17 +71,20 @@ impl std::fmt::Display for ReloadError {
         match self {
             ReloadError::Invalid(e) => write!(f, "{e}"),
             ReloadError::NoSource => f.write_str("the config was not loaded from a file"),
+            ReloadError::Certificate(e) => write!(f, "{e}; the running certificates stay"),
         }
     }
 }
 
 impl Live {
-    pub fn new(first: Arc<Gateway>) -> Arc<Live> {
+    /// The first generation, and the listeners' TLS it started with.
+    pub fn new(first: Arc<Gateway>, listeners_tls: ListenersTls) -> Arc<Live> {
         Arc::new(Live {
             current: ArcSwap::new(first.clone()),
             generation: AtomicU64::new(1),
             loader: OnceLock::new(),
             reloading: tokio::sync::Mutex::new(()),
+            listeners_tls,
         })
     }
 
@@ -87,15 +106,20 @@ impl Live {
     pub async fn reload(self: &Arc<Self>) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock().await;
         let this = self.clone();
-        // The file is read on a blocking thread, not on the runtime.
-        let loaded = tokio::task::spawn_blocking(move || match this.loader.get() {
-            Some(load) => load().map_err(ReloadError::Invalid),
-            None => Err(ReloadError::NoSource),
+        let old = self.gateway();
+        let running = old.config().clone();
+        // The files are read on a blocking thread, not on the runtime.
+        let loaded = tokio::task::spawn_blocking(move || {
+            let load = this.loader.get().ok_or(ReloadError::NoSource)?;
+            let mut config = load().map_err(ReloadError::Invalid)?;
+            let restart_required = keep_restart_only(&running, &mut config);
+            // Read whether the paths changed or not (renewed in place).
+            let tls = listener_tls::build(&config).map_err(ReloadError::Certificate)?;
+            Ok((config, restart_required, tls))
         })
         .await
         .unwrap_or(Err(ReloadError::NoSource));
-        let old = self.gateway();
-        let outcome = loaded.map(|config| self.swap_in(&old, config));
+        let outcome = loaded.map(|loaded| self.swap_in(&old, loaded));
         old.metrics().reloaded(outcome.is_ok());
         match &outcome {
             Ok(done) => tracing::info!(
@@ -109,11 +133,15 @@ impl Live {
         outcome
     }
 
-    fn swap_in(&self, old: &Gateway, mut config: Config) -> Reloaded {
-        let restart_required = keep_restart_only(old.config(), &mut config);
+    fn swap_in(
+        &self,
+        old: &Gateway,
+        (config, restart_required, tls): (Config, Vec<&'static str>, BuiltTls),
+    ) -> Reloaded {
         crate::logging::apply_config_level(config.log_level.as_deref());
         let source = config.source.clone();
         let next = Arc::new(old.reconfigured(Arc::new(config)));
+        self.listeners_tls.swap_in(tls);
         self.current.store(next);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         Reloaded {
@@ -148,9 +176,18 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("server.max_uri_bytes", server.max_uri_bytes);
     keep!("server.max_header_bytes", server.max_header_bytes);
     keep!("server.max_headers", server.max_headers);
-    // The listener's protocols and certificate (a certificate reload is
-    // not built yet: a new one needs a restart).
-    keep!("server.tls", server.tls);
+    // Whether a listener speaks TLS; its files (paths too) reload.
+    macro_rules! keep_presence {
+        ($name:literal, $($field:tt)+) => {
+            if old.$($field)+.is_some() != new.$($field)+.is_some() {
+                new.$($field)+ = old.$($field)+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep_presence!("server.tls", server.tls);
+    keep_presence!("admin.tls", admin.tls);
+    // The listener's protocols (ALPN is offered from them).
     keep!("server.http2", server.http2);
     keep!("server.h2c", server.h2c);
     keep!("server.h2_max_concurrent_streams", server.h2_max_concurrent_streams);
@@ -174,6 +211,16 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
 pub fn admin_reload_url(config: &Config) -> String {
     let addr = config.admin.listen.unwrap_or(config.server.listen);
     format!("http://{}{}/reload", reachable(addr), config.admin.prefix)
+}
+
+/// Whether the listener serving the reload route speaks TLS (`[admin.tls]`
+/// on an admin listener, else `[server.tls]`): `cachegate reload` calls it
+/// in plain HTTP, so it then points to SIGHUP.
+pub fn reload_route_has_tls(config: &Config) -> bool {
+    match config.admin.listen {
+        Some(_) => config.admin.tls.is_some(),
+        None => config.server.tls.is_some(),
+    }
 }
 
 /// A listening address as a client on this host reaches it (`0.0.0.0` and

@@ -545,6 +545,9 @@ pub async fn reload(live: &std::sync::Arc<crate::reload::Live>) -> Response<Body
             }),
         ),
         Err(e @ ReloadError::NoSource) => proxy::json_error(StatusCode::CONFLICT, "not_reloadable", &e.to_string()),
+        Err(e @ ReloadError::Certificate(_)) => {
+            proxy::json_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_certificate", &e.to_string())
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! `crate::admin`). Tokens come from the file and from the environment
 //! (`CACHEGATE_ADMIN_TOKENS`, or a file such as a Docker secret named by
 //! `CACHEGATE_ADMIN_TOKENS_FILE`), merged; the listener from
-//! `CACHEGATE_ADMIN_LISTEN` or the file.
+//! `CACHEGATE_ADMIN_LISTEN` or the file, with its TLS and client
+//! certificates (`[admin.tls]`).
 
 use super::error::ConfigError;
 use sha2::{Digest, Sha256};
@@ -56,6 +57,28 @@ pub struct AdminConfig {
     /// default); `None`: disabled, the method is forwarded like any other.
     pub purge_method: Option<http::Method>,
     pub tokens: Vec<AdminToken>,
+    /// `[admin.tls]`: the admin listener speaks TLS (needs `listen`).
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin listener's certificate, and which client certificates it asks for.
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    pub certificate: super::ServerTls,
+    /// The CA(s) a client certificate must be signed by (PEM).
+    pub client_ca_file: Option<std::path::PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// Whether the admin listener asks for a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate asked for.
+    Off,
+    /// A certificate, when sent, must be signed by `client_ca_file`.
+    Optional,
+    /// No handshake without a certificate signed by `client_ca_file`.
+    Required,
 }
 
 /// The environment variable holding admin tokens as hashes.
@@ -181,12 +204,87 @@ pub(super) fn admin_config(
             }
         },
     };
+    let tls = match &raw.tls {
+        None => None,
+        Some(t) if listen.is_none() => {
+            return Err(at(
+                t.cert_file.span(),
+                format!(
+                    "[admin.tls] needs an admin listener of its own ([admin] listen or {LISTEN_ENV}); \
+                     without one the admin routes are on the main listener, whose TLS is [server.tls]"
+                ),
+            ))
+        }
+        Some(t) => Some(admin_tls(t, at)?),
+    };
     Ok(AdminConfig {
         prefix,
         listen,
         metrics_require_token: raw.metrics_require_token.unwrap_or(false),
         purge_method,
         tokens,
+        tls,
+    })
+}
+
+/// `[admin.tls]`: the certificate as `[server.tls]` checks it; a client CA
+/// file holding PEM certificates; `client_auth` (default `required` with a
+/// client CA, else `off`) that asks for a CA only with one.
+fn admin_tls(
+    raw: &super::file::RawAdminTls,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<AdminTls, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certificate = super::resolve::certificate_pair(&raw.cert_file, &raw.key_file, at)?;
+    let client_ca_file = match &raw.client_ca_file {
+        None => None,
+        Some(ca) => {
+            let path = std::path::PathBuf::from(ca.get_ref());
+            let readable = CertificateDer::pem_file_iter(&path)
+                .ok()
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>().ok())
+                .is_some_and(|certs| !certs.is_empty());
+            if !readable {
+                return Err(at(
+                    ca.span(),
+                    format!("client_ca_file {:?} holds no readable PEM certificate", ca.get_ref()),
+                ));
+            }
+            Some(path)
+        }
+    };
+    let client_auth = match &raw.client_auth {
+        None if client_ca_file.is_some() => ClientAuth::Required,
+        None => ClientAuth::Off,
+        Some(v) => {
+            let mode = match v.get_ref().as_str() {
+                "required" => ClientAuth::Required,
+                "optional" => ClientAuth::Optional,
+                "off" => ClientAuth::Off,
+                other => {
+                    return Err(at(
+                        v.span(),
+                        format!("client_auth must be \"required\", \"optional\" or \"off\", got {other:?}"),
+                    ))
+                }
+            };
+            if mode != ClientAuth::Off && client_ca_file.is_none() {
+                return Err(at(
+                    v.span(),
+                    format!(
+                        "client_auth = {:?} needs client_ca_file (the CA client certificates are checked against)",
+                        v.get_ref()
+                    ),
+                ));
+            }
+            mode
+        }
+    };
+    Ok(AdminTls {
+        certificate,
+        client_ca_file,
+        client_auth,
     })
 }
 

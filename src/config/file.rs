@@ -149,6 +149,19 @@ pub struct RawAdmin {
     pub purge_method: Option<Spanned<String>>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    pub tls: Option<RawAdminTls>,
+}
+
+/// `[admin.tls]`: the admin listener's certificate, and the CA its
+/// clients' certificates must be signed by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    pub cert_file: Spanned<String>,
+    pub key_file: Spanned<String>,
+    pub client_ca_file: Option<Spanned<String>>,
+    /// "required", "optional" or "off".
+    pub client_auth: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,7 @@ mod resolve;
 mod settings;
 mod warm;
 
-pub use admin::{hash_token, AdminConfig, AdminScope, AdminToken};
+pub use admin::{hash_token, AdminConfig, AdminScope, AdminTls, AdminToken, ClientAuth};
 pub use error::ConfigError;
 pub use health::{HealthConfig, StoreReadiness};
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};

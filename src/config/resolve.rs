@@ -447,26 +447,45 @@ fn server_tls(
     raw: &super::file::RawServerTls,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<super::settings::ServerTls, ConfigError> {
+    certificate_pair(&raw.cert_file, &raw.key_file, at)
+}
+
+/// A listener's certificate chain and key (`[server.tls]`, `[admin.tls]`):
+/// both files readable PEM, and the key the certificate's, reported at the
+/// key's place when it is not (a reload then keeps the running certificate).
+pub(super) fn certificate_pair(
+    cert: &Spanned<String>,
+    key: &Spanned<String>,
+    at: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<super::settings::ServerTls, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert_file = std::path::PathBuf::from(raw.cert_file.get_ref());
-    let key_file = std::path::PathBuf::from(raw.key_file.get_ref());
-    let has_cert = CertificateDer::pem_file_iter(&cert_file).is_ok_and(|mut it| it.next().is_some_and(|c| c.is_ok()));
-    if !has_cert {
+    let cert_file = std::path::PathBuf::from(cert.get_ref());
+    let key_file = std::path::PathBuf::from(key.get_ref());
+    let chain = CertificateDer::pem_file_iter(&cert_file)
+        .ok()
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>().ok())
+        .filter(|chain| !chain.is_empty())
+        .ok_or_else(|| {
+            at(
+                cert.span(),
+                format!("cert_file {:?} is not a readable PEM certificate", cert.get_ref()),
+            )
+        })?;
+    let private_key = PrivateKeyDer::from_pem_file(&key_file).map_err(|_| {
+        at(
+            key.span(),
+            format!("key_file {:?} is not a readable PEM private key", key.get_ref()),
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    if let Err(e) = rustls::sign::CertifiedKey::from_der(chain, private_key, &provider) {
         return Err(at(
-            raw.cert_file.span(),
+            key.span(),
             format!(
-                "cert_file {:?} is not a readable PEM certificate",
-                raw.cert_file.get_ref()
-            ),
-        ));
-    }
-    if PrivateKeyDer::from_pem_file(&key_file).is_err() {
-        return Err(at(
-            raw.key_file.span(),
-            format!(
-                "key_file {:?} is not a readable PEM private key",
-                raw.key_file.get_ref()
+                "key_file {:?} is not the key of cert_file {:?}'s certificate: {e}",
+                key.get_ref(),
+                cert.get_ref()
             ),
         ));
     }

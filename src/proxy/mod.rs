@@ -9,6 +9,7 @@ pub mod framing;
 pub mod host;
 pub mod interim;
 mod keep_alive;
+pub mod listener_tls;
 pub mod normalize;
 pub mod request_id;
 mod retry;

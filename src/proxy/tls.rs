@@ -2,7 +2,8 @@
 //! (`store::redis_connect`) and to an `https://` backend (`proxy`). One
 //! rustls (ring provider) config from the `tls_*` files: the CA to trust
 //! (the system's roots by default), an optional client certificate, and
-//! the tests-only switch that accepts any server certificate.
+//! the tests-only switch that accepts any server certificate. The
+//! listeners' own TLS is `listener_tls.rs`.
 
 use crate::config::ClientTls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -52,29 +53,6 @@ pub fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, crate::Box
             builder.with_client_auth_cert(chain, key)?
         }
         _ => builder.with_no_client_auth(),
-    };
-    Ok(config)
-}
-
-/// The listener's rustls config (`[server.tls]`): TLS 1.2 and 1.3, the
-/// certificate chain and key from their PEM files, ALPN `h2` (when
-/// `http2`) and `http/1.1`.
-pub fn server_config(tls: &crate::config::ServerTls, http2: bool) -> Result<rustls::ServerConfig, crate::BoxError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
-        .map_err(|e| format!("cert_file {}: {e}", tls.cert_file.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert_file {}: {e}", tls.cert_file.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| format!("key_file {}: {e}", tls.key_file.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
     };
     Ok(config)
 }

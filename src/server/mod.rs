@@ -7,6 +7,7 @@ pub mod accept;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Route;
+use crate::proxy::listener_tls::{ListenerTls, ListenersTls};
 use crate::proxy::{self, framing, Body, ClientInfo};
 use crate::reload::Live;
 use crate::BoxError;
@@ -115,23 +116,34 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<Running, 
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
-    let live = Live::new(gateway.clone());
+    // Certificates are read again on each reload (crate::reload); one that
+    // rustls refuses (a key that does not match) fails the start, not each
+    // handshake.
+    let listeners_tls = ListenersTls::serving(proxy::listener_tls::build(&config)?);
+    let connections = Connections::new(&config.server, listeners_tls.main.clone());
+    let admin_connections = Connections::new(&config.server, listeners_tls.admin.clone());
+    let live = Live::new(gateway.clone(), listeners_tls);
     let (stop, stopped) = watch::channel(false);
     // [warm]: in the background; readiness may wait for it.
     crate::warm::spawn_at_start(live.clone(), stopped.clone());
     let weak_live = Arc::downgrade(&live);
     crate::gateway::spawn_backend_probe(move || weak_live.upgrade().map(|l| l.gateway()));
     // Connection settings come from the first config: a reload keeps them
-    // (crate::reload lists them as restart-only). A certificate rustls
-    // refuses (a key that does not match) fails the start, not each handshake.
-    let connections = Arc::new(Connections::new(&config.server)?);
+    // (crate::reload lists them as restart-only).
     let main = tokio::spawn(listen(
         listener,
         live.clone(),
         stopped.clone(),
-        (Role::Main, connections.clone()),
+        (Role::Main, Arc::new(connections)),
     ));
-    let admin = admin_listener.map(|l| tokio::spawn(listen(l, live.clone(), stopped, (Role::Admin, connections))));
+    let admin = admin_listener.map(|l| {
+        tokio::spawn(listen(
+            l,
+            live.clone(),
+            stopped,
+            (Role::Admin, Arc::new(admin_connections)),
+        ))
+    });
     let task = tokio::spawn(async move {
         let _ = main.await;
         if let Some(admin) = admin {
@@ -166,7 +178,10 @@ async fn listen(
         let served = Served { live, role, stop };
         async move {
             match &settings.tls {
-                Some(acceptor) => {
+                Some(tls) => {
+                    // The certificate current now; a reload swaps it for
+                    // the handshakes after, never under this connection.
+                    let acceptor = tls.acceptor();
                     // A handshake is bounded like a request head.
                     let accepted = tokio::time::timeout(settings.head_timeout, acceptor.accept(stream)).await;
                     let stream = match accepted {
@@ -203,12 +218,13 @@ struct Connections {
     /// The framing guard's longest line.
     head_buffer: usize,
     head_timeout: Duration,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// This listener's certificate (`[server.tls]` or `[admin.tls]`).
+    tls: Option<Arc<ListenerTls>>,
     h2c: bool,
 }
 
 impl Connections {
-    fn new(server: &crate::config::ServerConfig) -> Result<Connections, BoxError> {
+    fn new(server: &crate::config::ServerConfig, tls: Option<Arc<ListenerTls>>) -> Connections {
         let head_buffer = server.max_header_bytes + server.max_uri_bytes.max(65_534) + 4096;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -228,21 +244,14 @@ impl Connections {
             // streams faster than they are served loses its connection.
             .max_pending_accept_reset_streams(20)
             .max_local_error_reset_streams(1024);
-        let tls = match &server.tls {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(proxy::tls::server_config(
-                files,
-                server.http2,
-            )?))),
-            None => None,
-        };
-        Ok(Connections {
+        Connections {
             h1,
             h2,
             head_buffer,
             head_timeout: server.header_read_timeout,
             tls,
             h2c: server.h2c && server.http2,
-        })
+        }
     }
 }
 

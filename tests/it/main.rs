@@ -58,6 +58,7 @@ mod store_errors;
 mod store_glob;
 mod tags;
 mod tier;
+mod tls_reload;
 mod upgrades;
 mod warm;
 mod write_history;
