@@ -6,7 +6,9 @@
 # the FastAPI backend direct, nginx proxy_cache hits, cachegate hits with and
 # without its in-process tier, the in-app Redis decorator, cachegate and nginx
 # pass-through, and cachegate's rows again with the access log on as shipped
-# (cg-tier-log, cg-redis-log, cg-pass-log); then cachegate's memory (tier at
+# (cg-tier-log, cg-redis-log, cg-pass-log), and hits over TLS and HTTP/2 beside
+# nginx configured the same way (cg-tls, cg-h2, cg-h2c; nginx-tls, nginx-h2,
+# nginx-h2c); then cachegate's memory (tier at
 # its bound, 1 GiB streamed through), the cross-instance staleness window of
 # the tier, the PUT cost over a million Redis entries, and the scaling figures
 # (1/64/512 connections, 1 KiB/16 KiB/256 KiB bodies, a Zipf working set 10x
@@ -24,8 +26,8 @@
 #   ROUNDS=1 DURATION=2 RESULTS=/tmp/smoke.md bench/bench.sh  # smoke run
 #   ROUNDS=1 DURATION=2 ZIPF_IDS=100000 PURGE_ENTRIES=100000 RESULTS=/tmp/smoke.md bench/bench.sh  # quicker
 #
-# Needs: Debian's wrk, nginx, redis-server (with redis-cli), plus curl, taskset,
-# setsid and python3 with venv (its backend's packages come from PyPI the first
+# Needs: Debian's wrk, nginx, redis-server (with redis-cli), nghttp2-client
+# (h2load) and openssl, plus curl, taskset, setsid and python3 with venv (its backend's packages come from PyPI the first
 # time, into bench/run/venv). Two CPUs or more.
 #
 # Knobs (environment), defaults in brackets:
@@ -44,6 +46,9 @@
 #   PUTS [300]  STALE_TRIALS [200]  PURGE_ENTRIES [1000000]  STREAM_MB [1024]
 #   TIER_FILL_MB [96]   ONLY=row,row (matrix rows, e.g. cg-tier,cg-tier-log,nginx-hit)
 #   SKIP=matrix,memory,stream,stale,purge,scaling (sections), accesslog (the cg-*-log rows),
+#        protocols (the TLS and HTTP/2 rows: cg-tls, cg-h2, cg-h2c beside nginx-tls, nginx-h2,
+#        nginx-h2c; e.g. ONLY=cg-tls,nginx-tls,cg-h2,nginx-h2,cg-h2c,nginx-h2c runs them alone)
+#   H2_CONNS [8]  H2_STREAMS [8]  (h2load's connections and streams per connection)
 #        zipf (the Zipf part of scaling: its fill of ZIPF_IDS misses takes ~2.5 min at 1 M)
 #   scaling: SCALE_CONNS [1,64,512]  BODY_SIZES [1024,16384,262144] (bytes)  BODY_IDS [100]
 #     SCALE_ROUNDS [1]  ZIPF_IDS [1000000]  ZIPF_S [1.0]  ZIPF_TASK_BYTES [600]
@@ -72,11 +77,11 @@ export SERVER_CPU LOADGEN_CPU
 
 # ---------------------------------------------------------------- prerequisites
 missing=()
-for c in wrk nginx redis-server redis-cli taskset setsid curl python3; do
+for c in wrk h2load openssl nginx redis-server redis-cli taskset setsid curl python3; do
   command -v "$c" >/dev/null 2>&1 || missing+=("$c")
 done
 if ((${#missing[@]})); then
-  die "missing: ${missing[*]}. On Debian/Ubuntu: apt-get install -y wrk nginx redis-server curl util-linux python3 python3-venv"
+  die "missing: ${missing[*]}. On Debian/Ubuntu: apt-get install -y wrk nghttp2-client openssl nginx redis-server curl util-linux python3 python3-venv"
 fi
 (( $(nproc) >= 2 )) || die "need at least 2 CPUs (server on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPU)"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 >= 3.9 needed"

@@ -14,6 +14,7 @@ import os
 import random
 import re
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -30,14 +31,23 @@ HZ = os.sysconf("SC_CLK_TCK")
 class Client:
     def __init__(self, base: str, timeout: float = 10.0):
         u = urllib.parse.urlsplit(base)
-        self.host, self.port = u.hostname, u.port or 80
+        self.https = u.scheme == "https"
+        self.host, self.port = u.hostname, u.port or (443 if self.https else 80)
         self.timeout = timeout
         self.conn: http.client.HTTPConnection | None = None
+
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.https:   # the bench's own self-signed certificate
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=ctx)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
         for attempt in (1, 2):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self.conn = self._connect()
             try:
                 self.conn.request("GET", path, headers={"Accept": "application/json"})
                 r = self.conn.getresponse()
@@ -238,6 +248,48 @@ def verify(row: dict, prefix: str, ids: list[str], golden: Path, sample: int,
 # --------------------------------------------------------------------------
 # load generator
 # --------------------------------------------------------------------------
+def run_h2load(a: argparse.Namespace, row: dict, conns: int, streams: int) -> tuple[list[str], dict, str]:
+    """The HTTP/2 rows' load: h2load (Debian's nghttp2-client) over the same
+    ids as wrk's tasks.lua (in file order, each connection cycling through
+    them), `conns` connections of `streams` concurrent streams each, for
+    a.duration seconds. Returns the figures under wrk's WRKJSON names;
+    latencies come from h2load's per-request log."""
+    run = Path(a.ids).parent
+    uris = run / f"h2load-{row['name']}.uris"
+    base = row["url"].rstrip("/")
+    uris.write_text("".join(f"{base}{a.prefix}{i}\n" for i in read_ids(a.ids)))
+    reqlog = run / f"h2load-{row['name']}.log"
+    cmd = ["taskset", "-c", a.loadgen_cpu, "h2load", f"-t{a.threads}", f"-c{conns}", f"-m{streams}",
+           f"-D{a.duration}", "-H", "Accept: application/json", "-i", str(uris), f"--log-file={reqlog}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.duration + 60)
+    out = p.stdout
+    fin = re.search(r"^finished in ([\d.]+)s, ([\d.]+) req/s", out, re.M)
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out, re.M)
+    traffic = re.search(r"^traffic: .*?\((\d+)\) total", out, re.M)
+    if p.returncode != 0 or not (fin and req and codes):
+        raise RuntimeError(f"h2load failed rc={p.returncode}: {out[-500:]} {p.stderr[-500:]}")
+    lat = []
+    with open(reqlog) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+    lat.sort()
+    q = lambda x: lat[min(len(lat) - 1, int(x * len(lat)))] if lat else 0
+    reqlog.unlink()
+    # non-2xx from the status tally (h2load's `done` can differ from it by one)
+    done, non2xx = int(req.group(3)), sum(int(codes.group(i)) for i in (2, 3, 4))
+    res = {"requests": done, "duration_s": float(fin.group(1)), "rps": float(fin.group(2)),
+           "bytes": int(traffic.group(1)) if traffic else 0,
+           "p50_us": q(0.50), "p90_us": q(0.90), "p99_us": q(0.99), "p999_us": q(0.999),
+           "mean_us": statistics.fmean(lat) if lat else 0.0, "max_us": lat[-1] if lat else 0,
+           "err_connect": 0, "err_read": int(req.group(5)) + int(req.group(6)), "err_write": 0,
+           "err_status": non2xx, "err_timeout": int(req.group(7))}
+    return cmd, res, out
+
+
 def run_wrk(a: argparse.Namespace, row: dict) -> tuple[list[str], dict, str]:
     cmd = ["taskset", "-c", a.loadgen_cpu, "wrk", f"-t{a.threads}", f"-c{a.connections}",
            f"-d{a.duration}s", "--latency", "-s", a.script, row["url"], "--", a.ids, a.prefix]

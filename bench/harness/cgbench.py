@@ -64,8 +64,9 @@ import benchctl as bc  # noqa: E402
 SECTIONS = ("matrix", "memory", "stream", "stale", "purge", "scaling")
 # SKIP names that are not sections of their own: `accesslog` drops the
 # access-log rows (cg-*-log, cg-*-log-base) from the matrix; `zipf` drops the
-# Zipf part of `scaling` (its million-entry fill takes a few minutes)
-SKIP_EXTRA = ("accesslog", "zipf")
+# Zipf part of `scaling` (its million-entry fill takes a few minutes);
+# `protocols` drops the TLS and HTTP/2 rows (PROTO_PAIRS) from the matrix
+SKIP_EXTRA = ("accesslog", "zipf", "protocols")
 # cachegate rows of the matrix that have access-log (-log) and baseline
 # (-base) variants: name -> (config, key prefix, tier on, Redis DB of the
 # plain row); the variants get their own prefixes and DBs (see INSTANCES)
@@ -84,7 +85,20 @@ INSTANCES = {
     "cg-tier-log-base": ("hit.toml", "cgtlb:", None, 12, 73, True, True),
     "cg-redis-log-base": ("hit.toml", "cgrlb:", False, 13, 74, True, True),
     "cg-pass-log-base": ("pass.toml", "cgplb:", None, 14, 75, True, True),
+    # the protocol rows' instances: the hit config behind a TLS listener (its
+    # rows cg-tls over HTTP/1.1 and cg-h2 over h2 by ALPN) and behind a
+    # cleartext one with h2c on (cg-h2c); every Redis DB is taken, so they
+    # share cg-tier's, each with its own key prefix
+    "cg-tls": ("hit.toml", "cgtls:", None, 1, 36, False, False),
+    "cg-h2c": ("hit.toml", "cgh2c:", None, 1, 37, False, False),
 }
+# The protocol rows, each cachegate row beside nginx configured the same way
+# (one certificate, TLS 1.2 and 1.3, keep-alive; see start_nginx): HTTP/1.1
+# over TLS (wrk), HTTP/2 over TLS by ALPN and cleartext HTTP/2 with prior
+# knowledge (h2load, H2_CONNS connections of H2_STREAMS streams each).
+PROTO_PAIRS = (("cg-tls", "nginx-tls"), ("cg-h2", "nginx-h2"), ("cg-h2c", "nginx-h2c"))
+# a row measured on another row's instance: row -> instance
+INSTANCE_OF = {"cg-h2": "cg-tls"}
 # --baseline-bin: (row of the current binary, the same row from the baseline
 # binary); new ÷ baseline median req/s at or above this is "within 3 %"
 BASELINE_PAIRS = tuple((n + v, n + v + "-base") for v in ("", "-log") for n in CG_ROWS)
@@ -128,6 +142,9 @@ class Knobs:
         self.zipf_tier_div = env_int("ZIPF_TIER_DIV", 10)
         self.proj_rps = env_int("PROJ_RPS", 1_000_000)
         self.proj_hit = float(os.environ.get("PROJ_HIT", "") or 0.95)
+        # HTTP/2 rows: h2load's connections and concurrent streams per connection
+        self.h2_conns = env_int("H2_CONNS", 8)
+        self.h2_streams = env_int("H2_STREAMS", 8)
         self.only = [r for r in os.environ.get("ONLY", "").split(",") if r]
         skip = [s for s in os.environ.get("SKIP", "").split(",") if s]
         for s in skip:
@@ -144,7 +161,8 @@ class Knobs:
                     "TIER_FILL_MB": "96", "ONLY": "", "SKIP": "", "CACHEGATE_BIN": "", "BASELINE_BIN": "",
                     "SCALE_CONNS": "1,64,512", "BODY_SIZES": "1024,16384,262144", "BODY_IDS": "100",
                     "SCALE_ROUNDS": "1", "ZIPF_IDS": "1000000", "ZIPF_S": "1.0", "ZIPF_TASK_BYTES": "600",
-                    "ZIPF_TIER_DIV": "10", "PROJ_RPS": "1000000", "PROJ_HIT": "0.95"}
+                    "ZIPF_TIER_DIV": "10", "PROJ_RPS": "1000000", "PROJ_HIT": "0.95",
+                    "H2_CONNS": "8", "H2_STREAMS": "8"}
         parts = []
         for k, d in defaults.items():
             v = os.environ.get(k, "")
@@ -601,7 +619,7 @@ class Bench:
         self.results: dict = {"sections": {}, "failures": [], "warnings": []}
         b = self.k.port_base
         self.P = {"direct": b, "seed": b + 1, "redis": b + 10, "redis-purge": b + 11,
-                  "nginx-hit": b + 20, "nginx-pass": b + 21,
+                  "nginx-hit": b + 20, "nginx-pass": b + 21, "nginx-tls": b + 22, "nginx-h2c": b + 23,
                   "cg-tier": b + 30, "cg-redis": b + 31, "cg-pass": b + 32,
                   "big": b + 40, "cg-big": b + 41, "stale-a": b + 50, "stale-b": b + 51,
                   "cg-purge": b + 60,
@@ -619,8 +637,37 @@ class Bench:
         self.matrix_daemons: list[str] = []
 
     # ------------------------------------------------------------ helpers
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.P[name]}"
+    def url(self, name: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.P[name]}"
+
+    def make_cert(self) -> None:
+        """One ECDSA P-256 certificate for every TLS listener of the run
+        (cachegate's and nginx's)."""
+        d = self.run_dir / "tls"
+        d.mkdir(exist_ok=True)
+        self.cert, self.key = d / "cert.pem", d / "key.pem"
+        if self.cert.exists():
+            return
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(self.key), "-out", str(self.cert), "-days", "7",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True)
+
+    def proto_conf(self, name: str) -> str:
+        """What an instance's config gets appended for its listener."""
+        if name == "cg-tls":
+            return f'\n[server.tls]\ncert_file = "{self.cert}"\nkey_file = "{self.key}"\n'
+        if name == "cg-h2c":
+            return "\n[server]\nh2c = true\n"
+        return ""
+
+    def tls_handshake(self, port: int) -> str:
+        """The protocol and cipher a TLS listener negotiates (openssl s_client)."""
+        p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-alpn", "h2,http/1.1"],
+                           input="", capture_output=True, text=True, errors="replace", timeout=10)
+        proto = re.search(r"^New, (\S+), Cipher is (\S+)", p.stdout, re.M)
+        alpn = re.search(r"^ALPN protocol: (\S+)", p.stdout, re.M)
+        return (f"{proto.group(1)} {proto.group(2)}" if proto else "?") + (f", ALPN {alpn.group(1)}" if alpn else "")
 
     def need_ports(self, *names: str) -> None:
         for n in names:
@@ -629,7 +676,7 @@ class Bench:
                                    "not start; free it or set PORT_BASE")
 
     def write_conf(self, name: str, base: str, prefix: str, tier: bool | None = None,
-                   access_log: bool | None = None, tier_max_bytes: int | None = None) -> Path:
+                   access_log: bool | None = None, tier_max_bytes: int | None = None, extra: str = "") -> Path:
         """A copy of conf/BASE with its own key_prefix; optionally the tier on/off,
         the access log on/off (`[access_log] enabled`, stdout: the daemon's log
         file) and the tier's max_bytes."""
@@ -649,6 +696,7 @@ class Bench:
                 assert n == 1, f"{base}: expected `enabled = ...` right under [tier]"
             else:
                 text += f"\n[tier]\nenabled = {str(tier).lower()}\n"
+        text += extra
         d = self.run_dir / "conf"
         d.mkdir(exist_ok=True)
         p = d / f"{name}.toml"
@@ -665,6 +713,10 @@ class Bench:
         self.d.start(name, [binary or self.bin, "--config", str(conf), "--log", "warn"], env)
 
     def wait_cachegate(self, name: str) -> None:
+        if name == "cg-tls":
+            url = self.url(name, "https")
+            wait_until("/readyz", lambda: bc.Client(url, timeout=2).get("/readyz")[0] == 200, self.d, name)
+            return
         wait_until("/readyz", lambda: http_ok(self.P[name], "/readyz"), self.d, name)
 
     def start_redis(self, name: str, extra: list[str] | None = None) -> None:
@@ -723,6 +775,7 @@ class Bench:
         self.matrix_daemons = ["redis", "direct", "seed"]
 
         if "matrix" in k.sections or "memory" in k.sections or "scaling" in k.sections:
+            self.make_cert()
             self.start_nginx()
             self.matrix_daemons.append("nginx")
             direct = self.url("direct")
@@ -732,26 +785,48 @@ class Bench:
             # are cg-big's and stale's, 15 cg-body's).
             wanted = set(CG_ROWS)
             if "matrix" in k.sections:
-                wanted |= {r["name"] for r in self.rows() if r["name"] in INSTANCES}
+                wanted |= {INSTANCE_OF.get(r["name"], r["name"]) for r in self.rows()} & INSTANCES.keys()
             started = []
             for n, (conf, prefix, tier, db, _, log_on, base) in INSTANCES.items():
                 if n not in wanted:
                     continue
                 self.start_cachegate(n, self.write_conf(n, conf, prefix, tier=tier,
-                                                        access_log=True if log_on else None),
+                                                        access_log=True if log_on else None,
+                                                        extra=self.proto_conf(n)),
                                      direct, self.P["redis"], db, binary=self.baseline_bin if base else None)
                 started.append(n)
             for n in started:
                 self.wait_cachegate(n)
                 self.matrix_daemons.append(n)
             wait_until("nginx", lambda: http_ok(self.P["nginx-pass"], "/healthz"), self.d, "nginx")
+            if "cg-tls" in started:
+                self.results["tls"] = {"cg-tls": self.tls_handshake(self.P["cg-tls"]),
+                                       "nginx-tls": self.tls_handshake(self.P["nginx-tls"])}
+                log(f"TLS negotiated: {self.results['tls']}")
 
     def start_nginx(self) -> None:
-        self.need_ports("nginx-hit", "nginx-pass", "nginx-body")
+        self.need_ports("nginx-hit", "nginx-pass", "nginx-body", "nginx-tls", "nginx-h2c")
         ng = self.run_dir / "cwd" / "nginx"
         for sub in ("cache", "tmp"):
             (ng / sub).mkdir(parents=True, exist_ok=True)
         d = self.P["direct"]
+        hit_locations = """location /api/v1/tasks/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache tasks;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status;
+            open_file_cache max=10000 inactive=60s;
+            open_file_cache_valid 60s;
+        }
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }"""
         conf = f"""# generated by bench/bench.sh (as shared/bench-peers/peers.sh's nginx-hit and nginx-pass)
 worker_processes 1;
 daemon off;
@@ -818,6 +893,23 @@ http {{
             open_file_cache_valid 60s;
         }}
     }}
+    # nginx-tls (rows nginx-tls, HTTP/1.1, and nginx-h2, h2 by ALPN) and nginx-h2c
+    # (cleartext HTTP/2, prior knowledge): nginx-hit's cache (one zone, one key)
+    # behind other listeners; the certificate and TLS versions are cachegate's,
+    # session reuse off (keep-alive connections handshake once either way)
+    server {{
+        listen 127.0.0.1:{self.P['nginx-tls']} ssl http2;
+        ssl_certificate {self.cert};
+        ssl_certificate_key {self.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        {hit_locations}
+    }}
+    server {{
+        listen 127.0.0.1:{self.P['nginx-h2c']} http2;
+        {hit_locations}
+    }}
     # nginx-pass: the same proxy, no cache (miss path)
     server {{
         listen 127.0.0.1:{self.P['nginx-pass']};
@@ -855,6 +947,27 @@ http {{
             dict(name="nginx-pass", group="miss", url=self.url("nginx-pass"), hit_header="",
                  stats=[direct], warm=0, label="nginx proxy, no cache"),
         ]
+        if "protocols" not in self.k.skip:
+            tls, h2c = self.url("cg-tls", "https"), self.url("cg-h2c")
+            ng_tls, ng_h2c = self.url("nginx-tls", "https"), self.url("nginx-h2c")
+            h2 = f"h2load -c{self.k.h2_conns} -m{self.k.h2_streams}"
+            rows += [
+                dict(name="nginx-tls", group="proto", url=ng_tls, hit_header="x-cache-status", stats=[direct],
+                     warm=1, label="nginx proxy_cache hit, HTTP/1.1 over TLS (wrk)"),
+                dict(name="cg-tls", group="proto", url=tls, hit_header="x-cache", stats=[direct], warm=2,
+                     rss="cg-tls", label="cachegate hit (tier), HTTP/1.1 over TLS (wrk)"),
+                # h2load checks every status; the warm-up and the JSON check go
+                # over HTTP/1.1 to the same cache (nginx: one zone for all listeners)
+                dict(name="nginx-h2", group="proto", url=ng_tls, hit_header="x-cache-status", stats=[direct],
+                     warm=1, tool="h2load", label=f"nginx proxy_cache hit, HTTP/2 over TLS ({h2})"),
+                dict(name="cg-h2", group="proto", url=tls, hit_header="x-cache", stats=[direct], warm=2,
+                     rss="cg-tls", tool="h2load", label=f"cachegate hit (tier), HTTP/2 over TLS ({h2})"),
+                dict(name="nginx-h2c", group="proto", url=ng_h2c, check_url=self.url("nginx-hit"),
+                     hit_header="x-cache-status", stats=[direct], warm=1, tool="h2load",
+                     label=f"nginx proxy_cache hit, cleartext HTTP/2 ({h2})"),
+                dict(name="cg-h2c", group="proto", url=h2c, hit_header="x-cache", stats=[direct], warm=2,
+                     rss="cg-h2c", tool="h2load", label=f"cachegate hit (tier), cleartext HTTP/2 h2c ({h2})"),
+            ]
         # right after their plain twins, so each round measures them back to back:
         # cg-X, cg-X-base (baseline binary), cg-X-log (access log on, stdout to
         # the daemon's log file), cg-X-log-base
@@ -945,11 +1058,12 @@ http {{
                         bad = 0
                         t = time.monotonic()
                         for _ in range(row["warm"]):
-                            _, b = bc.warm(row["url"], "/api/v1/tasks/", self.ids)
+                            _, b = bc.warm(row.get("check_url", row["url"]), "/api/v1/tasks/", self.ids)
                             bad += b
                         rec["warm_s"] = round(time.monotonic() - t, 3)
                         rec["warm_bad"] = bad
-                    rec["verify"] = bc.verify(row, "/api/v1/tasks/", self.ids, self.golden, 25, rng)
+                    checked = dict(row, url=row.get("check_url", row["url"]))
+                    rec["verify"] = bc.verify(checked, "/api/v1/tasks/", self.ids, self.golden, 25, rng)
                     win = bc.Window(server_pids, row["stats"])
                     ticks0 = {n: bc.tree_ticks([self.d.pid(n)]) for n in self.matrix_daemons}
                     rss_pid = self.d.pid(row["rss"]) if row.get("rss") else None
@@ -958,7 +1072,10 @@ http {{
                     if sampler:
                         sampler.__enter__()
                     try:
-                        cmd, res, _ = bc.run_wrk(self.wrk_args(), row)
+                        if row.get("tool") == "h2load":
+                            cmd, res, _ = bc.run_h2load(self.wrk_args(), row, k.h2_conns, k.h2_streams)
+                        else:
+                            cmd, res, _ = bc.run_wrk(self.wrk_args(), row)
                     finally:
                         if sampler:
                             sampler.__exit__(None, None, None)
@@ -1623,11 +1740,17 @@ http {{
              "p99_ratio": S[n]["p99"] / S[b]["p99"] if S[n]["p99"] and S[b]["p99"] else None,
              "per_round": per_round(n, b, rps)}
             for n, b in BASELINE_PAIRS if n in S and b in S]
+        # the protocol rows: cachegate ÷ nginx, same protocol, same round
+        self.results["protocols"] = [
+            {"cg": c, "nginx": n, "rps_cg": S[c]["rps"], "rps_nginx": S[n]["rps"],
+             "rps_ratio": med(per_round(c, n, rps)), "cpu_ratio": med(per_round(c, n, cpu)),
+             "p99_cg": S[c]["p99"], "p99_nginx": S[n]["p99"], "per_round": per_round(c, n, rps)}
+            for c, n in PROTO_PAIRS if c in S and n in S]
 
     @staticmethod
     def _proc(row: str) -> str:
         """The server process a row measures (the others idle or serve it)."""
-        return "nginx" if row.startswith("nginx") else row
+        return "nginx" if row.startswith("nginx") else INSTANCE_OF.get(row, row)
 
     @staticmethod
     def _us(rec: dict, proc: str) -> float | None:
@@ -1686,6 +1809,26 @@ http {{
                 ", ".join(f"{n} {100 * v:.0f}%" for n, v in s["cpu_split"].items() if v >= 0.02) or "—",
                 mb(s["rss_max_kb"]) if s["rss_max_kb"] else "—"]) + " |")
         w("")
+
+        protos = R.get("protocols") or []
+        if protos:
+            w("## Over TLS and HTTP/2: cachegate ÷ nginx")
+            w("")
+            w("Hits of the same working set, each pair measured in the same rounds: HTTP/1.1 over TLS (wrk, "
+              f"{k.conns} connections), HTTP/2 over TLS by ALPN and cleartext HTTP/2 with prior knowledge "
+              f"(h2load, {k.h2_conns} connections × {k.h2_streams} streams). One ECDSA P-256 certificate, "
+              "TLS 1.2 and 1.3 on both, keep-alive; negotiated: "
+              + ", ".join(f"{n} {v}" for n, v in (R.get("tls") or {}).items()) + ". "
+              "Ratios are medians of the per-round ratios (above 1 = cachegate ahead).")
+            w("")
+            w("| rows | cachegate req/s | nginx req/s | req/s cachegate ÷ nginx | req/CPU-s cachegate ÷ nginx "
+              "| p99 ms cachegate | p99 ms nginx | req/s ratio per round |")
+            w("|---|---:|---:|---:|---:|---:|---:|---|")
+            for p in protos:
+                w(f"| `{p['cg']}` ÷ `{p['nginx']}` | {f_rps(p['rps_cg'])} | {f_rps(p['rps_nginx'])} | "
+                  f"{f_ratio(p['rps_ratio'])} | {f_ratio(p['cpu_ratio'])} | {f_ms(p['p99_cg'])} | "
+                  f"{f_ms(p['p99_nginx'])} | " + ", ".join(f"{x:.2f}" for x in p["per_round"]) + " |")
+            w("")
 
         pairs = R.get("baseline") or []
         if pairs:

@@ -79,7 +79,26 @@ impl Gateway {
 /// gets the 400 returned. Already normal paths (nearly all) are left untouched.
 fn normalize_uri(req: &mut Request<Body>) -> Option<Response<Body>> {
     let bad = |message: &str| Some(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", message));
-    let pq = req.uri().path_and_query().filter(|pq| pq.as_str() != "*")?; // CONNECT, `OPTIONS *`
+    let Some(pq) = req.uri().path_and_query() else {
+        // Only CONNECT names an authority alone: a reverse proxy opens no
+        // tunnel to where a client says (HTTP/2 passes it on as hyper does).
+        if req.method() == http::Method::CONNECT {
+            return Some(proxy::json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not proxied",
+            ));
+        }
+        return None;
+    };
+    if pq.as_str() == "*" {
+        // RFC 9112 §3.2.4: the asterisk form is for OPTIONS alone; HTTP/2
+        // passes a `:path` of `*` on any method, HTTP/1.1 parsers too.
+        if req.method() == http::Method::OPTIONS {
+            return None;
+        }
+        return bad("the target `*` is for OPTIONS only");
+    }
     let normal = match proxy::normalize::normalize_path_and_query(pq.as_str()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return None,
         Ok(std::borrow::Cow::Owned(normal)) => normal,

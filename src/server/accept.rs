@@ -8,7 +8,9 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioExecutor;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -67,11 +69,17 @@ where
 
 /// Serves one HTTP/2 connection until it ends, or, once `stop` turns true,
 /// until its open streams are answered (GOAWAY, then graceful shutdown).
+/// A connection with no stream open for `idle.1` is shut down the same
+/// way, and dropped if it is still idle `idle.1` later (a client that
+/// never answers the shutdown's PING): hyper's HTTP/2 has no header
+/// timeout, so this is what ends a connection that opens no stream, or
+/// trickles a header block it never finishes (slowloris over HTTP/2).
 pub async fn serve_http2<I, S, B>(
     builder: &http2::Builder<TokioExecutor>,
     io: I,
     service: S,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+    idle: (Arc<Streams>, Duration),
 ) -> Result<(), hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -82,8 +90,77 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let (streams, idle_after) = idle;
     let conn = builder.serve_connection(io, service);
-    until_stopped(conn, stop, |c| c.graceful_shutdown()).await
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => return res,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            return conn.await;
+        }
+        () = streams.idle_for(idle_after) => conn.as_mut().graceful_shutdown(),
+    }
+    tokio::select! {
+        res = conn.as_mut() => res,
+        () = streams.idle_for(idle_after) => Ok(()),
+    }
+}
+
+/// The streams of one HTTP/2 connection being answered (their answers'
+/// bodies included), and when the last one ended: what tells an idle
+/// connection from a busy one.
+pub struct Streams {
+    open: AtomicUsize,
+    /// When the last stream ended, in ms after `born`.
+    last_end_ms: AtomicU64,
+    born: Instant,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            open: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+}
+
+impl Streams {
+    /// A stream begins; it ends when the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `quiet`.
+    async fn idle_for(&self, quiet: Duration) {
+        loop {
+            let wait = if self.open.load(Ordering::Acquire) > 0 {
+                quiet
+            } else {
+                let since = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+                let idle = self.born.elapsed().saturating_sub(since);
+                match quiet.checked_sub(idle) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One open stream of [`Streams`].
+pub struct StreamGuard(Arc<Streams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let now = self.0.born.elapsed().as_millis() as u64;
+        self.0.last_end_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Drives a connection to its end; once `stop` turns true, asks it to

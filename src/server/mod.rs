@@ -287,28 +287,76 @@ where
     }
 }
 
-/// HTTP/2: its framing is unambiguous (no guard); no 1xx relay.
+/// HTTP/2: its framing is unambiguous (no guard); no 1xx relay. Each
+/// stream is counted from its request to its answer's last byte, so that
+/// a connection with none is closed after the header timeout.
 async fn serve_h2<S>(settings: &Connections, stream: S, from: ClientInfo, served: Served)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Served { live, role, stop } = served;
+    let streams = Arc::new(accept::Streams::default());
+    let counted = streams.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        // HTTP/2 names the authority in the target: as `Host`, for the
-        // same checks, keys and forwarding as HTTP/1.1.
-        if !req.headers().contains_key(http::header::HOST) {
-            if let Some(host) = req
-                .uri()
-                .authority()
-                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(http::header::HOST, host);
-            }
+        let open = counted.begin();
+        authority_as_host(&mut req);
+        let answered = respond(live.clone(), role, from, (req, None));
+        async move {
+            let resp = answered.await?;
+            Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }.boxed()))
         }
-        respond(live.clone(), role, from, (req, None))
     });
-    if let Err(e) = accept::serve_http2(&settings.h2, TokioIo::new(stream), service, stop).await {
+    let idle = (streams, settings.head_timeout);
+    if let Err(e) = accept::serve_http2(&settings.h2, TokioIo::new(stream), service, stop, idle).await {
         tracing::debug!(peer = %from.addr, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// HTTP/2 names the authority in the target: as `Host`, for the same
+/// checks, keys and forwarding as HTTP/1.1. A `Host` naming another
+/// authority makes the request malformed (RFC 9113 §8.3.1): both are kept,
+/// and two Hosts are a 400 (`bad_host`) as they are over HTTP/1.1, so the
+/// key and the backend can never read different authorities.
+fn authority_as_host(req: &mut hyper::Request<hyper::body::Incoming>) {
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let same = match req.headers().get(http::header::HOST) {
+        None => false,
+        Some(host) => host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()),
+    };
+    if same {
+        return;
+    }
+    if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
+        req.headers_mut().append(http::header::HOST, value);
+    }
+}
+
+/// An HTTP/2 answer's body, holding its stream open in the connection's
+/// count until the body is done or dropped.
+struct Counted {
+    body: Body,
+    _open: accept::StreamGuard,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -14,14 +14,14 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 
 /// A CA and a `localhost` certificate it signed, as PEM files.
-struct Certs {
+pub(crate) struct Certs {
     ca_pem: String,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
-fn certs() -> Certs {
+pub(crate) fn certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
     let ca_key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -50,7 +50,7 @@ async fn world(server: &str) -> World {
 }
 
 /// A TLS connection to the proxy offering `alpn`, trusting the test CA.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: std::net::SocketAddr,
     certs: &Certs,
     alpn: &[&[u8]],

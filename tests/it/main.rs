@@ -24,6 +24,7 @@ mod event_streams;
 mod faults;
 mod fleet_history;
 mod hostile_input;
+mod hostile_input_h2;
 mod http_conformance;
 mod http_exchange;
 mod http_semantics;
