@@ -92,6 +92,11 @@ struct WarmLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompressionLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpgradeLabels {
     result: &'static str,
 }
@@ -152,6 +157,9 @@ pub struct Metrics {
     /// Upgrade requests (WebSocket), by result; and tunnels open now.
     upgrades: Family<UpgradeLabels, Counter>,
     tunnels_open: Gauge,
+    /// Bodies cachegate encoded before storing (`[compression] encode`):
+    /// `stage="identity"` bytes in, `stage="encoded"` bytes out.
+    compression_bytes: Family<CompressionLabels, Counter>,
     /// A start-up warm run with `ready_waits` is going: `/readyz` says 503.
     warming: std::sync::atomic::AtomicBool,
     pub started: Instant,
@@ -335,6 +343,15 @@ impl Metrics {
         for result in ["tunnelled", "declined", "failed"] {
             let _ = upgrades.get_or_create(&UpgradeLabels { result });
         }
+        let compression_bytes = Family::<CompressionLabels, Counter>::default();
+        registry.register(
+            "compression_bytes",
+            "Bodies cachegate encoded before storing: bytes as the backend sent them (stage=identity) and as stored (stage=encoded)",
+            compression_bytes.clone(),
+        );
+        for stage in ["identity", "encoded"] {
+            let _ = compression_bytes.get_or_create(&CompressionLabels { stage });
+        }
         let tunnels_open = Gauge::default();
         registry.register(
             "tunnels_open",
@@ -377,6 +394,7 @@ impl Metrics {
             warm_pending,
             upgrades,
             tunnels_open,
+            compression_bytes,
             warming: std::sync::atomic::AtomicBool::new(false),
             registry: root,
             requests,
@@ -518,6 +536,13 @@ impl Metrics {
 
     pub fn stored(&self, bytes: usize) {
         self.stored_bytes.inc_by(bytes as u64);
+    }
+
+    /// A body encoded before storing: its size before and after.
+    pub fn compressed(&self, identity: usize, encoded: usize) {
+        let stage = |stage| self.compression_bytes.get_or_create(&CompressionLabels { stage });
+        stage("identity").inc_by(identity as u64);
+        stage("encoded").inc_by(encoded as u64);
     }
 
     /// Counts a warmed path by result (`stored`, `skipped`, `failed`).

@@ -32,6 +32,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub health: super::health::RawHealth,
     #[serde(default)]
+    pub compression: super::compression::RawCompression,
+    #[serde(default)]
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub invalidate: Vec<RawInvalidate>,

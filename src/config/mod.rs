@@ -6,6 +6,7 @@
 //! values are all resolved; nothing downstream looks at the raw file again.
 
 mod admin;
+mod compression;
 mod error;
 mod file;
 mod health;
@@ -16,6 +17,7 @@ mod settings;
 mod warm;
 
 pub use admin::{hash_token, AdminConfig, AdminScope, AdminTls, AdminToken, ClientAuth};
+pub use compression::CompressionConfig;
 pub use error::ConfigError;
 pub use health::{HealthConfig, StoreReadiness};
 pub use inputs::{DuplicateInputs, SuspectCredentials, CREDENTIAL_WORDS, DEFAULT_CREDENTIAL_HEADERS};

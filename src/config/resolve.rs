@@ -395,6 +395,7 @@ pub(super) fn resolve(
 
     let warm = super::warm::resolve(raw.warm, file, env, &at)?;
     let health = super::health::resolve(raw.health, &at)?;
+    let compression = super::compression::resolve(raw.compression, &at)?;
 
     let defaults = RuleDefaults {
         ttl: cache.default_ttl,
@@ -438,6 +439,7 @@ pub(super) fn resolve(
         rules: Arc::new(rules),
         warm,
         health,
+        compression,
     })
 }
 

@@ -279,4 +279,7 @@ pub struct Config {
     pub warm: super::warm::WarmConfig,
     /// `[health]`: what readiness requires, the backend probe.
     pub health: super::health::HealthConfig,
+    /// `[compression]`: one stored coding per entry, decoded for clients
+    /// that do not accept it.
+    pub compression: super::compression::CompressionConfig,
 }

@@ -3,25 +3,69 @@
 //! the head alone. (`Cache-Status` and `X-Cache` are set by
 //! [`crate::outcome::Outcome::apply`].)
 
-use super::{freshness, Outcome};
+use super::{compression, freshness, Outcome};
+use crate::config::CompressionConfig;
 use crate::proxy::{self, Body};
 use crate::store::entry::Entry;
 use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
 
 /// Answers from a stored entry: the stored response with `Age`, or 304 when
 /// the client's conditional request is satisfied by its validators.
-pub(super) fn answer(request: &http::HeaderMap, entry: Entry, now: u64, is_head: bool) -> Response<Body> {
+pub(super) fn answer(
+    request: &http::HeaderMap,
+    entry: Entry,
+    now: u64,
+    is_head: bool,
+    compression: &CompressionConfig,
+) -> Response<Body> {
     let age = freshness::age(&entry.headers) + entry.age_secs(now);
-    answer_with_age(request, entry, Some(age), is_head)
+    answer_with_age(request, entry, Some(age), is_head, compression)
 }
 
 /// Answers with an entry just fetched: the backend's own headers (no `Age`
 /// added), or 304 for a satisfied conditional request.
-pub(super) fn answer_fetched(request: &http::HeaderMap, entry: Entry, is_head: bool) -> Response<Body> {
-    answer_with_age(request, entry, None, is_head)
+pub(super) fn answer_fetched(
+    request: &http::HeaderMap,
+    entry: Entry,
+    is_head: bool,
+    compression: &CompressionConfig,
+) -> Response<Body> {
+    answer_with_age(request, entry, None, is_head, compression)
 }
 
-fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is_head: bool) -> Response<Body> {
+/// The entry as this client takes it: as stored (the common case costs one
+/// header lookup, or an in-place scan of `Accept-Encoding` for an encoded
+/// entry), or decoded on the fly when it does not accept the stored coding
+/// (`compression.rs`): then no range is applied (a range of the encoded
+/// bytes is not one of the decoded ones) and the validators are weak.
+fn answer_with_age(
+    request: &http::HeaderMap,
+    mut entry: Entry,
+    age: Option<u64>,
+    is_head: bool,
+    compression: &CompressionConfig,
+) -> Response<Body> {
+    if let Some(coding) = compression::must_decode(request, &entry.headers) {
+        compression::decoded_head(&mut entry.headers);
+        let mut resp = answer_as_stored(request, entry, age, is_head, false);
+        if resp.status() != StatusCode::NOT_MODIFIED && !is_head {
+            let (parts, body) = resp.into_parts();
+            let body = compression::Decoding::new(body, coding, compression.max_decoded_bytes).boxed();
+            resp = Response::from_parts(parts, body);
+        }
+        return resp;
+    }
+    answer_as_stored(request, entry, age, is_head, true)
+}
+
+fn answer_as_stored(
+    request: &http::HeaderMap,
+    entry: Entry,
+    age: Option<u64>,
+    is_head: bool,
+    ranges: bool,
+) -> Response<Body> {
     if entry.status == StatusCode::OK && freshness::not_modified(request, &entry.headers) {
         let mut resp = Response::new(proxy::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -36,7 +80,7 @@ fn answer_with_age(request: &http::HeaderMap, entry: Entry, age: Option<u64>, is
         return resp;
     }
     // A `Range` on a GET is answered from the whole stored body (RFC 9110 §14.2).
-    if !is_head && request.contains_key(header::RANGE) {
+    if ranges && !is_head && request.contains_key(header::RANGE) {
         if let Some(mut resp) = super::range::ranged(request, &entry) {
             if let Some(age) = age {
                 resp.headers_mut().insert(header::AGE, HeaderValue::from(age));

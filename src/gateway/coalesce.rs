@@ -230,7 +230,13 @@ impl Gateway {
                 })));
                 let is_head = request.req.method() == Method::HEAD;
                 return (
-                    answer(request.req.headers(), entry, now, is_head),
+                    answer(
+                        request.req.headers(),
+                        entry,
+                        now,
+                        is_head,
+                        &self.generation.config.compression,
+                    ),
                     Outcome::Collapsed { ttl },
                 );
             }
@@ -251,14 +257,21 @@ impl Gateway {
     ) -> Option<(Response<Body>, Outcome)> {
         let filled = follower.wait(self.generation.config.cache.coalesce_timeout).await?;
         let headers = request.req.headers();
-        if filled.field != field_for(&request.key.field, &filled.entry.headers, headers) {
+        let negotiated = self.generation.config.compression.enabled;
+        if filled.field != field_for(&request.key.field, &filled.entry.headers, headers, negotiated) {
             return None;
         }
         let now = now_ms();
         let ttl = filled.entry.ttl_left_secs(now);
         let is_head = request.req.method() == Method::HEAD;
         Some((
-            answer(headers, filled.entry.clone(), now, is_head),
+            answer(
+                headers,
+                filled.entry.clone(),
+                now,
+                is_head,
+                &self.generation.config.compression,
+            ),
             Outcome::Collapsed { ttl },
         ))
     }

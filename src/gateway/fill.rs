@@ -5,11 +5,12 @@
 
 use super::answer::{answer, answer_fetched, miss, strip_body};
 use super::coalesce::{Filled, Leader};
+use super::compression::{self, StoredForm};
 use super::key::{field_for, CacheKey};
 use super::lookup::{store_detail, Found};
 use super::revalidate::add_validators;
 use super::{credential_end, freshness, storable, vary, Cacheable, Gateway, Outcome};
-use crate::config::{Scope, TtlMode};
+use crate::config::{CompressionConfig, Scope, TtlMode};
 use crate::proxy::{self, Body, ForwardError};
 use crate::rules::CacheRule;
 use crate::store::entry::{now_ms, Entry, Lifetime};
@@ -66,6 +67,13 @@ impl Gateway {
             // Fetch the GET answer so it can fill the entry HEAD shares.
             *req.method_mut() = Method::GET;
         }
+        let compression = &self.generation.config.compression;
+        if compression.enabled {
+            // One Accept-Encoding for every client, so one fill serves them
+            // all; each gets the stored coding or it decoded (`answer`).
+            req.headers_mut()
+                .insert(header::ACCEPT_ENCODING, compression.backend_accept.clone());
+        }
         let validating = stale
             .as_ref()
             .is_some_and(|e| add_validators(req.headers_mut(), &e.headers));
@@ -78,7 +86,7 @@ impl Gateway {
         };
         if failed && stale.as_ref().is_some_and(|e| e.within_stale_if_error(now_ms())) {
             if let Some(entry) = stale {
-                let resp = answer(&client, entry, now_ms(), is_head);
+                let resp = answer(&client, entry, now_ms(), is_head, &self.generation.config.compression);
                 return (
                     resp,
                     Outcome::Stale {
@@ -127,6 +135,13 @@ impl Gateway {
     /// A full answer from the backend: stored if it may be, and answered.
     async fn store_fetched(&self, resp: Response<Body>, fetched: Fetched<'_, '_>) -> (Response<Body>, Outcome) {
         let is_head = fetched.is_head;
+        let compression = &self.generation.config.compression;
+        // What is not stored is passed on, decoded if the client does not
+        // accept the coding the backend chose for cachegate's Accept-Encoding.
+        let passed = |resp: Response<Body>| {
+            let resp = compression::for_client(&fetched.client, resp, compression.max_decoded_bytes);
+            strip_body(resp, is_head)
+        };
         let verdict = self.storable_lifetime(resp.status(), resp.headers(), &fetched);
         // A 204 has no content, and no Content-Length to say so (RFC 9110 §15.3.5).
         let declared = match resp.status() {
@@ -138,9 +153,9 @@ impl Gateway {
         // passed on as if complete (`broken_answer`).
         let (len, verdict) = match (declared, verdict) {
             (Some(len), verdict) if len as usize <= fetched.rule.max_body_bytes => (len as usize, verdict),
-            (Some(_), Ok(_)) => return (strip_body(resp, is_head), miss(false, Some("too-large"))),
+            (Some(_), Ok(_)) => return (passed(resp), miss(false, Some("too-large"))),
             (None, Ok(lifetime)) => return self.fill_streamed(resp, lifetime, fetched),
-            (_, Err(reason)) => return (strip_body(resp, is_head), miss(false, Some(reason))),
+            (_, Err(reason)) => return (passed(resp), miss(false, Some(reason))),
         };
         let (parts, body) = resp.into_parts();
         let timeout = self.generation.config.backend.timeout;
@@ -151,28 +166,45 @@ impl Gateway {
                 return broken_answer(
                     fetched,
                     ForwardError::Unreachable(format!("the answer broke off: {err}")),
+                    compression,
                 );
             }
-            Err(_) => return broken_answer(fetched, ForwardError::Timeout),
+            Err(_) => return broken_answer(fetched, ForwardError::Timeout, compression),
         };
         let body = storable::concat(&chunks);
         let lifetime = match verdict {
             Ok(lifetime) => lifetime,
             Err(reason) => {
                 let resp = Response::from_parts(parts, proxy::full(body));
-                return (strip_body(resp, is_head), miss(false, Some(reason)));
+                return (passed(resp), miss(false, Some(reason)));
             }
         };
+        let (status, mut headers) = (parts.status, parts.headers);
+        let (body, refused) =
+            match compression::stored_form(compression, fetched.rule, status, &mut headers, &body).await {
+                StoredForm::AsIs => (body, None),
+                StoredForm::Encoded(encoded, identity_len) => {
+                    self.shared.metrics.compressed(identity_len, encoded.len());
+                    (encoded, None)
+                }
+                StoredForm::Refused(reason) => (body, Some(reason)),
+            };
         let entry = Entry {
-            status: parts.status,
+            status,
             stored_at_ms: now_ms(),
             lifetime,
-            headers: parts.headers,
+            headers,
             body,
         };
         let client = fetched.client.clone();
+        if let Some(reason) = refused {
+            return (
+                answer_fetched(&client, entry, is_head, compression),
+                miss(false, Some(reason)),
+            );
+        }
         let stored = self.store_entry(&entry, fetched).await;
-        (answer_fetched(&client, entry, is_head), stored)
+        (answer_fetched(&client, entry, is_head, compression), stored)
     }
 
     /// How long a backend answer (or a stored one a 304 refreshed) may be
@@ -218,8 +250,9 @@ impl Gateway {
             // Take no more followers before storing (see `Leader::close`).
             leader.close();
         }
-        let field = field_for(&fetched.key.field, &entry.headers, &fetched.client);
-        let write = EntryWrite::new(&fetched.key, field, &entry.headers, &entry.lifetime);
+        let negotiated = self.generation.config.compression.enabled;
+        let field = field_for(&fetched.key.field, &entry.headers, &fetched.client, negotiated);
+        let write = EntryWrite::new(&fetched.key, field, &entry.headers, &entry.lifetime, negotiated);
         let store = &self.shared.store;
         let mut stored = self
             .timed("fill", write.entry(store.as_ref(), encoded, fetched.guard))
@@ -251,9 +284,16 @@ impl Gateway {
         lifetime: Lifetime,
         fetched: Fetched<'_, '_>,
     ) -> (Response<Body>, Outcome) {
-        let (parts, body) = resp.into_parts();
-        let field = field_for(&fetched.key.field, &parts.headers, &fetched.client);
-        let write = EntryWrite::new(&fetched.key, field, &parts.headers, &lifetime);
+        let (mut parts, body) = resp.into_parts();
+        let compression = &self.generation.config.compression;
+        let negotiated = compression.enabled;
+        let decode = compression::must_decode(&fetched.client, &parts.headers);
+        if compression::coding_of(&parts.headers).is_some() {
+            // Stored in the backend's coding; decoded for those who need it.
+            compression::vary_on_accept_encoding(&mut parts.headers);
+        }
+        let field = field_for(&fetched.key.field, &parts.headers, &fetched.client, negotiated);
+        let write = EntryWrite::new(&fetched.key, field, &parts.headers, &lifetime, negotiated);
         let store = self.shared.store.clone();
         let metrics = self.shared.metrics.clone();
         let (status, headers, guard) = (parts.status, parts.headers.clone(), fetched.guard);
@@ -276,9 +316,14 @@ impl Gateway {
                 let _ = tee.collect().await;
             });
             proxy::empty()
+        } else if let Some(coding) = decode {
+            compression::Decoding::new(tee.boxed(), coding, compression.max_decoded_bytes).boxed()
         } else {
             tee.boxed()
         };
+        if decode.is_some() {
+            compression::decoded_head(&mut parts.headers);
+        }
         (Response::from_parts(parts, body), miss(false, Some("streamed")))
     }
 }
@@ -288,11 +333,15 @@ impl Gateway {
 /// sent. The stale entry is served where its stale-if-error window allows
 /// (RFC 9111 §4.2.4, RFC 5861 §4), else 502 (504 for a stall), never the
 /// truncated body as if it were whole.
-fn broken_answer(fetched: Fetched<'_, '_>, error: ForwardError) -> (Response<Body>, Outcome) {
+fn broken_answer(
+    fetched: Fetched<'_, '_>,
+    error: ForwardError,
+    compression: &CompressionConfig,
+) -> (Response<Body>, Outcome) {
     let now = now_ms();
     match fetched.stale {
         Some(entry) if entry.within_stale_if_error(now) => (
-            answer(&fetched.client, entry, now, fetched.is_head),
+            answer(&fetched.client, entry, now, fetched.is_head, compression),
             Outcome::Stale {
                 detail: "backend-error",
             },
@@ -314,13 +363,13 @@ struct EntryWrite {
 }
 
 impl EntryWrite {
-    fn new(key: &CacheKey, field: String, headers: &HeaderMap, lifetime: &Lifetime) -> EntryWrite {
+    fn new(key: &CacheKey, field: String, headers: &HeaderMap, lifetime: &Lifetime, negotiated: bool) -> EntryWrite {
         EntryWrite {
             key: key.key.clone(),
             scope_field: key.field.clone(),
             field,
             tags: entry_tags(&key.tags, headers),
-            vary: vary::names(headers),
+            vary: vary::keyed_names(headers, negotiated),
             retain: retain_for(lifetime, headers),
         }
     }

@@ -107,9 +107,15 @@ pub(super) fn request_view(req: &Request<Body>) -> RequestView<'_> {
 }
 
 /// The field a response is stored in for a request: the scope's own, or
-/// the variant the request selects when the response has `Vary`.
-pub(super) fn field_for(scope: &str, response: &http::HeaderMap, request: &http::HeaderMap) -> String {
-    let names = vary::names(response);
+/// the variant the request selects when the response has `Vary`
+/// (`Accept-Encoding` aside when compression is `negotiated`).
+pub(super) fn field_for(
+    scope: &str,
+    response: &http::HeaderMap,
+    request: &http::HeaderMap,
+    negotiated: bool,
+) -> String {
+    let names = vary::keyed_names(response, negotiated);
     if names.is_empty() {
         scope.to_string()
     } else {

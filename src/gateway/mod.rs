@@ -32,6 +32,7 @@ mod admit;
 mod answer;
 mod backend_probe;
 mod coalesce;
+mod compression;
 mod credential_end;
 mod fill;
 mod forward;
@@ -227,7 +228,8 @@ impl Gateway {
             return None;
         };
         let entry = found.entry.take()?;
-        Some((answer(request.req.headers(), entry, now, is_head), outcome))
+        let compression = &self.generation.config.compression;
+        Some((answer(request.req.headers(), entry, now, is_head, compression), outcome))
     }
 }
 

@@ -27,7 +27,10 @@ impl Gateway {
             return (not_modified, miss(false, Some("backend")));
         };
         let mut headers = stale.headers;
+        let was_weak = super::compression::has_weak_etag(&headers);
         update_headers(&mut headers, not_modified.headers());
+        // A transformed entry's tag stays weak when the backend names its own.
+        super::compression::keep_weak_etag(was_weak, &mut headers);
         let entry = Entry {
             status: stale.status,
             stored_at_ms: now_ms(),
@@ -38,7 +41,7 @@ impl Gateway {
         let (client, is_head) = (fetched.client.clone(), fetched.is_head);
         if not_modified.headers().contains_key(header::SET_COOKIE) {
             // This client's cookie: answered, never stored for others.
-            let mut resp = answer(&client, entry, now_ms(), is_head);
+            let mut resp = answer(&client, entry, now_ms(), is_head, &self.generation.config.compression);
             for cookie in not_modified.headers().get_all(header::SET_COOKIE) {
                 resp.headers_mut().append(header::SET_COOKIE, cookie.clone());
             }
@@ -48,13 +51,21 @@ impl Gateway {
         let entry = match self.storable_lifetime(entry.status, &entry.headers, &fetched) {
             Ok(lifetime) => Entry { lifetime, ..entry },
             // No longer storable (e.g. now no-store): answer, keep nothing.
-            Err(reason) => return (answer(&client, entry, now_ms(), is_head), miss(false, Some(reason))),
+            Err(reason) => {
+                return (
+                    answer(&client, entry, now_ms(), is_head, &self.generation.config.compression),
+                    miss(false, Some(reason)),
+                )
+            }
         };
         let outcome = match self.store_entry(&entry, fetched).await {
             Outcome::Miss { stored, requested, .. } => Outcome::Revalidated { stored, requested },
             other => other,
         };
-        (answer(&client, entry, now_ms(), is_head), outcome)
+        (
+            answer(&client, entry, now_ms(), is_head, &self.generation.config.compression),
+            outcome,
+        )
     }
 
     /// Within stale-while-revalidate: one background request (coalesced with

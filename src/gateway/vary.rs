@@ -27,6 +27,18 @@ pub fn names(response: &HeaderMap) -> Vec<HeaderName> {
     names
 }
 
+/// The names a variant is keyed on: [`names`], without `Accept-Encoding`
+/// when compression is negotiated once (`compression.rs`): every client
+/// is then served from one stored coding, so equivalent and different
+/// spellings alike share one variant.
+pub fn keyed_names(response: &HeaderMap, negotiated: bool) -> Vec<HeaderName> {
+    let mut names = names(response);
+    if negotiated {
+        names.retain(|n| n != header::ACCEPT_ENCODING);
+    }
+    names
+}
+
 /// The marker stored under the scope's field.
 pub fn marker(names: &[HeaderName]) -> Bytes {
     let mut out = MARKER.to_vec();

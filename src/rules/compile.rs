@@ -3,7 +3,7 @@
 //! and becomes a [`CacheRule`] or [`InvalidateRule`] (regexes compiled,
 //! templates parsed); an error names the span of the setting at fault.
 
-use super::file::{RawInvalidate, RawRule, RawTtl, RuleDefaults, TtlSource};
+use super::file::{ContentCoding, RawInvalidate, RawRule, RawTtl, RuleCompress, RuleDefaults, TtlSource};
 use super::path::PathPattern;
 use super::{
     CacheRule, DuplicateInputs, Heuristic, InvalidateRule, KeyInputs, RuleError, RuleSet, Scope, Template, TtlMode,
@@ -50,6 +50,7 @@ fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<Cach
     let ttl_by_status = ttl_by_status(&r.ttl_by_status)?;
     let scope = scope(&r.scope)?;
     let duplicate_inputs = duplicate_inputs(&r.duplicate_inputs)?;
+    let compress = compress(&r.compress)?;
     let methods = parse_methods(&r.methods, &["GET", "HEAD"], r.name.span(), true)?;
     let path = compile_regex(&r.path)?;
     let key = template(&r.key, &path, false)?;
@@ -68,6 +69,7 @@ fn cache_rule(r: &RawRule, index: usize, defaults: &RuleDefaults) -> Result<Cach
         index,
         inputs: KeyInputs::of(std::iter::once(&key).chain(&tags)),
         duplicate_inputs,
+        compress,
         name: r.name.get_ref().clone(),
         methods,
         path,
@@ -328,5 +330,23 @@ fn duplicate_inputs(raw: &Option<Spanned<String>>) -> Result<DuplicateInputs, Ru
             v.span(),
             format!("unknown duplicate_inputs {other:?}; expected bypass, first or reject"),
         )),
+    }
+}
+
+/// `compress = "off" | "gzip" | "br" | "zstd"`; unset follows `[compression]
+/// encode`.
+fn compress(raw: &Option<Spanned<String>>) -> Result<RuleCompress, RuleError> {
+    let Some(v) = raw else {
+        return Ok(RuleCompress::Inherit);
+    };
+    match v.get_ref().as_str() {
+        "off" => Ok(RuleCompress::Off),
+        other => match ContentCoding::parse(other.as_bytes()) {
+            Some(coding) if coding.as_str() == other => Ok(RuleCompress::Encode(coding)),
+            _ => Err(err(
+                v.span(),
+                format!("unknown compress {other:?}; expected off, gzip, br or zstd"),
+            )),
+        },
     }
 }

@@ -30,6 +30,10 @@ pub struct RawRule {
     #[serde(default)]
     pub tags: Vec<Spanned<String>>,
     pub duplicate_inputs: Option<Spanned<String>>,
+    /// `compress = "off" | "gzip" | "br" | "zstd"`: what an identity answer
+    /// of this rule is encoded to before it is stored, over `[compression]
+    /// encode`.
+    pub compress: Option<Spanned<String>>,
 }
 
 /// `ttl = 300` or `ttl = "origin"`.
@@ -140,4 +144,72 @@ impl DuplicateInputs {
             DuplicateInputs::Reject => "reject",
         }
     }
+}
+
+/// A content coding cachegate can decode, and encode an identity answer to
+/// before storing it (`[compression]`, a rule's `compress`). Here, below
+/// the config, because rules and `[compression]` both name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentCoding {
+    Gzip,
+    Br,
+    Zstd,
+}
+
+impl ContentCoding {
+    /// Every coding, in the order cachegate offers them to the backend.
+    pub const ALL: [ContentCoding; 3] = [ContentCoding::Gzip, ContentCoding::Br, ContentCoding::Zstd];
+
+    /// The token as `Content-Encoding` and proxy.toml spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentCoding::Gzip => "gzip",
+            ContentCoding::Br => "br",
+            ContentCoding::Zstd => "zstd",
+        }
+    }
+
+    /// The coding a `Content-Encoding` or `Accept-Encoding` token names
+    /// (case-insensitive; `x-gzip` is gzip, RFC 9110 §8.4.1.3).
+    pub fn parse(token: &[u8]) -> Option<ContentCoding> {
+        if token.eq_ignore_ascii_case(b"gzip") || token.eq_ignore_ascii_case(b"x-gzip") {
+            Some(ContentCoding::Gzip)
+        } else if token.eq_ignore_ascii_case(b"br") {
+            Some(ContentCoding::Br)
+        } else if token.eq_ignore_ascii_case(b"zstd") {
+            Some(ContentCoding::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// The compression levels the coding's library takes.
+    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            ContentCoding::Gzip => 1..=9,
+            ContentCoding::Br => 0..=11,
+            ContentCoding::Zstd => 1..=19,
+        }
+    }
+
+    /// The level used when none is configured: the libraries' usual
+    /// balance of ratio and speed (nginx's gzip and brotli modules use 6,
+    /// zstd's command line 3).
+    pub fn default_level(self) -> u32 {
+        match self {
+            ContentCoding::Gzip => 6,
+            ContentCoding::Br => 6,
+            ContentCoding::Zstd => 3,
+        }
+    }
+}
+
+/// A rule's `compress`: follow `[compression] encode`, never encode, or
+/// encode to one coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleCompress {
+    #[default]
+    Inherit,
+    Off,
+    Encode(ContentCoding),
 }

@@ -11,7 +11,10 @@ mod inputs;
 mod path;
 mod template;
 
-pub use file::{DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleDefaults, Scope, TtlMode, TtlSource, When};
+pub use file::{
+    ContentCoding, DuplicateInputs, RawInvalidate, RawRule, RawTtl, RuleCompress, RuleDefaults, Scope, TtlMode,
+    TtlSource, When,
+};
 pub use inputs::KeyInputs;
 pub use path::{PathCaptures, PathPattern};
 pub use template::{glob_escape, query_param, RequestView, Template};
@@ -62,6 +65,8 @@ pub struct CacheRule {
     pub inputs: KeyInputs,
     /// What a request that repeats one of them gets.
     pub duplicate_inputs: DuplicateInputs,
+    /// What an identity answer is encoded to before it is stored.
+    pub compress: RuleCompress,
 }
 
 /// Heuristic freshness: `percent` of the time since `Last-Modified`, at

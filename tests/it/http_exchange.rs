@@ -945,31 +945,52 @@ async fn variant(w: &World, path: &str, name: &str, value: &str) -> (Option<Stri
 
 /// RFC 9110 §12.5.3: `Accept-Encoding` members are case-insensitive tokens
 /// whose order carries no meaning (only `q` ranks them), and `q=1.0` is the
-/// default: equivalent spellings share one variant.
+/// default: equivalent spellings share one variant. With `[compression]`
+/// on (the default) every spelling shares it (the backend is asked with
+/// cachegate's own `Accept-Encoding`, tests/it/compression.rs); with it
+/// off, each ranking is a variant of its own.
 async fn accept_encoding_spellings_share_a_variant(kind: Kind) {
-    let w = world(kind).await;
-    let path = "/vary/ae";
-    // The default body carries a per-answer serial: each variant is distinct.
-    w.backend.on(
-        "GET",
-        path,
-        Reply::new()
-            .header("cache-control", "max-age=60")
-            .header("vary", "accept-encoding"),
-    );
-    let ae = "accept-encoding";
-    let (x, stored) = variant(&w, path, ae, "gzip, br").await;
-    assert_eq!(x.as_deref(), Some("MISS"));
-    for same in ["br,gzip", "BR;q=1.0, GZIP"] {
-        let (x, body) = variant(&w, path, ae, same).await;
-        assert_eq!(x.as_deref(), Some("HIT"), "{same:?} is \"gzip, br\"");
-        assert_eq!(body, stored, "{same:?}");
+    for negotiated in [true, false] {
+        let text = template(RULES);
+        let text = if negotiated {
+            text
+        } else {
+            format!("{text}\n[compression]\nenabled = false\n")
+        };
+        let w = World::start(kind, &patient(&text, kind)).await;
+        let path = "/vary/ae";
+        // The default body carries a per-answer serial: each variant is distinct.
+        w.backend.on(
+            "GET",
+            path,
+            Reply::new()
+                .header("cache-control", "max-age=60")
+                .header("vary", "accept-encoding"),
+        );
+        let ae = "accept-encoding";
+        let (x, stored) = variant(&w, path, ae, "gzip, br").await;
+        assert_eq!(x.as_deref(), Some("MISS"));
+        for same in ["br,gzip", "BR;q=1.0, GZIP"] {
+            let (x, body) = variant(&w, path, ae, same).await;
+            assert_eq!(x.as_deref(), Some("HIT"), "{same:?} is \"gzip, br\"");
+            assert_eq!(body, stored, "{same:?}");
+        }
+        assert_eq!(w.backend.count("GET", path), 1);
+        let (x, body) = variant(&w, path, ae, "gzip").await;
+        if negotiated {
+            assert_eq!(
+                x.as_deref(),
+                Some("HIT"),
+                "negotiated once: one variant for every spelling"
+            );
+            assert_eq!(body, stored);
+            assert_eq!(w.backend.count("GET", path), 1);
+        } else {
+            assert_eq!(x.as_deref(), Some("MISS"), "\"gzip\" alone is another variant");
+            assert_ne!(body, stored);
+            assert_eq!(w.backend.count("GET", path), 2, "the backend is asked again");
+        }
     }
-    assert_eq!(w.backend.count("GET", path), 1);
-    let (x, body) = variant(&w, path, ae, "gzip").await;
-    assert_eq!(x.as_deref(), Some("MISS"), "\"gzip\" alone is another variant");
-    assert_ne!(body, stored);
-    assert_eq!(w.backend.count("GET", path), 2, "the backend is asked again");
 }
 
 /// RFC 9110 §12.4.2, §12.5.4: `Accept-Language` members are ranked by

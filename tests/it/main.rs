@@ -19,6 +19,7 @@ mod cache_ops;
 mod cli;
 mod compose;
 mod compose_processes;
+mod compression;
 mod credentials_end;
 mod event_streams;
 mod faults;

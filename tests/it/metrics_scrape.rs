@@ -230,6 +230,8 @@ async fn every_counter_is_present_at_zero_from_start() {
         ("cachegate_purges_total", vec![("kind", "tag")]),
         ("cachegate_config_reloads_total", vec![("result", "error")]),
         ("cachegate_warm_paths_total", vec![("result", "failed")]),
+        ("cachegate_compression_bytes_total", vec![("stage", "identity")]),
+        ("cachegate_compression_bytes_total", vec![("stage", "encoded")]),
         (
             "cachegate_requests_total",
             vec![("route", "pass"), ("status_class", "5xx")],
