@@ -18,6 +18,7 @@
 use super::listener_protocols::{certs, tls_connect, Certs};
 use crate::common::*;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -1233,5 +1234,96 @@ async fn admin_api_attacks_fail_over_h2() {
         let auth = format!("Bearer {TOKEN}");
         let r = h.get_h("/api/v1/cache/health", &[("authorization", &auth)]).await;
         assert_eq!(r.status, 200, "{t:?}: {}", r.text());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rapid reset from many connections (CVE-2023-44487)
+// ---------------------------------------------------------------------------
+
+/// Eight connections at once, each writing HEADERS + RST_STREAM pairs for
+/// new streams as fast as the proxy reads them (frames written by hand, so
+/// the client's own memory follows the proxy's reading: `write_all` waits),
+/// reconnecting whenever a connection is closed. Other clients are served
+/// all along; the proxy closes flooding connections; this process (the
+/// proxy is in it) grows by a bounded amount, not per reset stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_from_many_connections_is_bounded() {
+    const FLOODERS: usize = 8;
+    const FLOOD_FOR: Duration = Duration::from_secs(4);
+    // Far below what per-stream state kept for 10^5 streams would take,
+    // above what tests running beside this one may allocate meanwhile.
+    const BOUND: u64 = 256 << 20;
+    for t in BOTH {
+        let h = Arc::new(H2World::std(t).await);
+        h.w.backend.on_path("/api/v1/tasks/flood", Reply::new().body("flood"));
+        let before = rss();
+        let until = Instant::now() + FLOOD_FOR;
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let (mut streams, mut closed) = (0u64, 0u64);
+                    let request = hpack(&[
+                        (":method", "GET"),
+                        (":scheme", h.scheme()),
+                        (":authority", "localhost"),
+                        (":path", "/api/v1/tasks/flood"),
+                    ]);
+                    while Instant::now() < until {
+                        let mut raw = h.raw().await;
+                        let mut id = 1u32;
+                        while Instant::now() < until {
+                            let mut batch = Vec::new();
+                            for _ in 0..64 {
+                                batch.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &request));
+                                batch.extend(frame_bytes(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+                                id += 2;
+                            }
+                            let left = until.saturating_duration_since(Instant::now());
+                            match tokio::time::timeout(left, raw.io.write_all(&batch)).await {
+                                Ok(Ok(())) => streams += 64,
+                                Ok(Err(_)) => {
+                                    closed += 1;
+                                    break;
+                                }
+                                Err(_) => break, // the flood is over while the proxy held the write
+                            }
+                        }
+                    }
+                    (streams, closed)
+                })
+            })
+            .collect();
+        let mut served = 0;
+        while Instant::now() < until {
+            others_served(&h, "a rapid-reset flood").await;
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (mut streams, mut closed) = (0, 0);
+        for f in flooders {
+            let (s, c) = f.await.unwrap();
+            streams += s;
+            closed += c;
+        }
+        let grown = rss().saturating_sub(before);
+        others_served(&h, "a rapid-reset flood").await;
+        println!(
+            "{t:?}: {FLOODERS} connections at a time, {streams} streams opened and reset, {closed} connections \
+             closed by the proxy, others served {served}x meanwhile; RSS grew {} KiB; backend saw {} flood requests",
+            grown >> 10,
+            h.w.backend.count_path("/api/v1/tasks/flood")
+        );
+        assert!(
+            streams > 2_000,
+            "{t:?}: the flood did not get going ({streams} streams)"
+        );
+        assert!(closed > 0, "{t:?}: the proxy closed no flooding connection");
+        assert!(grown < BOUND, "{t:?}: RSS grew by {} KiB under the flood", grown >> 10);
+        assert!(
+            h.w.backend.count_path("/api/v1/tasks/flood") < streams / 10,
+            "{t:?}: reset streams were forwarded"
+        );
     }
 }
