@@ -101,10 +101,10 @@ where
         }
         () = streams.idle_for(idle_after) => conn.as_mut().graceful_shutdown(),
     }
-    tokio::select! {
-        res = conn.as_mut() => res,
-        () = streams.idle_for(idle_after) => Ok(()),
-    }
+    // The GOAWAY is out; the client has `idle_after` to finish the
+    // shutdown (answer its PING) before the connection is dropped. (Idle
+    // already, `idle_for` would return at once and cut the GOAWAY off.)
+    tokio::time::timeout(idle_after, conn).await.unwrap_or(Ok(()))
 }
 
 /// The streams of one HTTP/2 connection being answered (their answers'
