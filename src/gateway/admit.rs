@@ -14,6 +14,21 @@ impl Gateway {
         if let Some(rejected) = self.limits(req) {
             return Some(rejected);
         }
+        // A reverse proxy opens no tunnel to where a client says, whatever
+        // the target's form (hyper's HTTP/1.1 parser takes a path too).
+        if req.method() == http::Method::CONNECT {
+            let mut refused = proxy::json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not proxied",
+            );
+            // RFC 9110 §15.5.6: a 405 lists the methods the target has.
+            refused.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+            );
+            return Some(refused);
+        }
         // One normal form of the path for the rules, the key and the backend
         // alike (see proxy/normalize.rs), so no spelling of a path reaches
         // another resource's entry.
@@ -79,18 +94,7 @@ impl Gateway {
 /// gets the 400 returned. Already normal paths (nearly all) are left untouched.
 fn normalize_uri(req: &mut Request<Body>) -> Option<Response<Body>> {
     let bad = |message: &str| Some(proxy::json_error(StatusCode::BAD_REQUEST, "bad_path", message));
-    let Some(pq) = req.uri().path_and_query() else {
-        // Only CONNECT names an authority alone: a reverse proxy opens no
-        // tunnel to where a client says (HTTP/2 passes it on as hyper does).
-        if req.method() == http::Method::CONNECT {
-            return Some(proxy::json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "CONNECT is not proxied",
-            ));
-        }
-        return None;
-    };
+    let pq = req.uri().path_and_query()?;
     if pq.as_str() == "*" {
         // RFC 9112 §3.2.4: the asterisk form is for OPTIONS alone; HTTP/2
         // passes a `:path` of `*` on any method, HTTP/1.1 parsers too.

@@ -613,13 +613,19 @@ async fn pseudo_header_abuse_never_reaches_the_backend() {
         }
         others_served(&h, "pseudo-header abuse").await;
     }
-    // The same two targets over HTTP/1.1 (on the h2c port): 400 and 405.
+    // The same targets over HTTP/1.1 (on the h2c port): 400 and 405,
+    // CONNECT whatever its target's form.
     let h = H2World::std(Transport::H2c).await;
     for (what, head, status) in [
         ("GET *", "GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 400),
         (
             "CONNECT",
             "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n",
+            405,
+        ),
+        (
+            "CONNECT with a path",
+            "CONNECT /api/v1/tasks/p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             405,
         ),
     ] {
