@@ -303,7 +303,7 @@ where
         let answered = respond(live.clone(), role, from, (req, None));
         async move {
             let resp = answered.await?;
-            Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }.boxed()))
+            Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
         }
     });
     let idle = (streams, settings.head_timeout);
