@@ -234,18 +234,12 @@ fn admin_tls(
     raw: &super::file::RawAdminTls,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<AdminTls, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
     let certificate = super::resolve::certificate_pair(&raw.cert_file, &raw.key_file, at)?;
     let client_ca_file = match &raw.client_ca_file {
         None => None,
         Some(ca) => {
             let path = std::path::PathBuf::from(ca.get_ref());
-            let readable = CertificateDer::pem_file_iter(&path)
-                .ok()
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>().ok())
-                .is_some_and(|certs| !certs.is_empty());
-            if !readable {
+            if super::pem::certificates(&path, "client_ca_file").is_err() {
                 return Err(at(
                     ca.span(),
                     format!("client_ca_file {:?} holds no readable PEM certificate", ca.get_ref()),

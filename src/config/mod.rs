@@ -11,6 +11,7 @@ mod error;
 mod file;
 mod health;
 mod inputs;
+pub mod pem;
 pub mod redis_url;
 mod resolve;
 mod settings;

@@ -235,11 +235,7 @@ pub(super) fn client_tls(
     }
     // The PEM contents too: a wrong file is a config error with its place,
     // not a store that never connects.
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = |path: &PathBuf| -> bool {
-        CertificateDer::pem_file_iter(path).is_ok_and(|mut it| it.next().is_some_and(|c| c.is_ok()))
-    };
+    let certs = |path: &PathBuf| super::pem::certificates(path, "").is_ok();
     for (path, spanned, what) in [
         (&ca_file, raw.ca_file, "tls_ca_file"),
         (&cert_file, raw.cert_file, "tls_cert_file"),
@@ -254,7 +250,7 @@ pub(super) fn client_tls(
         }
     }
     if let (Some(path), Some(s)) = (&key_file, raw.key_file) {
-        if PrivateKeyDer::from_pem_file(path).is_err() {
+        if super::pem::private_key(path, "tls_key_file").is_err() {
             return Err(at(
                 s.span(),
                 format!("tls_key_file {:?} holds no PEM private key", s.get_ref()),

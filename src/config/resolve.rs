@@ -460,21 +460,15 @@ pub(super) fn certificate_pair(
     key: &Spanned<String>,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<super::settings::ServerTls, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let cert_file = std::path::PathBuf::from(cert.get_ref());
     let key_file = std::path::PathBuf::from(key.get_ref());
-    let chain = CertificateDer::pem_file_iter(&cert_file)
-        .ok()
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>().ok())
-        .filter(|chain| !chain.is_empty())
-        .ok_or_else(|| {
-            at(
-                cert.span(),
-                format!("cert_file {:?} is not a readable PEM certificate", cert.get_ref()),
-            )
-        })?;
-    let private_key = PrivateKeyDer::from_pem_file(&key_file).map_err(|_| {
+    let chain = super::pem::certificates(&cert_file, "cert_file").map_err(|_| {
+        at(
+            cert.span(),
+            format!("cert_file {:?} is not a readable PEM certificate", cert.get_ref()),
+        )
+    })?;
+    let private_key = super::pem::private_key(&key_file, "key_file").map_err(|_| {
         at(
             key.span(),
             format!("key_file {:?} is not a readable PEM private key", key.get_ref()),

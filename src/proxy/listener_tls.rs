@@ -6,10 +6,8 @@
 //! in: a reload builds every listener's config first and swaps only when
 //! all of them loaded, so a bad file leaves the running certificates.
 
-use crate::config::{ClientAuth, Config, ServerTls};
+use crate::config::{pem, ClientAuth, Config, ServerTls};
 use arc_swap::ArcSwap;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 
@@ -97,11 +95,8 @@ fn server_config(
     http2: bool,
 ) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cert_file {}: {e}", tls.cert_file.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| format!("key_file {}: {e}", tls.key_file.display()))?;
+    let chain = pem::certificates(&tls.cert_file, "cert_file")?;
+    let key = pem::private_key(&tls.key_file, "key_file")?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -109,10 +104,7 @@ fn server_config(
         None => builder.with_no_client_auth(),
         Some((ca_file, auth)) => {
             let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(ca_file)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("client_ca_file {}: {e}", ca_file.display()))?;
-            for ca in cas {
+            for ca in pem::certificates(ca_file, "client_ca_file")? {
                 roots
                     .add(ca)
                     .map_err(|e| format!("client_ca_file {}: {e}", ca_file.display()))?;

@@ -5,10 +5,9 @@
 //! the tests-only switch that accepts any server certificate. The
 //! listeners' own TLS is `listener_tls.rs`.
 
-use crate::config::ClientTls;
+use crate::config::{pem, ClientTls};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 
@@ -26,14 +25,8 @@ pub fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, crate::Box
         let mut roots = rustls::RootCertStore::empty();
         match &tls.ca_file {
             Some(path) => {
-                for cert in
-                    CertificateDer::pem_file_iter(path).map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?
-                {
-                    let cert = cert.map_err(|e| format!("tls_ca_file {}: {e}", path.display()))?;
+                for cert in pem::certificates(path, "tls_ca_file")? {
                     roots.add(cert)?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("tls_ca_file {}: no certificate in it", path.display()).into());
                 }
             }
             None => {
@@ -45,11 +38,8 @@ pub fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, crate::Box
     };
     let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| format!("tls_cert_file {}: {e}", cert.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("tls_cert_file {}: {e}", cert.display()))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key_file {}: {e}", key.display()))?;
+            let chain = pem::certificates(cert, "tls_cert_file")?;
+            let key = pem::private_key(key, "tls_key_file")?;
             builder.with_client_auth_cert(chain, key)?
         }
         _ => builder.with_no_client_auth(),
