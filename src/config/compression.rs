@@ -119,11 +119,6 @@ fn media_matches(pattern: &[u8], essence: &[u8]) -> bool {
     }
 }
 
-/// A coding as proxy.toml names it.
-fn coding(name: &str) -> Option<ContentCoding> {
-    ContentCoding::parse(name.as_bytes()).filter(|c| c.as_str() == name)
-}
-
 pub(super) fn resolve(
     raw: RawCompression,
     at: &dyn Fn(Range<usize>, String) -> ConfigError,
@@ -135,7 +130,7 @@ pub(super) fn resolve(
     if let Some(v) = &raw.encode {
         c.encode = match v.get_ref().as_str() {
             "off" => None,
-            name => Some(coding(name).ok_or_else(|| {
+            name => Some(ContentCoding::named(name).ok_or_else(|| {
                 at(
                     v.span(),
                     format!("[compression] encode: expected \"off\", \"gzip\", \"br\" or \"zstd\", got {name:?}"),
@@ -201,7 +196,7 @@ pub(super) fn resolve(
     if let Some(v) = &raw.backend_encodings {
         let mut names: Vec<&str> = Vec::new();
         for name in v.get_ref() {
-            let Some(known) = coding(name) else {
+            let Some(known) = ContentCoding::named(name) else {
                 return Err(at(
                     v.span(),
                     format!("[compression] backend_encodings: expected \"gzip\", \"br\" or \"zstd\", got {name:?}"),

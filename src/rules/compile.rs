@@ -341,9 +341,9 @@ fn compress(raw: &Option<Spanned<String>>) -> Result<RuleCompress, RuleError> {
     };
     match v.get_ref().as_str() {
         "off" => Ok(RuleCompress::Off),
-        other => match ContentCoding::parse(other.as_bytes()) {
-            Some(coding) if coding.as_str() == other => Ok(RuleCompress::Encode(coding)),
-            _ => Err(err(
+        other => match ContentCoding::named(other) {
+            Some(coding) => Ok(RuleCompress::Encode(coding)),
+            None => Err(err(
                 v.span(),
                 format!("unknown compress {other:?}; expected off, gzip, br or zstd"),
             )),

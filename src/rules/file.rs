@@ -169,6 +169,11 @@ impl ContentCoding {
         }
     }
 
+    /// The coding proxy.toml names exactly (`"gzip"`, `"br"`, `"zstd"`).
+    pub fn named(name: &str) -> Option<ContentCoding> {
+        ContentCoding::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The coding a `Content-Encoding` or `Accept-Encoding` token names
     /// (case-insensitive; `x-gzip` is gzip, RFC 9110 §8.4.1.3).
     pub fn parse(token: &[u8]) -> Option<ContentCoding> {
