@@ -7,6 +7,7 @@ use super::{compression, freshness, Outcome};
 use crate::config::CompressionConfig;
 use crate::proxy::{self, Body};
 use crate::store::entry::Entry;
+use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 
@@ -24,14 +25,25 @@ pub(super) fn answer(
 }
 
 /// Answers with an entry just fetched: the backend's own headers (no `Age`
-/// added), or 304 for a satisfied conditional request.
+/// added), or 304 for a satisfied conditional request. `identity` is the
+/// body before cachegate encoded it for storing: a client that does not
+/// accept the coding gets it as it is, with no decoding of what was just
+/// encoded (the head as any decoded answer's).
 pub(super) fn answer_fetched(
     request: &http::HeaderMap,
-    entry: Entry,
+    mut entry: Entry,
+    identity: Option<Bytes>,
     is_head: bool,
     compression: &CompressionConfig,
 ) -> Response<Body> {
-    answer_with_age(request, entry, None, is_head, compression)
+    match identity {
+        Some(identity) if compression::must_decode(request, &entry.headers).is_some() => {
+            compression::decoded_head(&mut entry.headers);
+            entry.body = identity;
+            answer_as_stored(request, entry, None, is_head, false)
+        }
+        _ => answer_with_age(request, entry, None, is_head, compression),
+    }
 }
 
 /// The entry as this client takes it: as stored (the common case costs one
@@ -99,15 +111,6 @@ fn answer_as_stored(
         resp.headers_mut().insert(header::AGE, HeaderValue::from(age));
     }
     resp
-}
-
-/// A HEAD answer carries the GET answer's head without its body.
-pub(super) fn strip_body(resp: Response<Body>, is_head: bool) -> Response<Body> {
-    if !is_head {
-        return resp;
-    }
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, proxy::empty())
 }
 
 pub(super) fn miss(stored: bool, detail: Option<&'static str>) -> Outcome {

@@ -159,14 +159,28 @@ pub(super) fn decoded_head(headers: &mut HeaderMap) {
 
 /// A response as this client may take it: decoded on the fly when its
 /// coding is not one the client accepts (for answers that are not stored:
-/// the backend was asked with cachegate's own `Accept-Encoding`).
-pub(super) fn for_client(request: &HeaderMap, resp: http::Response<Body>, max_decoded: u64) -> http::Response<Body> {
-    let Some(coding) = must_decode(request, resp.headers()) else {
+/// the backend was asked with cachegate's own `Accept-Encoding`); for
+/// HEAD, the head alone (no decoder is built for a body never sent).
+pub(super) fn for_client(
+    request: &HeaderMap,
+    resp: http::Response<Body>,
+    is_head: bool,
+    max_decoded: u64,
+) -> http::Response<Body> {
+    let coding = must_decode(request, resp.headers());
+    if coding.is_none() && !is_head {
         return resp;
-    };
+    }
     let (mut parts, body) = resp.into_parts();
-    decoded_head(&mut parts.headers);
-    http::Response::from_parts(parts, Decoding::new(body, coding, max_decoded).boxed())
+    if coding.is_some() {
+        decoded_head(&mut parts.headers);
+    }
+    let body = match coding {
+        _ if is_head => crate::proxy::empty(),
+        Some(coding) => Decoding::new(body, coding, max_decoded).boxed(),
+        None => body,
+    };
+    http::Response::from_parts(parts, body)
 }
 
 /// Counts bytes written, keeps them if asked, and fails past `cap`.
@@ -420,6 +434,22 @@ fn decodes_within(coding: ContentCoding, body: &[u8], cap: u64) -> bool {
     body.chunks(64 * 1024).all(|c| decoder.feed(c).is_ok()) && decoder.finish().is_ok()
 }
 
+/// Whether a body `stored_form` or a streamed fill is about to store
+/// decodes completely within `cap` (off the runtime): no entry is stored
+/// that a client could not be given decoded.
+pub(super) async fn decodes_within_cap(coding: ContentCoding, body: Bytes, cap: u64) -> bool {
+    tokio::task::spawn_blocking(move || decodes_within(coding, &body, cap))
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether an answer names a coding cachegate cannot decode (unknown or
+/// stacked): such an answer is passed on, never stored, whichever way it
+/// is filled.
+pub(super) fn undecodable(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::CONTENT_ENCODING) && coding_of(headers).is_none()
+}
+
 /// `body` encoded in `coding`. Blocking: run it off the runtime.
 fn encode(coding: ContentCoding, level: u32, body: &[u8]) -> io::Result<Vec<u8>> {
     let out = Vec::with_capacity(body.len() / 3 + 64);
@@ -443,8 +473,8 @@ fn encode(coding: ContentCoding, level: u32, body: &[u8]) -> io::Result<Vec<u8>>
 pub(super) enum StoredForm {
     /// Stored as it came (identity, or a coding it was already in).
     AsIs,
-    /// Encoded by cachegate: the new body, and the identity length.
-    Encoded(Bytes, usize),
+    /// Encoded by cachegate: the new body.
+    Encoded(Bytes),
     /// Not stored: an encoded body that does not decode, or decodes to more
     /// than `max_decoded_bytes` (a decompression bomb), or a coding
     /// cachegate cannot decode.
@@ -464,14 +494,13 @@ pub(super) async fn stored_form(
     body: &Bytes,
 ) -> StoredForm {
     if headers.contains_key(header::CONTENT_ENCODING) {
-        let Some(coding) = coding_of(headers) else {
+        if undecodable(headers) {
             return StoredForm::Refused("content-encoding");
+        }
+        let Some(coding) = coding_of(headers) else {
+            return StoredForm::AsIs;
         };
-        let (cap, body) = (config.max_decoded_bytes, body.clone());
-        let fine = tokio::task::spawn_blocking(move || decodes_within(coding, &body, cap))
-            .await
-            .unwrap_or(false);
-        if !fine {
+        if !decodes_within_cap(coding, body.clone(), config.max_decoded_bytes).await {
             return StoredForm::Refused("decoded-too-large");
         }
         vary_on_accept_encoding(headers);
@@ -500,19 +529,16 @@ pub(super) async fn stored_form(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(encoded.len()));
     weaken_etag(headers);
     vary_on_accept_encoding(headers);
-    StoredForm::Encoded(Bytes::from(encoded), body.len())
+    StoredForm::Encoded(Bytes::from(encoded))
 }
 
 /// Whether an identity answer may be encoded before storing.
 fn may_encode(config: &CompressionConfig, status: StatusCode, headers: &HeaderMap, len: usize) -> bool {
-    let no_transform = headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"));
+    // (Event streams never get here: `storable.rs` refuses them.)
+    let no_transform = super::freshness::Directives::parse(headers).no_transform;
     let typed = headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|t| !t.as_bytes().starts_with(b"text/event-stream") && config.compressible(t.as_bytes()));
+        .is_some_and(|t| config.compressible(t.as_bytes()));
     !matches!(
         status,
         StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::NO_CONTENT

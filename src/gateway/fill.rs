@@ -3,10 +3,10 @@
 //! guard read at lookup, and answer. A body of unknown length streams to the
 //! client and is stored only if it ends complete and within the limit.
 
-use super::answer::{answer, answer_fetched, miss, strip_body};
+use super::answer::{answer, answer_fetched, miss};
 use super::coalesce::{Filled, Leader};
 use super::compression::{self, StoredForm};
-use super::key::{field_for, CacheKey};
+use super::key::{field_of_variant, CacheKey};
 use super::lookup::{store_detail, Found};
 use super::revalidate::add_validators;
 use super::{credential_end, freshness, storable, vary, Cacheable, Gateway, Outcome};
@@ -139,8 +139,7 @@ impl Gateway {
         // What is not stored is passed on, decoded if the client does not
         // accept the coding the backend chose for cachegate's Accept-Encoding.
         let passed = |resp: Response<Body>| {
-            let resp = compression::for_client(&fetched.client, resp, compression.max_decoded_bytes);
-            strip_body(resp, is_head)
+            compression::for_client(&fetched.client, resp, is_head, compression.max_decoded_bytes)
         };
         let verdict = self.storable_lifetime(resp.status(), resp.headers(), &fetched);
         // A 204 has no content, and no Content-Length to say so (RFC 9110 §15.3.5).
@@ -154,6 +153,10 @@ impl Gateway {
         let (len, verdict) = match (declared, verdict) {
             (Some(len), verdict) if len as usize <= fetched.rule.max_body_bytes => (len as usize, verdict),
             (Some(_), Ok(_)) => return (passed(resp), miss(false, Some("too-large"))),
+            // Refused before streaming as `stored_form` refuses a whole one.
+            (None, Ok(_)) if compression::undecodable(resp.headers()) => {
+                return (passed(resp), miss(false, Some("content-encoding")));
+            }
             (None, Ok(lifetime)) => return self.fill_streamed(resp, lifetime, fetched),
             (_, Err(reason)) => return (passed(resp), miss(false, Some(reason))),
         };
@@ -180,14 +183,14 @@ impl Gateway {
             }
         };
         let (status, mut headers) = (parts.status, parts.headers);
-        let (body, refused) =
+        let (body, identity, refused) =
             match compression::stored_form(compression, fetched.rule, status, &mut headers, &body).await {
-                StoredForm::AsIs => (body, None),
-                StoredForm::Encoded(encoded, identity_len) => {
-                    self.shared.metrics.compressed(identity_len, encoded.len());
-                    (encoded, None)
+                StoredForm::AsIs => (body, None, None),
+                StoredForm::Encoded(encoded) => {
+                    self.shared.metrics.compressed(body.len(), encoded.len());
+                    (encoded, Some(body), None)
                 }
-                StoredForm::Refused(reason) => (body, Some(reason)),
+                StoredForm::Refused(reason) => (body, None, Some(reason)),
             };
         let entry = Entry {
             status,
@@ -199,12 +202,12 @@ impl Gateway {
         let client = fetched.client.clone();
         if let Some(reason) = refused {
             return (
-                answer_fetched(&client, entry, is_head, compression),
+                answer_fetched(&client, entry, identity, is_head, compression),
                 miss(false, Some(reason)),
             );
         }
         let stored = self.store_entry(&entry, fetched).await;
-        (answer_fetched(&client, entry, is_head, compression), stored)
+        (answer_fetched(&client, entry, identity, is_head, compression), stored)
     }
 
     /// How long a backend answer (or a stored one a 304 refreshed) may be
@@ -251,8 +254,13 @@ impl Gateway {
             leader.close();
         }
         let negotiated = self.generation.config.compression.enabled;
-        let field = field_for(&fetched.key.field, &entry.headers, &fetched.client, negotiated);
-        let write = EntryWrite::new(&fetched.key, field, &entry.headers, &entry.lifetime, negotiated);
+        let write = EntryWrite::new(
+            &fetched.key,
+            &entry.headers,
+            &fetched.client,
+            &entry.lifetime,
+            negotiated,
+        );
         let store = &self.shared.store;
         let mut stored = self
             .timed("fill", write.entry(store.as_ref(), encoded, fetched.guard))
@@ -292,16 +300,24 @@ impl Gateway {
             // Stored in the backend's coding; decoded for those who need it.
             compression::vary_on_accept_encoding(&mut parts.headers);
         }
-        let field = field_for(&fetched.key.field, &parts.headers, &fetched.client, negotiated);
-        let write = EntryWrite::new(&fetched.key, field, &parts.headers, &lifetime, negotiated);
+        let write = EntryWrite::new(&fetched.key, &parts.headers, &fetched.client, &lifetime, negotiated);
         let store = self.shared.store.clone();
         let metrics = self.shared.metrics.clone();
         let (status, headers, guard) = (parts.status, parts.headers.clone(), fetched.guard);
+        let (coding, max_decoded) = (compression::coding_of(&parts.headers), compression.max_decoded_bytes);
         let tee = storable::TeeBody::new(body, fetched.rule.max_body_bytes, move |chunks| {
             let body = storable::concat(&chunks);
-            let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
-            let size = encoded.len();
             tokio::spawn(async move {
+                // As `stored_form`: an encoded body that does not decode
+                // within the cap (a decompression bomb) is never stored.
+                if let Some(coding) = coding {
+                    if !compression::decodes_within_cap(coding, body.clone(), max_decoded).await {
+                        tracing::debug!(key = %write.key, "streamed body does not decode within the cap; not stored");
+                        return;
+                    }
+                }
+                let encoded = Entry::encode(status, &headers, &body, now_ms(), &lifetime);
+                let size = encoded.len();
                 match write.store(store.as_ref(), encoded, guard).await {
                     Ok(true) => metrics.stored(size),
                     Ok(false) => {}
@@ -363,13 +379,22 @@ struct EntryWrite {
 }
 
 impl EntryWrite {
-    fn new(key: &CacheKey, field: String, headers: &HeaderMap, lifetime: &Lifetime, negotiated: bool) -> EntryWrite {
+    /// For a response (`headers`) to a request (`client`): the field is
+    /// the variant the request selects when the response varies.
+    fn new(
+        key: &CacheKey,
+        headers: &HeaderMap,
+        client: &HeaderMap,
+        lifetime: &Lifetime,
+        negotiated: bool,
+    ) -> EntryWrite {
+        let vary = vary::keyed_names(headers, negotiated);
         EntryWrite {
             key: key.key.clone(),
             scope_field: key.field.clone(),
-            field,
+            field: field_of_variant(&key.field, &vary, client),
             tags: entry_tags(&key.tags, headers),
-            vary: vary::keyed_names(headers, negotiated),
+            vary,
             retain: retain_for(lifetime, headers),
         }
     }

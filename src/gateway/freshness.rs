@@ -21,6 +21,9 @@ pub struct Directives {
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
     pub must_understand: bool,
+    /// RFC 9110 §7.7: no intermediary may transform the content (here:
+    /// encode it before storing).
+    pub no_transform: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
@@ -114,6 +117,7 @@ impl Directives {
             "must-revalidate" => &mut self.must_revalidate,
             "proxy-revalidate" => &mut self.proxy_revalidate,
             "must-understand" => &mut self.must_understand,
+            "no-transform" => &mut self.no_transform,
             _ => return false,
         };
         *flag = true;

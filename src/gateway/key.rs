@@ -115,10 +115,14 @@ pub(super) fn field_for(
     request: &http::HeaderMap,
     negotiated: bool,
 ) -> String {
-    let names = vary::keyed_names(response, negotiated);
+    field_of_variant(scope, &vary::keyed_names(response, negotiated), request)
+}
+
+/// [`field_for`] once the response's keyed `Vary` names are known.
+pub(super) fn field_of_variant(scope: &str, names: &[http::HeaderName], request: &http::HeaderMap) -> String {
     if names.is_empty() {
         scope.to_string()
     } else {
-        vary::variant_field(scope, &names, request)
+        vary::variant_field(scope, names, request)
     }
 }

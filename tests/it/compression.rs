@@ -227,9 +227,22 @@ async fn identity_answers_are_encoded_before_storing_in_each_coding(kind: Kind) 
                 .header("etag", "\"t7\"")
                 .body(original.clone()),
         );
-        // The first client takes no coding at all: it is still stored encoded.
+        // The first client takes no coding at all: it is still stored
+        // encoded, and gets the identity bytes cachegate had in hand (not
+        // decoded again: so with their length), with the encoded entry's
+        // weak tag and Vary.
         let first = w.client.get(path).await;
-        assert_decoded(&first, &original, path);
+        assert_eq!(first.status, 200, "{path}");
+        assert_eq!(first.header("content-encoding"), None, "{path}");
+        assert!(first.body == original, "{path}: the identity body");
+        let len = original.len().to_string();
+        assert_eq!(
+            first.header("content-length"),
+            Some(len.as_str()),
+            "{path}: not decoded again"
+        );
+        assert_eq!(first.header("etag"), Some("W/\"t7\""), "{path}");
+        assert!(vary_has_accept_encoding(&first), "{path}");
         assert_eq!(first.cache_status(), "cachegate; fwd=miss; stored", "{path}");
         let enc = w.client.get_h(path, &[("accept-encoding", coding)]).await;
         assert_eq!(enc.x_cache(), Some("HIT"), "{path}");
@@ -417,6 +430,47 @@ async fn a_decompression_bomb_is_never_stored_nor_decoded_whole(kind: Kind) {
     let decoded = w.client.try_send("GET", path, vec![], empty()).await;
     assert!(decoded.is_err(), "a bomb decoded past the cap must break off");
     assert_eq!(w.backend.count("GET", path), 3);
+
+    // Streamed (chunked, no length: the copy is stored in the background
+    // once complete) the same checks hold. A sound gzip body is stored...
+    let sound = gzip(&json_body());
+    let (half, rest) = sound.split_at(sound.len() / 2);
+    let streamed = |body: Vec<Vec<u8>>, coding: &str| {
+        Reply::new()
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .chunked(body)
+    };
+    w.backend.on(
+        "GET",
+        "/api/v1/tasks/sound",
+        streamed(vec![half.to_vec(), rest.to_vec()], "gzip"),
+    );
+    w.backend
+        .on("GET", "/api/v1/tasks/bomb2", streamed(vec![bomb.clone()], "gzip"));
+    // deflate is a coding cachegate does not decode: passed, never stored.
+    w.backend.on(
+        "GET",
+        "/api/v1/tasks/deflate",
+        streamed(vec![b"x\x9c\x03\x00".to_vec()], "deflate"),
+    );
+    for p in ["/api/v1/tasks/sound", "/api/v1/tasks/bomb2", "/api/v1/tasks/deflate"] {
+        let r = w.client.get_h(p, &[("accept-encoding", "gzip, deflate")]).await;
+        assert_eq!(r.status, 200, "{p}");
+        assert_eq!(r.x_cache(), Some("MISS"), "{p}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for (p, expected, what) in [
+        ("/api/v1/tasks/sound", "HIT", "a sound streamed body is stored"),
+        ("/api/v1/tasks/bomb2", "MISS", "a streamed bomb is never stored"),
+        ("/api/v1/tasks/deflate", "MISS", "an undecodable coding is never stored"),
+    ] {
+        let r = w.client.get_h(p, &[("accept-encoding", "gzip, deflate")]).await;
+        assert_eq!(r.x_cache(), Some(expected), "{what}");
+    }
+    assert_eq!(w.backend.count("GET", "/api/v1/tasks/sound"), 1);
+    assert_eq!(w.backend.count("GET", "/api/v1/tasks/bomb2"), 2);
+    assert_eq!(w.backend.count("GET", "/api/v1/tasks/deflate"), 2);
     // The proxy still answers.
     assert_eq!(w.client.get("/metrics").await.status, 200);
 }
