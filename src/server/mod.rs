@@ -300,7 +300,10 @@ where
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let open = counted.begin();
         authority_as_host(&mut req);
-        let answered = respond(live.clone(), role, from, (req, None));
+        // Boxed: hyper spawns a task per HTTP/2 stream, and a task's future
+        // is moved into its cell and out again; the answer's future is
+        // large, its box is not.
+        let answered = Box::pin(respond(live.clone(), role, from, (req, None)));
         async move {
             let resp = answered.await?;
             Ok::<_, Infallible>(resp.map(|body| Counted { body, _open: open }))
