@@ -235,13 +235,12 @@ pub(super) fn client_tls(
     }
     // The PEM contents too: a wrong file is a config error with its place,
     // not a store that never connects.
-    let certs = |path: &PathBuf| super::pem::certificates(path, "").is_ok();
     for (path, spanned, what) in [
         (&ca_file, raw.ca_file, "tls_ca_file"),
         (&cert_file, raw.cert_file, "tls_cert_file"),
     ] {
         if let (Some(path), Some(s)) = (path, spanned) {
-            if !certs(path) {
+            if super::pem::certificates(path, what).is_err() {
                 return Err(at(
                     s.span(),
                     format!("{what} {:?} holds no PEM certificate", s.get_ref()),

@@ -494,11 +494,8 @@ pub(super) async fn stored_form(
     body: &Bytes,
 ) -> StoredForm {
     if headers.contains_key(header::CONTENT_ENCODING) {
-        if undecodable(headers) {
-            return StoredForm::Refused("content-encoding");
-        }
         let Some(coding) = coding_of(headers) else {
-            return StoredForm::AsIs;
+            return StoredForm::Refused("content-encoding");
         };
         if !decodes_within_cap(coding, body.clone(), config.max_decoded_bytes).await {
             return StoredForm::Refused("decoded-too-large");
